@@ -1,0 +1,131 @@
+//! The gateway's configuration: one typed struct, from flags or `JOBGATE_*`
+//! environment variables, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings of `jobgate serve` (the default command).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP/WebSocket/SSE API listens on.
+    #[arg(long, env = "JOBGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://` or `rediss://`, optionally with user and password).
+    #[arg(
+        long,
+        env = "JOBGATE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Most pooled Redis connections for commands (pub/sub has its own).
+    #[arg(long, env = "JOBGATE_REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+
+    /// Seconds a finished job's record and event history are kept.
+    #[arg(long, env = "JOBGATE_RETENTION_S", default_value_t = 86_400)]
+    pub retention_s: u64,
+
+    /// Most events one job's history keeps (progress is coalesced by workers,
+    /// so a job rarely comes near it).
+    #[arg(long, env = "JOBGATE_HISTORY_MAX", default_value_t = 10_000)]
+    pub history_max: u64,
+
+    /// Events buffered per connection before it is closed as a slow consumer
+    /// (WebSocket close code 4008; an SSE stream ends).
+    #[arg(long, env = "JOBGATE_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Seconds between the server's WebSocket pings; a ping unanswered for as
+    /// long closes the session.
+    #[arg(long, env = "JOBGATE_WS_PING_INTERVAL_S", default_value_t = 20)]
+    pub ws_ping_interval_s: u64,
+
+    /// Largest request body, and largest WebSocket message, in bytes.
+    #[arg(long, env = "JOBGATE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "JOBGATE_SHUTDOWN_GRACE_S", default_value_t = 10)]
+    pub shutdown_grace_s: u64,
+
+    /// The owner of every job while authentication is off.
+    #[arg(long, env = "JOBGATE_DEFAULT_OWNER", default_value = "local")]
+    pub default_owner: String,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `jobgate=debug`.
+    #[arg(long, env = "JOBGATE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Checks what clap cannot: ranges and the shape of the Redis URL.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: &str| Err(ConfigError(message.to_owned()));
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return fail("JOBGATE_REDIS_URL must start with redis:// or rediss://");
+        }
+        if let Err(error) = jobgate_store::open(&self.redis_url, 1) {
+            return Err(ConfigError(format!("JOBGATE_REDIS_URL: {error}")));
+        }
+        if self.redis_pool_size == 0 {
+            return fail("JOBGATE_REDIS_POOL_SIZE must be at least 1");
+        }
+        if self.retention_s == 0 {
+            return fail("JOBGATE_RETENTION_S must be at least 1");
+        }
+        if self.history_max < 16 {
+            return fail("JOBGATE_HISTORY_MAX must be at least 16");
+        }
+        if self.outbound_queue < 16 {
+            return fail("JOBGATE_OUTBOUND_QUEUE must be at least 16");
+        }
+        if self.ws_ping_interval_s == 0 {
+            return fail("JOBGATE_WS_PING_INTERVAL_S must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return fail("JOBGATE_MAX_BODY_BYTES must be at least 1024");
+        }
+        if self.default_owner.is_empty() {
+            return fail("JOBGATE_DEFAULT_OWNER must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_s)
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_s)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    /// A configuration for tests: everything default but the Redis URL.
+    pub fn for_redis(redis_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_url: redis_url.into(),
+            redis_pool_size: 16,
+            retention_s: 86_400,
+            history_max: 10_000,
+            outbound_queue: 1024,
+            ws_ping_interval_s: 20,
+            max_body_bytes: 1_048_576,
+            shutdown_grace_s: 5,
+            default_owner: "local".into(),
+            log: "info".into(),
+        }
+    }
+}

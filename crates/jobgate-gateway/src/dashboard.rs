@@ -1,0 +1,31 @@
+//! The browser dashboard at `/`: one static page that submits pricing jobs
+//! and follows every job of the caller through `/v1/events`.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::state::AppState;
+
+const PAGE: &str = include_str!("../../../examples/dashboard/index.html");
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/", get(page))
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        PAGE,
+    )
+}

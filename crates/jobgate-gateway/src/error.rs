@@ -1,0 +1,87 @@
+//! The one API error type. Every handler returns it; it renders as
+//! `{code, message}` with the status from [`status_for`], the single table
+//! mapping codes to statuses. 5xx bodies are generic: the cause is logged.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jobgate_proto::{ErrorBody, ErrorCode};
+use jobgate_store::StoreError;
+
+/// The HTTP status of each error code.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::InvalidJobId => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::InvalidRequest | ErrorCode::UnknownKind => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::NotFound | ErrorCode::NotSubscribed | ErrorCode::HistoryExpired => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::NotCancellable => StatusCode::CONFLICT,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::RedisUnavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such job")
+    }
+
+    pub fn invalid_job_id() -> Self {
+        Self::new(
+            ErrorCode::InvalidJobId,
+            "a job id is a lower-case hyphenated UUID",
+        )
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "redis unavailable");
+            Self::new(
+                ErrorCode::RedisUnavailable,
+                "the job store is unavailable; nothing was changed, try again",
+            )
+        } else {
+            tracing::error!(%error, "store error");
+            Self::new(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_for(self.code);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

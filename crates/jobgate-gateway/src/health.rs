@@ -1,0 +1,49 @@
+//! Liveness and readiness.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use jobgate_proto::ErrorCode;
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// The process is up.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Redis answers and the pub/sub link is up: the gateway can take jobs and
+/// deliver their events.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let redis = state.store.ping().await.is_ok();
+    let pubsub = state.hub.is_connected();
+    let shutting_down = state.shutdown.is_cancelled();
+    let body = json!({
+        "status": if redis && pubsub && !shutting_down { "ready" } else { "unready" },
+        "redis": redis,
+        "pubsub": pubsub,
+        "shutting_down": shutting_down,
+    });
+    if redis && pubsub && !shutting_down {
+        (StatusCode::OK, axum::Json(body))
+    } else {
+        let code = if shutting_down {
+            ErrorCode::ShuttingDown
+        } else {
+            ErrorCode::RedisUnavailable
+        };
+        let mut body = body;
+        body["code"] = json!(code.as_str());
+        body["message"] = json!("the gateway cannot serve jobs right now");
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+    }
+}

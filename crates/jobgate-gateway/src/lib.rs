@@ -1,0 +1,122 @@
+//! jobgate's gateway: the HTTP, WebSocket and SSE API over the job store.
+//!
+//! One module per feature, each with its own `router()`; [`app`] merges
+//! them. Tests call [`app`] directly (oneshot) or [`serve`] on port 0.
+//!
+//! **This crate knows no Redis command**: everything Redis goes through
+//! `jobgate-store`.
+
+pub mod auth;
+pub mod config;
+mod dashboard;
+pub mod error;
+mod extract;
+mod health;
+mod jobs;
+mod legacy;
+mod sse;
+pub mod state;
+mod submit;
+pub mod telemetry;
+mod trace;
+mod ws;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use jobgate_proto::ErrorCode;
+use jobgate_store::{EventHub, HubSettings, JobStore, StoreSettings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;
+pub use ws::{CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER};
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .merge(jobs::router())
+        .merge(sse::router())
+        .merge(ws::router())
+        .merge(legacy::router())
+        .merge(health::router())
+        .merge(dashboard::router())
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Builds the state for `config`: the Redis pool, the store and the event
+/// hub (whose task runs until `shutdown`). Nothing connects yet.
+pub fn build_state(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<AppState, jobgate_store::StoreError> {
+    let (pool, client) = jobgate_store::open(&config.redis_url, config.redis_pool_size)?;
+    let store = JobStore::new(
+        pool,
+        StoreSettings {
+            retention: config.retention(),
+            history_max: config.history_max,
+        },
+    );
+    let hub = EventHub::start(
+        client,
+        HubSettings {
+            subscription_capacity: config.outbound_queue,
+            ..HubSettings::default()
+        },
+        shutdown.clone(),
+    );
+    Ok(AppState {
+        config: std::sync::Arc::new(config),
+        store,
+        hub,
+        shutdown,
+    })
+}
+
+/// Serves `state` on `listener` until `shutdown` fires, then lets in-flight
+/// requests finish (sessions and streams end on the same signal).
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => {
+                        let _ = interrupt.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = interrupt.await;
+        }
+    }
+}

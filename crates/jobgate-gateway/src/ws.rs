@@ -1,0 +1,329 @@
+//! The WebSocket session (`GET /v1/ws`).
+//!
+//! One task reads the client's frames and the session's [`Feed`]; a second
+//! task writes to the socket from a bounded queue, so a client that stops
+//! reading never blocks the session: when the queue is full the session is
+//! closed with 4008 (slow consumer) and the client resumes with
+//! `subscribe … after`.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use jobgate_proto::ws::{ClientMessage, ServerMessage, SubmitFrame};
+use jobgate_proto::{ErrorCode, JobId};
+use jobgate_store::{Feed, FeedItem};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{jobs, submit, trace};
+
+/// Close code for a session that fell too far behind.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code for a session whose pings went unanswered.
+pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// How long a close frame may take to reach a jammed socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    principal: Principal,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let max = state.config.max_body_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| Session::run(socket, state, principal))
+}
+
+struct Session {
+    state: AppState,
+    principal: Principal,
+    feed: Feed,
+    outbound: mpsc::Sender<Message>,
+}
+
+/// Why a session ends.
+enum End {
+    ClientGone,
+    Close(u16, &'static str),
+}
+
+impl Session {
+    async fn run(socket: WebSocket, state: AppState, principal: Principal) {
+        let (sink, mut incoming) = socket.split();
+        let (outbound, outbound_rx) = mpsc::channel(state.config.outbound_queue);
+        let (close, close_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_loop(sink, outbound_rx, close_rx));
+        let feed = state.feed();
+        let mut session = Session {
+            state,
+            principal,
+            feed,
+            outbound,
+        };
+        let end = session.serve(&mut incoming).await;
+        match end {
+            // Goes past the queue: the queue may be full of what the client
+            // did not read.
+            End::Close(code, reason) => {
+                let _ = close.send((code, reason));
+            }
+            End::ClientGone => drop(close),
+        }
+        drop(session);
+        let _ = writer.await;
+    }
+
+    async fn serve(&mut self, incoming: &mut futures_util::stream::SplitStream<WebSocket>) -> End {
+        let interval = self.state.config.ws_ping_interval();
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut last_pong = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                frame = incoming.next() => {
+                    let outcome = match frame {
+                        Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                        Some(Ok(Message::Binary(_))) => self.reply(&ServerMessage::error(
+                            None, None, ErrorCode::InvalidMessage, "frames must be JSON text frames")),
+                        Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); Ok(()) }
+                        Some(Ok(Message::Ping(_))) => Ok(()), // answered by the protocol layer
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return End::ClientGone,
+                    };
+                    if let Err(end) = outcome { return end; }
+                }
+                item = self.feed.next() => {
+                    let outcome = match item {
+                        Some(FeedItem::Event(event)) => {
+                            if event.event.is_terminal() {
+                                // Nothing follows: free the session's watch.
+                                self.feed.unwatch(&event.job_id);
+                            }
+                            self.send_text(event_text(event.json))
+                        }
+                        Some(FeedItem::Overflowed) => Err(slow_consumer()),
+                        Some(FeedItem::Unavailable(error)) => {
+                            tracing::warn!(%error, "session could not read missed events; retrying");
+                            Ok(())
+                        }
+                        None => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
+                    };
+                    if let Err(end) = outcome { return end; }
+                }
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > interval * 2 {
+                        return End::Close(CLOSE_PING_TIMEOUT, "ping unanswered");
+                    }
+                    if let Err(end) = self.send(Message::Ping(Default::default())) { return end; }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), End> {
+        let message = match ClientMessage::parse(text) {
+            Ok(message) => message,
+            Err(error) => {
+                return self.reply(&ServerMessage::error(
+                    error.request_id,
+                    None,
+                    error.code,
+                    error.message,
+                ));
+            }
+        };
+        match message {
+            ClientMessage::Submit(frame) => self.submit(frame).await,
+            ClientMessage::Subscribe { job_id, after } => self.subscribe(&job_id, after).await,
+            ClientMessage::Unsubscribe { job_id } => self.unsubscribe(&job_id),
+            ClientMessage::Cancel { job_id, request_id } => self.cancel(&job_id, request_id).await,
+            // Token refresh arrives with authentication; until then every
+            // session belongs to the default owner.
+            ClientMessage::Auth { .. } => Ok(()),
+            ClientMessage::Ping => self.reply(&ServerMessage::Pong),
+        }
+    }
+
+    async fn submit(&mut self, frame: SubmitFrame) -> Result<(), End> {
+        let job_id = JobId::new();
+        // Watch before the job exists, so its first event cannot be missed.
+        if let Err(error) = self.feed.watch(job_id, 0).await {
+            let error = ApiError::from(error);
+            return self.error(Some(frame.request_id), None, error);
+        }
+        let trace = trace::for_new_job(frame.traceparent.as_deref(), frame.tracestate.as_deref());
+        let request_id = frame.request_id;
+        match submit::submit(&self.state, &self.principal, job_id, frame.job, trace, None).await {
+            Ok(accepted) => self.reply(&ServerMessage::Accepted {
+                request_id,
+                job_id: accepted.job_id,
+                trace_id: accepted.trace_id,
+            }),
+            Err(error) => {
+                self.feed.unwatch(&job_id);
+                self.error(Some(request_id), None, error)
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, job_id: &str, after: u64) -> Result<(), End> {
+        let Ok(id) = job_id.parse::<JobId>() else {
+            return self.error(None, Some(job_id), ApiError::invalid_job_id());
+        };
+        let start = match self.feed.watch(id, after).await {
+            Ok(start) => start,
+            Err(error) => return self.error(None, Some(job_id), error.into()),
+        };
+        let record = match start.record {
+            Some(record) if self.principal.owns(&record.owner) => record,
+            _ => {
+                self.feed.unwatch(&id);
+                return self.error(None, Some(job_id), ApiError::not_found());
+            }
+        };
+        if let Some(first_seq) = start.truncated_from {
+            let snapshot = serde_json::value::to_raw_value(&record.snapshot)
+                .map_err(|_| End::Close(1011, "internal error"))?;
+            self.reply(&ServerMessage::HistoryTruncated {
+                job_id: id,
+                after,
+                first_seq,
+                snapshot,
+            })?;
+        }
+        if record.snapshot.status.is_terminal() && record.snapshot.seq <= after {
+            self.feed.unwatch(&id);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, job_id: &str) -> Result<(), End> {
+        match job_id.parse::<JobId>() {
+            Ok(id) if self.feed.is_watching(&id) => {
+                self.feed.unwatch(&id);
+                Ok(())
+            }
+            Ok(_) => self.error(
+                None,
+                Some(job_id),
+                ApiError::new(
+                    ErrorCode::NotSubscribed,
+                    "the session is not subscribed to that job",
+                ),
+            ),
+            Err(_) => self.error(None, Some(job_id), ApiError::invalid_job_id()),
+        }
+    }
+
+    async fn cancel(&mut self, job_id: &str, request_id: Option<String>) -> Result<(), End> {
+        let Ok(id) = job_id.parse::<JobId>() else {
+            return self.error(request_id, Some(job_id), ApiError::invalid_job_id());
+        };
+        match jobs::cancel_job(&self.state, &self.principal, &id).await {
+            Ok(_) => Ok(()),
+            Err(error) => self.error(request_id, Some(job_id), error),
+        }
+    }
+
+    fn error(
+        &self,
+        request_id: Option<String>,
+        job_id: Option<&str>,
+        error: ApiError,
+    ) -> Result<(), End> {
+        self.reply(&ServerMessage::error(
+            request_id,
+            job_id.map(str::to_owned),
+            error.code,
+            error.message,
+        ))
+    }
+
+    fn reply(&self, message: &ServerMessage) -> Result<(), End> {
+        self.send_text(Utf8Bytes::from(message.to_json()))
+    }
+
+    fn send_text(&self, text: Utf8Bytes) -> Result<(), End> {
+        self.send(Message::Text(text))
+    }
+
+    /// Queues a frame for the writer; a full queue means the client is not
+    /// reading.
+    fn send(&self, message: Message) -> Result<(), End> {
+        match self.outbound.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(slow_consumer()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+        }
+    }
+}
+
+fn slow_consumer() -> End {
+    tracing::info!("closing a WebSocket session that does not read its events");
+    End::Close(
+        CLOSE_SLOW_CONSUMER,
+        "slow consumer: resume with subscribe after",
+    )
+}
+
+fn event_text(json: bytes::Bytes) -> Utf8Bytes {
+    // Events are written by the job script as JSON text, so they are UTF-8.
+    Utf8Bytes::try_from(json).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Message>,
+    mut close: oneshot::Receiver<(u16, &'static str)>,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            reason = &mut close => return send_close(sink, reason.ok()).await,
+            frame = frames.recv() => frame,
+        };
+        let Some(frame) = frame else {
+            // The session ended; it may still have a close frame to send.
+            return send_close(sink, close.await.ok()).await;
+        };
+        tokio::select! {
+            biased;
+            reason = &mut close => return send_close(sink, reason.ok()).await,
+            sent = sink.send(frame) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// Sends a close frame (or just closes), giving a jammed socket
+/// [`CLOSE_TIMEOUT`] to take it.
+async fn send_close(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    reason: Option<(u16, &'static str)>,
+) {
+    let close = reason.map(|(code, reason)| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }))
+    });
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(close) = close {
+            let _ = sink.send(close).await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
+}

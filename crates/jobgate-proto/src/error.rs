@@ -1,0 +1,83 @@
+//! The error body every API answers with, and its stable codes.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, machine-readable error code. Clients branch on these, so a
+/// variant is never renamed; the HTTP status for each lives in the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body or frame is not JSON, or not a JSON object.
+    InvalidJson,
+    /// A WebSocket frame has no known `type`.
+    InvalidMessage,
+    /// A field is missing, of the wrong type, or out of range.
+    InvalidRequest,
+    /// No worker has registered this job kind.
+    UnknownKind,
+    /// The id is not a job id.
+    InvalidJobId,
+    /// No such job, or not the caller's.
+    NotFound,
+    /// The job is already terminal.
+    NotCancellable,
+    /// The WebSocket session is not subscribed to that job.
+    NotSubscribed,
+    /// The body's content type is not JSON.
+    UnsupportedMediaType,
+    /// The body or frame is over the size limit.
+    PayloadTooLarge,
+    /// No route for this method and path.
+    MethodNotAllowed,
+    /// The history no longer holds the events asked for, and the job is gone.
+    HistoryExpired,
+    /// Redis cannot be reached; nothing was written.
+    RedisUnavailable,
+    /// The connection did not read its events fast enough.
+    SlowConsumer,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Anything else; the details are only in the server's log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMessage => "invalid_message",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnknownKind => "unknown_kind",
+            Self::InvalidJobId => "invalid_job_id",
+            Self::NotFound => "not_found",
+            Self::NotCancellable => "not_cancellable",
+            Self::NotSubscribed => "not_subscribed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::HistoryExpired => "history_expired",
+            Self::RedisUnavailable => "redis_unavailable",
+            Self::SlowConsumer => "slow_consumer",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// `{code, message}`: the body of every HTTP error and the core of a
+/// WebSocket `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! WebSocket session frames (`GET /v1/ws`): JSON text frames with a `type`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{ErrorCode, JobId, SubmitRequest};
+
+/// A frame from the client.
+#[derive(Debug, Clone)]
+pub enum ClientMessage {
+    /// Submit a job; the session is subscribed to it.
+    Submit(SubmitFrame),
+    /// Watch a job: its history after `after` (default 0: all), then live.
+    Subscribe {
+        job_id: String,
+        after: u64,
+    },
+    Unsubscribe {
+        job_id: String,
+    },
+    Cancel {
+        job_id: String,
+        request_id: Option<String>,
+    },
+    /// A fresh token before the current one expires.
+    Auth {
+        token: String,
+    },
+    Ping,
+}
+
+/// `{"type":"submit", …}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitFrame {
+    #[serde(rename = "type")]
+    _type: String,
+    pub request_id: String,
+    pub job: SubmitRequest,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    #[serde(default)]
+    pub tracestate: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+// The other frames, parsed with their `type` so that unknown fields are
+// refused. (serde's internally tagged enums cannot hold the verbatim
+// `params` of a submit, hence one struct per frame.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFrame {
+    #[serde(rename = "type")]
+    _type: String,
+    job_id: String,
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFrame {
+    #[serde(rename = "type")]
+    _type: String,
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingFrame {
+    #[serde(rename = "type")]
+    _type: String,
+}
+
+/// Why a frame could not be understood; answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub request_id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientMessage {
+    /// Parses one text frame, telling a frame that is not JSON
+    /// (`invalid_json`), one with no known `type` (`invalid_message`) and one
+    /// whose fields are wrong (`invalid_request`) apart, and keeping the
+    /// `request_id` when there is one so the client can match the error.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError {
+            request_id: None,
+            code: ErrorCode::InvalidJson,
+            message: format!("the frame is not JSON: {e}"),
+        })?;
+        let request_id = value
+            .get("request_id")
+            .and_then(|id| id.as_str())
+            .map(str::to_owned);
+        let fail = |code, message: String| FrameError {
+            request_id: request_id.clone(),
+            code,
+            message,
+        };
+        let Some(object) = value.as_object() else {
+            return Err(fail(
+                ErrorCode::InvalidJson,
+                "the frame must be a JSON object".into(),
+            ));
+        };
+        let kind = match object.get("type").and_then(|t| t.as_str()) {
+            Some(kind) => kind,
+            None => {
+                return Err(fail(
+                    ErrorCode::InvalidMessage,
+                    "the frame has no string field \"type\"".into(),
+                ));
+            }
+        };
+        let invalid = |e: serde_json::Error| fail(ErrorCode::InvalidRequest, e.to_string());
+        // Parse from the text, not the Value, so `params` keeps its exact spelling.
+        let message = match kind {
+            "submit" => {
+                let frame: SubmitFrame = serde_json::from_str(text).map_err(invalid)?;
+                frame
+                    .job
+                    .validate()
+                    .map_err(|e| fail(ErrorCode::InvalidRequest, format!("job.{e}")))?;
+                Self::Submit(frame)
+            }
+            "subscribe" | "unsubscribe" | "cancel" => {
+                let frame: JobFrame = serde_json::from_str(text).map_err(invalid)?;
+                let misplaced = match kind {
+                    "subscribe" => frame.request_id.is_some().then_some("request_id"),
+                    "unsubscribe" => (frame.request_id.is_some())
+                        .then_some("request_id")
+                        .or(frame.after.is_some().then_some("after")),
+                    _ => frame.after.is_some().then_some("after"),
+                };
+                if let Some(field) = misplaced {
+                    return Err(fail(
+                        ErrorCode::InvalidRequest,
+                        format!("unknown field `{field}` in a {kind} message"),
+                    ));
+                }
+                match kind {
+                    "subscribe" => Self::Subscribe {
+                        job_id: frame.job_id,
+                        after: frame.after.unwrap_or(0),
+                    },
+                    "unsubscribe" => Self::Unsubscribe {
+                        job_id: frame.job_id,
+                    },
+                    _ => Self::Cancel {
+                        job_id: frame.job_id,
+                        request_id: frame.request_id,
+                    },
+                }
+            }
+            "auth" => {
+                let frame: AuthFrame = serde_json::from_str(text).map_err(invalid)?;
+                Self::Auth { token: frame.token }
+            }
+            "ping" => {
+                let _: PingFrame = serde_json::from_str(text).map_err(invalid)?;
+                Self::Ping
+            }
+            other => {
+                return Err(fail(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "unknown message type {other:?}; expected submit, subscribe, \
+                         unsubscribe, cancel, auth or ping"
+                    ),
+                ));
+            }
+        };
+        Ok(message)
+    }
+}
+
+/// A frame from the server, other than events (which are forwarded as the
+/// event JSON itself, whose `type` is `"event"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Accepted {
+        request_id: String,
+        job_id: JobId,
+        trace_id: String,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        request_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        job_id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+    Pong,
+    /// The events after `after` were cut from the history; `snapshot` is the
+    /// job now and the events from `first_seq` on follow.
+    HistoryTruncated {
+        job_id: JobId,
+        after: u64,
+        first_seq: u64,
+        snapshot: Box<RawValue>,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(
+        request_id: Option<String>,
+        job_id: Option<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Error {
+            request_id,
+            job_id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"could not encode a reply"}"#.into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_client_message() {
+        for text in [
+            r#"{"type":"submit","request_id":"r1","job":{"kind":"echo","params":{"x":1}}}"#,
+            r#"{"type":"subscribe","job_id":"x","after":3}"#,
+            r#"{"type":"unsubscribe","job_id":"x"}"#,
+            r#"{"type":"cancel","job_id":"x"}"#,
+            r#"{"type":"auth","token":"t"}"#,
+            r#"{"type":"ping"}"#,
+        ] {
+            assert!(ClientMessage::parse(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        let code = |text| ClientMessage::parse(text).map(|_| ()).map_err(|e| e.code);
+        assert_eq!(code("{nope"), Err(ErrorCode::InvalidJson));
+        assert_eq!(code("[1]"), Err(ErrorCode::InvalidJson));
+        assert_eq!(code(r#"{"type":"launch"}"#), Err(ErrorCode::InvalidMessage));
+        assert_eq!(code(r#"{"job_id":"x"}"#), Err(ErrorCode::InvalidMessage));
+        assert_eq!(
+            code(r#"{"type":"subscribe"}"#),
+            Err(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            code(r#"{"type":"submit","request_id":"r","job":{"kind":"echo","params":3}}"#),
+            Err(ErrorCode::InvalidRequest)
+        );
+    }
+
+    #[test]
+    fn keeps_the_request_id_of_a_bad_submit() {
+        let err = ClientMessage::parse(r#"{"type":"submit","request_id":"r7","job":{}}"#)
+            .expect_err("missing kind");
+        assert_eq!(err.request_id.as_deref(), Some("r7"));
+    }
+}

@@ -1,0 +1,28 @@
+//! jobgate's Redis protocol, as the gateway speaks it.
+//!
+//! - [`keys`]: every key and channel name (the schema is in
+//!   `proto-schemas/PROTOCOL.md`);
+//! - [`JobStore`]: submit, snapshot, history, cancel, all through the one
+//!   state machine script shared with the Python worker;
+//! - [`EventHub`]: one pub/sub connection per process, multiplexed across
+//!   every client connection, re-established on its own;
+//! - [`Feed`]: subscribe-then-read for one client connection: history and
+//!   live events merged, ordered and de-duplicated by `(job_id, seq)`.
+//!
+//! **This crate knows nothing of HTTP.** It depends on the wire types only
+//! to name job ids and statuses.
+
+mod connect;
+mod error;
+mod feed;
+mod hub;
+pub mod keys;
+mod record;
+mod store;
+
+pub use connect::open;
+pub use error::StoreError;
+pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
+pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
+pub use record::JobRecord;
+pub use store::{CancelOutcome, JobStore, NewJob, StoreSettings, TraceContext};

@@ -1,0 +1,70 @@
+//! The job record (the `jobgate:job:{id}` hash) read back into typed form.
+
+use std::collections::HashMap;
+
+use jobgate_proto::{JobId, JobSnapshot, JobStatus};
+use serde_json::value::RawValue;
+
+use crate::StoreError;
+
+/// A job record: the public snapshot plus what only the gateway sees.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub owner: String,
+    pub legacy_trace_id: Option<String>,
+    pub snapshot: JobSnapshot,
+}
+
+impl JobRecord {
+    /// Builds the record from `HGETALL`; `None` when the hash is empty
+    /// (no such job, or it expired).
+    pub fn from_fields(mut fields: HashMap<String, String>) -> Result<Option<Self>, StoreError> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut take = |name: &str| fields.remove(name).filter(|v| !v.is_empty());
+        let bad = |name: &str| {
+            StoreError::Protocol(format!("job record field {name} is missing or malformed"))
+        };
+        let job_id: JobId = take("job_id")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("job_id"))?;
+        let status: JobStatus = take("status")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("status"))?;
+        let json = |value: Option<String>| value.and_then(|v| RawValue::from_string(v).ok());
+        let number = |value: Option<String>| value.and_then(|v| v.parse::<u64>().ok());
+        let snapshot = JobSnapshot {
+            job_id,
+            status,
+            kind: take("kind").ok_or_else(|| bad("kind"))?,
+            queue: take("queue").ok_or_else(|| bad("queue"))?,
+            priority: number(take("priority"))
+                .and_then(|p| u8::try_from(p).ok())
+                .unwrap_or(5),
+            attempt: number(take("attempt"))
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
+            max_attempts: number(take("max_attempts"))
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
+            timeout_s: number(take("timeout_s")).unwrap_or(0),
+            seq: number(take("seq")).unwrap_or(0),
+            progress: json(take("progress")),
+            result: json(take("result")),
+            error: json(take("error")),
+            cancel_requested: take("cancel_requested").as_deref() == Some("1")
+                && !status.is_terminal(),
+            created_at: number(take("created_at")).unwrap_or(0),
+            started_at: number(take("started_at")),
+            finished_at: number(take("finished_at")),
+            updated_at: number(take("updated_at")),
+            trace_id: take("trace_id").unwrap_or_default(),
+        };
+        Ok(Some(Self {
+            owner: take("owner").ok_or_else(|| bad("owner"))?,
+            legacy_trace_id: take("legacy_trace_id"),
+            snapshot,
+        }))
+    }
+}

@@ -1,0 +1,352 @@
+//! [`JobStore`]: the gateway's side of the job protocol. Every state change
+//! goes through `proto-schemas/redis/jobgate.lua`, the same script the
+//! Python worker runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use deadpool_redis::Pool;
+use jobgate_proto::{JobId, SubmitRequest};
+use redis::{Script, Value};
+
+use crate::keys::{self, Band};
+use crate::{JobRecord, StoreError};
+
+const SCRIPT: &str = include_str!("../../../proto-schemas/redis/jobgate.lua");
+
+/// How long a job's kind → queue route is trusted before asking Redis again.
+const ROUTE_TTL: Duration = Duration::from_secs(5);
+
+/// Settings the store applies to every job it creates.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// How long a terminal job's record and history are kept.
+    pub retention: Duration,
+    /// The most events one job's history keeps.
+    pub history_max: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            history_max: 10_000,
+        }
+    }
+}
+
+/// W3C trace context of a job.
+#[derive(Debug, Clone, Default)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: String,
+    pub trace_id: String,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: JobId,
+    pub owner: String,
+    pub request: SubmitRequest,
+    pub queue: String,
+    pub trace: TraceContext,
+    pub legacy_trace_id: Option<String>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled,
+    /// The job is running; its worker was asked to stop it.
+    Requested,
+    /// The job had already ended.
+    AlreadyTerminal,
+    NotFound,
+}
+
+/// One event from a job's history.
+pub(crate) struct StoredEvent {
+    pub(crate) seq: u64,
+    pub(crate) json: Bytes,
+}
+
+/// A job's record and the history after some seq, read together.
+pub(crate) struct HistoryRead {
+    pub(crate) record: Option<JobRecord>,
+    pub(crate) events: Vec<StoredEvent>,
+}
+
+/// Cheap to clone: a pool handle and shared caches.
+#[derive(Clone)]
+pub struct JobStore {
+    pool: Pool,
+    script: Arc<Script>,
+    settings: Arc<StoreSettings>,
+    routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+impl std::fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobStore {
+    pub fn new(pool: Pool, settings: StoreSettings) -> Self {
+        Self {
+            pool,
+            script: Arc::new(Script::new(SCRIPT)),
+            settings: Arc::new(settings),
+            routes: Arc::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The queue that a worker registered `kind` for, or `None` when no
+    /// worker knows the kind.
+    pub async fn route(&self, kind: &str) -> Result<Option<String>, StoreError> {
+        if let Some((queue, at)) = self.lock_routes().get(kind)
+            && at.elapsed() < ROUTE_TTL
+        {
+            return Ok(Some(queue.clone()));
+        }
+        let mut conn = self.connection().await?;
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg(keys::KINDS)
+            .arg(kind)
+            .query_async(&mut conn)
+            .await?;
+        let Some(entry) = entry else { return Ok(None) };
+        #[derive(serde::Deserialize)]
+        struct Registration {
+            queue: String,
+        }
+        let registration: Registration = serde_json::from_str(&entry)
+            .map_err(|e| StoreError::Protocol(format!("kind registration of {kind}: {e}")))?;
+        self.lock_routes().insert(
+            kind.to_owned(),
+            (registration.queue.clone(), Instant::now()),
+        );
+        Ok(Some(registration.queue))
+    }
+
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        // The map is only a cache: a panic elsewhere cannot leave it inconsistent.
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates the job record (with its `queued` event) and enqueues it.
+    /// When enqueueing fails after the record was written, the record is
+    /// failed with `enqueue_failed` so that it never claims to be queued.
+    pub async fn submit(&self, job: &NewJob) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let request = &job.request;
+        let reply: Value = self
+            .script
+            .key(keys::job(&job.job_id))
+            .key(keys::events(&job.job_id))
+            .arg("create")
+            .arg(job.job_id.to_string())
+            .arg(&job.owner)
+            .arg(&request.kind)
+            .arg(&job.queue)
+            .arg(request.params.get())
+            .arg(request.priority())
+            .arg(request.max_attempts())
+            .arg(request.timeout_s())
+            .arg(self.settings.retention.as_secs().max(1))
+            .arg(self.settings.history_max.max(1))
+            .arg(&job.trace.traceparent)
+            .arg(&job.trace.tracestate)
+            .arg(&job.trace.trace_id)
+            .arg(job.legacy_trace_id.as_deref().unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await?;
+        match status_word(&reply)?.as_str() {
+            "ok" => {}
+            other => {
+                return Err(StoreError::Protocol(format!("create answered {other}")));
+            }
+        }
+        let now_ms = unix_ms();
+        let retention_ms = self.settings.retention.as_millis() as u64;
+        let owner_jobs = keys::owner_jobs(&job.owner);
+        let enqueued: Result<(), redis::RedisError> = redis::pipe()
+            .cmd("XADD")
+            .arg(keys::queue(
+                &job.queue,
+                Band::for_priority(request.priority()),
+            ))
+            .arg("*")
+            .arg("job_id")
+            .arg(job.job_id.to_string())
+            .arg("kind")
+            .arg(&request.kind)
+            .arg("traceparent")
+            .arg(&job.trace.traceparent)
+            .arg("tracestate")
+            .arg(&job.trace.tracestate)
+            .arg("enqueued_at")
+            .arg(now_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(&owner_jobs)
+            .arg(now_ms)
+            .arg(job.job_id.to_string())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&owner_jobs)
+            .arg("-inf")
+            .arg(format!("({}", now_ms.saturating_sub(retention_ms)))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&owner_jobs)
+            .arg(retention_ms.max(1))
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(error) = enqueued {
+            let _: Result<Value, _> = self
+                .script
+                .key(keys::job(&job.job_id))
+                .key(keys::events(&job.job_id))
+                .arg("fail")
+                .arg("*")
+                .arg("enqueue_failed")
+                .arg("the job could not be enqueued")
+                .invoke_async(&mut conn)
+                .await;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// The job record, or `None` when there is no such job.
+    pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.connection().await?;
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::job(job_id))
+            .query_async(&mut conn)
+            .await?;
+        JobRecord::from_fields(fields)
+    }
+
+    /// The record and the events with seq > `after`, read in one round trip.
+    pub(crate) async fn history_after(
+        &self,
+        job_id: &JobId,
+        after: u64,
+    ) -> Result<HistoryRead, StoreError> {
+        let mut conn = self.connection().await?;
+        let (fields, entries): (
+            HashMap<String, String>,
+            Vec<(String, HashMap<String, Bytes>)>,
+        ) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(keys::job(job_id))
+            .cmd("XRANGE")
+            .arg(keys::events(job_id))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let mut events = Vec::with_capacity(entries.len());
+        for (id, mut fields) in entries {
+            let seq = id
+                .split_once('-')
+                .and_then(|(seq, _)| seq.parse().ok())
+                .ok_or_else(|| StoreError::Protocol(format!("history entry id {id}")))?;
+            let json = fields
+                .remove("e")
+                .ok_or_else(|| StoreError::Protocol(format!("history entry {id} has no event")))?;
+            events.push(StoredEvent { seq, json });
+        }
+        Ok(HistoryRead {
+            record: JobRecord::from_fields(fields)?,
+            events,
+        })
+    }
+
+    /// Asks for a job to be cancelled.
+    pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let reply: Value = self
+            .script
+            .key(keys::job(job_id))
+            .key(keys::events(job_id))
+            .arg("cancel")
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match status_word(&reply)?.as_str() {
+            "ok" => CancelOutcome::Cancelled,
+            "requested" => CancelOutcome::Requested,
+            "skip" => CancelOutcome::AlreadyTerminal,
+            "missing" => CancelOutcome::NotFound,
+            other => return Err(StoreError::Protocol(format!("cancel answered {other}"))),
+        })
+    }
+
+    /// The owner's job ids created at or after `since_ms`, newest last, at
+    /// most `limit`.
+    pub async fn owner_jobs_since(
+        &self,
+        owner: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::owner_jobs(owner))
+            .arg("+inf")
+            .arg(since_ms)
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.iter().rev().filter_map(|id| id.parse().ok()).collect())
+    }
+}
+
+/// The first element of a script reply: its status word.
+fn status_word(reply: &Value) -> Result<String, StoreError> {
+    let first = match reply {
+        Value::Array(items) => items.first(),
+        _ => None,
+    };
+    match first {
+        Some(Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Some(Value::SimpleString(text)) => Ok(text.clone()),
+        _ => Err(StoreError::Protocol(format!("script reply {reply:?}"))),
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

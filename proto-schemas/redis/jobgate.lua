@@ -1,0 +1,273 @@
+-- jobgate job state machine: the one place where a job's state changes.
+--
+-- Loaded unchanged by the gateway (Rust) and the worker SDK (Python) and run
+-- with EVALSHA. Every call touches exactly two keys that share the job's hash
+-- tag, so it runs on Redis Cluster too:
+--
+--   KEYS[1]  job record     <prefix>job:{<job_id>}      (hash)
+--   KEYS[2]  event history  <prefix>events:{<job_id>}   (stream, entry id "<seq>-0")
+--   ARGV[1]  operation name; the remaining ARGV depend on the operation.
+--
+-- Each state change does, atomically: update the job hash, append one event
+-- to the history stream, and PUBLISH the same event JSON to
+--   <prefix>live:job:<job_id>      (watchers of one job)
+--   <prefix>live:owner:<owner>     (a dashboard watching all of an owner's jobs)
+-- PUBLISH names no key, so it does not break the one-slot rule.
+--
+-- Replies are arrays whose first element is a status word:
+--   {'ok', ...}        the change was made (details per operation)
+--   {'skip', status}   the job is already terminal: nothing changed
+--   {'stale', status}  the caller's attempt is not the job's current attempt
+--                      (its lease was taken over): nothing changed
+--   {'missing'}        no such job (never created, or expired)
+--   {'exists', status} create: the id is taken
+--   {'requested'}      cancel of a running job: the worker is asked to stop
+--
+-- Statuses: queued -> running -> completed | failed | cancelled, and
+-- running -> queued again through a `retrying` event.
+
+local op = ARGV[1]
+local job_key = KEYS[1]
+local events_key = KEYS[2]
+local prefix = string.match(job_key, '^(.*)job:{')
+if prefix == nil then
+  return redis.error_reply('ERR jobgate: KEYS[1] is not a job key: ' .. job_key)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function is_terminal(status)
+  return status == 'completed' or status == 'failed' or status == 'cancelled'
+end
+
+-- Append one event to the history, publish it, and return its seq and JSON.
+-- `data` must already be a JSON text; it is embedded verbatim so that numbers
+-- in results keep their exact spelling.
+local function emit(job_id, owner, trace_id, event, data, now, history_max)
+  local seq = redis.call('HINCRBY', job_key, 'seq', 1)
+  local json = string.format(
+    '{"type":"event","job_id":%s,"seq":%d,"event":"%s","data":%s,"ts":%d,"trace_id":"%s"}',
+    cjson.encode(job_id), seq, event, data, now, trace_id)
+  redis.call('XADD', events_key, 'MAXLEN', history_max, string.format('%d-0', seq), 'e', json)
+  redis.call('PUBLISH', prefix .. 'live:job:' .. job_id, json)
+  redis.call('PUBLISH', prefix .. 'live:owner:' .. owner, json)
+  return seq, json
+end
+
+local function load(fields)
+  local values = redis.call('HMGET', job_key, unpack(fields))
+  local job = {}
+  for i, name in ipairs(fields) do job[name] = values[i] end
+  return job
+end
+
+local common = { 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
+                 'retention_s', 'history_max' }
+
+-- Terminal jobs keep their record and history for `retention_s`, then expire.
+local function expire_later(job)
+  local retention = tonumber(job.retention_s) or 86400
+  redis.call('EXPIRE', job_key, retention)
+  redis.call('EXPIRE', events_key, retention)
+end
+
+local function emit_for(job, event, data, now)
+  redis.call('HSET', job_key, 'updated_at', now)
+  return emit(job.job_id, job.owner, job.trace_id, event, data, now, job.history_max)
+end
+
+-- create: job_id owner kind queue params_json priority max_attempts timeout_s
+--         retention_s history_max traceparent tracestate trace_id legacy_trace_id
+local function create()
+  if redis.call('EXISTS', job_key) == 1 then
+    return { 'exists', redis.call('HGET', job_key, 'status') }
+  end
+  local now = now_ms()
+  local job = {
+    job_id = ARGV[2], owner = ARGV[3], kind = ARGV[4], queue = ARGV[5],
+    params = ARGV[6], priority = ARGV[7], max_attempts = ARGV[8],
+    timeout_s = ARGV[9], retention_s = ARGV[10], history_max = ARGV[11],
+    traceparent = ARGV[12], tracestate = ARGV[13], trace_id = ARGV[14],
+    legacy_trace_id = ARGV[15],
+  }
+  redis.call('HSET', job_key,
+    'job_id', job.job_id, 'owner', job.owner, 'kind', job.kind, 'queue', job.queue,
+    'params', job.params, 'priority', job.priority, 'max_attempts', job.max_attempts,
+    'timeout_s', job.timeout_s, 'retention_s', job.retention_s,
+    'history_max', job.history_max, 'traceparent', job.traceparent,
+    'tracestate', job.tracestate, 'trace_id', job.trace_id,
+    'legacy_trace_id', job.legacy_trace_id,
+    'status', 'queued', 'attempt', 0, 'seq', 0, 'created_at', now)
+  local data = string.format('{"kind":%s,"queue":%s,"priority":%d}',
+    cjson.encode(job.kind), cjson.encode(job.queue), tonumber(job.priority))
+  local seq, json = emit_for(job, 'queued', data, now)
+  return { 'ok', seq, json }
+end
+
+-- start: worker_name
+-- A queued job becomes running with attempt + 1. A job found `running` is
+-- one whose previous attempt was lost (its worker died and the entry was
+-- reclaimed): that attempt is recorded as `retrying`, then the new one starts,
+-- unless max_attempts is used up, in which case the job fails.
+-- Reply: {'ok', attempt, kind, params, timeout_s, max_attempts, traceparent,
+--         tracestate, trace_id, owner} or {'skip'|'missing', ...}.
+local function start()
+  local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
+                     'retention_s', 'history_max', 'kind', 'params', 'timeout_s',
+                     'traceparent', 'tracestate', 'cancel_requested' })
+  if job.status == false then return { 'missing' } end
+  if is_terminal(job.status) then return { 'skip', job.status } end
+  local now = now_ms()
+  local attempt = tonumber(job.attempt)
+  local max_attempts = tonumber(job.max_attempts)
+  if job.cancel_requested == '1' then
+    redis.call('HSET', job_key, 'status', 'cancelled', 'finished_at', now)
+    emit_for(job, 'cancelled', '{"reason":"requested"}', now)
+    expire_later(job)
+    return { 'skip', 'cancelled' }
+  end
+  if job.status == 'running' then
+    if attempt >= max_attempts then
+      local err = cjson.encode({ code = 'max_attempts_exceeded',
+        message = string.format('the job was attempted %d times and its last attempt was lost', attempt) })
+      redis.call('HSET', job_key, 'status', 'failed', 'error', err, 'finished_at', now)
+      emit_for(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, err), now)
+      expire_later(job)
+      return { 'skip', 'failed' }
+    end
+    emit_for(job, 'retrying', string.format(
+      '{"attempt":%d,"next_attempt":%d,"error":{"code":"attempt_lost","message":"the worker running this attempt stopped responding"}}',
+      attempt, attempt + 1), now)
+  end
+  attempt = attempt + 1
+  redis.call('HSET', job_key, 'status', 'running', 'attempt', attempt,
+    'worker', ARGV[2], 'started_at', now)
+  emit_for(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt,
+    cjson.encode(ARGV[2])), now)
+  return { 'ok', attempt, job.kind, job.params, job.timeout_s, job.max_attempts,
+           job.traceparent, job.tracestate, job.trace_id, job.owner }
+end
+
+-- Load the job for a change made by the worker running `attempt` (ARGV[2]):
+-- returns the job, or the reply to give when the change must not happen.
+local function guarded()
+  local job = load(common)
+  if job.status == false then return nil, { 'missing' } end
+  if is_terminal(job.status) then return nil, { 'skip', job.status } end
+  if job.status ~= 'running' or job.attempt ~= ARGV[2] then
+    return nil, { 'stale', job.status }
+  end
+  return job, nil
+end
+
+-- progress: attempt progress_json   (progress_json = {"done":..,"total":..,"message"?:..})
+local function progress()
+  local job, reply = guarded()
+  if job == nil then return reply end
+  local now = now_ms()
+  redis.call('HSET', job_key, 'progress', ARGV[3])
+  local seq = emit_for(job, 'progress', ARGV[3], now)
+  return { 'ok', seq }
+end
+
+-- complete: attempt result_json
+local function complete()
+  local job, reply = guarded()
+  if job == nil then return reply end
+  local now = now_ms()
+  redis.call('HSET', job_key, 'status', 'completed', 'result', ARGV[3], 'finished_at', now)
+  local seq = emit_for(job, 'completed', '{"result":' .. ARGV[3] .. '}', now)
+  expire_later(job)
+  return { 'ok', seq }
+end
+
+-- fail: attempt code message
+-- attempt "*" fails the job whatever its attempt (used by the gateway when
+-- enqueueing failed after the record was written).
+local function fail()
+  local job, reply
+  if ARGV[2] == '*' then
+    job = load(common)
+    if job.status == false then return { 'missing' } end
+    if is_terminal(job.status) then return { 'skip', job.status } end
+  else
+    job, reply = guarded()
+    if job == nil then return reply end
+  end
+  local now = now_ms()
+  local err = cjson.encode({ code = ARGV[3], message = ARGV[4] })
+  redis.call('HSET', job_key, 'status', 'failed', 'error', err, 'finished_at', now)
+  local seq = emit_for(job, 'failed',
+    string.format('{"attempt":%d,"error":%s}', tonumber(job.attempt), err), now)
+  expire_later(job)
+  return { 'ok', seq }
+end
+
+-- retry: attempt code message delay_ms
+-- The running attempt failed with a retryable error. With attempts left the
+-- job goes back to `queued` (the worker re-enqueues it after delay_ms);
+-- without, it fails with max_attempts_exceeded.
+local function retry()
+  local job, reply = guarded()
+  if job == nil then return reply end
+  local now = now_ms()
+  local attempt = tonumber(job.attempt)
+  local err = cjson.encode({ code = ARGV[3], message = ARGV[4] })
+  if attempt >= tonumber(job.max_attempts) then
+    local final = cjson.encode({ code = 'max_attempts_exceeded',
+      message = string.format('attempt %d of %d failed: %s', attempt, tonumber(job.max_attempts), ARGV[4]) })
+    redis.call('HSET', job_key, 'status', 'failed', 'error', final, 'finished_at', now)
+    local seq = emit_for(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, final), now)
+    expire_later(job)
+    return { 'failed', seq }
+  end
+  redis.call('HSET', job_key, 'status', 'queued', 'error', err)
+  local seq = emit_for(job, 'retrying', string.format(
+    '{"attempt":%d,"next_attempt":%d,"delay_ms":%d,"error":%s}',
+    attempt, attempt + 1, tonumber(ARGV[5]), err), now)
+  return { 'ok', seq }
+end
+
+-- cancel: (no arguments) — asked by a client.
+-- A queued job ends `cancelled` at once (a worker that later reads its entry
+-- skips it); a running one is flagged and its worker stops it.
+local function cancel()
+  local job = load(common)
+  if job.status == false then return { 'missing' } end
+  if is_terminal(job.status) then return { 'skip', job.status } end
+  local now = now_ms()
+  if job.status == 'running' then
+    redis.call('HSET', job_key, 'cancel_requested', '1', 'updated_at', now)
+    redis.call('PUBLISH', prefix .. 'control:' .. job.job_id, 'cancel')
+    return { 'requested' }
+  end
+  redis.call('HSET', job_key, 'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now)
+  local seq = emit_for(job, 'cancelled', '{"reason":"requested"}', now)
+  expire_later(job)
+  return { 'ok', seq }
+end
+
+-- cancelled: attempt — the worker stopped a running job on request.
+local function cancelled()
+  local job, reply = guarded()
+  if job == nil then return reply end
+  local now = now_ms()
+  redis.call('HSET', job_key, 'status', 'cancelled', 'finished_at', now)
+  local seq = emit_for(job, 'cancelled',
+    string.format('{"reason":"requested","attempt":%d}', tonumber(job.attempt)), now)
+  expire_later(job)
+  return { 'ok', seq }
+end
+
+local operations = {
+  create = create, start = start, progress = progress, complete = complete,
+  fail = fail, retry = retry, cancel = cancel, cancelled = cancelled,
+}
+local run = operations[op]
+if run == nil then
+  return redis.error_reply('ERR jobgate: unknown operation ' .. tostring(op))
+end
+return run()
