@@ -22,6 +22,7 @@
 --   {'missing'}        no such job (never created, or expired)
 --   {'exists', status} create: the id is taken
 --   {'requested'}      cancel of a running job: the worker is asked to stop
+--   {'failed', seq}    retry: no attempts were left, the job failed instead
 --
 -- Statuses: queued -> running -> completed | failed | cancelled, and
 -- running -> queued again through a `retrying` event.

@@ -1,0 +1,207 @@
+//! Real clients over real sockets: a WebSocket session and an SSE stream.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket session with the gateway.
+#[derive(Debug)]
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.context("ws connect")?;
+        Ok(Self { socket })
+    }
+
+    pub async fn send(&mut self, message: Value) -> anyhow::Result<()> {
+        self.socket.send(Message::text(message.to_string())).await?;
+        Ok(())
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.socket.send(Message::text(text.to_owned())).await?;
+        Ok(())
+    }
+
+    /// The next JSON text frame (pings are answered, not returned).
+    pub async fn next(&mut self, within: Duration) -> anyhow::Result<Value> {
+        loop {
+            let frame = tokio::time::timeout(within, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {within:?}"))?
+                .ok_or_else(|| anyhow!("the session ended"))??;
+            match frame {
+                Message::Text(text) => return Ok(serde_json::from_str(&text)?),
+                Message::Close(frame) => bail!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the close frame and returns it.
+    pub async fn closed(&mut self, within: Duration) -> anyhow::Result<Option<CloseFrame>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("not closed within {within:?}"))?;
+            match frame {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => bail!("the socket failed before a close frame: {error}"),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Submits a job and returns the `accepted` frame.
+    pub async fn submit(&mut self, request_id: &str, job: Value) -> anyhow::Result<Value> {
+        self.send(serde_json::json!({"type": "submit", "request_id": request_id, "job": job}))
+            .await?;
+        let reply = self.next(Duration::from_secs(10)).await?;
+        if reply["type"] != "accepted" {
+            bail!("expected accepted, got {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// Collects `event` frames of `job_id` until its terminal event.
+    pub async fn events_until_terminal(&mut self, job_id: &str, within: Duration) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next(left).await.with_context(|| format!("events so far: {events:?}"))?;
+            if frame["type"] == "event" && frame["job_id"] == job_id {
+                let terminal = matches!(
+                    frame["event"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                );
+                events.push(frame);
+                if terminal {
+                    return Ok(events);
+                }
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// An SSE stream, parsed as the EventSource spec says (fields, blank-line
+/// dispatch, comments ignored).
+#[derive(Debug)]
+pub struct SseClient {
+    pub status: reqwest::StatusCode,
+    response: Option<reqwest::Response>,
+    buffer: BytesMut,
+}
+
+impl SseClient {
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        Ok(Self {
+            status: response.status(),
+            response: Some(response),
+            buffer: BytesMut::new(),
+        })
+    }
+
+    /// The next event; `None` when the server ended the stream.
+    pub async fn next(&mut self, within: Duration) -> anyhow::Result<Option<SseEvent>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(event) = self.take_event() {
+                return Ok(Some(event));
+            }
+            let Some(response) = self.response.as_mut() else {
+                return Ok(None);
+            };
+            let chunk = tokio::time::timeout_at(deadline, response.chunk())
+                .await
+                .map_err(|_| anyhow!("no event within {within:?}"))??;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None => {
+                    self.response = None;
+                    return Ok(self.take_event());
+                }
+            }
+        }
+    }
+
+    /// Reads events until the stream ends.
+    pub async fn collect(&mut self, within: Duration) -> anyhow::Result<Vec<SseEvent>> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next(within).await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    fn take_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let text = std::str::from_utf8(&self.buffer).ok()?;
+            let end = text.find("\n\n")?;
+            let block = text[..end].to_owned();
+            let _ = self.buffer.split_to(end + 2);
+            let mut event = SseEvent {
+                id: None,
+                event: "message".into(),
+                data: String::new(),
+            };
+            let mut has_data = false;
+            for line in block.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => event.id = Some(value.to_owned()),
+                    "event" => event.event = value.to_owned(),
+                    "data" => {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(value);
+                        has_data = true;
+                    }
+                    _ => {}
+                }
+            }
+            if has_data {
+                return Some(event);
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The real gateway app, served in-process on an ephemeral port.
+
+use std::net::SocketAddr;
+
+use jobgate_gateway::{AppState, Config};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A gateway serving on `127.0.0.1:<ephemeral>`.
+#[derive(Debug)]
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Serves a gateway with the default config on `redis_url`.
+    pub async fn start(redis_url: &str) -> Self {
+        Self::start_with(Config::for_redis(redis_url)).await
+    }
+
+    /// Serves a gateway with `config` (its `listen` port is ignored: port 0).
+    pub async fn start_with(config: Config) -> Self {
+        config.validate().expect("valid test config");
+        let state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(jobgate_gateway::serve(listener, state.clone()));
+        let gateway = Self {
+            addr,
+            state,
+            server: Some(server),
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Waits until `/readyz` answers 200 (Redis and the pub/sub link up).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the gateway did not become ready");
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn shutdown(mut self) {
+        self.state.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
+        }
+    }
+
+    /// Abrupt death: every connection drops at once, nothing is flushed.
+    pub fn kill(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        self.state.shutdown.cancel();
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        self.state.shutdown.cancel();
+    }
+}

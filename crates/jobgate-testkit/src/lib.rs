@@ -1,0 +1,38 @@
+//! Test harness shared by jobgate's integration tests and benchmarks.
+//!
+//! Everything here is real: [`RedisServer`] runs `redis-server` on an
+//! ephemeral port (and can kill and restart it, with its AOF, for fault
+//! injection); [`TestGateway`] serves the real app on port 0;
+//! [`PythonWorker`] runs the real `jobgate-worker` from the repo's `.venv`;
+//! [`WsClient`] and [`SseClient`] are real WebSocket and SSE clients;
+//! [`Schemas`] validates messages against `proto-schemas/schemas`.
+
+mod clients;
+mod driver;
+mod gateway;
+mod redis_server;
+mod schemas;
+mod worker;
+
+use std::path::PathBuf;
+
+pub use clients::{SseClient, SseEvent, WsClient};
+pub use driver::JobDriver;
+pub use gateway::TestGateway;
+pub use redis_server::RedisServer;
+pub use schemas::Schemas;
+pub use worker::PythonWorker;
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root exists")
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}

@@ -1,0 +1,115 @@
+//! A real `redis-server` per test, on its own port and folder.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// A `redis-server` child process, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server with append-only persistence (fsync every write) in a
+    /// fresh temporary folder, so a restart keeps every acknowledged write.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "jobgate-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the redis folder");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for checking what the tests did.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    /// `kill -9`: the server stops at once, without saving.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, from its AOF.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = Command::new(redis_server_binary())
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--dir", self.dir.to_str().expect("utf-8 path")])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--save", ""])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make test installs it)");
+            self.child = Some(child);
+            if self.wait_ready(Duration::from_secs(5)) {
+                return;
+            }
+            self.kill();
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            // The port was taken meanwhile: try another.
+            self.port = free_port();
+        }
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if let Ok(mut conn) = self.client().get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_server_binary() -> String {
+    std::env::var("JOBGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
