@@ -181,7 +181,7 @@ impl Session {
 
     async fn subscribe(&mut self, job_id: &str, after: u64) -> Result<(), End> {
         let Ok(id) = job_id.parse::<JobId>() else {
-            return self.error(None, Some(job_id), ApiError::invalid_job_id());
+            return self.error(None, None, ApiError::invalid_job_id());
         };
         let start = match self.feed.watch(id, after).await {
             Ok(start) => start,
@@ -224,13 +224,13 @@ impl Session {
                     "the session is not subscribed to that job",
                 ),
             ),
-            Err(_) => self.error(None, Some(job_id), ApiError::invalid_job_id()),
+            Err(_) => self.error(None, None, ApiError::invalid_job_id()),
         }
     }
 
     async fn cancel(&mut self, job_id: &str, request_id: Option<String>) -> Result<(), End> {
         let Ok(id) = job_id.parse::<JobId>() else {
-            return self.error(request_id, Some(job_id), ApiError::invalid_job_id());
+            return self.error(request_id, None, ApiError::invalid_job_id());
         };
         match jobs::cancel_job(&self.state, &self.principal, &id).await {
             Ok(_) => Ok(()),

@@ -113,12 +113,12 @@ impl Feed {
             (Some(record), None) if record.snapshot.seq > after => Some(record.snapshot.seq + 1),
             _ => None,
         };
-        if read.record.is_some() {
-            // Watching again from an earlier point starts over from there.
-            self.ready.retain(|event| event.job_id != job_id);
-            self.cursors.insert(job_id, Cursor { last_seq: after });
-            self.accept_history(job_id, read.events);
-        }
+        // Watching again from an earlier point starts over from there. A job
+        // that does not exist yet is watched too: a WebSocket submit watches
+        // its job before creating it, so that its first event is not missed.
+        self.ready.retain(|event| event.job_id != job_id);
+        self.cursors.insert(job_id, Cursor { last_seq: after });
+        self.accept_history(job_id, read.events);
         Ok(WatchStart {
             record: read.record,
             truncated_from,

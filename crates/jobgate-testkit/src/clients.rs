@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A WebSocket session with the gateway.
@@ -19,7 +19,9 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.context("ws connect")?;
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("ws connect")?;
         Ok(Self { socket })
     }
 
@@ -76,12 +78,19 @@ impl WsClient {
     }
 
     /// Collects `event` frames of `job_id` until its terminal event.
-    pub async fn events_until_terminal(&mut self, job_id: &str, within: Duration) -> anyhow::Result<Vec<Value>> {
+    pub async fn events_until_terminal(
+        &mut self,
+        job_id: &str,
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut events = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let frame = self.next(left).await.with_context(|| format!("events so far: {events:?}"))?;
+            let frame = self
+                .next(left)
+                .await
+                .with_context(|| format!("events so far: {events:?}"))?;
             if frame["type"] == "event" && frame["job_id"] == job_id {
                 let terminal = matches!(
                     frame["event"].as_str(),

@@ -33,7 +33,8 @@ impl JobDriver {
 
     /// Registers `kind` on `queue`, as a starting worker does.
     pub async fn register_kind(&mut self, kind: &str, queue: &str) -> anyhow::Result<()> {
-        let registration = serde_json::json!({"queue": queue, "worker": "test-driver", "seen_at": 0});
+        let registration =
+            serde_json::json!({"queue": queue, "worker": "test-driver", "seen_at": 0});
         let _: i64 = redis::cmd("HSET")
             .arg("jobgate:kinds")
             .arg(kind)
@@ -64,13 +65,26 @@ impl JobDriver {
         self.op(job_id, &["start", "test-driver"]).await
     }
 
-    pub async fn progress(&mut self, job_id: &str, attempt: u32, done: u32, total: u32) -> anyhow::Result<String> {
+    pub async fn progress(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        done: u32,
+        total: u32,
+    ) -> anyhow::Result<String> {
         let data = format!(r#"{{"done":{done},"total":{total}}}"#);
-        self.op(job_id, &["progress", &attempt.to_string(), &data]).await
+        self.op(job_id, &["progress", &attempt.to_string(), &data])
+            .await
     }
 
-    pub async fn complete(&mut self, job_id: &str, attempt: u32, result: &str) -> anyhow::Result<String> {
-        self.op(job_id, &["complete", &attempt.to_string(), result]).await
+    pub async fn complete(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        result: &str,
+    ) -> anyhow::Result<String> {
+        self.op(job_id, &["complete", &attempt.to_string(), result])
+            .await
     }
 
     /// A raw command on the driver's connection.

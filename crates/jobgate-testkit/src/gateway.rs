@@ -24,7 +24,9 @@ impl TestGateway {
     pub async fn start_with(config: Config) -> Self {
         config.validate().expect("valid test config");
         let state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(jobgate_gateway::serve(listener, state.clone()));
         let gateway = Self {

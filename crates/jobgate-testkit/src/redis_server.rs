@@ -78,7 +78,11 @@ impl RedisServer {
                 return;
             }
             self.kill();
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             // The port was taken meanwhile: try another.
             self.port = free_port();
         }
@@ -92,7 +96,9 @@ impl RedisServer {
             {
                 return false;
             }
-            if let Ok(mut conn) = self.client().get_connection_with_timeout(Duration::from_millis(200))
+            if let Ok(mut conn) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
             {
                 return true;

@@ -30,14 +30,23 @@ impl Schemas {
             if path.extension().is_some_and(|e| e == "json") {
                 let text = std::fs::read_to_string(&path).expect("read schema");
                 let document: Value = serde_json::from_str(&text).expect("schema is JSON");
-                let stem = path.file_stem().and_then(|s| s.to_str()).expect("name").to_owned();
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .expect("name")
+                    .to_owned();
                 documents.push((stem, document));
             }
         }
         let mut registry = Registry::new();
         for (_, document) in &documents {
-            let id = document["$id"].as_str().expect("every schema has an $id").to_owned();
-            registry = registry.add(id, document.clone()).expect("schema registers");
+            let id = document["$id"]
+                .as_str()
+                .expect("every schema has an $id")
+                .to_owned();
+            registry = registry
+                .add(id, document.clone())
+                .expect("schema registers");
         }
         let registry = registry.prepare().expect("schemas resolve");
         let mut validators = HashMap::new();
@@ -69,7 +78,10 @@ impl Schemas {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!("{name}: {instance} is invalid: {}", errors.join("; ")))
+            Err(format!(
+                "{name}: {instance} is invalid: {}",
+                errors.join("; ")
+            ))
         }
     }
 

@@ -64,7 +64,10 @@ impl PythonWorker {
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         child.wait().ok()
     }
 }

@@ -1,0 +1,366 @@
+//! Events pushed over real sockets: a server on port 0, real WebSocket and
+//! SSE clients, a real Redis, and the job script driven step by step the
+//! way a worker drives it.
+
+use std::time::Duration;
+
+use jobgate_testkit::{JobDriver, RedisServer, Schemas, SseClient, TestGateway, WsClient};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    _redis: RedisServer,
+    gateway: TestGateway,
+    driver: JobDriver,
+    schemas: Schemas,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let redis = RedisServer::start();
+        let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
+        driver
+            .register_kind("echo", "default")
+            .await
+            .expect("register");
+        let gateway = TestGateway::start(&redis.url()).await;
+        Self {
+            _redis: redis,
+            gateway,
+            driver,
+            schemas: Schemas::load(),
+        }
+    }
+
+    async fn submit_http(&self) -> String {
+        let body: Value = reqwest::Client::new()
+            .post(self.gateway.url("/v1/jobs"))
+            .json(&json!({"kind": "echo", "params": {"n": 1}}))
+            .send()
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("json");
+        body["job_id"].as_str().expect("job id").to_owned()
+    }
+
+    /// started, two progress events, completed: seq 2..=5.
+    async fn run_job(&mut self, job_id: &str) {
+        assert_eq!(self.driver.start(job_id).await.expect("start"), "ok");
+        self.driver
+            .progress(job_id, 1, 1, 2)
+            .await
+            .expect("progress");
+        self.driver
+            .progress(job_id, 1, 2, 2)
+            .await
+            .expect("progress");
+        assert_eq!(
+            self.driver
+                .complete(job_id, 1, r#"{"n":1}"#)
+                .await
+                .expect("complete"),
+            "ok"
+        );
+    }
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
+    let mut h = Harness::new().await;
+    let mut ws = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    let accepted = ws
+        .submit("r-1", json!({"kind": "echo", "params": {"n": 1}}))
+        .await
+        .expect("accepted");
+    h.schemas.assert_valid("ws_server_message", &accepted);
+    assert_eq!(accepted["request_id"], "r-1");
+    let job_id = accepted["job_id"].as_str().expect("id").to_owned();
+    h.run_job(&job_id).await;
+
+    let events = ws
+        .events_until_terminal(&job_id, WAIT)
+        .await
+        .expect("events");
+    assert_eq!(seqs(&events), vec![1, 2, 3, 4, 5]);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        ["queued", "started", "progress", "progress", "completed"]
+    );
+    assert_eq!(events[4]["data"]["result"], json!({"n": 1}));
+    for event in &events {
+        h.schemas.assert_valid("ws_server_message", event);
+        h.schemas.assert_valid("event", event);
+        assert_eq!(event["trace_id"], accepted["trace_id"]);
+    }
+}
+
+#[tokio::test]
+async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() {
+    let mut h = Harness::new().await;
+    let job_id = h.submit_http().await;
+    let mut first = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    let mut second = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    first
+        .send(json!({"type": "subscribe", "job_id": job_id}))
+        .await
+        .expect("send");
+    second
+        .send(json!({"type": "subscribe", "job_id": job_id, "after": 0}))
+        .await
+        .expect("send");
+    let mut sse = SseClient::connect(&h.gateway.url(&format!("/v1/jobs/{job_id}/events")), None)
+        .await
+        .expect("sse");
+    assert_eq!(sse.status, 200);
+    // Both sessions have the history (the queued event) once subscribed.
+    assert_eq!(first.next(WAIT).await.expect("queued")["seq"], 1);
+    assert_eq!(second.next(WAIT).await.expect("queued")["seq"], 1);
+    h.run_job(&job_id).await;
+
+    let mut from_first = vec![first.next(WAIT).await.expect("event")];
+    from_first.extend(
+        first
+            .events_until_terminal(&job_id, WAIT)
+            .await
+            .expect("events"),
+    );
+    let mut from_second = vec![second.next(WAIT).await.expect("event")];
+    from_second.extend(
+        second
+            .events_until_terminal(&job_id, WAIT)
+            .await
+            .expect("events"),
+    );
+    let from_sse = sse.collect(WAIT).await.expect("sse events");
+
+    assert_eq!(seqs(&from_first), vec![2, 3, 4, 5]);
+    assert_eq!(from_first, from_second);
+    let sse_events: Vec<Value> = from_sse.iter().map(|e| e.json()).collect();
+    assert_eq!(
+        seqs(&sse_events),
+        vec![1, 2, 3, 4, 5],
+        "the SSE stream ends after completed"
+    );
+    assert_eq!(sse_events[1..], from_first[..]);
+    for event in &from_sse {
+        assert_eq!(
+            event.id.as_deref(),
+            Some(event.json()["seq"].to_string().as_str())
+        );
+        assert_eq!(event.event, event.json()["event"].as_str().expect("type"));
+        h.schemas.assert_valid("event", &event.json());
+    }
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
+    let mut h = Harness::new().await;
+    let job_id = h.submit_http().await;
+    let url = h.gateway.url(&format!("/v1/jobs/{job_id}/events"));
+    // A stream that sees the first events, then drops.
+    let mut early = SseClient::connect(&url, None).await.expect("sse");
+    assert_eq!(
+        early
+            .next(WAIT)
+            .await
+            .expect("event")
+            .expect("queued")
+            .id
+            .as_deref(),
+        Some("1")
+    );
+    drop(early);
+    h.run_job(&job_id).await;
+
+    for n in 0..5u64 {
+        let mut resumed = SseClient::connect(&url, Some(&n.to_string()))
+            .await
+            .expect("sse");
+        assert_eq!(resumed.status, 200);
+        let ids: Vec<u64> = resumed
+            .collect(WAIT)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.id.as_deref().expect("id").parse().expect("number"))
+            .collect();
+        assert_eq!(ids, ((n + 1)..=5).collect::<Vec<_>>(), "after {n}");
+    }
+    let mut query = SseClient::connect(&format!("{url}?after=3"), None)
+        .await
+        .expect("sse");
+    assert_eq!(query.collect(WAIT).await.expect("events").len(), 2);
+    let past_the_end = SseClient::connect(&url, Some("5")).await.expect("sse");
+    assert_eq!(past_the_end.status, 204);
+}
+
+#[tokio::test]
+async fn a_websocket_subscribe_with_after_gets_exactly_the_rest() {
+    let mut h = Harness::new().await;
+    let job_id = h.submit_http().await;
+    h.driver.start(&job_id).await.expect("start");
+    h.driver.progress(&job_id, 1, 1, 2).await.expect("progress");
+    let mut ws = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    ws.send(json!({"type": "subscribe", "job_id": job_id, "after": 2}))
+        .await
+        .expect("send");
+    assert_eq!(ws.next(WAIT).await.expect("event")["seq"], 3);
+    h.driver.complete(&job_id, 1, "{}").await.expect("complete");
+    let rest = ws
+        .events_until_terminal(&job_id, WAIT)
+        .await
+        .expect("events");
+    assert_eq!(seqs(&rest), vec![4]);
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_session_stays_open() {
+    let h = Harness::new().await;
+    let mut ws = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    let unknown = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b";
+    let cases = [
+        ("{oops".to_owned(), "invalid_json"),
+        (r#"{"type":"launch"}"#.to_owned(), "invalid_message"),
+        (r#"{"job_id":"x"}"#.to_owned(), "invalid_message"),
+        (
+            r#"{"type":"submit","request_id":"r9","job":{"params":{}}}"#.to_owned(),
+            "invalid_request",
+        ),
+        (
+            r#"{"type":"submit","request_id":"r9","job":{"kind":"nope","params":{}}}"#.to_owned(),
+            "unknown_kind",
+        ),
+        (
+            r#"{"type":"subscribe","job_id":"nope"}"#.to_owned(),
+            "invalid_job_id",
+        ),
+        (
+            format!(r#"{{"type":"subscribe","job_id":"{unknown}"}}"#),
+            "not_found",
+        ),
+        (
+            format!(r#"{{"type":"unsubscribe","job_id":"{unknown}"}}"#),
+            "not_subscribed",
+        ),
+        (
+            format!(r#"{{"type":"cancel","job_id":"{unknown}","request_id":"c1"}}"#),
+            "not_found",
+        ),
+    ];
+    for (frame, code) in cases {
+        ws.send_text(&frame).await.expect("send");
+        let reply = ws.next(WAIT).await.expect("reply");
+        assert_eq!(reply["type"], "error", "{frame} -> {reply}");
+        assert_eq!(reply["code"], code, "{frame} -> {reply}");
+        h.schemas.assert_valid("ws_server_message", &reply);
+    }
+    ws.send(json!({"type": "ping"})).await.expect("send");
+    assert_eq!(ws.next(WAIT).await.expect("pong"), json!({"type": "pong"}));
+    // Nothing was enqueued by any of that.
+    let mut conn = h
+        ._redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jobgate:queue:*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[tokio::test]
+async fn cancel_over_the_websocket_pushes_cancelled() {
+    let h = Harness::new().await;
+    let mut ws = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    let accepted = ws
+        .submit("r", json!({"kind": "echo", "params": {}}))
+        .await
+        .expect("accepted");
+    let job_id = accepted["job_id"].as_str().expect("id");
+    ws.send(json!({"type": "cancel", "job_id": job_id}))
+        .await
+        .expect("send");
+    let events = ws
+        .events_until_terminal(job_id, WAIT)
+        .await
+        .expect("events");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["queued", "cancelled"]);
+}
+
+#[tokio::test]
+async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
+    let mut h = Harness::new().await;
+    let url = h.gateway.url("/v1/events");
+    let mut all = SseClient::connect(&url, None).await.expect("sse");
+    assert_eq!(all.status, 200);
+    let first = h.submit_http().await;
+    let second = h.submit_http().await;
+    h.run_job(&first).await;
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let event = all.next(WAIT).await.expect("event").expect("open");
+        seen.push(event);
+    }
+    let pairs: Vec<(String, u64)> = seen
+        .iter()
+        .map(|e| {
+            (
+                e.json()["job_id"].as_str().expect("id").to_owned(),
+                e.json()["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect();
+    assert!(pairs.contains(&(second.clone(), 1)), "{pairs:?}");
+    assert!(pairs.contains(&(first.clone(), 5)), "{pairs:?}");
+    let cursor = seen[2].id.clone().expect("id");
+    drop(all);
+
+    // Events that happened while the stream was away are replayed.
+    h.driver.start(&second).await.expect("start");
+    let mut resumed = SseClient::connect(&url, Some(&cursor)).await.expect("sse");
+    let mut replayed = Vec::new();
+    while let Ok(Some(event)) = resumed.next(Duration::from_secs(2)).await {
+        replayed.push((
+            event.json()["job_id"].as_str().expect("id").to_owned(),
+            event.json()["seq"].as_u64().expect("seq"),
+        ));
+    }
+    assert!(
+        replayed.contains(&(second.clone(), 2)),
+        "missed while away: {replayed:?}"
+    );
+    assert!(replayed.contains(&(first.clone(), 5)), "{replayed:?}");
+}
