@@ -1,0 +1,49 @@
+# jobgate: `make run` starts the whole system, `make test` runs every test.
+# Both install what they need first (redis-server, the Python venv).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
+
+.PHONY: run test deps redis-server venv build lint test-rust test-python bench clean
+
+run: deps build
+	@scripts/run.sh
+
+test: deps lint test-rust test-python
+	@echo "make test: all checks passed"
+
+deps: redis-server venv
+
+redis-server:
+	@scripts/install-redis.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: workers/python/pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e 'workers/python[dev]'
+	@touch $@
+
+build:
+	cargo build --release --bin jobgate
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(VENV)/bin/ruff check $(PYTHON_SOURCES)
+	$(VENV)/bin/ruff format --check $(PYTHON_SOURCES)
+	$(VENV)/bin/mypy --strict workers/python/src examples/pricing
+
+test-rust: deps
+	cargo test --workspace --locked
+
+test-python: deps
+	$(VENV)/bin/pytest -q workers/python/tests
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .jobgate
