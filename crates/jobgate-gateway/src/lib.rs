@@ -21,8 +21,6 @@ pub mod telemetry;
 mod trace;
 mod ws;
 
-use std::future::Future;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use jobgate_proto::ErrorCode;
@@ -96,27 +94,25 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        let interrupt = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut terminate =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(signal) => signal,
-                    Err(_) => {
-                        let _ = interrupt.await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = interrupt.await;
-        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
     }
 }

@@ -68,6 +68,9 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// A raw `XRANGE` entry: id and fields.
+type HistoryEntry = (String, HashMap<String, Bytes>);
+
 /// One event from a job's history.
 pub(crate) struct StoredEvent {
     pub(crate) seq: u64,
@@ -259,10 +262,7 @@ impl JobStore {
         after: u64,
     ) -> Result<HistoryRead, StoreError> {
         let mut conn = self.connection().await?;
-        let (fields, entries): (
-            HashMap<String, String>,
-            Vec<(String, HashMap<String, Bytes>)>,
-        ) = redis::pipe()
+        let (fields, entries): (HashMap<String, String>, Vec<HistoryEntry>) = redis::pipe()
             .cmd("HGETALL")
             .arg(keys::job(job_id))
             .cmd("XRANGE")
