@@ -39,6 +39,20 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Most jobs waiting in one queue; past it submissions get
+    /// `429 queue_full` with `Retry-After`. 0: no limit.
+    #[arg(long, env = "JOBGATE_MAX_QUEUE_LENGTH", default_value_t = 100_000)]
+    pub max_queue_length: u64,
+
+    /// Most open WebSocket sessions and SSE streams; past it new ones get
+    /// `503 too_many_connections`.
+    #[arg(long, env = "JOBGATE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Seconds an `Idempotency-Key` keeps naming the job it created.
+    #[arg(long, env = "JOBGATE_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
+    pub idempotency_ttl_s: u64,
+
     /// Seconds between the server's WebSocket pings; a ping unanswered for as
     /// long closes the session.
     #[arg(long, env = "JOBGATE_WS_PING_INTERVAL_S", default_value_t = 20)]
@@ -88,6 +102,12 @@ impl Config {
         if self.outbound_queue < 16 {
             return fail("JOBGATE_OUTBOUND_QUEUE must be at least 16");
         }
+        if self.max_connections == 0 {
+            return fail("JOBGATE_MAX_CONNECTIONS must be at least 1");
+        }
+        if self.idempotency_ttl_s == 0 {
+            return fail("JOBGATE_IDEMPOTENCY_TTL_S must be at least 1");
+        }
         if self.ws_ping_interval_s == 0 {
             return fail("JOBGATE_WS_PING_INTERVAL_S must be at least 1");
         }
@@ -121,6 +141,9 @@ impl Config {
             retention_s: 86_400,
             history_max: 10_000,
             outbound_queue: 1024,
+            max_queue_length: 100_000,
+            max_connections: 20_000,
+            idempotency_ttl_s: 86_400,
             ws_ping_interval_s: 20,
             max_body_bytes: 1_048_576,
             shutdown_grace_s: 5,

@@ -17,11 +17,14 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound | ErrorCode::NotSubscribed | ErrorCode::HistoryExpired => {
             StatusCode::NOT_FOUND
         }
-        ErrorCode::NotCancellable => StatusCode::CONFLICT,
+        ErrorCode::NotCancellable | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::RedisUnavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RedisUnavailable | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -77,7 +80,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_for(self.code);
         let mut response = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || self.code == ErrorCode::QueueFull {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));

@@ -14,7 +14,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JobPath, Json};
 use crate::state::AppState;
-use crate::{submit, trace};
+use crate::submit::{self, Submission};
+use crate::trace;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -30,8 +31,23 @@ async fn create(
     Json(request): Json<SubmitRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace = trace::for_new_job(header("traceparent"), header("tracestate"));
-    let accepted = submit::submit(&state, &principal, JobId::new(), request, trace, None).await?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map(str::to_owned).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Idempotency-Key must be printable ASCII",
+            )
+        })?),
+    };
+    let submission = Submission {
+        job_id: JobId::new(),
+        request,
+        trace: trace::for_new_job(header("traceparent"), header("tracestate")),
+        idempotency_key,
+        legacy_trace_id: None,
+    };
+    let accepted = submit::submit(&state, &principal, submission).await?;
     let body = SubmitResponse {
         job_id: accepted.job_id,
         status: JobStatus::Queued,

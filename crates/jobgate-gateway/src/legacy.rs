@@ -16,7 +16,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
-use crate::{jobs, submit, trace};
+use crate::submit::{self, Submission};
+use crate::{jobs, trace};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -50,16 +51,14 @@ async fn submit_job(
     // The old clients' trace ids are free-form: kept as an attribute of the
     // job (and in logs), while the job gets a W3C trace of its own.
     let legacy_trace_id = body.trace_id.map(|id| id.chars().take(256).collect());
-    let trace = trace::for_new_job(None, None);
-    let accepted = submit::submit(
-        &state,
-        &principal,
-        JobId::new(),
+    let submission = Submission {
+        job_id: JobId::new(),
         request,
-        trace,
+        trace: trace::for_new_job(None, None),
+        idempotency_key: None,
         legacy_trace_id,
-    )
-    .await?;
+    };
+    let accepted = submit::submit(&state, &principal, submission).await?;
     Ok(axum::Json(LegacySubmitResponse {
         job_id: accepted.job_id,
     }))

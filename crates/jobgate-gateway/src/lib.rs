@@ -76,7 +76,9 @@ pub fn build_state(
         },
         shutdown.clone(),
     );
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     Ok(AppState {
+        connections,
         config: std::sync::Arc::new(config),
         store,
         hub,

@@ -64,6 +64,7 @@ async fn job_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let after = resume_point(&headers, &query)?;
+    let permit = state.connection_permit()?;
     let mut feed = state.feed();
     let start = feed.watch(job_id, after).await?;
     let record = match start.record {
@@ -85,6 +86,7 @@ async fn job_events(
         ends_after_terminal: true,
         id_is_ts: false,
         since_ts: 0,
+        _permit: permit,
     };
     Ok(sse(events.into_stream()))
 }
@@ -108,6 +110,7 @@ async fn owner_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let since_ts = resume_point(&headers, &query)?;
+    let permit = state.connection_permit()?;
     let mut feed =
         Feed::for_owner(state.store.clone(), state.hub.clone(), &principal.owner).await?;
     if since_ts > 0 {
@@ -130,6 +133,7 @@ async fn owner_events(
         ends_after_terminal: false,
         id_is_ts: true,
         since_ts,
+        _permit: permit,
     };
     Ok(sse(events.into_stream()))
 }
@@ -157,6 +161,8 @@ struct EventStream {
     id_is_ts: bool,
     /// Events stamped before this are not sent (replay after a reconnect).
     since_ts: u64,
+    /// The connection's place under `JOBGATE_MAX_CONNECTIONS`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl EventStream {

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use jobgate_proto::ErrorCode;
 use jobgate_store::{EventHub, Feed, JobStore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -15,9 +18,31 @@ pub struct AppState {
     pub hub: EventHub,
     /// Fires when the server shuts down: sessions and streams end.
     pub shutdown: CancellationToken,
+    /// One permit per open WebSocket session or SSE stream.
+    pub connections: Arc<Semaphore>,
 }
 
 impl AppState {
+    /// A permit for one long-lived connection, held for its whole life;
+    /// `too_many_connections` when the gateway is full, `shutting_down`
+    /// once it is stopping.
+    pub fn connection_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down",
+            ));
+        }
+        Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooManyConnections,
+                    "the gateway holds as many connections as it may; retry later",
+                )
+            })
+    }
+
     /// A feed for one client connection.
     pub fn feed(&self) -> Feed {
         Feed::new(self.store.clone(), self.hub.clone())

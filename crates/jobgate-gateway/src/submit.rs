@@ -1,38 +1,115 @@
 //! Submitting a job, shared by `POST /v1/jobs`, the WebSocket `submit`
-//! message and the old `POST /submit`.
+//! message and the old `POST /submit`: validation, routing by kind,
+//! admission (queue length), idempotency, enqueueing.
+
+use std::time::Duration;
 
 use jobgate_proto::{ErrorCode, JobId, SubmitRequest};
-use jobgate_store::{NewJob, TraceContext};
+use jobgate_store::{IdempotencyClaim, NewJob, TraceContext};
+use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// How stale the queue length used for admission may be.
+const QUEUE_LENGTH_MAX_AGE: Duration = Duration::from_millis(250);
+/// The longest idempotency key.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
 /// A job that was accepted.
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
-    pub job_id: JobId,
-    pub trace_id: String,
+    pub(crate) job_id: JobId,
+    pub(crate) trace_id: String,
+    /// The job existed already: the same idempotency key and request.
+    pub(crate) replayed: bool,
 }
 
-/// Validates, routes and enqueues one job under `job_id`.
+/// One submission.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    /// The id the job gets if it is created.
+    pub(crate) job_id: JobId,
+    pub(crate) request: SubmitRequest,
+    pub(crate) trace: TraceContext,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) legacy_trace_id: Option<String>,
+}
+
+/// Validates, routes, admits and enqueues one job. With an idempotency key
+/// already used by this owner for the same request, creates nothing and
+/// answers the existing job; for a different request, `idempotency_conflict`.
 pub(crate) async fn submit(
     state: &AppState,
     principal: &Principal,
-    job_id: JobId,
-    request: SubmitRequest,
-    trace: TraceContext,
-    legacy_trace_id: Option<String>,
+    submission: Submission,
 ) -> Result<Accepted, ApiError> {
+    let Submission {
+        job_id,
+        request,
+        trace,
+        idempotency_key,
+        legacy_trace_id,
+    } = submission;
     request
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    if let Some(key) = &idempotency_key {
+        validate_idempotency_key(key)?;
+    }
     let queue = state.store.route(&request.kind).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownKind,
             format!("no worker has registered the job kind {:?}", request.kind),
         )
     })?;
+    let limit = state.config.max_queue_length;
+    if limit > 0
+        && state
+            .store
+            .queue_length(&queue, QUEUE_LENGTH_MAX_AGE)
+            .await?
+            >= limit
+    {
+        return Err(ApiError::new(
+            ErrorCode::QueueFull,
+            format!("the queue {queue:?} holds {limit} jobs or more; retry later"),
+        ));
+    }
+    if let Some(key) = &idempotency_key {
+        let fingerprint = fingerprint(&request);
+        let claim = state
+            .store
+            .claim_idempotency(
+                &principal.owner,
+                key,
+                job_id,
+                &fingerprint,
+                &trace.trace_id,
+                Duration::from_secs(state.config.idempotency_ttl_s),
+            )
+            .await?;
+        if let IdempotencyClaim::Existing {
+            job_id,
+            fingerprint: earlier,
+            trace_id,
+        } = claim
+        {
+            if earlier != fingerprint {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyConflict,
+                    "this idempotency key was used for a different request",
+                ));
+            }
+            tracing::info!(job_id = %job_id, trace_id = %trace_id, "idempotent resubmission");
+            return Ok(Accepted {
+                job_id,
+                trace_id,
+                replayed: true,
+            });
+        }
+    }
     let trace_id = trace.trace_id.clone();
     let job = NewJob {
         job_id,
@@ -42,7 +119,98 @@ pub(crate) async fn submit(
         trace,
         legacy_trace_id,
     };
-    state.store.submit(&job).await?;
+    if let Err(error) = state.store.submit(&job).await {
+        if let Some(key) = &idempotency_key
+            && let Err(release) = state.store.release_idempotency(&principal.owner, key).await
+        {
+            tracing::warn!(error = %release, job_id = %job_id, "could not free an idempotency key");
+        }
+        return Err(error.into());
+    }
     tracing::info!(job_id = %job_id, trace_id = %trace_id, kind = %job.request.kind, queue = %job.queue, "job submitted");
-    Ok(Accepted { job_id, trace_id })
+    Ok(Accepted {
+        job_id,
+        trace_id,
+        replayed: false,
+    })
+}
+
+fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
+    let printable = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !printable {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "an idempotency key is 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// What makes two submissions "the same request": kind, params (compared
+/// as JSON values, so spacing and key order do not matter) and options.
+fn fingerprint(request: &SubmitRequest) -> String {
+    let params: serde_json::Value =
+        serde_json::from_str(request.params.get()).unwrap_or(serde_json::Value::Null);
+    let canonical = serde_json::json!({
+        "kind": request.kind,
+        "params": params,
+        "priority": request.priority(),
+        "max_attempts": request.max_attempts(),
+        "timeout_s": request.timeout_s(),
+    });
+    let mut text = String::new();
+    write_canonical(&canonical, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON text with object keys sorted at every depth.
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> SubmitRequest {
+        serde_json::from_str(json).expect("request")
+    }
+
+    #[test]
+    fn the_same_request_spelled_differently_has_one_fingerprint() {
+        let a = request(r#"{"kind":"k","params":{"a":1,"b":{"y":2,"x":[1,2]}}}"#);
+        let b = request(
+            r#"{ "params": {"b": {"x": [1, 2], "y": 2}, "a": 1}, "kind": "k", "priority": 5 }"#,
+        );
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = request(r#"{"kind":"k","params":{"a":2,"b":{"y":2,"x":[1,2]}}}"#);
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
 }

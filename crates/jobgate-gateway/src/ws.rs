@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{jobs, submit, trace};
+use crate::submit::{self, Submission};
+use crate::{jobs, trace};
 
 /// Close code for a session that fell too far behind.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -161,22 +162,34 @@ impl Session {
         let job_id = JobId::new();
         // Watch before the job exists, so its first event cannot be missed.
         if let Err(error) = self.feed.watch(job_id, 0).await {
-            let error = ApiError::from(error);
-            return self.error(Some(frame.request_id), None, error);
+            return self.error(Some(frame.request_id), None, error.into());
         }
-        let trace = trace::for_new_job(frame.traceparent.as_deref(), frame.tracestate.as_deref());
         let request_id = frame.request_id;
-        match submit::submit(&self.state, &self.principal, job_id, frame.job, trace, None).await {
-            Ok(accepted) => self.reply(&ServerMessage::Accepted {
-                request_id,
-                job_id: accepted.job_id,
-                trace_id: accepted.trace_id,
-            }),
+        let submission = Submission {
+            job_id,
+            request: frame.job,
+            trace: trace::for_new_job(frame.traceparent.as_deref(), frame.tracestate.as_deref()),
+            idempotency_key: frame.idempotency_key,
+            legacy_trace_id: None,
+        };
+        let accepted = match submit::submit(&self.state, &self.principal, submission).await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 self.feed.unwatch(&job_id);
-                self.error(Some(request_id), None, error)
+                return self.error(Some(request_id), None, error);
             }
+        };
+        self.reply(&ServerMessage::Accepted {
+            request_id,
+            job_id: accepted.job_id,
+            trace_id: accepted.trace_id,
+        })?;
+        if accepted.replayed {
+            // The job exists from an earlier submit: follow it from the start.
+            self.feed.unwatch(&job_id);
+            return self.subscribe(&accepted.job_id.to_string(), 0).await;
         }
+        Ok(())
     }
 
     async fn subscribe(&mut self, job_id: &str, after: u64) -> Result<(), End> {

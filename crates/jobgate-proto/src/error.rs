@@ -31,6 +31,12 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The history no longer holds the events asked for, and the job is gone.
     HistoryExpired,
+    /// The queue holds as many jobs as it may; retry after `Retry-After`.
+    QueueFull,
+    /// The idempotency key was used before with a different request.
+    IdempotencyConflict,
+    /// The gateway holds as many connections as it may.
+    TooManyConnections,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
     /// The connection did not read its events fast enough.
@@ -42,6 +48,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documents and tests.
+    pub const ALL: [Self; 19] = [
+        Self::InvalidJson,
+        Self::InvalidMessage,
+        Self::InvalidRequest,
+        Self::UnknownKind,
+        Self::InvalidJobId,
+        Self::NotFound,
+        Self::NotCancellable,
+        Self::NotSubscribed,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::MethodNotAllowed,
+        Self::HistoryExpired,
+        Self::QueueFull,
+        Self::IdempotencyConflict,
+        Self::TooManyConnections,
+        Self::RedisUnavailable,
+        Self::SlowConsumer,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +86,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::HistoryExpired => "history_expired",
+            Self::QueueFull => "queue_full",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::TooManyConnections => "too_many_connections",
             Self::RedisUnavailable => "redis_unavailable",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",

@@ -30,6 +30,11 @@ pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")
 }
 
+/// An owner's idempotency key → the job it created.
+pub fn idempotency(owner: &str, key: &str) -> String {
+    format!("{PREFIX}idem:{{{owner}}}:{key}")
+}
+
 /// Live events of one job.
 pub fn job_channel(job_id: &JobId) -> String {
     format!("{PREFIX}live:job:{job_id}")

@@ -56,6 +56,26 @@ pub struct NewJob {
     pub legacy_trace_id: Option<String>,
 }
 
+/// What an idempotency key was found to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is new and now names the caller's job.
+    Claimed,
+    /// The key was used before, for this job and request fingerprint.
+    Existing {
+        job_id: JobId,
+        fingerprint: String,
+        trace_id: String,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IdempotencyRecord {
+    job_id: JobId,
+    fingerprint: String,
+    trace_id: String,
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -90,6 +110,7 @@ pub struct JobStore {
     script: Arc<Script>,
     settings: Arc<StoreSettings>,
     routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    depths: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 impl std::fmt::Debug for JobStore {
@@ -107,6 +128,7 @@ impl JobStore {
             script: Arc::new(Script::new(SCRIPT)),
             settings: Arc::new(settings),
             routes: Arc::default(),
+            depths: Arc::default(),
         }
     }
 
@@ -127,7 +149,7 @@ impl JobStore {
     /// The queue that a worker registered `kind` for, or `None` when no
     /// worker knows the kind.
     pub async fn route(&self, kind: &str) -> Result<Option<String>, StoreError> {
-        if let Some((queue, at)) = self.lock_routes().get(kind)
+        if let Some((queue, at)) = lock(&self.routes).get(kind)
             && at.elapsed() < ROUTE_TTL
         {
             return Ok(Some(queue.clone()));
@@ -145,18 +167,11 @@ impl JobStore {
         }
         let registration: Registration = serde_json::from_str(&entry)
             .map_err(|e| StoreError::Protocol(format!("kind registration of {kind}: {e}")))?;
-        self.lock_routes().insert(
+        lock(&self.routes).insert(
             kind.to_owned(),
             (registration.queue.clone(), Instant::now()),
         );
         Ok(Some(registration.queue))
-    }
-
-    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        // The map is only a cache: a panic elsewhere cannot leave it inconsistent.
-        self.routes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates the job record (with its `queued` event) and enqueues it.
@@ -245,6 +260,78 @@ impl JobStore {
         Ok(())
     }
 
+    /// Claims `key` for `job_id` for `ttl`, or tells what it already names.
+    pub async fn claim_idempotency(
+        &self,
+        owner: &str,
+        key: &str,
+        job_id: JobId,
+        fingerprint: &str,
+        trace_id: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut conn = self.connection().await?;
+        let record = IdempotencyRecord {
+            job_id,
+            fingerprint: fingerprint.to_owned(),
+            trace_id: trace_id.to_owned(),
+        };
+        let value = serde_json::to_string(&record)
+            .map_err(|e| StoreError::Protocol(format!("idempotency record: {e}")))?;
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(keys::idempotency(owner, key))
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        let Some(previous) = previous else {
+            return Ok(IdempotencyClaim::Claimed);
+        };
+        let previous: IdempotencyRecord = serde_json::from_str(&previous)
+            .map_err(|e| StoreError::Protocol(format!("idempotency record: {e}")))?;
+        Ok(IdempotencyClaim::Existing {
+            job_id: previous.job_id,
+            fingerprint: previous.fingerprint,
+            trace_id: previous.trace_id,
+        })
+    }
+
+    /// Frees a key whose job could not be created, so a retry can succeed.
+    pub async fn release_idempotency(&self, owner: &str, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys::idempotency(owner, key))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Entries waiting in `queue` (all bands), read at most every
+    /// `max_age`; a bound for admission, not an exact count.
+    pub async fn queue_length(&self, queue: &str, max_age: Duration) -> Result<u64, StoreError> {
+        if let Some((length, at)) = lock(&self.depths).get(queue)
+            && at.elapsed() < max_age
+        {
+            return Ok(*length);
+        }
+        let mut conn = self.connection().await?;
+        let lengths: (u64, u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(keys::queue(queue, Band::High))
+            .cmd("XLEN")
+            .arg(keys::queue(queue, Band::Normal))
+            .cmd("XLEN")
+            .arg(keys::queue(queue, Band::Low))
+            .query_async(&mut conn)
+            .await?;
+        let length = lengths.0 + lengths.1 + lengths.2;
+        lock(&self.depths).insert(queue.to_owned(), (length, Instant::now()));
+        Ok(length)
+    }
+
     /// The job record, or `None` when there is no such job.
     pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.connection().await?;
@@ -329,6 +416,14 @@ impl JobStore {
             .await?;
         Ok(ids.iter().rev().filter_map(|id| id.parse().ok()).collect())
     }
+}
+
+/// Locks one of the store's caches. They are only caches: a panic elsewhere
+/// cannot leave them inconsistent, so a poisoned lock is still used.
+fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The first element of a script reply: its status word.
