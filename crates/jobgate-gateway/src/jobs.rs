@@ -48,16 +48,30 @@ async fn create(
         legacy_trace_id: None,
     };
     let accepted = submit::submit(&state, &principal, submission).await?;
+    let status = if accepted.replayed {
+        // An earlier submit with this key created the job: answer as then,
+        // with the job's status now.
+        match state.store.record(&accepted.job_id).await? {
+            Some(record) => record.snapshot.status,
+            None => JobStatus::Queued,
+        }
+    } else {
+        JobStatus::Queued
+    };
     let body = SubmitResponse {
         job_id: accepted.job_id,
-        status: JobStatus::Queued,
+        status,
         trace_id: accepted.trace_id,
         links: JobLinks::for_job(accepted.job_id),
     };
     let location = body.links.this.clone();
+    let replayed = if accepted.replayed { "true" } else { "false" };
     Ok((
         StatusCode::ACCEPTED,
-        [("location", location)],
+        [
+            ("location", location),
+            ("idempotent-replayed", replayed.to_owned()),
+        ],
         axum::Json(body),
     ))
 }

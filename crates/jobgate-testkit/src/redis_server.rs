@@ -46,6 +46,27 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("redis url")
     }
 
+    /// Waits until workers have registered every one of `kinds`.
+    pub async fn wait_for_kinds(&self, kinds: &[&str]) {
+        let mut conn = self
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        for _ in 0..600 {
+            let registered: Vec<String> = redis::cmd("HKEYS")
+                .arg("jobgate:kinds")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no worker registered {kinds:?}");
+    }
+
     /// `kill -9`: the server stops at once, without saving.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -15,6 +15,18 @@ pub struct PythonWorker {
 impl PythonWorker {
     /// Starts the example worker against `redis_url` with extra CLI args.
     pub fn start(redis_url: &str, consumer: &str, extra_args: &[&str]) -> Self {
+        Self::start_app(redis_url, "examples.pricing:worker", None, consumer, extra_args)
+    }
+
+    /// Starts `app` (`module:attribute`), importable from the repository
+    /// root or from `python_path`.
+    pub fn start_app(
+        redis_url: &str,
+        app: &str,
+        python_path: Option<&std::path::Path>,
+        consumer: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let root = repo_root();
         let binary = Self::binary();
         assert!(
@@ -22,8 +34,12 @@ impl PythonWorker {
             "{} is missing: run `make venv` (make test does) first",
             binary.display()
         );
-        let child = Command::new(binary)
-            .arg("examples.pricing:worker")
+        let mut command = Command::new(binary);
+        if let Some(path) = python_path {
+            command.env("PYTHONPATH", path);
+        }
+        let child = command
+            .arg(app)
             .args(["--consumer", consumer])
             .args(extra_args)
             .current_dir(&root)
@@ -46,6 +62,13 @@ impl PythonWorker {
     /// `.venv/bin/jobgate-worker` in the repository.
     pub fn binary() -> PathBuf {
         repo_root().join(".venv/bin/jobgate-worker")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The process id.

@@ -17,7 +17,7 @@ impl System {
     async fn start() -> Self {
         let redis = RedisServer::start();
         let worker = PythonWorker::start(&redis.url(), "e2e-worker", &[]);
-        wait_for_kinds(&redis, &["echo", "mc_option_price"]).await;
+        redis.wait_for_kinds(&["echo", "mc_option_price"]).await;
         let gateway = TestGateway::start(&redis.url()).await;
         Self {
             _worker: worker,
@@ -26,27 +26,6 @@ impl System {
             schemas: Schemas::load(),
         }
     }
-}
-
-/// Waits until the worker has registered its kinds (it is reading then).
-async fn wait_for_kinds(redis: &RedisServer, kinds: &[&str]) {
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    for _ in 0..300 {
-        let registered: Vec<String> = redis::cmd("HKEYS")
-            .arg("jobgate:kinds")
-            .query_async(&mut conn)
-            .await
-            .expect("hkeys");
-        if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the worker did not register {kinds:?}");
 }
 
 fn pricing_params() -> Value {
