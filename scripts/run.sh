@@ -38,6 +38,22 @@ fi
 listen="${JOBGATE_LISTEN:-127.0.0.1:8080}"
 export JOBGATE_LISTEN="$listen"
 
+# Authentication is on: a development secret (kept under .jobgate/ so tokens
+# survive restarts) and a ready token for the user "dev".
+if [ -z "${JOBGATE_AUTH:-}" ]; then
+  secret_file="$state_dir/dev-secret"
+  if [ ! -s "$secret_file" ]; then
+    (umask 077; head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > "$secret_file")
+  fi
+  export JOBGATE_AUTH=jwt
+  export JOBGATE_JWT_SECRET="$(cat "$secret_file")"
+fi
+token=""
+if [ "$JOBGATE_AUTH" = "jwt" ] && [ -n "${JOBGATE_JWT_SECRET:-}" ]; then
+  token="$(./target/release/jobgate token --sub dev --ttl-s 604800)"
+  (umask 077; printf '%s\n' "$token" > "$state_dir/dev-token")
+fi
+
 ./target/release/jobgate 2> >(tee -a "$state_dir/gateway.log" >&2) &
 pids+=($!)
 .venv/bin/jobgate-worker examples.pricing:worker 2> >(tee -a "$state_dir/worker.log" >&2) &
@@ -48,11 +64,14 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+dashboard="http://$listen/"
+[ -n "$token" ] && dashboard="http://$listen/?access_token=$token"
 cat <<MSG
 
   jobgate is running
-    dashboard   http://$listen/
+    dashboard   $dashboard
     API         http://$listen/v1/jobs
+    token       $state_dir/dev-token  (curl -H "Authorization: Bearer \$(cat .jobgate/dev-token)" …)
     Redis       $JOBGATE_REDIS_URL
     logs        $state_dir/{gateway,worker,redis}.log
   Press Ctrl-C to stop.

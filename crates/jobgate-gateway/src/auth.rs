@@ -1,13 +1,23 @@
-//! Who is asking. Every handler takes a [`Principal`], the owner of the
-//! jobs it creates and the only one who may see them.
+//! Who is asking. Every handler takes a [`Principal`]: the owner of the jobs
+//! it creates and the only one who may see them.
 //!
-//! Until token verification is configured, every request belongs to the
-//! configured default owner; handlers already compare owners, so
-//! verification only changes how the principal is found.
+//! With `JOBGATE_AUTH=jwt` the principal comes from a verified JWT (`sub`),
+//! sent as `Authorization: Bearer <token>` or — for browsers, whose
+//! EventSource and WebSocket cannot set headers — as the `access_token`
+//! query parameter. With `JOBGATE_AUTH=none` (development, loopback only)
+//! every request belongs to `JOBGATE_DEFAULT_OWNER`. Tokens are never logged.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use jobgate_proto::ErrorCode;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -15,6 +25,8 @@ use crate::state::AppState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub owner: String,
+    /// When the credential expires (Unix seconds); `None` without auth.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -28,11 +40,292 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
-        _parts: &mut Parts,
+        parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            owner: state.config.default_owner.clone(),
+        let Some(verifier) = &state.auth else {
+            return Ok(Self {
+                owner: state.config.default_owner.clone(),
+                expires_at: None,
+            });
+        };
+        let token = bearer_token(parts).ok_or_else(|| {
+            unauthorized("send a token as Authorization: Bearer, or as access_token for browsers")
+        })?;
+        verifier.verify(&token)
+    }
+}
+
+/// The token from the `Authorization` header, or the `access_token` query
+/// parameter.
+fn bearer_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    url_query_value(query, "access_token")
+}
+
+fn url_query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
+            .flatten();
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, byte) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, message)
+}
+
+/// The claims jobgate reads.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+}
+
+/// Where verification keys come from.
+enum Keys {
+    /// HS256 with a shared secret.
+    Secret(DecodingKey),
+    /// RS256 or ES256 with one public key.
+    Public(DecodingKey, Algorithm),
+    /// Keys by `kid`, from a JWKS file.
+    Set(HashMap<String, (DecodingKey, Algorithm)>),
+}
+
+/// Verifies tokens as configured.
+pub struct Verifier {
+    keys: Keys,
+    audience: Option<String>,
+    issuer: Option<String>,
+    leeway_s: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest HS256 secret accepted (bytes).
+const MIN_SECRET_LEN: usize = 32;
+
+impl Verifier {
+    /// The verifier `config` asks for: `None` with `JOBGATE_AUTH=none`.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
+        let Some(AuthMode::Jwt) = config.auth else {
+            return Ok(None);
+        };
+        let fail = |message: String| ConfigError::new(message);
+        let keys = match (
+            &config.jwt_secret,
+            &config.jwt_public_key,
+            &config.jwks_file,
+        ) {
+            (Some(secret), None, None) => {
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(fail(format!(
+                        "JOBGATE_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes"
+                    )));
+                }
+                Keys::Secret(DecodingKey::from_secret(secret.as_bytes()))
+            }
+            (None, Some(path), None) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| fail(format!("JOBGATE_JWT_PUBLIC_KEY {}: {e}", path.display())))?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    Keys::Public(key, Algorithm::RS256)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    Keys::Public(key, Algorithm::ES256)
+                } else {
+                    return Err(fail(
+                        "JOBGATE_JWT_PUBLIC_KEY is not an RSA or EC public key in PEM".into(),
+                    ));
+                }
+            }
+            (None, None, Some(path)) => Keys::Set(load_jwks(path).map_err(fail)?),
+            (None, None, None) => {
+                return Err(fail(
+                    "JOBGATE_AUTH=jwt needs JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY or JOBGATE_JWKS_FILE".into(),
+                ));
+            }
+            _ => {
+                return Err(fail(
+                    "set only one of JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY and JOBGATE_JWKS_FILE".into(),
+                ));
+            }
+        };
+        Ok(Some(Self {
+            keys,
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+            leeway_s: config.jwt_leeway_s,
+        }))
+    }
+
+    /// The principal a token names, if it is valid now.
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("the token is not a JWT"))?;
+        let (key, algorithm) = match &self.keys {
+            Keys::Secret(key) => (key, Algorithm::HS256),
+            Keys::Public(key, algorithm) => (key, *algorithm),
+            Keys::Set(keys) => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| unauthorized("the token has no kid"))?;
+                let (key, algorithm) = keys
+                    .get(kid)
+                    .ok_or_else(|| unauthorized("unknown signing key"))?;
+                (key, *algorithm)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|error| {
+            use jsonwebtoken::errors::ErrorKind;
+            let reason = match error.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
+                ErrorKind::InvalidAudience => "the token is for another audience",
+                ErrorKind::InvalidIssuer => "the token is from another issuer",
+                ErrorKind::InvalidSignature => "the token's signature is invalid",
+                ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
+                ErrorKind::MissingRequiredClaim(_) => "the token lacks sub or exp",
+                _ => "the token is invalid",
+            };
+            unauthorized(reason)
+        })?;
+        let owner = data.claims.sub;
+        let acceptable = !owner.is_empty()
+            && owner.len() <= 256
+            && !owner
+                .chars()
+                .any(|c| c.is_control() || c == '{' || c == '}');
+        if !acceptable {
+            return Err(unauthorized("the token's sub is not a usable owner name"));
+        }
+        Ok(Principal {
+            owner,
+            expires_at: Some(data.claims.exp),
         })
+    }
+}
+
+fn load_jwks(path: &std::path::Path) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("JOBGATE_JWKS_FILE {}: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("JOBGATE_JWKS_FILE is not a JWK set: {e}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        // KeyAlgorithm names the same algorithms as Algorithm: map by name.
+        let named = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| format!("{a:?}").parse::<Algorithm>().ok());
+        let algorithm = match named {
+            Some(algorithm) => algorithm,
+            None => match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            },
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
+        keys.insert(kid, (key, algorithm));
+    }
+    if keys.is_empty() {
+        return Err("JOBGATE_JWKS_FILE holds no usable key (each needs a kid)".into());
+    }
+    Ok(keys)
+}
+
+/// Mints an HS256 token for `owner` valid `ttl_s` seconds (for `jobgate
+/// token` and tests).
+pub fn mint_hs256(
+    secret: &str,
+    owner: &str,
+    ttl_s: u64,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: owner.to_owned(),
+        exp: now + ttl_s,
+        aud: audience.map(str::to_owned),
+        iss: issuer.map(str::to_owned),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_access_token_query_parameter() {
+        assert_eq!(
+            url_query_value("after=3&access_token=a%2Eb+c", "access_token").as_deref(),
+            Some("a.b c")
+        );
+        assert_eq!(url_query_value("after=3", "access_token"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

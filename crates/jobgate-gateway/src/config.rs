@@ -2,9 +2,20 @@
 //! environment variables, validated before any port is bound.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// A JWT on every request: `sub` is the owner.
+    Jwt,
+    /// No authentication: every job belongs to `JOBGATE_DEFAULT_OWNER`.
+    /// Development only; refused on a non-loopback address.
+    None,
+}
 
 /// Settings of `jobgate serve` (the default command).
 #[derive(Debug, Clone, Args)]
@@ -66,6 +77,35 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
 
+    /// Authentication: `jwt`, or `none` for development on loopback. There
+    /// is no default: the gateway refuses to start until it is set.
+    #[arg(long, env = "JOBGATE_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// HS256 shared secret (at least 32 bytes).
+    #[arg(long, env = "JOBGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
+    #[arg(long, env = "JOBGATE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (keys chosen by the token's `kid`).
+    #[arg(long, env = "JOBGATE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JOBGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JOBGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "JOBGATE_JWT_LEEWAY_S", default_value_t = 30)]
+    pub jwt_leeway_s: u64,
+
     /// The owner of every job while authentication is off.
     #[arg(long, env = "JOBGATE_DEFAULT_OWNER", default_value = "local")]
     pub default_owner: String,
@@ -79,6 +119,12 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 impl Config {
     /// Checks what clap cannot: ranges and the shape of the Redis URL.
@@ -117,6 +163,21 @@ impl Config {
         if self.default_owner.is_empty() {
             return fail("JOBGATE_DEFAULT_OWNER must not be empty");
         }
+        match self.auth {
+            None => {
+                return fail(
+                    "JOBGATE_AUTH must be set: jwt (with JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY \
+                     or JOBGATE_JWKS_FILE), or none for development on a loopback address",
+                );
+            }
+            Some(AuthMode::None) if !self.listen.ip().is_loopback() => {
+                return fail(
+                    "JOBGATE_AUTH=none is refused on a non-loopback JOBGATE_LISTEN address",
+                );
+            }
+            Some(_) => {}
+        }
+        crate::auth::Verifier::from_config(self)?;
         Ok(())
     }
 
@@ -132,7 +193,8 @@ impl Config {
         Duration::from_secs(self.shutdown_grace_s)
     }
 
-    /// A configuration for tests: everything default but the Redis URL.
+    /// A configuration for tests: everything default but the Redis URL, with
+    /// authentication off (loopback).
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -147,6 +209,13 @@ impl Config {
             ws_ping_interval_s: 20,
             max_body_bytes: 1_048_576,
             shutdown_grace_s: 5,
+            auth: Some(AuthMode::None),
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwks_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway_s: 30,
             default_owner: "local".into(),
             log: "info".into(),
         }

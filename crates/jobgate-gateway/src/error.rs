@@ -18,6 +18,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         ErrorCode::NotCancellable | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,6 +81,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_for(self.code);
         let mut response = (status, axum::Json(self.body())).into_response();
+        if self.code == ErrorCode::Unauthorized {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || self.code == ErrorCode::QueueFull {
             response
                 .headers_mut()

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::ApiError;
 pub use state::AppState;
-pub use ws::{CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER};
+pub use ws::{CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED};
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
@@ -54,12 +54,20 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Builds the state for `config`: the Redis pool, the store and the event
-/// hub (whose task runs until `shutdown`). Nothing connects yet.
-pub fn build_state(
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<AppState, jobgate_store::StoreError> {
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] jobgate_store::StoreError),
+}
+
+/// Builds the state for `config`: the Redis pool, the store, the token
+/// verifier and the event hub (whose task runs until `shutdown`). Nothing
+/// connects yet.
+pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
+    let auth = auth::Verifier::from_config(&config)?.map(std::sync::Arc::new);
     let (pool, client) = jobgate_store::open(&config.redis_url, config.redis_pool_size)?;
     let store = JobStore::new(
         pool,
@@ -78,6 +86,7 @@ pub fn build_state(
     );
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     Ok(AppState {
+        auth,
         connections,
         config: std::sync::Arc::new(config),
         store,

@@ -8,6 +8,7 @@ use jobgate_store::{EventHub, Feed, JobStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::error::ApiError;
 
@@ -20,6 +21,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open WebSocket session or SSE stream.
     pub connections: Arc<Semaphore>,
+    /// Token verification; `None` with `JOBGATE_AUTH=none`.
+    pub auth: Option<Arc<Verifier>>,
 }
 
 impl AppState {

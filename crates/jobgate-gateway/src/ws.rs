@@ -19,7 +19,7 @@ use jobgate_proto::{ErrorCode, JobId};
 use jobgate_store::{Feed, FeedItem};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
@@ -29,6 +29,8 @@ use crate::{jobs, trace};
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code for a session whose pings went unanswered.
 pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+/// Close code for a session whose token expired without an `auth` refresh.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// How long a close frame may take to reach a jammed socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,8 +95,10 @@ impl Session {
         let mut last_pong = Instant::now();
         let shutdown = self.state.shutdown.clone();
         loop {
+            let expiry = token_expiry(&self.principal);
             tokio::select! {
                 () = shutdown.cancelled() => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                () = expiry => return End::Close(CLOSE_TOKEN_EXPIRED, "token expired; send auth before it expires"),
                 frame = incoming.next() => {
                     let outcome = match frame {
                         Some(Ok(Message::Text(text))) => self.handle(&text).await,
@@ -151,10 +155,23 @@ impl Session {
             ClientMessage::Subscribe { job_id, after } => self.subscribe(&job_id, after).await,
             ClientMessage::Unsubscribe { job_id } => self.unsubscribe(&job_id),
             ClientMessage::Cancel { job_id, request_id } => self.cancel(&job_id, request_id).await,
-            // Token refresh arrives with authentication; until then every
-            // session belongs to the default owner.
-            ClientMessage::Auth { .. } => Ok(()),
+            ClientMessage::Auth { token } => self.refresh(&token),
             ClientMessage::Ping => self.reply(&ServerMessage::Pong),
+        }
+    }
+
+    /// A fresh token for the same owner extends the session.
+    fn refresh(&mut self, token: &str) -> Result<(), End> {
+        let Some(verifier) = &self.state.auth else {
+            return Ok(());
+        };
+        match verifier.verify(token) {
+            Ok(principal) if principal.owner == self.principal.owner => {
+                self.principal = principal;
+                Ok(())
+            }
+            Ok(_) => self.error(None, None, unauthorized("the token is for another owner")),
+            Err(error) => self.error(None, None, error),
         }
     }
 
@@ -281,6 +298,20 @@ impl Session {
             Err(mpsc::error::TrySendError::Full(_)) => Err(slow_consumer()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
         }
+    }
+}
+
+/// Resolves when the session's credential expires (never without auth).
+async fn token_expiry(principal: &Principal) {
+    match principal.expires_at {
+        Some(expires_at) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now))).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

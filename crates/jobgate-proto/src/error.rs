@@ -37,6 +37,9 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// The gateway holds as many connections as it may.
     TooManyConnections,
+    /// No valid credential: missing, malformed, expired or for another
+    /// audience or issuer.
+    Unauthorized,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
     /// The connection did not read its events fast enough.
@@ -49,7 +52,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -65,6 +68,7 @@ impl ErrorCode {
         Self::QueueFull,
         Self::IdempotencyConflict,
         Self::TooManyConnections,
+        Self::Unauthorized,
         Self::RedisUnavailable,
         Self::SlowConsumer,
         Self::ShuttingDown,
@@ -89,6 +93,7 @@ impl ErrorCode {
             Self::QueueFull => "queue_full",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::TooManyConnections => "too_many_connections",
+            Self::Unauthorized => "unauthorized",
             Self::RedisUnavailable => "redis_unavailable",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",

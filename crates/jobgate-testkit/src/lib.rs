@@ -9,6 +9,7 @@
 
 mod clients;
 mod driver;
+mod forward_receiver;
 mod gateway;
 mod redis_server;
 mod schemas;
@@ -18,6 +19,9 @@ use std::path::PathBuf;
 
 pub use clients::{SseClient, SseEvent, WsClient};
 pub use driver::JobDriver;
+pub use forward_receiver::{
+    ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
+};
 pub use gateway::TestGateway;
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;

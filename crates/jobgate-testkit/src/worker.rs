@@ -15,7 +15,13 @@ pub struct PythonWorker {
 impl PythonWorker {
     /// Starts the example worker against `redis_url` with extra CLI args.
     pub fn start(redis_url: &str, consumer: &str, extra_args: &[&str]) -> Self {
-        Self::start_app(redis_url, "examples.pricing:worker", None, consumer, extra_args)
+        Self::start_app(
+            redis_url,
+            "examples.pricing:worker",
+            None,
+            consumer,
+            extra_args,
+        )
     }
 
     /// Starts `app` (`module:attribute`), importable from the repository

@@ -1,21 +1,83 @@
 //! `jobgate`: config → telemetry → state → serve, with graceful shutdown.
+//! `jobgate token` mints a development token.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use jobgate_gateway::Config;
 use tokio_util::sync::CancellationToken;
 
 /// A push-based realtime gateway for long-running computational jobs.
 #[derive(Debug, Parser)]
-#[command(name = "jobgate", version, about)]
+#[command(
+    name = "jobgate",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: Config,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve(Config),
+    /// Print an HS256 token for JOBGATE_JWT_SECRET (development and tests).
+    Token {
+        /// The owner the token names (`sub`).
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        #[arg(long, env = "JOBGATE_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, env = "JOBGATE_JWT_AUDIENCE")]
+        audience: Option<String>,
+        #[arg(long, env = "JOBGATE_JWT_ISSUER")]
+        issuer: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("jobgate: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.config),
+        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Token {
+            sub,
+            ttl_s,
+            secret,
+            audience,
+            issuer,
+        }) => {
+            let token = jobgate_gateway::auth::mint_hs256(
+                &secret,
+                &sub,
+                ttl_s,
+                audience.as_deref(),
+                issuer.as_deref(),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Cli::parse().config;
+async fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     jobgate_gateway::telemetry::init(&config.log);
 
