@@ -1,0 +1,1 @@
+"""Runnable jobgate examples (``examples.pricing`` is a worker)."""

@@ -1,0 +1,179 @@
+"""Monte Carlo pricing of European options on Dask: the example jobgate worker.
+
+Run it from the repository root with::
+
+    jobgate-worker examples.pricing:worker
+
+Kinds:
+
+- ``mc_option_price`` — params ``spot``, ``strike``, ``rate``, ``volatility``,
+  ``maturity`` (years), ``option`` (``"call"`` or ``"put"``), ``paths`` (default
+  200000), ``chunks`` (default 8), ``seed`` (default 0). The paths are split into
+  ``chunks`` Dask tasks, each with its own random stream derived from ``seed``
+  and the chunk index, so a result depends only on the params. Progress is
+  reported per finished chunk. Returns ``{"price", "std_error", "paths",
+  "chunks", "seed"}``: the discounted mean payoff and its standard error.
+- ``echo`` — returns its params unchanged (no Dask); used for load tests.
+
+Importing this module starts nothing: Dask starts when the first pricing job
+touches ``ctx.dask``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobgate_worker import JobContext, Worker
+
+worker = Worker(queue="default")
+
+MAX_PATHS = 50_000_000
+MAX_CHUNKS = 1_000
+#: Paths simulated per numpy batch inside a chunk, to bound memory.
+BATCH_PATHS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PricingParams:
+    spot: float
+    strike: float
+    rate: float
+    volatility: float
+    maturity: float
+    option: str = "call"
+    paths: int = 200_000
+    chunks: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_json(cls, params: Any) -> PricingParams:
+        """Validate job params; a ValueError names the offending field."""
+        if not isinstance(params, dict):
+            raise ValueError("params must be a JSON object")
+        known = {
+            "spot",
+            "strike",
+            "rate",
+            "volatility",
+            "maturity",
+            "option",
+            "paths",
+            "chunks",
+            "seed",
+        }
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        option = params.get("option", "call")
+        if option not in ("call", "put"):
+            raise ValueError(f"option must be 'call' or 'put', got {option!r}")
+        paths = _integer(params, "paths", 200_000, 1, MAX_PATHS)
+        chunks = _integer(params, "chunks", 8, 1, MAX_CHUNKS)
+        if chunks > paths:
+            raise ValueError(f"chunks must not exceed paths ({chunks} > {paths})")
+        return cls(
+            spot=_number(params, "spot", positive=True),
+            strike=_number(params, "strike", positive=True),
+            rate=_number(params, "rate", positive=False),
+            volatility=_number(params, "volatility", positive=True),
+            maturity=_number(params, "maturity", positive=True),
+            option=option,
+            paths=paths,
+            chunks=chunks,
+            seed=_integer(params, "seed", 0, 0, 2**63 - 1),
+        )
+
+
+def _number(params: dict[str, Any], name: str, *, positive: bool) -> float:
+    if name not in params:
+        raise ValueError(f"{name} is required")
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)
+
+
+def _integer(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def chunk_sizes(paths: int, chunks: int) -> list[int]:
+    """Split ``paths`` into ``chunks`` sizes that differ by at most one."""
+    base, extra = divmod(paths, chunks)
+    return [base + (1 if index < extra else 0) for index in range(chunks)]
+
+
+def simulate_chunk(params: PricingParams, size: int, chunk_index: int) -> tuple[float, float, int]:
+    """Simulate ``size`` terminal prices; return (sum, sum of squares, count) of payoffs.
+
+    The chunk's random stream is child ``chunk_index`` of ``SeedSequence(seed)``
+    (what ``SeedSequence(seed).spawn(chunks)[chunk_index]`` yields), so it does
+    not depend on which Dask worker runs the chunk or in what order.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(chunk_index,)))
+    drift = (params.rate - 0.5 * params.volatility**2) * params.maturity
+    diffusion = params.volatility * math.sqrt(params.maturity)
+    total = 0.0
+    total_squares = 0.0
+    remaining = size
+    while remaining > 0:
+        batch = min(remaining, BATCH_PATHS)
+        terminal = params.spot * np.exp(drift + diffusion * rng.standard_normal(batch))
+        if params.option == "call":
+            payoff = np.maximum(terminal - params.strike, 0.0)
+        else:
+            payoff = np.maximum(params.strike - terminal, 0.0)
+        total += float(payoff.sum())
+        total_squares += float(np.dot(payoff, payoff))
+        remaining -= batch
+    return total, total_squares, size
+
+
+def summarize(params: PricingParams, parts: list[tuple[float, float, int]]) -> dict[str, Any]:
+    """Discounted mean payoff and its standard error from per-chunk sums."""
+    count = sum(part[2] for part in parts)
+    total = math.fsum(part[0] for part in parts)
+    total_squares = math.fsum(part[1] for part in parts)
+    mean = total / count
+    variance = max(total_squares - count * mean * mean, 0.0) / (count - 1) if count > 1 else 0.0
+    discount = math.exp(-params.rate * params.maturity)
+    return {
+        "price": discount * mean,
+        "std_error": discount * math.sqrt(variance / count),
+        "paths": params.paths,
+        "chunks": params.chunks,
+        "seed": params.seed,
+    }
+
+
+@worker.job("mc_option_price")
+def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
+    pricing = PricingParams.from_json(params)
+    sizes = chunk_sizes(pricing.paths, pricing.chunks)
+    futures = ctx.dask.map(
+        simulate_chunk, [pricing] * pricing.chunks, sizes, list(range(pricing.chunks))
+    )
+    ctx.logger.info("pricing submitted", extra={"chunks": pricing.chunks, "paths": pricing.paths})
+    parts: list[tuple[float, float, int]] = []
+    for done, future in enumerate(ctx.dask.as_completed(futures), 1):
+        ctx.raise_if_cancelled()
+        parts.append(future.result())
+        ctx.progress(done, pricing.chunks)
+    ctx.raise_if_cancelled()
+    return summarize(pricing, parts)
+
+
+@worker.job("echo")
+def echo(ctx: JobContext, params: Any) -> Any:
+    return params

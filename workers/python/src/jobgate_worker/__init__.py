@@ -1,0 +1,32 @@
+"""jobgate worker SDK: run job handlers from Redis Streams on Dask.
+
+```python
+from jobgate_worker import Worker
+
+worker = Worker(queue="default")
+
+@worker.job("echo")
+def echo(ctx, params):
+    ctx.progress(1, 1)
+    return params
+```
+
+Run it with ``jobgate-worker module:worker``. See README.md for the details.
+"""
+
+from .context import JobContext
+from .errors import JobCancelled, RetryableError
+from .logs import configure_logging
+from .settings import Settings
+from .worker import Worker
+
+__all__ = [
+    "JobCancelled",
+    "JobContext",
+    "RetryableError",
+    "Settings",
+    "Worker",
+    "configure_logging",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The Dask side: one lazily started client per process, one view of it per job.
+
+``DaskProvider`` connects to ``DASK_SCHEDULER_ADDRESS`` or starts a small
+``LocalCluster`` the first time any handler touches ``ctx.dask`` — a worker
+whose jobs never use Dask never pays for it (``distributed`` is not even
+imported).
+
+``JobDask`` is what a handler sees as ``ctx.dask``: it speaks the
+``dask.distributed.Client`` API (``submit``, ``map``, ``compute``, ``persist``,
+``scatter``, ``gather``, …; anything else is forwarded to the client) and
+remembers the futures the job created, so that a cancel or a timeout can
+cancel exactly that job's tasks. Submitted functions are wrapped so that the
+task runs with the job's trace context (log lines inside tasks carry the
+job's ``trace_id``) and so that identical pure calls of two different jobs get
+different keys: cancelling one job never cancels another job's task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .logs import LogContext, adopt_library_loggers, bound
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _distributed() -> Any:
+    """``dask.distributed``, imported on first use (it is heavy and logs at import).
+
+    Typed as ``Any``: parts of its API carry no annotations.
+    """
+    return importlib.import_module("distributed")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+class DaskProvider:
+    """Creates the process's Dask client on first use and closes it at exit."""
+
+    def __init__(self, scheduler_address: str | None = None) -> None:
+        self.scheduler_address = scheduler_address
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    def client(self) -> Client:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                # A fresh context: Dask's threads must not inherit the trace of
+                # the job that happened to start them.
+                self._client = contextvars.Context().run(self._connect)
+            return self._client
+
+    def _connect(self) -> Client:
+        distributed = _distributed()
+        adopt_library_loggers()
+        if self.scheduler_address:
+            log.info("connecting to Dask", extra={"dask_scheduler": self.scheduler_address})
+            client: Client = distributed.Client(self.scheduler_address)
+            return client
+        # A small in-process cluster: threads share the worker's memory, start in
+        # well under a second and need no ports. Larger setups run a real
+        # scheduler and set DASK_SCHEDULER_ADDRESS.
+        workers = _env_int("JOBGATE_DASK_WORKERS", 1)
+        threads = _env_int("JOBGATE_DASK_THREADS", min(os.cpu_count() or 1, 4))
+        processes = os.environ.get("JOBGATE_DASK_PROCESSES", "").lower() in ("1", "true", "yes")
+        log.info(
+            "starting a local Dask cluster",
+            extra={"dask_workers": workers, "dask_threads": threads, "dask_processes": processes},
+        )
+        self._cluster = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=processes,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+        adopt_library_loggers()
+        local_client: Client = distributed.Client(self._cluster)
+        return local_client
+
+    def close(self) -> None:
+        with self._lock:
+            client: Any = self._client
+            cluster: Any = self._cluster
+            self._client = self._cluster = None
+        try:
+            if client is not None:
+                client.close(timeout=5)
+            if cluster is not None:
+                cluster.close(timeout=5)
+        except Exception:
+            log.warning("closing Dask failed", exc_info=True)
+
+
+class TracedCall(Generic[T]):
+    """A task function that runs with the job's trace context and job-specific key."""
+
+    __slots__ = ("attempt", "func", "job_id", "span_id", "trace_id")
+
+    def __init__(
+        self, func: Callable[..., T], job_id: str, attempt: int, trace_id: str, span_id: str
+    ) -> None:
+        self.func = func
+        self.job_id = job_id
+        self.attempt = attempt
+        self.trace_id = trace_id
+        self.span_id = span_id
+
+    @property
+    def __name__(self) -> str:
+        return getattr(self.func, "__name__", type(self.func).__name__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        context = LogContext(self.trace_id, self.span_id, self.job_id, {"attempt": self.attempt})
+        with bound(context):
+            return self.func(*args, **kwargs)
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        from dask.base import tokenize  # noqa: PLC0415 - only runs once Dask is in use
+
+        return ("jobgate-task", tokenize(self.func), self.job_id, self.attempt)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TracedCall, (self.func, self.job_id, self.attempt, self.trace_id, self.span_id))
+
+
+def _is_done(future: Any) -> bool:
+    return bool(future.done())
+
+
+class JobDask:
+    """``ctx.dask``: the Dask client as one job sees it (futures are tracked)."""
+
+    def __init__(
+        self, provider: DaskProvider, job_id: str, attempt: int, trace_id: str, span_id: str
+    ) -> None:
+        self._provider = provider
+        self._job_id = job_id
+        self._attempt = attempt
+        self._trace_id = trace_id
+        self._span_id = span_id
+        self._lock = threading.Lock()
+        self._futures: list[Future[Any]] = []
+        self._closed = False
+
+    @property
+    def client(self) -> Client:
+        """The process's ``dask.distributed.Client`` itself (nothing tracked)."""
+        return self._provider.client()
+
+    @property
+    def _untyped(self) -> Any:
+        # Client methods without annotations are called through Any.
+        return self._provider.client()
+
+    def _wrap(self, func: Callable[..., T]) -> TracedCall[T]:
+        return TracedCall(func, self._job_id, self._attempt, self._trace_id, self._span_id)
+
+    def _track(self, result: Any) -> None:
+        found: list[Future[Any]] = _distributed().futures_of(result)
+        cancel_now = False
+        with self._lock:
+            if self._closed:
+                cancel_now = True
+            else:
+                self._futures.extend(found)
+        if cancel_now and found:
+            # The job already ended (cancel, timeout): do not let late work run.
+            self._untyped.cancel(found)
+
+    def submit(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = self.client.submit(self._wrap(func), *args, **kwargs)
+        self._track(future)
+        return future
+
+    def map(self, func: Callable[..., T], *iterables: Any, **kwargs: Any) -> list[Future[T]]:
+        futures: list[Future[T]] = self.client.map(self._wrap(func), *iterables, **kwargs)
+        self._track(futures)
+        return futures
+
+    def compute(self, collections: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self._untyped.compute(collections, *args, **kwargs)
+        self._track(result)
+        return result
+
+    def persist(self, collections: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self._untyped.persist(collections, *args, **kwargs)
+        self._track(result)
+        return result
+
+    def scatter(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self._untyped.scatter(data, *args, **kwargs)
+        self._track(result)
+        return result
+
+    def gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._untyped.gather(futures, *args, **kwargs)
+
+    def as_completed(self, futures: Iterable[Future[T]]) -> Iterator[Future[T]]:
+        """``distributed.as_completed``: the futures in the order they finish."""
+        loop = self._untyped.loop
+        iterator: Iterator[Future[T]] = _distributed().as_completed(futures, loop=loop)
+        return iterator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    @property
+    def futures(self) -> list[Future[Any]]:
+        """The futures this job has created so far."""
+        with self._lock:
+            return list(self._futures)
+
+    def cancel_all(self) -> int:
+        """Cancel the job's unfinished futures; later submissions are cancelled too."""
+        with self._lock:
+            self._closed = True
+            futures, self._futures = self._futures, []
+        pending = [future for future in futures if not _is_done(future)]
+        if pending and self._provider.started:
+            try:
+                self._untyped.cancel(pending)
+            except Exception:
+                log.warning("cancelling Dask futures failed", exc_info=True)
+        return len(pending)
+
+    def release(self) -> None:
+        """Forget the futures of a finished job (no cancellation)."""
+        with self._lock:
+            self._futures = []

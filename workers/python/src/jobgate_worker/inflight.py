@@ -1,0 +1,94 @@
+"""What this process is working on: attempts it runs and entries it holds.
+
+``Run`` is one attempt of one job; ``InFlight`` indexes the runs by job id
+(so a cancel message finds its job) and the queue entries this consumer
+holds — running, waiting out a retry delay, or fetched but not yet started —
+whose leases the renewal keeps alive.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import JobContext, ProgressReporter
+from .scheduler import Timer
+from .script import StartedJob
+from .streams import Entry
+
+
+@dataclass(eq=False)
+class Run:
+    """One attempt of one job in this process."""
+
+    entry: Entry
+    started_monotonic: float = field(default_factory=time.monotonic)
+    started: StartedJob | None = None
+    ctx: JobContext | None = None
+    progress: ProgressReporter | None = None
+    timeout_timer: Timer | None = None
+    #: A cancel arrived before ``start`` returned.
+    cancel_seen: bool = False
+    finished: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.entry.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.started.attempt if self.started is not None else 0
+
+    def claim_finish(self) -> bool:
+        """True for the first caller only: that caller reports the outcome."""
+        with self.lock:
+            if self.finished:
+                return False
+            self.finished = True
+            return True
+
+
+class InFlight:
+    """Entries this consumer holds (renewed) and attempts it runs (cancellable)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], Entry] = {}
+        self._runs: dict[str, Run] = {}
+
+    def hold(self, entry: Entry) -> None:
+        with self._lock:
+            self._held[entry.key] = entry
+
+    def release(self, entry: Entry) -> None:
+        with self._lock:
+            self._held.pop(entry.key, None)
+
+    def is_held(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._held
+
+    def held(self) -> list[Entry]:
+        with self._lock:
+            return list(self._held.values())
+
+    def add_run(self, run: Run) -> None:
+        with self._lock:
+            self._runs[run.job_id] = run
+
+    def remove_run(self, run: Run) -> None:
+        with self._lock:
+            if self._runs.get(run.job_id) is run:
+                del self._runs[run.job_id]
+
+    def run_for(self, job_id: str) -> Run | None:
+        with self._lock:
+            return self._runs.get(job_id)
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            return list(self._runs.values())

@@ -1,0 +1,57 @@
+"""Redis key names, channels and constants of the jobgate protocol.
+
+Everything here mirrors ``proto-schemas/PROTOCOL.md``; no other module spells a
+key by hand, so a change of the protocol is a change of this file.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "jobgate:"
+CONSUMER_GROUP: Final = "jobgate-workers"
+KINDS_KEY: Final = f"{PREFIX}kinds"
+CONTROL_PATTERN: Final = f"{PREFIX}control:*"
+CONTROL_CHANNEL_PREFIX: Final = f"{PREFIX}control:"
+
+#: Priority bands in the order a worker runs them: higher bands first.
+BANDS: Final = ("high", "normal", "low")
+
+
+def job_key(job_id: str) -> str:
+    """The job record hash."""
+    return f"{PREFIX}job:{{{job_id}}}"
+
+
+def events_key(job_id: str) -> str:
+    """The job's event history stream (entry id ``<seq>-0``)."""
+    return f"{PREFIX}events:{{{job_id}}}"
+
+
+def queue_stream(queue: str, band: str) -> str:
+    """One priority band of a queue."""
+    return f"{PREFIX}queue:{{{queue}}}:{band}"
+
+
+def queue_streams(queue: str) -> tuple[str, ...]:
+    """All band streams of a queue, highest band first."""
+    return tuple(queue_stream(queue, band) for band in BANDS)
+
+
+def dead_letter_stream(queue: str) -> str:
+    """Entries whose jobs ran out of attempts."""
+    return f"{PREFIX}dead:{{{queue}}}"
+
+
+def live_job_channel(job_id: str) -> str:
+    """Pub/sub channel carrying every event of one job."""
+    return f"{PREFIX}live:job:{job_id}"
+
+
+def band_for_priority(priority: int) -> str:
+    """The band a priority (0-9) is queued in: 7-9 high, 4-6 normal, 0-3 low."""
+    if priority >= 7:
+        return "high"
+    if priority >= 4:
+        return "normal"
+    return "low"

@@ -1,0 +1,179 @@
+"""JSON log lines with the job's trace context, one object per line on stderr.
+
+Every line carries ``timestamp`` (RFC 3339, UTC, milliseconds), ``level``,
+``message``, ``service``, ``trace_id``, ``span_id`` and, when known, ``job_id``:
+the same fields the gateway writes, so Fluentd joins both on ``trace_id``.
+Extra fields given as ``logger.info("...", extra={...})`` become top-level keys.
+
+Trace context comes from, in order: fields on the record (``extra``), the job
+the current thread is running (a context variable set by the SDK), and
+otherwise the worker process's own lifecycle trace, so that every line has a
+valid ``trace_id``/``span_id`` pair.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from .tracing import SpanContext, new_span_id, new_trace_id
+
+SERVICE = "jobgate-worker"
+
+#: The worker process's own trace: lines logged outside any job use it.
+PROCESS_SPAN = SpanContext(new_trace_id(), new_span_id())
+
+#: The four level words of proto-schemas/schemas/log_line.json.
+_LEVELS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "error",
+}
+
+
+def _level(levelno: int) -> str:
+    if levelno in _LEVELS:
+        return _LEVELS[levelno]
+    if levelno < logging.INFO:
+        return "debug"
+    if levelno < logging.WARNING:
+        return "info"
+    return "warn" if levelno < logging.ERROR else "error"
+
+
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    """Fields every line logged while running one job carries."""
+
+    trace_id: str
+    span_id: str
+    job_id: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"trace_id": self.trace_id, "span_id": self.span_id}
+        if self.job_id is not None:
+            extra["job_id"] = self.job_id
+        extra.update(self.fields)
+        return extra
+
+
+_current: contextvars.ContextVar[LogContext | None] = contextvars.ContextVar(
+    "jobgate_log_context", default=None
+)
+
+
+@contextmanager
+def bound(context: LogContext) -> Iterator[None]:
+    """Attach ``context`` to every line logged in this thread until exit."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_context() -> LogContext | None:
+    return _current.get()
+
+
+def _timestamp(created: float) -> str:
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object (no newlines inside)."""
+
+    def __init__(self, service: str = SERVICE) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": _timestamp(record.created),
+            "level": _level(record.levelno),
+            "message": record.getMessage(),
+            "service": self.service,
+        }
+        context = _current.get()
+        if context is not None:
+            line.update(context.as_extra())
+        else:
+            line["trace_id"] = PROCESS_SPAN.trace_id
+            line["span_id"] = PROCESS_SPAN.span_id
+        line["logger"] = record.name
+        line["thread"] = record.threadName
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed, so configuring twice is harmless."""
+
+
+#: Libraries that install their own plain-text handlers; their lines are
+#: routed through the JSON handler instead.
+_ADOPTED_LOGGERS = ("distributed", "dask", "bokeh", "tornado", "tornado.application")
+
+
+def adopt_library_loggers() -> None:
+    """Remove handlers that libraries (Dask) attached, so lines propagate as JSON.
+
+    Dask's own INFO chatter (cluster start-up banners) is kept out unless the
+    process logs at DEBUG.
+    """
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    for name in _ADOPTED_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if not isinstance(handler, _JsonHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+        if quiet and name in ("distributed", "dask"):
+            logger.setLevel(logging.WARNING)
+
+
+def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> None:
+    """Send every log line of the process, as JSON, to ``stream`` (stderr)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = _JsonHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    adopt_library_loggers()
+    logging.captureWarnings(True)
+
+    def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread.name if args.thread is not None else "?"
+        logging.getLogger("jobgate_worker").error(
+            "uncaught exception in thread %s",
+            thread,
+            exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+        )
+
+    threading.excepthook = log_thread_exception

@@ -1,0 +1,322 @@
+"""The worker process at run time: the read loop, the handler pool, shutdown.
+
+One thread (the caller of ``run``) owns the consumer-group reads: it waits
+for a free handler slot, reclaims idle entries when a reclaim is due, reads
+at most as many new entries as there are free slots (highest band first)
+and hands them to a fixed pool of handler threads. Timers, lease renewal
+and kind registration run on the scheduler thread; cancel messages arrive
+on the control thread.
+
+Shutdown (SIGTERM/SIGINT, or ``stop()``): stop reading, let running jobs
+finish within ``grace_s``, re-enqueue jobs waiting out a retry delay, then
+return. Jobs still running after the grace are left pending in the group;
+another worker reclaims them once their lease expires, and that ``start``
+counts as a new attempt (a ``retrying`` event, then ``started`` with
+``attempt`` + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from types import FrameType
+
+import redis
+
+from .clients import RedisClients
+from .dask_support import DaskProvider
+from .execution import JobExecutor
+from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
+from .inflight import InFlight
+from .scheduler import Scheduler
+from .script import JobScript
+from .settings import Settings
+from .streams import Entry, QueueStreams
+from .worker import Worker
+
+log = logging.getLogger("jobgate_worker")
+
+
+class Slots:
+    """Counts free handler threads; the read loop never fetches more than that."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._condition = threading.Condition()
+
+    @property
+    def free(self) -> int:
+        with self._condition:
+            return self._free
+
+    def take(self) -> None:
+        with self._condition:
+            self._free -= 1
+
+    def give(self) -> None:
+        with self._condition:
+            self._free += 1
+            self._condition.notify_all()
+
+    def wait_free(self, stopping: threading.Event, timeout: float) -> int:
+        with self._condition:
+            if self._free <= 0 and not stopping.is_set():
+                self._condition.wait(timeout)
+            return self._free
+
+    def wait_all_free(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._free < self.size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
+            return True
+
+    def wake(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+
+class Runtime:
+    """Consumes one queue for one ``Worker`` until stopped."""
+
+    def __init__(self, worker: Worker, settings: Settings) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.queue = settings.queue or worker.queue
+        self.consumer = settings.consumer
+        self.clients = RedisClients(
+            settings.redis_url, socket_timeout=max(10.0, settings.block_ms / 1000 + 5)
+        )
+        self.redis = self.clients.shared
+        self.script = JobScript.load(self.redis, settings.proto_dir, self.clients.current)
+        self.streams = QueueStreams(
+            self.redis,
+            self.queue,
+            self.consumer,
+            self.clients.current,
+            on_groups_recreated=self._register_kinds,
+        )
+        self.scheduler = Scheduler()
+        self.dask = DaskProvider(settings.dask_scheduler_address)
+        self.inflight = InFlight()
+        self.executor = JobExecutor(
+            worker=worker,
+            queue=self.queue,
+            consumer=self.consumer,
+            script=self.script,
+            streams=self.streams,
+            scheduler=self.scheduler,
+            dask=self.dask,
+            inflight=self.inflight,
+            lease_ms=settings.lease_ms,
+        )
+        self.leases = LeaseKeeper(self.streams, self.inflight, self.executor)
+        self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
+        self.control = ControlListener(self.redis, self._on_cancel)
+        self.slots = Slots(settings.concurrency)
+        self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._backlog: deque[Entry] = deque()
+        self._stopping = threading.Event()
+        self._force = threading.Event()
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._next_reclaim = 0.0
+        self._log_extra = {"queue": self.queue, "consumer": self.consumer}
+
+    # -- lifecycle.
+
+    def run(self, install_signal_handlers: bool = False) -> int:
+        """Consume until ``stop()`` (or a signal); returns an exit status."""
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            self._install_signal_handlers()
+        try:
+            self._start()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """True once the groups exist, kinds are registered and cancels are heard."""
+        return self._ready.wait(timeout)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Ask the loop to stop; ``grace_s`` overrides the configured grace."""
+        if grace_s is not None:
+            self.settings = self.settings.with_overrides(grace_s=grace_s)
+        self._stopping.set()
+        self.slots.wake()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def _register_kinds(self) -> None:
+        self.kinds.register()
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                log.warning("second signal: stopping without waiting for jobs")
+                self._force.set()
+                self.slots.wake()
+                return
+            log.info(
+                "stopping: no new jobs, waiting for running ones",
+                extra={"signal": signal.Signals(signum).name, "grace_s": self.settings.grace_s},
+            )
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _start(self) -> None:
+        settings = self.settings
+        self._wait_for_redis()
+        self.scheduler.start()
+        self.kinds.register()
+        self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
+        self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.renew, "leases")
+        self.control.start()
+        for index in range(settings.concurrency):
+            thread = threading.Thread(
+                target=self._handler_thread, name=f"jobgate-handler-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.control.wait_subscribed(5.0)
+        log.info(
+            "worker started",
+            extra={
+                **self._log_extra,
+                "kinds": sorted(self.worker.handlers),
+                "concurrency": settings.concurrency,
+                "lease_ms": settings.lease_ms,
+            },
+        )
+        self._ready.set()
+
+    def _wait_for_redis(self) -> None:
+        """Create the consumer groups, waiting (stoppably) while Redis is unreachable."""
+        backoff = 0.1
+        while True:
+            try:
+                self.streams.ensure_groups()
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "redis unreachable; waiting",
+                    extra={**self._log_extra, "error": str(error), "retry_in_s": backoff},
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                return
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        grace = 0.0 if self._force.is_set() else self.settings.grace_s
+        if self.slots.free < self.slots.size:
+            finished = self.slots.wait_all_free(grace)
+            if not finished:
+                for run in self.inflight.runs():
+                    self.executor.stop(run, "shutdown")
+        self.executor.requeue_all_now()
+        for _ in self._threads:
+            self._work.put(None)
+        self.control.stop()
+        self.scheduler.stop()
+        self.dask.close()
+        self.clients.close()
+        log.info("worker stopped", extra=self._log_extra)
+        self._stopped.set()
+
+    # -- the read loop.
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                self._step()
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                log.warning(
+                    "reading the queue failed; retrying", exc_info=True, extra=self._log_extra
+                )
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _step(self) -> None:
+        free = self.slots.wait_free(self._stopping, timeout=1.0)
+        if free <= 0 or self._stopping.is_set():
+            return
+        while self._backlog and free > 0:
+            self._dispatch(self._backlog.popleft())
+            free -= 1
+        now = time.monotonic()
+        if free > 0 and now >= self._next_reclaim:
+            self._next_reclaim = now + self.settings.reclaim_interval_s
+            free -= self._reclaim(free)
+        if free <= 0:
+            return
+        block_ms = min(
+            self.settings.block_ms,
+            max(int((self._next_reclaim - time.monotonic()) * 1000), 1),
+        )
+        entries = self.streams.read(free, block_ms)
+        for entry in entries[:free]:
+            self._dispatch(entry)
+        for entry in entries[free:]:
+            # Several bands filled while the read blocked: keep the surplus
+            # (held, so its lease is renewed) for the next free slots.
+            self.inflight.hold(entry)
+            self._backlog.append(entry)
+
+    def _reclaim(self, free: int) -> int:
+        result = self.streams.reclaim(free, self.settings.lease_ms)
+        for stream, entry_id in result.deleted:
+            self.executor.entry_deleted(stream, entry_id)
+        dispatched = 0
+        for entry in result.entries:
+            if self.inflight.is_held(entry.key):
+                continue  # ours already; the claim only renewed it
+            log.info(
+                "reclaimed an idle entry",
+                extra={"job_id": entry.job_id, "entry_id": entry.entry_id, "stream": entry.stream},
+            )
+            self._dispatch(entry)
+            dispatched += 1
+        return dispatched
+
+    def _dispatch(self, entry: Entry) -> None:
+        self.inflight.hold(entry)
+        self.slots.take()
+        self._work.put(entry)
+
+    def _handler_thread(self) -> None:
+        while True:
+            entry = self._work.get()
+            if entry is None:
+                return
+            try:
+                self.executor.execute(entry)
+            except Exception:
+                log.exception("unexpected error running an entry", extra={"job_id": entry.job_id})
+            finally:
+                self.slots.give()
+
+    def _on_cancel(self, job_id: str) -> None:
+        run = self.inflight.run_for(job_id)
+        if run is None:
+            return
+        log.info("cancel requested", extra={"job_id": job_id})
+        self.scheduler.call_later(0, lambda: self.executor.stop(run, "cancelled"), "cancel")

@@ -1,0 +1,109 @@
+"""Runtime settings of a worker process: one typed, validated struct.
+
+Defaults come first, then the environment (``Settings.from_env``), then the
+command line; tests build ``Settings`` directly instead of setting env vars.
+
+| env var | default | meaning |
+|---|---|---|
+| ``JOBGATE_REDIS_URL`` | ``redis://127.0.0.1:6379`` | Redis to use |
+| ``DASK_SCHEDULER_ADDRESS`` | unset: a local cluster | Dask scheduler to connect to |
+| ``JOBGATE_PROTO_DIR`` | found above the package | folder holding ``redis/jobgate.lua`` |
+| ``JOBGATE_QUEUE`` | the ``Worker``'s queue | queue override |
+| ``JOBGATE_CONSUMER`` | ``<hostname>-<pid>`` | consumer name in the group |
+| ``JOBGATE_CONCURRENCY`` | 4 | handler threads |
+| ``JOBGATE_LEASE_MS`` | 30000 | lease; entries idle longer are reclaimed |
+| ``JOBGATE_GRACE_S`` | 30 | shutdown grace for running jobs |
+| ``JOBGATE_LOG_LEVEL`` | ``INFO`` | log level |
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379"
+    #: Overrides the queue the ``Worker`` was declared with.
+    queue: str | None = None
+    consumer: str = field(default_factory=default_consumer)
+    #: Handler threads: how many jobs run at once.
+    concurrency: int = 4
+    #: An entry not renewed for this long is reclaimed by another worker.
+    lease_ms: int = 30_000
+    #: On SIGTERM/SIGINT, how long running jobs may take to finish.
+    grace_s: float = 30.0
+    #: Longest a blocking XREADGROUP waits (also bounds how fast a stop is noticed).
+    block_ms: int = 1_000
+    #: How often the registered kinds are written to ``jobgate:kinds`` again.
+    kinds_refresh_s: float = 30.0
+    dask_scheduler_address: str | None = None
+    proto_dir: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def lease_renew_interval_s(self) -> float:
+        return self.lease_ms / 3000
+
+    @property
+    def reclaim_interval_s(self) -> float:
+        return min(max(self.lease_ms / 2000, 0.05), 5.0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+
+        def take(name: str, attribute: str, convert: type = str) -> None:
+            raw = env.get(name, "").strip()
+            if raw:
+                try:
+                    values[attribute] = convert(raw)
+                except ValueError as error:
+                    raise SettingsError(
+                        f"{name}={raw!r} is not a valid {convert.__name__}"
+                    ) from error
+
+        take("JOBGATE_REDIS_URL", "redis_url")
+        take("DASK_SCHEDULER_ADDRESS", "dask_scheduler_address")
+        take("JOBGATE_PROTO_DIR", "proto_dir")
+        take("JOBGATE_QUEUE", "queue")
+        take("JOBGATE_CONSUMER", "consumer")
+        take("JOBGATE_CONCURRENCY", "concurrency", int)
+        take("JOBGATE_LEASE_MS", "lease_ms", int)
+        take("JOBGATE_GRACE_S", "grace_s", float)
+        take("JOBGATE_LOG_LEVEL", "log_level")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values).validated()
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **overrides).validated()
+
+    def validated(self) -> Settings:
+        if self.concurrency < 1:
+            raise SettingsError("concurrency must be at least 1")
+        if self.lease_ms < 100:
+            raise SettingsError("lease_ms must be at least 100")
+        if self.grace_s < 0:
+            raise SettingsError("grace_s must not be negative")
+        if self.block_ms < 1:
+            raise SettingsError("block_ms must be at least 1")
+        if not self.consumer:
+            raise SettingsError("consumer must not be empty")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"redis_url {self.redis_url!r} is not a redis:// URL")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):
+            raise SettingsError(f"unknown log level {self.log_level!r}")
+        return self

@@ -1,0 +1,251 @@
+"""Queue streams and the consumer group: read, reclaim, renew, acknowledge.
+
+Every Redis stream command of the worker lives here, together with the one
+recovery it needs: a ``NOGROUP`` error (Redis restarted without data, or the
+stream was deleted) re-creates the consumer group on all bands and the
+command is tried once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import redis
+
+from . import keys
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queue entry as delivered to this worker."""
+
+    stream: str
+    entry_id: str
+    fields: Mapping[str, str]
+    band_index: int
+    reclaimed: bool = False
+    #: Monotonic time just before the read (or claim) that delivered the entry:
+    #: the entry's idle time in the group is at most ``now - delivered_at``.
+    delivered_at: float = 0.0
+
+    @property
+    def job_id(self) -> str:
+        return self.fields.get("job_id", "")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.stream, self.entry_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimResult:
+    entries: list[Entry]
+    #: ``(stream, entry_id)`` of pending entries that no longer exist in the stream.
+    deleted: list[tuple[str, str]]
+
+
+def _is_nogroup(error: redis.ResponseError) -> bool:
+    # redis-py has no exception class for NOGROUP; the reply prefix is stable.
+    return str(error).startswith("NOGROUP")
+
+
+def _is_busygroup(error: redis.ResponseError) -> bool:
+    return str(error).startswith("BUSYGROUP")
+
+
+class QueueStreams:
+    """The three band streams of one queue, seen by one consumer."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue: str,
+        consumer: str,
+        current: Callable[[], redis.Redis] | None = None,
+        on_groups_recreated: Callable[[], None] | None = None,
+    ) -> None:
+        self._current = current if current is not None else (lambda: client)
+        self._on_groups_recreated = on_groups_recreated
+        self.queue = queue
+        self.consumer = consumer
+        self.streams = keys.queue_streams(queue)
+        self._band_index = {stream: index for index, stream in enumerate(self.streams)}
+
+    @property
+    def client(self) -> redis.Redis:
+        """The calling thread's client."""
+        return self._current()
+
+    def ensure_groups(self) -> None:
+        """``XGROUP CREATE <band> jobgate-workers 0 MKSTREAM`` on every band."""
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if not _is_busygroup(error):
+                    raise
+
+    def _with_group(self, command: Callable[[], T]) -> T:
+        try:
+            return command()
+        except redis.ResponseError as error:
+            if not _is_nogroup(error):
+                raise
+            log.warning("consumer group missing; creating it again", extra={"queue": self.queue})
+            self.ensure_groups()
+            if self._on_groups_recreated is not None:
+                # Redis probably lost its data: say again which kinds we serve.
+                self._on_groups_recreated()
+            return command()
+
+    def _entries(self, reply: Any, sent_at: float, reclaimed: bool = False) -> list[Entry]:
+        entries: list[Entry] = []
+        for stream, items in reply or []:
+            band_index = self._band_index[stream]
+            for entry_id, fields in items:
+                if fields is None:
+                    continue
+                entries.append(Entry(stream, entry_id, fields, band_index, reclaimed, sent_at))
+        return entries
+
+    def _read_one(self, stream: str, count: int) -> Any:
+        return self.client.xreadgroup(
+            keys.CONSUMER_GROUP, self.consumer, {stream: ">"}, count=count
+        )
+
+    def _autoclaim(self, stream: str, min_idle_ms: int, cursor: str, count: int) -> Any:
+        return self.client.xautoclaim(
+            stream, keys.CONSUMER_GROUP, self.consumer, min_idle_ms, cursor, count=count
+        )
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` new entries, highest band first, never more than asked
+        unless several bands receive entries while a blocking read waits."""
+        entries: list[Entry] = []
+        for stream in self.streams:
+            wanted = count - len(entries)
+            sent_at = time.monotonic()
+            reply = self._with_group(partial(self._read_one, stream, wanted))
+            entries.extend(self._entries(reply, sent_at))
+            if len(entries) >= count:
+                return entries
+        if entries or block_ms <= 0:
+            return entries
+        # Nothing waiting anywhere: block on all bands at once. A blocked
+        # XREADGROUP is served by the one stream that received data, so this
+        # returns at most ``count`` entries except in a narrow race.
+        sent_at = time.monotonic()
+        reply = self._with_group(
+            lambda: self.client.xreadgroup(
+                keys.CONSUMER_GROUP,
+                self.consumer,
+                dict.fromkeys(self.streams, ">"),
+                count=count,
+                block=block_ms,
+            )
+        )
+        entries = self._entries(reply, sent_at)
+        entries.sort(key=lambda entry: entry.band_index)
+        return entries
+
+    def reclaim(self, count: int, min_idle_ms: int, max_rounds: int = 8) -> ReclaimResult:
+        """``XAUTOCLAIM`` up to ``count`` entries idle longer than ``min_idle_ms``."""
+        claimed: list[Entry] = []
+        deleted: list[tuple[str, str]] = []
+        for stream in self.streams:
+            cursor = "0-0"
+            for _ in range(max_rounds):
+                wanted = count - len(claimed)
+                if wanted <= 0:
+                    break
+                sent_at = time.monotonic()
+                reply = self._with_group(
+                    partial(self._autoclaim, stream, min_idle_ms, cursor, wanted)
+                )
+                cursor = reply[0]
+                claimed.extend(self._entries([(stream, reply[1])], sent_at, reclaimed=True))
+                if len(reply) > 2:
+                    deleted.extend((stream, entry_id) for entry_id in reply[2])
+                # Redis before 7 reports deleted entries inline, with no fields.
+                deleted.extend((stream, item[0]) for item in reply[1] if item[1] is None)
+                if cursor == "0-0":
+                    break
+        return ReclaimResult(claimed, deleted)
+
+    def renew(self, held: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Reset the idle time of entries this consumer holds (``XCLAIM … JUSTID``).
+
+        Returns the entries Redis no longer has pending (acknowledged or deleted
+        by someone else).
+        """
+        by_stream: dict[str, list[Any]] = {}
+        for stream, entry_id in held:
+            by_stream.setdefault(stream, []).append(entry_id)
+        if not by_stream:
+            return set()
+
+        def claim_all() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, 0, ids, justid=True)
+            return pipe.execute()
+
+        replies = self._with_group(claim_all)
+        gone: set[tuple[str, str]] = set()
+        for (stream, ids), claimed in zip(by_stream.items(), replies, strict=True):
+            still = set(claimed or [])
+            gone.update((stream, entry_id) for entry_id in ids if entry_id not in still)
+        return gone
+
+    def ack_delete(self, entry: Entry) -> None:
+        """``XACK`` + ``XDEL`` atomically: the entry is done and leaves the backlog."""
+        pipe = self.client.pipeline(transaction=True)
+        self.queue_ack_delete(pipe, entry)
+        pipe.execute()
+
+    @staticmethod
+    def queue_ack_delete(pipe: redis.client.Pipeline, entry: Entry) -> None:
+        pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+        pipe.xdel(entry.stream, entry.entry_id)
+
+    def requeue(self, entry: Entry, enqueued_at_ms: int) -> str:
+        """Put a fresh copy of ``entry`` at the end of its band and drop the old one."""
+        fields = dict(entry.fields)
+        fields["enqueued_at"] = str(enqueued_at_ms)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(entry.stream, fields)  # type: ignore[arg-type]
+        pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+        pipe.xdel(entry.stream, entry.entry_id)
+        new_id: str = pipe.execute()[0]
+        return new_id
+
+    def dead_letter(self, entry: Entry, reason: str, error: str = "") -> None:
+        """Copy ``entry`` to ``jobgate:dead:{<queue>}``, then acknowledge and delete it."""
+        fields: dict[str, str] = dict(entry.fields)
+        fields["job_id"] = entry.job_id
+        fields["reason"] = reason
+        if error:
+            fields["error"] = error
+        fields["entry_id"] = entry.entry_id
+        fields["stream"] = entry.stream
+        fields["consumer"] = self.consumer
+        # The dead-letter stream shares the queue's hash tag: one atomic step.
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(keys.dead_letter_stream(self.queue), fields)  # type: ignore[arg-type]
+        pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
+        pipe.xdel(entry.stream, entry.entry_id)
+        pipe.execute()
+
+    def server_time_ms(self) -> int:
+        """The Redis clock, which every jobgate timestamp is taken from."""
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000

@@ -1,0 +1,340 @@
+"""Test helpers: a real redis-server per test, a gateway stand-in, worker runners.
+
+``RedisServer`` starts ``redis-server`` on a free port in a temp dir (no
+persistence) and kills it at teardown; tests can kill or restart it for
+fault injection. ``Gateway`` creates jobs the way the gateway does (the
+``create`` op, then ``XADD`` of the queue entry) and reads the history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from jobgate_worker import Settings, Worker, keys
+from jobgate_worker.runtime import Runtime
+from jobgate_worker.script import JobScript
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parents[2]
+VENV_BIN = Path(sys.executable).parent
+TERMINAL = {"completed", "failed", "cancelled"}
+
+#: Every event, queue entry and log line the tests saw; test_schemas validates them.
+OBSERVED: dict[str, list[Any]] = {"events": [], "entries": [], "log_lines": [], "dead": []}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process owned by a test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        for _ in range(5):
+            self.port = port or free_port()
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.directory),
+                    "--daemonize", "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            if self._wait_ready():
+                return
+            self.kill()
+            if port is not None:
+                break
+        raise RuntimeError("redis-server did not start")
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                with contextlib.suppress(redis.RedisError):
+                    # Make sure the server answering is ours, not a neighbour's.
+                    if client.info("server")["process_id"] == self.process.pid:
+                        return True
+                time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def restart(self) -> None:
+        """Kill and start again on the same port, with no data (a crash)."""
+        self.kill()
+        self.start(self.port)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, protocol=2)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class Gateway:
+    """Does what the gateway does to Redis, and reads what workers wrote."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.redis = server.client()
+        self.script = JobScript.load(self.redis)
+
+    def submit(
+        self,
+        kind: str,
+        params: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 5,
+        max_attempts: int = 3,
+        timeout_s: int = 0,
+        job_id: str | None = None,
+    ) -> str:
+        job_id = job_id or str(uuid.uuid4())
+        trace_id = uuid.uuid4().hex
+        traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        reply = self.script.create(
+            job_id,
+            owner="alice",
+            kind=kind,
+            queue=queue,
+            params_json=json.dumps({} if params is None else params),
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            traceparent=traceparent,
+            trace_id=trace_id,
+        )
+        assert reply.ok, reply
+        stream = keys.queue_stream(queue, keys.band_for_priority(priority))
+        with contextlib.suppress(redis.ResponseError):
+            self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+        entry = {
+            "job_id": job_id,
+            "kind": kind,
+            "traceparent": traceparent,
+            "tracestate": "",
+            "enqueued_at": str(int(time.time() * 1000)),
+        }
+        OBSERVED["entries"].append(dict(entry))
+        self.redis.xadd(stream, entry)  # type: ignore[arg-type]
+        return job_id
+
+    def cancel(self, job_id: str) -> Any:
+        return self.script.cancel(job_id)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        events = [
+            json.loads(fields["e"]) for _, fields in self.redis.xrange(keys.events_key(job_id))
+        ]
+        OBSERVED["events"].extend(events)
+        return events
+
+    def record(self, job_id: str) -> dict[str, str]:
+        return self.redis.hgetall(keys.job_key(job_id))  # type: ignore[return-value]
+
+    def wait_for(
+        self, job_id: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            events = [json.loads(f["e"]) for _, f in self.redis.xrange(keys.events_key(job_id))]
+            if predicate(events):
+                return self.events(job_id)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting; events so far: {events}")
+            time.sleep(0.01)
+
+    def wait_terminal(self, job_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+        return self.wait_for(job_id, lambda evs: any(e["event"] in TERMINAL for e in evs), timeout)
+
+    def wait_event(self, job_id: str, event: str, timeout: float = 10) -> list[dict[str, Any]]:
+        return self.wait_for(job_id, lambda evs: any(e["event"] == event for e in evs), timeout)
+
+    def backlog(self, queue: str = "default") -> int:
+        """Entries still in the band streams (acknowledged ones are deleted)."""
+        return sum(self.redis.xlen(stream) for stream in keys.queue_streams(queue))
+
+    def pending(self, queue: str = "default") -> int:
+        total = 0
+        for stream in keys.queue_streams(queue):
+            with contextlib.suppress(redis.ResponseError):
+                total += self.redis.xpending(stream, keys.CONSUMER_GROUP)["pending"]
+        return total
+
+    def dead_letters(self, queue: str = "default") -> list[dict[str, str]]:
+        entries = [fields for _, fields in self.redis.xrange(keys.dead_letter_stream(queue))]
+        OBSERVED["dead"].extend(entries)
+        return entries
+
+
+@pytest.fixture
+def gateway(redis_server: RedisServer) -> Iterator[Gateway]:
+    gw = Gateway(redis_server)
+    try:
+        yield gw
+    finally:
+        gw.redis.close()
+
+
+def assert_contiguous(events: list[dict[str, Any]]) -> None:
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), events
+
+
+class ThreadWorker:
+    """A Runtime running in a background thread of the test process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.thread = threading.Thread(target=runtime.run, name="test-runtime", daemon=True)
+
+    def __enter__(self) -> Runtime:
+        self.thread.start()
+        assert self.runtime.wait_ready(10), "runtime did not become ready"
+        return self.runtime
+
+    def __exit__(self, *exc: object) -> None:
+        self.runtime.stop(grace_s=5)
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "runtime did not stop"
+
+
+@pytest.fixture
+def run_worker(redis_server: RedisServer) -> Callable[..., ThreadWorker]:
+    def make(worker: Worker, **overrides: Any) -> ThreadWorker:
+        defaults: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "consumer": f"test-{uuid.uuid4().hex[:6]}",
+            "block_ms": 100,
+            "concurrency": 4,
+        }
+        defaults.update(overrides)
+        return ThreadWorker(Runtime(worker, Settings(**defaults).validated()))
+
+    return make
+
+
+class WorkerProcess:
+    """``jobgate-worker`` as a subprocess, its stderr collected."""
+
+    def __init__(self, app: str, redis_url: str, *args: str, cwd: Path = TESTS_DIR) -> None:
+        env = dict(os.environ)
+        env["JOBGATE_REDIS_URL"] = redis_url
+        env.pop("DASK_SCHEDULER_ADDRESS", None)
+        self.log_path = Path(tempfile.gettempdir()) / f"jobgate-worker-{uuid.uuid4().hex[:8]}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "jobgate-worker"), app, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_started(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.get("message") == "worker started" for line in self.log_lines()):
+                return
+            if not self.alive():
+                raise AssertionError(f"worker exited early:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+        raise AssertionError("worker did not start")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        self._log.flush()
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            if raw.strip():
+                lines.append(json.loads(raw))
+        return lines
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+        with contextlib.suppress(ValueError, json.JSONDecodeError):
+            OBSERVED["log_lines"].extend(self.log_lines())
+        self.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def spawn_worker(redis_server: RedisServer) -> Iterator[Callable[..., WorkerProcess]]:
+    processes: list[WorkerProcess] = []
+
+    def spawn(*args: str, app: str = "sample_app:worker", cwd: Path = TESTS_DIR) -> WorkerProcess:
+        process = WorkerProcess(app, redis_server.url, *args, cwd=cwd)
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        process.close()
