@@ -60,6 +60,47 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Largest `params` of one job, in bytes (413 `payload_too_large`).
+    #[arg(long, env = "JOBGATE_MAX_PARAMS_BYTES", default_value_t = 262_144)]
+    pub max_params_bytes: usize,
+
+    /// Deepest nesting of arrays and objects in `params` (422 `invalid_request`).
+    #[arg(long, env = "JOBGATE_MAX_JSON_DEPTH", default_value_t = 32)]
+    pub max_json_depth: usize,
+
+    /// Submissions one owner may make per minute, over all gateways
+    /// (429 `rate_limited` with `Retry-After`). 0: no limit.
+    #[arg(long, env = "JOBGATE_SUBMITS_PER_MINUTE", default_value_t = 6_000)]
+    pub submits_per_minute: u64,
+
+    /// WebSocket messages one session may send per second (bursts of twice
+    /// as many); past it messages are answered with `rate_limited`.
+    #[arg(long, env = "JOBGATE_WS_MESSAGES_PER_S", default_value_t = 100)]
+    pub ws_messages_per_s: u32,
+
+    /// Open WebSocket sessions and SSE streams per owner on one gateway.
+    #[arg(long, env = "JOBGATE_MAX_CONNECTIONS_PER_OWNER", default_value_t = 200)]
+    pub max_connections_per_owner: usize,
+
+    /// Jobs one WebSocket session may watch at once.
+    #[arg(
+        long,
+        env = "JOBGATE_MAX_SUBSCRIPTIONS_PER_SESSION",
+        default_value_t = 1_000
+    )]
+    pub max_subscriptions_per_session: usize,
+
+    /// Job kinds accepted, comma-separated; empty: every kind a worker registered.
+    #[arg(long, env = "JOBGATE_ALLOWED_KINDS", value_delimiter = ',')]
+    pub allowed_kinds: Vec<String>,
+
+    /// Browser origins allowed to open WebSocket sessions and to call the API
+    /// cross-origin (CORS), comma-separated, e.g. `https://app.example.com`.
+    /// Empty: only same-origin pages (and non-browser clients, which send no
+    /// `Origin`).
+    #[arg(long, env = "JOBGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Seconds an `Idempotency-Key` keeps naming the job it created.
     #[arg(long, env = "JOBGATE_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
     pub idempotency_ttl_s: u64,
@@ -151,6 +192,25 @@ impl Config {
         if self.max_connections == 0 {
             return fail("JOBGATE_MAX_CONNECTIONS must be at least 1");
         }
+        if self.max_connections_per_owner == 0 || self.max_subscriptions_per_session == 0 {
+            return fail(
+                "per-owner connection and per-session subscription limits must be at least 1",
+            );
+        }
+        if self.ws_messages_per_s == 0 || self.max_json_depth == 0 || self.max_params_bytes == 0 {
+            return fail(
+                "JOBGATE_WS_MESSAGES_PER_S, JOBGATE_MAX_JSON_DEPTH and JOBGATE_MAX_PARAMS_BYTES must be at least 1",
+            );
+        }
+        if let Some(origin) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err(ConfigError(format!(
+                "JOBGATE_ALLOWED_ORIGINS: {origin:?} is not an origin like https://app.example.com"
+            )));
+        }
         if self.idempotency_ttl_s == 0 {
             return fail("JOBGATE_IDEMPOTENCY_TTL_S must be at least 1");
         }
@@ -206,6 +266,14 @@ impl Config {
             max_queue_length: 100_000,
             max_connections: 20_000,
             idempotency_ttl_s: 86_400,
+            max_params_bytes: 262_144,
+            max_json_depth: 32,
+            submits_per_minute: 6_000,
+            ws_messages_per_s: 100,
+            max_connections_per_owner: 200,
+            max_subscriptions_per_session: 1_000,
+            allowed_kinds: Vec::new(),
+            allowed_origins: Vec::new(),
             ws_ping_interval_s: 20,
             max_body_bytes: 1_048_576,
             shutdown_grace_s: 5,

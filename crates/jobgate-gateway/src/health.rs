@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the API's own description.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,10 +10,21 @@ use serde_json::json;
 
 use crate::state::AppState;
 
+/// The OpenAPI document of the REST API, served verbatim.
+const OPENAPI: &str = include_str!("../../../proto-schemas/openapi.json");
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 /// The process is up.

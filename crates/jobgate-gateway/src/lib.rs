@@ -14,6 +14,7 @@ mod extract;
 mod health;
 mod jobs;
 mod legacy;
+mod limits;
 mod sse;
 pub mod state;
 mod submit;
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(cors(&state.config.allowed_origins))
         .with_state(state)
 }
 
@@ -61,6 +63,28 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Store(#[from] jobgate_store::StoreError),
+}
+
+/// CORS for the configured dashboard origins (none: same-origin only).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            HeaderName::from_static("idempotent-replayed"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Builds the state for `config`: the Redis pool, the store, the token
@@ -86,6 +110,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     );
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     Ok(AppState {
+        owner_connections: std::sync::Arc::default(),
         auth,
         connections,
         config: std::sync::Arc::new(config),

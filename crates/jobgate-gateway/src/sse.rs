@@ -64,7 +64,7 @@ async fn job_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let after = resume_point(&headers, &query)?;
-    let permit = state.connection_permit()?;
+    let permit = state.connection_permit(&principal)?;
     let mut feed = state.feed();
     let start = feed.watch(job_id, after).await?;
     let record = match start.record {
@@ -110,7 +110,7 @@ async fn owner_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let since_ts = resume_point(&headers, &query)?;
-    let permit = state.connection_permit()?;
+    let permit = state.connection_permit(&principal)?;
     let mut feed =
         Feed::for_owner(state.store.clone(), state.hub.clone(), &principal.owner).await?;
     if since_ts > 0 {
@@ -162,7 +162,7 @@ struct EventStream {
     /// Events stamped before this are not sent (replay after a reconnect).
     since_ts: u64,
     /// The connection's place under `JOBGATE_MAX_CONNECTIONS`.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: crate::state::ConnectionPermit,
 }
 
 impl EventStream {

@@ -8,9 +8,10 @@ use jobgate_store::{EventHub, Feed, JobStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Verifier;
+use crate::auth::{Principal, Verifier};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::limits::{OwnerConnections, OwnerSlot};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -23,27 +24,50 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Token verification; `None` with `JOBGATE_AUTH=none`.
     pub auth: Option<Arc<Verifier>>,
+    /// Open long-lived connections per owner.
+    pub(crate) owner_connections: Arc<OwnerConnections>,
+}
+
+/// A long-lived connection's place under the global and per-owner limits;
+/// released when dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _global: OwnedSemaphorePermit,
+    _owner: OwnerSlot,
 }
 
 impl AppState {
     /// A permit for one long-lived connection, held for its whole life;
     /// `too_many_connections` when the gateway is full, `shutting_down`
     /// once it is stopping.
-    pub fn connection_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn connection_permit(&self, principal: &Principal) -> Result<ConnectionPermit, ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the gateway is shutting down",
             ));
         }
-        Arc::clone(&self.connections)
+        let global = Arc::clone(&self.connections)
             .try_acquire_owned()
             .map_err(|_| {
                 ApiError::new(
                     ErrorCode::TooManyConnections,
                     "the gateway holds as many connections as it may; retry later",
                 )
-            })
+            })?;
+        let owner = self
+            .owner_connections
+            .acquire(&principal.owner, self.config.max_connections_per_owner)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::TooManyConnections,
+                    "this owner holds as many connections as it may; close one first",
+                )
+            })?;
+        Ok(ConnectionPermit {
+            _global: global,
+            _owner: owner,
+        })
     }
 
     /// A feed for one client connection.

@@ -55,6 +55,7 @@ pub(crate) async fn submit(
     request
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    check_limits(state, &request)?;
     if let Some(key) = &idempotency_key {
         validate_idempotency_key(key)?;
     }
@@ -76,6 +77,22 @@ pub(crate) async fn submit(
             ErrorCode::QueueFull,
             format!("the queue {queue:?} holds {limit} jobs or more; retry later"),
         ));
+    }
+    // Counted once the request is known to be acceptable: bad input
+    // changes nothing, not even the owner's rate.
+    let per_minute = state.config.submits_per_minute;
+    if per_minute > 0 {
+        let (count, retry_s) = state
+            .store
+            .count_submission(&principal.owner, Duration::from_secs(60))
+            .await?;
+        if count > per_minute {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("at most {per_minute} submissions a minute"),
+            )
+            .retry_after(retry_s));
+        }
     }
     if let Some(key) = &idempotency_key {
         let fingerprint = fingerprint(&request);
@@ -133,6 +150,32 @@ pub(crate) async fn submit(
         trace_id,
         replayed: false,
     })
+}
+
+/// The configured limits on a request's content: params size and nesting,
+/// and the allow-list of kinds.
+fn check_limits(state: &AppState, request: &SubmitRequest) -> Result<(), ApiError> {
+    let config = &state.config;
+    let params = request.params.get();
+    if params.len() > config.max_params_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("params is over {} bytes", config.max_params_bytes),
+        ));
+    }
+    if crate::limits::json_depth(params) > config.max_json_depth {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("params nests deeper than {} levels", config.max_json_depth),
+        ));
+    }
+    if !config.allowed_kinds.is_empty() && !config.allowed_kinds.contains(&request.kind) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownKind,
+            format!("the job kind {:?} is not accepted here", request.kind),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {

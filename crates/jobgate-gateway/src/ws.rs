@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
+use crate::limits::TokenBucket;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
 use crate::{jobs, trace};
@@ -42,12 +44,19 @@ pub(crate) fn router() -> Router<AppState> {
 async fn upgrade(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
+    check_origin(&headers, &state.config.allowed_origins)?;
+    let permit = state.connection_permit(&principal)?;
     let max = state.config.max_body_bytes;
-    ws.max_message_size(max)
+    Ok(ws
+        .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| Session::run(socket, state, principal))
+        .on_upgrade(move |socket| async move {
+            Session::run(socket, state, principal).await;
+            drop(permit);
+        }))
 }
 
 struct Session {
@@ -55,6 +64,8 @@ struct Session {
     principal: Principal,
     feed: Feed,
     outbound: mpsc::Sender<Message>,
+    /// Messages the client may still send this second.
+    budget: TokenBucket,
 }
 
 /// Why a session ends.
@@ -70,11 +81,13 @@ impl Session {
         let (close, close_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(sink, outbound_rx, close_rx));
         let feed = state.feed();
+        let budget = TokenBucket::new(state.config.ws_messages_per_s);
         let mut session = Session {
             state,
             principal,
             feed,
             outbound,
+            budget,
         };
         let end = session.serve(&mut incoming).await;
         match end {
@@ -139,6 +152,16 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
+        if !self.budget.take() {
+            return self.error(
+                None,
+                None,
+                ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many messages; the message was dropped",
+                ),
+            );
+        }
         let message = match ClientMessage::parse(text) {
             Ok(message) => message,
             Err(error) => {
@@ -175,7 +198,21 @@ impl Session {
         }
     }
 
+    /// `rate_limited` when the session already watches as many jobs as it may.
+    fn watch_limit(&self) -> Result<(), ApiError> {
+        if self.feed.watching() >= self.state.config.max_subscriptions_per_session {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "the session watches as many jobs as it may; unsubscribe first",
+            ));
+        }
+        Ok(())
+    }
+
     async fn submit(&mut self, frame: SubmitFrame) -> Result<(), End> {
+        if let Err(error) = self.watch_limit() {
+            return self.error(Some(frame.request_id), None, error);
+        }
         let job_id = JobId::new();
         // Watch before the job exists, so its first event cannot be missed.
         if let Err(error) = self.feed.watch(job_id, 0).await {
@@ -213,6 +250,11 @@ impl Session {
         let Ok(id) = job_id.parse::<JobId>() else {
             return self.error(None, None, ApiError::invalid_job_id());
         };
+        if !self.feed.is_watching(&id)
+            && let Err(error) = self.watch_limit()
+        {
+            return self.error(None, Some(job_id), error);
+        }
         let start = match self.feed.watch(id, after).await {
             Ok(start) => start,
             Err(error) => return self.error(None, Some(job_id), error.into()),
@@ -312,6 +354,30 @@ async fn token_expiry(principal: &Principal) {
             tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now))).await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Refuses a browser page from an origin that may not open sessions
+/// (cross-site WebSocket hijacking). Clients that send no `Origin` are not
+/// browsers and pass; without an allow-list only same-origin pages pass.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let same_origin = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        });
+    if same_origin || allowed.iter().any(|a| a == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::ForbiddenOrigin,
+            "this origin may not open WebSocket sessions",
+        ))
     }
 }
 

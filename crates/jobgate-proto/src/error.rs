@@ -40,6 +40,10 @@ pub enum ErrorCode {
     /// No valid credential: missing, malformed, expired or for another
     /// audience or issuer.
     Unauthorized,
+    /// Too many requests from this owner or session; retry after `Retry-After`.
+    RateLimited,
+    /// The page's origin may not open a WebSocket session or call the API.
+    ForbiddenOrigin,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
     /// The connection did not read its events fast enough.
@@ -52,7 +56,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 22] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -69,6 +73,8 @@ impl ErrorCode {
         Self::IdempotencyConflict,
         Self::TooManyConnections,
         Self::Unauthorized,
+        Self::RateLimited,
+        Self::ForbiddenOrigin,
         Self::RedisUnavailable,
         Self::SlowConsumer,
         Self::ShuttingDown,
@@ -94,6 +100,8 @@ impl ErrorCode {
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::TooManyConnections => "too_many_connections",
             Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::ForbiddenOrigin => "forbidden_origin",
             Self::RedisUnavailable => "redis_unavailable",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",

@@ -133,6 +133,11 @@ impl Feed {
             .unwatch(&mut self.subscription, &keys::job_channel(job_id));
     }
 
+    /// How many jobs the feed watches.
+    pub fn watching(&self) -> usize {
+        self.cursors.len()
+    }
+
     pub fn is_watching(&self, job_id: &JobId) -> bool {
         self.cursors.contains_key(job_id)
     }

@@ -35,6 +35,11 @@ pub fn idempotency(owner: &str, key: &str) -> String {
     format!("{PREFIX}idem:{{{owner}}}:{key}")
 }
 
+/// An owner's submission count in one rate-limit window.
+pub fn submit_rate(owner: &str, window: u64) -> String {
+    format!("{PREFIX}rate:{{{owner}}}:{window}")
+}
+
 /// Live events of one job.
 pub fn job_channel(job_id: &JobId) -> String {
     format!("{PREFIX}live:job:{job_id}")

@@ -332,6 +332,31 @@ impl JobStore {
         Ok(length)
     }
 
+    /// Counts one submission of `owner` in the current fixed window of
+    /// `window` (shared by every gateway); returns the count so far and the
+    /// seconds left in the window.
+    pub async fn count_submission(
+        &self,
+        owner: &str,
+        window: Duration,
+    ) -> Result<(u64, u64), StoreError> {
+        let window_s = window.as_secs().max(1);
+        let now_s = unix_ms() / 1000;
+        let slot = now_s / window_s;
+        let key = keys::submit_rate(owner, slot);
+        let mut conn = self.connection().await?;
+        let (count,): (u64,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(window_s * 2)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok((count, (slot + 1) * window_s - now_s))
+    }
+
     /// The job record, or `None` when there is no such job.
     pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.connection().await?;

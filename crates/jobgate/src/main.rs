@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve(Config),
+    /// Print one job's narrative across services from the JSON-lines logs
+    /// Fluentd wrote (see fluent/README.md).
+    Trace(jobgate_trace::TraceArgs),
     /// Print an HS256 token for JOBGATE_JWT_SECRET (development and tests).
     Token {
         /// The owner the token names (`sub`).
@@ -56,6 +59,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.config),
         Some(Command::Serve(config)) => serve(config),
+        Some(Command::Trace(args)) => {
+            jobgate_trace::run(&args, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Some(Command::Token {
             sub,
             ttl_s,

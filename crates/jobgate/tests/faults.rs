@@ -207,40 +207,52 @@ async fn a_redis_restart_loses_no_job_and_no_event() {
         }
         sessions.push(ws);
     }
-    // Let some jobs finish, then kill Redis in the middle of the rest.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watchers: Vec<_> = sessions
+        .into_iter()
+        .map(|mut ws| {
+            let accepted = std::sync::Arc::clone(&accepted);
+            tokio::spawn(async move {
+                let mut jobs = Vec::new();
+                let mut by_job: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+                let mut finished = 0;
+                while finished < JOBS_PER_SESSION {
+                    let frame = ws
+                        .next(Duration::from_secs(90))
+                        .await
+                        .expect("the session stays open");
+                    match frame["type"].as_str() {
+                        Some("accepted") => {
+                            jobs.push(frame["job_id"].as_str().expect("id").to_owned());
+                            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Some("event") => {
+                            let job = frame["job_id"].as_str().expect("id").to_owned();
+                            if matches!(
+                                frame["event"].as_str(),
+                                Some("completed" | "failed" | "cancelled")
+                            ) {
+                                finished += 1;
+                            }
+                            by_job.entry(job).or_default().push(frame);
+                        }
+                        _ => panic!("unexpected frame {frame}"),
+                    }
+                }
+                (jobs, by_job)
+            })
+        })
+        .collect();
+    // Once every job is accepted and some have run, kill Redis in the
+    // middle of the rest and bring it back from its AOF.
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < SESSIONS * JOBS_PER_SESSION {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
 
-    let watchers = sessions.into_iter().map(|mut ws| {
-        tokio::spawn(async move {
-            let mut jobs = Vec::new();
-            let mut by_job: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-            let mut finished = 0;
-            while finished < JOBS_PER_SESSION {
-                let frame = ws
-                    .next(Duration::from_secs(90))
-                    .await
-                    .expect("the session stays open");
-                match frame["type"].as_str() {
-                    Some("accepted") => jobs.push(frame["job_id"].as_str().expect("id").to_owned()),
-                    Some("event") => {
-                        let job = frame["job_id"].as_str().expect("id").to_owned();
-                        if matches!(
-                            frame["event"].as_str(),
-                            Some("completed" | "failed" | "cancelled")
-                        ) {
-                            finished += 1;
-                        }
-                        by_job.entry(job).or_default().push(frame);
-                    }
-                    _ => panic!("unexpected frame {frame}"),
-                }
-            }
-            (jobs, by_job)
-        })
-    });
     for watcher in watchers {
         let (jobs, by_job) = watcher.await.expect("watcher");
         assert_eq!(jobs.len(), JOBS_PER_SESSION, "every submit was accepted");
