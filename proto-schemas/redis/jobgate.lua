@@ -66,7 +66,7 @@ local function load(fields)
 end
 
 local common = { 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
-                 'retention_s', 'history_max' }
+                 'retention_s', 'history_max', 'kind', 'created_at' }
 
 -- Terminal jobs keep their record and history for `retention_s`, then expire.
 local function expire_later(job)
@@ -75,9 +75,18 @@ local function expire_later(job)
   redis.call('EXPIRE', events_key, retention)
 end
 
+-- Outcomes also go, tersely, to <prefix>stats ("<event> <kind> <ms since
+-- created>"), which gateways count for their metrics.
+local outcomes = { retrying = true, completed = true, failed = true, cancelled = true }
+
 local function emit_for(job, event, data, now)
   redis.call('HSET', job_key, 'updated_at', now)
-  return emit(job.job_id, job.owner, job.trace_id, event, data, now, job.history_max)
+  local seq, json = emit(job.job_id, job.owner, job.trace_id, event, data, now, job.history_max)
+  if outcomes[event] and job.kind then
+    local age = now - (tonumber(job.created_at) or now)
+    redis.call('PUBLISH', prefix .. 'stats', string.format('%s %s %d', event, job.kind, age))
+  end
+  return seq, json
 end
 
 -- create: job_id owner kind queue params_json priority max_attempts timeout_s
@@ -92,7 +101,7 @@ local function create()
     params = ARGV[6], priority = ARGV[7], max_attempts = ARGV[8],
     timeout_s = ARGV[9], retention_s = ARGV[10], history_max = ARGV[11],
     traceparent = ARGV[12], tracestate = ARGV[13], trace_id = ARGV[14],
-    legacy_trace_id = ARGV[15],
+    legacy_trace_id = ARGV[15], created_at = now,
   }
   redis.call('HSET', job_key,
     'job_id', job.job_id, 'owner', job.owner, 'kind', job.kind, 'queue', job.queue,
@@ -117,7 +126,7 @@ end
 --         tracestate, trace_id, owner} or {'skip'|'missing', ...}.
 local function start()
   local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
-                     'retention_s', 'history_max', 'kind', 'params', 'timeout_s',
+                     'retention_s', 'history_max', 'kind', 'created_at', 'params', 'timeout_s',
                      'traceparent', 'tracestate', 'cancel_requested' })
   if job.status == false then return { 'missing' } end
   if is_terminal(job.status) then return { 'skip', job.status } end

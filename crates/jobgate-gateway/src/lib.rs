@@ -15,6 +15,7 @@ mod health;
 mod jobs;
 mod legacy;
 mod limits;
+pub mod metrics;
 mod sse;
 pub mod state;
 mod submit;
@@ -44,6 +45,7 @@ pub fn app(state: AppState) -> Router {
         .merge(legacy::router())
         .merge(health::router())
         .merge(dashboard::router())
+        .merge(metrics::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -109,7 +111,10 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
         shutdown.clone(),
     );
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let metrics = std::sync::Arc::new(metrics::Metrics::default());
+    metrics.follow_outcomes(hub.clone(), shutdown.clone());
     Ok(AppState {
+        metrics,
         owner_connections: std::sync::Arc::default(),
         auth,
         connections,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -87,6 +88,7 @@ async fn job_events(
         id_is_ts: false,
         since_ts: 0,
         _permit: permit,
+        metrics: std::sync::Arc::clone(&state.metrics),
     };
     Ok(sse(events.into_stream()))
 }
@@ -134,6 +136,7 @@ async fn owner_events(
         id_is_ts: true,
         since_ts,
         _permit: permit,
+        metrics: std::sync::Arc::clone(&state.metrics),
     };
     Ok(sse(events.into_stream()))
 }
@@ -150,6 +153,22 @@ fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     response
 }
 
+/// Keeps the open-streams gauge up for as long as the stream lives.
+struct StreamGauge(std::sync::Arc<crate::metrics::Metrics>);
+
+impl StreamGauge {
+    fn up(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.sse_streams.fetch_add(1, Ordering::Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.sse_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The state of one SSE stream.
 struct EventStream {
     feed: Feed,
@@ -163,42 +182,53 @@ struct EventStream {
     since_ts: u64,
     /// The connection's place under `JOBGATE_MAX_CONNECTIONS`.
     _permit: crate::state::ConnectionPermit,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl EventStream {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-        stream::unfold((self, false), |(mut state, finished)| async move {
-            if let Some(event) = state.lead.pop_front() {
-                return Some((Ok(event), (state, finished)));
-            }
-            if finished {
-                return None;
-            }
-            loop {
-                let item = tokio::select! {
-                    () = state.shutdown.cancelled() => return None,
-                    item = state.feed.next() => item,
-                };
-                match item? {
-                    FeedItem::Event(event) if event.ts < state.since_ts => continue,
-                    FeedItem::Event(event) => {
-                        let last = state.ends_after_terminal && event.event.is_terminal();
-                        let sse_event = state.to_sse(&event);
-                        return Some((Ok(sse_event), (state, last)));
-                    }
-                    FeedItem::Overflowed => {
-                        tracing::info!("SSE client too slow; ending its stream so it resumes");
-                        return None;
-                    }
-                    FeedItem::Unavailable(error) => {
-                        tracing::warn!(%error, "SSE stream could not read missed events; retrying");
+        let metrics = std::sync::Arc::clone(&self.metrics);
+        let open = StreamGauge::up(metrics);
+        stream::unfold(
+            (self, false, open),
+            |(mut state, finished, open)| async move {
+                if let Some(event) = state.lead.pop_front() {
+                    return Some((Ok(event), (state, finished, open)));
+                }
+                if finished {
+                    return None;
+                }
+                loop {
+                    let item = tokio::select! {
+                        () = state.shutdown.cancelled() => return None,
+                        item = state.feed.next() => item,
+                    };
+                    match item? {
+                        FeedItem::Event(event) if event.ts < state.since_ts => continue,
+                        FeedItem::Event(event) => {
+                            let last = state.ends_after_terminal && event.event.is_terminal();
+                            let sse_event = state.to_sse(&event);
+                            return Some((Ok(sse_event), (state, last, open)));
+                        }
+                        FeedItem::Overflowed => {
+                            state
+                                .metrics
+                                .slow_consumer_closes
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("SSE client too slow; ending its stream so it resumes");
+                            return None;
+                        }
+                        FeedItem::Unavailable(error) => {
+                            tracing::warn!(%error, "SSE stream could not read missed events; retrying");
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn to_sse(&self, event: &FeedEvent) -> Event {
+        self.metrics.events_pushed.fetch_add(1, Ordering::Relaxed);
         let id = if self.id_is_ts { event.ts } else { event.seq };
         Event::default()
             .id(id.to_string())

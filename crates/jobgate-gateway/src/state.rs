@@ -12,6 +12,7 @@ use crate::auth::{Principal, Verifier};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::limits::{OwnerConnections, OwnerSlot};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -24,6 +25,8 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Token verification; `None` with `JOBGATE_AUTH=none`.
     pub auth: Option<Arc<Verifier>>,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// Open long-lived connections per owner.
     pub(crate) owner_connections: Arc<OwnerConnections>,
 }

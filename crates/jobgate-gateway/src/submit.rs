@@ -144,6 +144,7 @@ pub(crate) async fn submit(
         }
         return Err(error.into());
     }
+    state.metrics.submitted(&job.request.kind);
     tracing::info!(job_id = %job_id, trace_id = %trace_id, kind = %job.request.kind, queue = %job.queue, "job submitted");
     Ok(Accepted {
         job_id,

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
 use crate::limits::TokenBucket;
+use crate::metrics::Gauge;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
 use crate::{jobs, trace};
@@ -54,6 +55,8 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
+            let metrics = std::sync::Arc::clone(&state.metrics);
+            let _open = Gauge::up(&metrics.websocket_sessions);
             Session::run(socket, state, principal).await;
             drop(permit);
         }))
@@ -130,9 +133,10 @@ impl Session {
                                 // Nothing follows: free the session's watch.
                                 self.feed.unwatch(&event.job_id);
                             }
+                            self.state.metrics.events_pushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.send_text(event_text(event.json))
                         }
-                        Some(FeedItem::Overflowed) => Err(slow_consumer()),
+                        Some(FeedItem::Overflowed) => Err(self.slow_consumer()),
                         Some(FeedItem::Unavailable(error)) => {
                             tracing::warn!(%error, "session could not read missed events; retrying");
                             Ok(())
@@ -332,12 +336,24 @@ impl Session {
         self.send(Message::Text(text))
     }
 
+    fn slow_consumer(&self) -> End {
+        self.state
+            .metrics
+            .slow_consumer_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(owner = %self.principal.owner, "closing a WebSocket session that does not read its events");
+        End::Close(
+            CLOSE_SLOW_CONSUMER,
+            "slow consumer: resume with subscribe after",
+        )
+    }
+
     /// Queues a frame for the writer; a full queue means the client is not
     /// reading.
     fn send(&self, message: Message) -> Result<(), End> {
         match self.outbound.try_send(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(slow_consumer()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
         }
     }
@@ -379,14 +395,6 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
             "this origin may not open WebSocket sessions",
         ))
     }
-}
-
-fn slow_consumer() -> End {
-    tracing::info!("closing a WebSocket session that does not read its events");
-    End::Close(
-        CLOSE_SLOW_CONSUMER,
-        "slow consumer: resume with subscribe after",
-    )
 }
 
 fn event_text(json: bytes::Bytes) -> Utf8Bytes {

@@ -357,6 +357,51 @@ impl JobStore {
         Ok((count, (slot + 1) * window_s - now_s))
     }
 
+    /// Every queue a worker registered a kind for, with its length (all
+    /// bands) and the age in ms of its oldest entry (waiting or running:
+    /// acknowledged entries are deleted).
+    pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::KINDS)
+            .query_async(&mut conn)
+            .await?;
+        let mut queues: Vec<String> = registrations
+            .values()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .filter_map(|r| r["queue"].as_str().map(str::to_owned))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        let now = unix_ms();
+        let mut stats = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let mut pipe = redis::pipe();
+            for band in [Band::High, Band::Normal, Band::Low] {
+                pipe.cmd("XLEN").arg(keys::queue(&queue, band));
+                pipe.cmd("XRANGE")
+                    .arg(keys::queue(&queue, band))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            type First = Vec<(String, HashMap<String, String>)>;
+            let replies: (u64, First, u64, First, u64, First) = pipe.query_async(&mut conn).await?;
+            let length = replies.0 + replies.2 + replies.4;
+            let oldest = [&replies.1, &replies.3, &replies.5]
+                .into_iter()
+                .filter_map(|first| first.first())
+                .filter_map(|(id, _)| {
+                    id.split_once('-')
+                        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                })
+                .min();
+            stats.push((queue, length, oldest.map(|ms| now.saturating_sub(ms))));
+        }
+        Ok(stats)
+    }
+
     /// The job record, or `None` when there is no such job.
     pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.connection().await?;

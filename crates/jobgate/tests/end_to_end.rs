@@ -148,6 +148,35 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
         .expect("json");
     system.schemas.assert_valid("job_snapshot", &snapshot);
     assert_eq!(snapshot["status"], "failed");
+
+    // Both outcomes are counted, with their latency, and the queue is empty.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http
+            .get(system.gateway.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics
+            .contains(r#"jobgate_job_outcomes_total{event="failed",kind="mc_option_price"} 1"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for line in [
+        r#"jobgate_jobs_submitted_total{kind="echo"} 1"#,
+        r#"jobgate_job_outcomes_total{event="completed",kind="echo"} 1"#,
+        r#"jobgate_job_outcomes_total{event="failed",kind="mc_option_price"} 1"#,
+        r#"jobgate_job_duration_seconds_count{kind="echo"} 1"#,
+        r#"jobgate_queue_length{queue="default"} 0"#,
+        "jobgate_sse_streams 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,332 @@
+//! `/metrics` in the Prometheus text format.
+//!
+//! Counted here: submissions (by kind), connections, events pushed,
+//! slow-consumer closes. Job outcomes and submit-to-finish latency come from
+//! the `jobgate:stats` channel, where the job script reports every
+//! `retrying`, `completed`, `failed` and `cancelled` event: every gateway
+//! counts all of them since it started, so take one gateway's figures (or
+//! `max` over gateways), not their sum. Queue depth and the age of the oldest
+//! entry are read from Redis at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use jobgate_store::{EventHub, HubMessage, keys};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+/// Upper bounds (seconds) of the submit-to-finish latency buckets.
+const LATENCY_BUCKETS_S: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    3600.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS_S.len()],
+    count: u64,
+    sum_s: f64,
+}
+
+/// Counters and gauges of one gateway.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    submitted: Mutex<BTreeMap<String, u64>>,
+    outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    pub(crate) websocket_sessions: AtomicI64,
+    pub(crate) sse_streams: AtomicI64,
+    pub(crate) events_pushed: AtomicU64,
+    pub(crate) slow_consumer_closes: AtomicU64,
+    /// Log forwarding counters, when forwarding is on.
+    pub(crate) log_forwarding: Mutex<Option<Arc<jobgate_fluent::ForwarderStats>>>,
+}
+
+/// Keeps a gauge up while a connection lives.
+#[derive(Debug)]
+pub(crate) struct Gauge<'a>(&'a AtomicI64);
+
+impl<'a> Gauge<'a> {
+    pub(crate) fn up(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain counters: nothing can be left half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Metrics {
+    pub(crate) fn submitted(&self, kind: &str) {
+        *lock(&self.submitted).entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// Counts one `"<event> <kind> <ms since created>"` stats message.
+    fn outcome(&self, message: &str) {
+        let mut parts = message.split(' ');
+        let (Some(event), Some(kind), Some(age_ms)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        *lock(&self.outcomes)
+            .entry((event.to_owned(), kind.to_owned()))
+            .or_default() += 1;
+        if event == "retrying" {
+            return;
+        }
+        let Ok(age_ms) = age_ms.parse::<u64>() else {
+            return;
+        };
+        let seconds = age_ms as f64 / 1000.0;
+        let mut latency = lock(&self.latency);
+        let histogram = latency.entry(kind.to_owned()).or_default();
+        for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        histogram.count += 1;
+        histogram.sum_s += seconds;
+    }
+
+    /// Follows `jobgate:stats` until `shutdown`.
+    pub(crate) fn follow_outcomes(self: &Arc<Self>, hub: EventHub, shutdown: CancellationToken) {
+        let metrics = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut subscription = hub.subscription();
+            let channel = format!("{}stats", keys::PREFIX);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    watched = hub.watch(&mut subscription, &channel) => {
+                        if watched.is_ok() { break; }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    message = subscription.recv() => message,
+                };
+                match message {
+                    Some(HubMessage::Event(payload)) => {
+                        metrics.outcome(&String::from_utf8_lossy(&payload))
+                    }
+                    Some(HubMessage::Resync) => {}
+                    None => return,
+                }
+            }
+        });
+    }
+
+    fn render(&self, out: &mut String, queues: &[(String, u64, Option<u64>)]) {
+        family(
+            out,
+            "jobgate_jobs_submitted_total",
+            "counter",
+            "Jobs accepted by this gateway.",
+        );
+        for (kind, count) in lock(&self.submitted).iter() {
+            let _ = writeln!(
+                out,
+                "jobgate_jobs_submitted_total{{kind=\"{}\"}} {count}",
+                escape(kind)
+            );
+        }
+        family(
+            out,
+            "jobgate_job_outcomes_total",
+            "counter",
+            "Retries and final outcomes of every job, from the job script (cluster-wide).",
+        );
+        for ((event, kind), count) in lock(&self.outcomes).iter() {
+            let _ = writeln!(
+                out,
+                "jobgate_job_outcomes_total{{event=\"{}\",kind=\"{}\"}} {count}",
+                escape(event),
+                escape(kind)
+            );
+        }
+        family(
+            out,
+            "jobgate_job_duration_seconds",
+            "histogram",
+            "From submission to the final event, by kind (cluster-wide).",
+        );
+        for (kind, histogram) in lock(&self.latency).iter() {
+            let kind = escape(kind);
+            for (count, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS_S) {
+                let _ = writeln!(
+                    out,
+                    "jobgate_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "jobgate_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(
+                out,
+                "jobgate_job_duration_seconds_sum{{kind=\"{kind}\"}} {}",
+                histogram.sum_s
+            );
+            let _ = writeln!(
+                out,
+                "jobgate_job_duration_seconds_count{{kind=\"{kind}\"}} {}",
+                histogram.count
+            );
+        }
+        family(
+            out,
+            "jobgate_queue_length",
+            "gauge",
+            "Entries waiting or running in each queue.",
+        );
+        for (queue, length, _) in queues {
+            let _ = writeln!(
+                out,
+                "jobgate_queue_length{{queue=\"{}\"}} {length}",
+                escape(queue)
+            );
+        }
+        family(
+            out,
+            "jobgate_queue_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest entry in each queue.",
+        );
+        for (queue, _, oldest_ms) in queues {
+            let age = oldest_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "jobgate_queue_oldest_age_seconds{{queue=\"{}\"}} {age}",
+                escape(queue)
+            );
+        }
+        let gauges = [
+            (
+                "jobgate_websocket_sessions",
+                "gauge",
+                "Open WebSocket sessions.",
+                self.websocket_sessions.load(Ordering::Relaxed),
+            ),
+            (
+                "jobgate_sse_streams",
+                "gauge",
+                "Open SSE streams.",
+                self.sse_streams.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let counters = [
+            (
+                "jobgate_events_pushed_total",
+                "Events sent to clients.",
+                self.events_pushed.load(Ordering::Relaxed),
+            ),
+            (
+                "jobgate_slow_consumer_closes_total",
+                "Connections closed because they did not read their events.",
+                self.slow_consumer_closes.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        if let Some(stats) = lock(&self.log_forwarding).as_ref() {
+            family(
+                out,
+                "jobgate_log_records_forwarded_total",
+                "counter",
+                "Log records Fluentd acknowledged.",
+            );
+            let _ = writeln!(
+                out,
+                "jobgate_log_records_forwarded_total {}",
+                stats.forwarded()
+            );
+            family(
+                out,
+                "jobgate_log_records_dropped_total",
+                "counter",
+                "Log records dropped because Fluentd was unreachable and the buffer was full.",
+            );
+            let _ = writeln!(out, "jobgate_log_records_dropped_total {}", stats.dropped());
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let queues = match state.store.queue_stats().await {
+        Ok(queues) => queues,
+        Err(error) => {
+            tracing::warn!(%error, "queue figures unavailable for /metrics");
+            Vec::new()
+        }
+    };
+    let mut out = String::with_capacity(4096);
+    state.metrics.render(&mut out, &queues);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_outcomes_and_latency() {
+        let metrics = Metrics::default();
+        metrics.submitted("echo");
+        metrics.outcome("completed echo 30");
+        metrics.outcome("retrying echo 10");
+        metrics.outcome("nonsense");
+        let mut out = String::new();
+        metrics.render(&mut out, &[("default".into(), 3, Some(1500))]);
+        assert!(out.contains("jobgate_jobs_submitted_total{kind=\"echo\"} 1"));
+        assert!(out.contains("jobgate_job_outcomes_total{event=\"completed\",kind=\"echo\"} 1"));
+        assert!(out.contains("jobgate_job_outcomes_total{event=\"retrying\",kind=\"echo\"} 1"));
+        assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"0.05\"} 1"));
+        assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"0.025\"} 0"));
+        assert!(out.contains("jobgate_queue_oldest_age_seconds{queue=\"default\"} 1.5"));
+    }
+}
