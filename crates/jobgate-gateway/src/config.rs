@@ -151,6 +151,11 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_DEFAULT_OWNER", default_value = "local")]
     pub default_owner: String,
 
+    /// Fluentd's Forward input (`host:port`): every log line also goes there,
+    /// buffered while Fluentd is away (oldest dropped first, counted).
+    #[arg(long, env = "JOBGATE_FLUENTD_ADDR")]
+    pub fluentd_addr: Option<jobgate_fluent::FluentdAddress>,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `jobgate=debug`.
     #[arg(long, env = "JOBGATE_LOG", default_value = "info")]
     pub log: String,
@@ -285,6 +290,7 @@ impl Config {
             jwt_issuer: None,
             jwt_leeway_s: 30,
             default_owner: "local".into(),
+            fluentd_addr: None,
             log: "info".into(),
         }
     }

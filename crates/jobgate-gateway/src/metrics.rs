@@ -75,6 +75,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// Reports log forwarding's counters from now on.
+    pub fn set_log_forwarding(&self, stats: Option<Arc<jobgate_fluent::ForwarderStats>>) {
+        *lock(&self.log_forwarding) = stats;
+    }
+
     pub(crate) fn submitted(&self, kind: &str) {
         *lock(&self.submitted).entry(kind.to_owned()).or_default() += 1;
     }

@@ -10,6 +10,10 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+
+use jobgate_fluent::{Forwarder, ForwarderConfig, TeeMakeWriter};
+
+use crate::config::Config;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -17,14 +21,45 @@ use tracing_subscriber::registry::LookupSpan;
 /// The `service` of the gateway's log lines.
 pub const SERVICE: &str = "jobgate";
 
-/// Installs the JSON log subscriber; `filter` is an `EnvFilter` directive.
-pub fn init(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+/// What telemetry runs in the background: log forwarding to Fluentd.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    forwarder: Option<Forwarder>,
+}
+
+impl Telemetry {
+    /// Counters of log forwarding, when it is on.
+    pub fn forwarding_stats(&self) -> Option<std::sync::Arc<jobgate_fluent::ForwarderStats>> {
+        self.forwarder.as_ref().map(Forwarder::stats)
+    }
+
+    /// Sends what is still buffered, waiting at most `timeout`.
+    pub async fn shutdown(&self, timeout: std::time::Duration) {
+        if let Some(forwarder) = &self.forwarder
+            && let Err(error) = forwarder.shutdown(timeout).await
+        {
+            eprintln!("jobgate: log forwarding stopped with records undelivered: {error}");
+        }
+    }
+}
+
+/// Installs the JSON log subscriber (stderr, and Fluentd when
+/// `config.fluentd_addr` is set). Must run inside the tokio runtime.
+pub fn init(config: &Config) -> Result<Telemetry, jobgate_fluent::FluentError> {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let forwarder = match &config.fluentd_addr {
+        Some(address) => Some(Forwarder::start(ForwarderConfig::new(
+            address.clone(),
+            "gateway",
+        ))?),
+        None => None,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(TeeMakeWriter::new(std::io::stderr, forwarder.clone()))
         .event_format(JsonLines)
         .try_init();
+    Ok(Telemetry { forwarder })
 }
 
 /// Formats each event as one line of the shared log schema.

@@ -86,12 +86,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    jobgate_gateway::telemetry::init(&config.log);
+    let telemetry = jobgate_gateway::telemetry::init(&config)?;
 
     let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace();
     let listen = config.listen;
     let state = jobgate_gateway::build_state(config, shutdown.clone())?;
+    state
+        .metrics
+        .set_log_forwarding(telemetry.forwarding_stats());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -105,5 +108,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(result) => result??,
         Err(_) => tracing::warn!("grace period over; dropping the remaining connections"),
     }
+    telemetry.shutdown(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
