@@ -15,7 +15,6 @@ use crate::error::ApiError;
 use crate::extract::{JobPath, Json};
 use crate::state::AppState;
 use crate::submit::{self, Submission};
-use crate::trace;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -43,7 +42,8 @@ async fn create(
     let submission = Submission {
         job_id: JobId::new(),
         request,
-        trace: trace::for_new_job(header("traceparent"), header("tracestate")),
+        traceparent: header("traceparent").map(str::to_owned),
+        tracestate: header("tracestate").map(str::to_owned),
         idempotency_key,
         legacy_trace_id: None,
     };

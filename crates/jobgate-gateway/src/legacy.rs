@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::jobs;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
-use crate::{jobs, trace};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -54,7 +54,8 @@ async fn submit_job(
     let submission = Submission {
         job_id: JobId::new(),
         request,
-        trace: trace::for_new_job(None, None),
+        traceparent: None,
+        tracestate: None,
         idempotency_key: None,
         legacy_trace_id,
     };

@@ -46,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(dashboard::router())
         .merge(metrics::router())
+        .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -5,12 +5,15 @@
 use std::time::Duration;
 
 use jobgate_proto::{ErrorCode, JobId, SubmitRequest};
-use jobgate_store::{IdempotencyClaim, NewJob, TraceContext};
+use jobgate_store::{IdempotencyClaim, NewJob, keys};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::record_ids;
 
 /// How stale the queue length used for admission may be.
 const QUEUE_LENGTH_MAX_AGE: Duration = Duration::from_millis(250);
@@ -32,7 +35,10 @@ pub(crate) struct Submission {
     /// The id the job gets if it is created.
     pub(crate) job_id: JobId,
     pub(crate) request: SubmitRequest,
-    pub(crate) trace: TraceContext,
+    /// The client's `traceparent` (already the parent of the current span
+    /// when spans are on) and `tracestate`, carried with the job.
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) legacy_trace_id: Option<String>,
 }
@@ -48,7 +54,8 @@ pub(crate) async fn submit(
     let Submission {
         job_id,
         request,
-        trace,
+        traceparent,
+        tracestate,
         idempotency_key,
         legacy_trace_id,
     } = submission;
@@ -94,6 +101,28 @@ pub(crate) async fn submit(
             .retry_after(retry_s));
         }
     }
+    // The producer span: the job's traceparent names it, so the worker's
+    // consumer span is its child.
+    let producer = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {queue}"),
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %keys::queue(&queue, keys::Band::for_priority(request.priority())),
+        messaging.message.id = %job_id,
+        jobgate.job.kind = %request.kind,
+        jobgate.legacy_trace_id = legacy_trace_id.as_deref().unwrap_or_default(),
+        job_id = %job_id,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let trace = crate::trace::job_context(
+        &record_ids(&producer),
+        traceparent.as_deref(),
+        tracestate.as_deref(),
+    );
     if let Some(key) = &idempotency_key {
         let fingerprint = fingerprint(&request);
         let claim = state
@@ -136,7 +165,7 @@ pub(crate) async fn submit(
         trace,
         legacy_trace_id,
     };
-    if let Err(error) = state.store.submit(&job).await {
+    if let Err(error) = state.store.submit(&job).instrument(producer.clone()).await {
         if let Some(key) = &idempotency_key
             && let Err(release) = state.store.release_idempotency(&principal.owner, key).await
         {
@@ -145,7 +174,8 @@ pub(crate) async fn submit(
         return Err(error.into());
     }
     state.metrics.submitted(&job.request.kind);
-    tracing::info!(job_id = %job_id, trace_id = %trace_id, kind = %job.request.kind, queue = %job.queue, "job submitted");
+    producer
+        .in_scope(|| tracing::info!(kind = %job.request.kind, queue = %job.queue, "job submitted"));
     Ok(Accepted {
         job_id,
         trace_id,

@@ -12,6 +12,10 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 
 use jobgate_fluent::{Forwarder, ForwarderConfig, TeeMakeWriter};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::Config;
 use tracing_subscriber::fmt::format::Writer;
@@ -21,10 +25,12 @@ use tracing_subscriber::registry::LookupSpan;
 /// The `service` of the gateway's log lines.
 pub const SERVICE: &str = "jobgate";
 
-/// What telemetry runs in the background: log forwarding to Fluentd.
-#[derive(Debug, Default)]
+/// What telemetry runs in the background: the span pipeline and log
+/// forwarding to Fluentd.
+#[derive(Debug)]
 pub struct Telemetry {
     forwarder: Option<Forwarder>,
+    tracer_provider: SdkTracerProvider,
 }
 
 impl Telemetry {
@@ -33,8 +39,11 @@ impl Telemetry {
         self.forwarder.as_ref().map(Forwarder::stats)
     }
 
-    /// Sends what is still buffered, waiting at most `timeout`.
+    /// Flushes spans and sends the logs still buffered, waiting at most
+    /// `timeout` for Fluentd.
     pub async fn shutdown(&self, timeout: std::time::Duration) {
+        let provider = self.tracer_provider.clone();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         if let Some(forwarder) = &self.forwarder
             && let Err(error) = forwarder.shutdown(timeout).await
         {
@@ -43,10 +52,53 @@ impl Telemetry {
     }
 }
 
-/// Installs the JSON log subscriber (stderr, and Fluentd when
-/// `config.fluentd_addr` is set). Must run inside the tokio runtime.
-pub fn init(config: &Config) -> Result<Telemetry, jobgate_fluent::FluentError> {
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs logging and tracing: JSON log lines on stderr (and to Fluentd
+/// when `config.fluentd_addr` is set), and OpenTelemetry spans, exported over
+/// OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without an endpoint
+/// spans still give every job and log line real trace and span ids, and
+/// nothing is exported. Must run inside the tokio runtime.
+pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
+    let mut provider = tracer_provider_builder();
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    install(config, provider.build())
+}
+
+/// As [`init`], with spans going to `exporter` as they end (tests use an
+/// in-memory exporter).
+pub fn init_with_exporter<E>(config: &Config, exporter: E) -> Result<Telemetry, TelemetryError>
+where
+    E: opentelemetry_sdk::trace::SpanExporter + 'static,
+{
+    install(
+        config,
+        tracer_provider_builder()
+            .with_simple_exporter(exporter)
+            .build(),
+    )
+}
+
+fn tracer_provider_builder() -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(SERVICE)
+            .build(),
+    )
+}
+
+fn install(
+    config: &Config,
+    tracer_provider: SdkTracerProvider,
+) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let forwarder = match &config.fluentd_addr {
         Some(address) => Some(Forwarder::start(ForwarderConfig::new(
             address.clone(),
@@ -54,12 +106,118 @@ pub fn init(config: &Config) -> Result<Telemetry, jobgate_fluent::FluentError> {
         ))?),
         None => None,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let tracer = tracer_provider.tracer(SERVICE);
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(TeeMakeWriter::new(std::io::stderr, forwarder.clone()))
-        .event_format(JsonLines)
+        .event_format(JsonLines);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(SpanFields)
+        .with(logs)
         .try_init();
-    Ok(Telemetry { forwarder })
+    Ok(Telemetry {
+        forwarder,
+        tracer_provider,
+    })
+}
+
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("log forwarding: {0}")]
+    Fluent(#[from] jobgate_fluent::FluentError),
+    #[error("OTLP span exporter: {0}")]
+    Otlp(String),
+}
+
+/// Records the span's W3C ids as its `trace_id` and `span_id` fields, so
+/// every log line inside it carries them. Spans that log must declare both
+/// fields (`trace_id = tracing::field::Empty, span_id = …`).
+pub fn record_ids(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
+    let context = span.context().span().span_context().clone();
+    if context.is_valid() {
+        span.record("trace_id", tracing::field::display(context.trace_id()));
+        span.record("span_id", tracing::field::display(context.span_id()));
+    }
+    context
+}
+
+/// Sets `span`'s parent from a W3C `traceparent` (and `tracestate`), when valid.
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let carrier = Carrier {
+        traceparent,
+        tracestate: tracestate.unwrap_or_default(),
+    };
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+struct Carrier<'a> {
+    traceparent: &'a str,
+    tracestate: &'a str,
+}
+
+impl opentelemetry::propagation::Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => Some(self.tracestate),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// The structured fields of every span, kept so that log lines inside a
+/// span carry them (`trace_id`, `span_id`, `job_id`, …), innermost first.
+struct SpanFields;
+
+#[derive(Default)]
+struct RecordedFields(Map<String, Value>);
+
+impl<S> tracing_subscriber::Layer<S> for SpanFields
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = RecordedFields::default();
+        attrs.record(&mut FieldsVisitor(&mut fields.0));
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<RecordedFields>() {
+            values.record(&mut FieldsVisitor(&mut fields.0));
+        }
+    }
 }
 
 /// Formats each event as one line of the shared log schema.

@@ -1,27 +1,60 @@
-//! W3C trace context (`traceparent` / `tracestate`) carried by each job.
+//! W3C trace context of jobs and the spans around requests.
+//!
+//! A request's span continues the client's trace (HTTP `traceparent`
+//! header, or the WebSocket `submit` message's) or starts one. Submitting a
+//! job opens a producer span under it; the job's stored `traceparent` names
+//! that producer span, so the worker's consumer span becomes its child and
+//! one trace runs from the client to the Dask tasks.
 
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
 use jobgate_store::TraceContext;
-use uuid::Uuid;
+use opentelemetry::trace::SpanContext;
+use tracing::Instrument;
+use tracing::field::Empty;
 
-/// The trace context of a new job: the client's when it sent a valid
-/// `traceparent`, else a new trace. Either way the job gets a span id of
-/// its own (the gateway's producer span) as parent for the worker.
-pub(crate) fn for_new_job(traceparent: Option<&str>, tracestate: Option<&str>) -> TraceContext {
+use crate::telemetry::{record_ids, set_remote_parent};
+
+/// The job's trace context: the producer span's W3C context, with the
+/// client's `tracestate` (when it sent one) carried along. Where no span
+/// pipeline is installed (the library used without `telemetry::init`), the
+/// client's trace is continued, or a new one started, with ids made here.
+pub(crate) fn job_context(
+    producer: &SpanContext,
+    client_traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> TraceContext {
+    if !producer.is_valid() {
+        return without_spans(client_traceparent, tracestate);
+    }
+    TraceContext {
+        traceparent: format!(
+            "00-{}-{}-{:02x}",
+            producer.trace_id(),
+            producer.span_id(),
+            producer.trace_flags().to_u8()
+        ),
+        tracestate: tracestate.unwrap_or_default().chars().take(512).collect(),
+        trace_id: producer.trace_id().to_string(),
+    }
+}
+
+fn without_spans(traceparent: Option<&str>, tracestate: Option<&str>) -> TraceContext {
     let (trace_id, flags, tracestate) = match traceparent.and_then(parse_traceparent) {
         Some((trace_id, flags)) => (trace_id, flags, tracestate.unwrap_or_default()),
         // A tracestate without a valid traceparent belongs to no trace.
         None => (random_hex(16), "01".to_owned(), ""),
     };
-    let span_id = random_hex(8);
     TraceContext {
-        traceparent: format!("00-{trace_id}-{span_id}-{flags}"),
+        traceparent: format!("00-{trace_id}-{}-{flags}", random_hex(8)),
         tracestate: tracestate.chars().take(512).collect(),
         trace_id,
     }
 }
 
 /// `(trace_id, flags)` of a valid version-00 `traceparent`.
-pub(crate) fn parse_traceparent(value: &str) -> Option<(String, String)> {
+fn parse_traceparent(value: &str) -> Option<(String, String)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -43,45 +76,82 @@ pub(crate) fn parse_traceparent(value: &str) -> Option<(String, String)> {
 fn random_hex(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes * 2);
     while out.len() < bytes * 2 {
-        out.push_str(&Uuid::new_v4().simple().to_string());
+        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
     }
     out.truncate(bytes * 2);
     out
 }
 
+/// Middleware: every routed request runs in a server span that continues
+/// the client's `traceparent`.
+pub(crate) async fn request_span(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        set_remote_parent(&span, header("traceparent"), header("tracestate"));
+    }
+    record_ids(&span);
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
     use super::*;
 
     #[test]
-    fn keeps_the_clients_trace() {
-        let ctx = for_new_job(
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("vendor=1"),
+    fn the_job_names_the_producer_span() {
+        let producer = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
         );
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(
-            ctx.traceparent
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        let context = job_context(&producer, None, Some("vendor=1"));
+        assert_eq!(
+            context.traceparent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
-        assert!(
-            !ctx.traceparent.contains("00f067aa0ba902b7"),
-            "the job gets its own span id"
-        );
-        assert_eq!(ctx.tracestate, "vendor=1");
+        assert_eq!(context.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.tracestate, "vendor=1");
     }
 
     #[test]
-    fn starts_a_trace_for_missing_or_invalid_context() {
+    fn without_spans_the_clients_trace_is_kept_or_one_is_started() {
+        let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let kept = job_context(&SpanContext::empty_context(), Some(client), Some("v=1"));
+        assert_eq!(kept.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            !kept.traceparent.contains("00f067aa0ba902b7"),
+            "the job gets its own span id"
+        );
         for bad in [
             None,
             Some("garbage"),
             Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
         ] {
-            let ctx = for_new_job(bad, Some("vendor=1"));
-            assert!(parse_traceparent(&ctx.traceparent).is_some());
-            assert_eq!(ctx.trace_id.len(), 32);
-            assert_eq!(ctx.tracestate, "");
+            let started = job_context(&SpanContext::empty_context(), bad, Some("v=1"));
+            assert!(parse_traceparent(&started.traceparent).is_some());
+            assert_eq!(started.tracestate, "");
         }
     }
 }

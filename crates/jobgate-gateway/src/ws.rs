@@ -22,11 +22,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
+use crate::jobs;
 use crate::limits::TokenBucket;
 use crate::metrics::Gauge;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
-use crate::{jobs, trace};
+use crate::telemetry::{record_ids, set_remote_parent};
+use tracing::Instrument;
 
 /// Close code for a session that fell too far behind.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -223,14 +225,33 @@ impl Session {
             return self.error(Some(frame.request_id), None, error.into());
         }
         let request_id = frame.request_id;
+        // The message is the request: its span continues the client's trace.
+        let span = tracing::info_span!(
+            "ws submit",
+            otel.name = "WS submit",
+            otel.kind = "server",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        set_remote_parent(
+            &span,
+            frame.traceparent.as_deref(),
+            frame.tracestate.as_deref(),
+        );
+        record_ids(&span);
         let submission = Submission {
             job_id,
             request: frame.job,
-            trace: trace::for_new_job(frame.traceparent.as_deref(), frame.tracestate.as_deref()),
+            traceparent: frame.traceparent,
+            tracestate: frame.tracestate,
             idempotency_key: frame.idempotency_key,
             legacy_trace_id: None,
         };
-        let accepted = match submit::submit(&self.state, &self.principal, submission).await {
+        let accepted = match submit::submit(&self.state, &self.principal, submission)
+            .instrument(span)
+            .await
+        {
             Ok(accepted) => accepted,
             Err(error) => {
                 self.feed.unwatch(&job_id);
