@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+mod client_logs;
 mod dashboard;
 pub mod error;
 mod extract;
@@ -46,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(dashboard::router())
         .merge(metrics::router())
+        .merge(client_logs::router())
         .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -115,6 +117,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
     metrics.follow_outcomes(hub.clone(), shutdown.clone());
     Ok(AppState {
+        client_logs: None,
         metrics,
         owner_connections: std::sync::Arc::default(),
         auth,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Token verification; `None` with `JOBGATE_AUTH=none`.
     pub auth: Option<Arc<Verifier>>,
+    /// Where client apps' log lines go (Fluentd), when configured.
+    pub client_logs: Option<jobgate_fluent::Forwarder>,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Open long-lived connections per owner.

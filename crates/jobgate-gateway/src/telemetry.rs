@@ -30,10 +30,16 @@ pub const SERVICE: &str = "jobgate";
 #[derive(Debug)]
 pub struct Telemetry {
     forwarder: Option<Forwarder>,
+    client_forwarder: Option<Forwarder>,
     tracer_provider: SdkTracerProvider,
 }
 
 impl Telemetry {
+    /// Where client apps' log lines go (`jobgate.client`), when Fluentd is configured.
+    pub fn client_logs(&self) -> Option<Forwarder> {
+        self.client_forwarder.clone()
+    }
+
     /// Counters of log forwarding, when it is on.
     pub fn forwarding_stats(&self) -> Option<std::sync::Arc<jobgate_fluent::ForwarderStats>> {
         self.forwarder.as_ref().map(Forwarder::stats)
@@ -44,10 +50,10 @@ impl Telemetry {
     pub async fn shutdown(&self, timeout: std::time::Duration) {
         let provider = self.tracer_provider.clone();
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        if let Some(forwarder) = &self.forwarder
-            && let Err(error) = forwarder.shutdown(timeout).await
-        {
-            eprintln!("jobgate: log forwarding stopped with records undelivered: {error}");
+        for forwarder in self.forwarder.iter().chain(&self.client_forwarder) {
+            if let Err(error) = forwarder.shutdown(timeout).await {
+                eprintln!("jobgate: log forwarding stopped with records undelivered: {error}");
+            }
         }
     }
 }
@@ -99,12 +105,12 @@ fn install(
     use tracing_subscriber::util::SubscriberInitExt;
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let forwarder = match &config.fluentd_addr {
-        Some(address) => Some(Forwarder::start(ForwarderConfig::new(
-            address.clone(),
-            "gateway",
-        ))?),
-        None => None,
+    let (forwarder, client_forwarder) = match &config.fluentd_addr {
+        Some(address) => (
+            Some(Forwarder::start(ForwarderConfig::new(address.clone(), "gateway"))?),
+            Some(Forwarder::start(ForwarderConfig::new(address.clone(), "client"))?),
+        ),
+        None => (None, None),
     };
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let tracer = tracer_provider.tracer(SERVICE);
@@ -119,6 +125,7 @@ fn install(
         .try_init();
     Ok(Telemetry {
         forwarder,
+        client_forwarder,
         tracer_provider,
     })
 }

@@ -1,0 +1,146 @@
+//! `POST /v1/client-logs`: client apps' log lines join the gateway's, so
+//! one `trace_id` tells the story from the tap in the app to the Dask task.
+//! Records are checked against `proto-schemas/schemas/client_logs.json`,
+//! stamped with the authenticated owner (a client cannot log as another),
+//! and forwarded to Fluentd (tag `jobgate.client`), or written to stderr when
+//! no Fluentd is configured.
+
+use std::io::Write as _;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use jobgate_proto::ErrorCode;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+const MAX_RECORDS: usize = 500;
+const MAX_FIELDS: usize = 40;
+const MAX_STRING: usize = 8192;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/client-logs", post(accept))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    records: Vec<Map<String, Value>>,
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(batch): Json<Batch>,
+) -> Result<impl IntoResponse, ApiError> {
+    if batch.records.is_empty() || batch.records.len() > MAX_RECORDS {
+        return Err(invalid(format!("records: send 1 to {MAX_RECORDS} records")));
+    }
+    for (index, record) in batch.records.iter().enumerate() {
+        check_record(record).map_err(|message| invalid(format!("records[{index}].{message}")))?;
+    }
+    let received_at = crate::telemetry::rfc3339_now();
+    let count = batch.records.len();
+    let mut stderr = std::io::stderr().lock();
+    for mut record in batch.records {
+        record.insert("owner".into(), Value::String(principal.owner.clone()));
+        record.insert("source".into(), Value::String("client".into()));
+        record.insert("received_at".into(), Value::String(received_at.clone()));
+        match &state.client_logs {
+            Some(forwarder) => forwarder.send(record),
+            None => {
+                let _ = writeln!(stderr, "{}", Value::Object(record));
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({"accepted": count}))))
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// Checks one record against the client log schema.
+fn check_record(record: &Map<String, Value>) -> Result<(), String> {
+    if record.len() > MAX_FIELDS {
+        return Err(format!("has more than {MAX_FIELDS} fields"));
+    }
+    let text = |name: &str| record.get(name).and_then(Value::as_str);
+    match text("timestamp") {
+        Some(t) if (10..=40).contains(&t.len()) => {}
+        _ => return Err("timestamp: an RFC 3339 time is required".into()),
+    }
+    if !matches!(text("level"), Some("debug" | "info" | "warn" | "error")) {
+        return Err("level: one of debug, info, warn, error".into());
+    }
+    if text("message").is_none() {
+        return Err("message: a string is required".into());
+    }
+    let service_ok = text("service").is_some_and(|s| {
+        (1..=64).contains(&s.len())
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    });
+    if !service_ok {
+        return Err("service: lower-case letters, digits and . _ - (1 to 64)".into());
+    }
+    for (name, length) in [("trace_id", 32), ("span_id", 16)] {
+        if let Some(value) = record.get(name) {
+            let hex = value.as_str().is_some_and(|v| {
+                v.len() == length && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            if !hex {
+                return Err(format!("{name}: {length} lower-case hex digits"));
+            }
+        }
+    }
+    if let Some(job_id) = record.get("job_id")
+        && job_id.as_str().and_then(|j| j.parse::<jobgate_proto::JobId>().ok()).is_none()
+    {
+        return Err("job_id: a job id".into());
+    }
+    for (name, value) in record {
+        if value.as_str().is_some_and(|v| v.len() > MAX_STRING) {
+            return Err(format!("{name}: longer than {MAX_STRING} bytes"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).expect("object")
+    }
+
+    #[test]
+    fn accepts_a_record_of_the_shared_schema() {
+        let ok = record(r#"{"timestamp":"2026-11-27T21:04:05.100Z","level":"info","message":"tap","service":"ios-app","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","screen":"pricing"}"#);
+        assert_eq!(check_record(&ok), Ok(()));
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        for (json, field) in [
+            (r#"{"level":"info","message":"m","service":"s"}"#, "timestamp"),
+            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"loud","message":"m","service":"s"}"#, "level"),
+            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"Bad Name"}"#, "service"),
+            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"s","trace_id":"xyz"}"#, "trace_id"),
+        ] {
+            let error = check_record(&record(json)).expect_err(json);
+            assert!(error.starts_with(field), "{error}");
+        }
+    }
+}
