@@ -7,11 +7,11 @@
 
 use std::io::Write as _;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use axum::Router;
 use jobgate_proto::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -63,7 +63,10 @@ async fn accept(
             }
         }
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({"accepted": count}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"accepted": count})),
+    ))
 }
 
 fn invalid(message: String) -> ApiError {
@@ -88,8 +91,11 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
     }
     let service_ok = text("service").is_some_and(|s| {
         (1..=64).contains(&s.len())
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
     });
     if !service_ok {
         return Err("service: lower-case letters, digits and . _ - (1 to 64)".into());
@@ -97,7 +103,9 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
     for (name, length) in [("trace_id", 32), ("span_id", 16)] {
         if let Some(value) = record.get(name) {
             let hex = value.as_str().is_some_and(|v| {
-                v.len() == length && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                v.len() == length
+                    && v.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             });
             if !hex {
                 return Err(format!("{name}: {length} lower-case hex digits"));
@@ -105,7 +113,10 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
         }
     }
     if let Some(job_id) = record.get("job_id")
-        && job_id.as_str().and_then(|j| j.parse::<jobgate_proto::JobId>().ok()).is_none()
+        && job_id
+            .as_str()
+            .and_then(|j| j.parse::<jobgate_proto::JobId>().ok())
+            .is_none()
     {
         return Err("job_id: a job id".into());
     }
@@ -127,17 +138,31 @@ mod tests {
 
     #[test]
     fn accepts_a_record_of_the_shared_schema() {
-        let ok = record(r#"{"timestamp":"2026-11-27T21:04:05.100Z","level":"info","message":"tap","service":"ios-app","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","screen":"pricing"}"#);
+        let ok = record(
+            r#"{"timestamp":"2026-11-27T21:04:05.100Z","level":"info","message":"tap","service":"ios-app","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","screen":"pricing"}"#,
+        );
         assert_eq!(check_record(&ok), Ok(()));
     }
 
     #[test]
     fn names_the_bad_field() {
         for (json, field) in [
-            (r#"{"level":"info","message":"m","service":"s"}"#, "timestamp"),
-            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"loud","message":"m","service":"s"}"#, "level"),
-            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"Bad Name"}"#, "service"),
-            (r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"s","trace_id":"xyz"}"#, "trace_id"),
+            (
+                r#"{"level":"info","message":"m","service":"s"}"#,
+                "timestamp",
+            ),
+            (
+                r#"{"timestamp":"2026-11-27T21:04:05Z","level":"loud","message":"m","service":"s"}"#,
+                "level",
+            ),
+            (
+                r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"Bad Name"}"#,
+                "service",
+            ),
+            (
+                r#"{"timestamp":"2026-11-27T21:04:05Z","level":"info","message":"m","service":"s","trace_id":"xyz"}"#,
+                "trace_id",
+            ),
         ] {
             let error = check_record(&record(json)).expect_err(json);
             assert!(error.starts_with(field), "{error}");

@@ -7,8 +7,8 @@
 //! `jobgate-store`.
 
 pub mod auth;
-pub mod config;
 mod client_logs;
+pub mod config;
 mod dashboard;
 pub mod error;
 mod extract;

@@ -107,8 +107,14 @@ fn install(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let (forwarder, client_forwarder) = match &config.fluentd_addr {
         Some(address) => (
-            Some(Forwarder::start(ForwarderConfig::new(address.clone(), "gateway"))?),
-            Some(Forwarder::start(ForwarderConfig::new(address.clone(), "client"))?),
+            Some(Forwarder::start(ForwarderConfig::new(
+                address.clone(),
+                "gateway",
+            ))?),
+            Some(Forwarder::start(ForwarderConfig::new(
+                address.clone(),
+                "client",
+            ))?),
         ),
         None => (None, None),
     };

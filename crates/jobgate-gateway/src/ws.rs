@@ -181,9 +181,9 @@ impl Session {
         };
         match message {
             ClientMessage::Submit(frame) => self.submit(frame).await,
-            ClientMessage::Subscribe { job_id, after } => self.subscribe(&job_id, after).await,
-            ClientMessage::Unsubscribe { job_id } => self.unsubscribe(&job_id),
-            ClientMessage::Cancel { job_id, request_id } => self.cancel(&job_id, request_id).await,
+            ClientMessage::Subscribe { job_id, after } => self.subscribe(job_id, after).await,
+            ClientMessage::Unsubscribe { job_id } => self.unsubscribe(job_id),
+            ClientMessage::Cancel { job_id, request_id } => self.cancel(job_id, request_id).await,
             ClientMessage::Auth { token } => self.refresh(&token),
             ClientMessage::Ping => self.reply(&ServerMessage::Pong),
         }
@@ -266,29 +266,28 @@ impl Session {
         if accepted.replayed {
             // The job exists from an earlier submit: follow it from the start.
             self.feed.unwatch(&job_id);
-            return self.subscribe(&accepted.job_id.to_string(), 0).await;
+            return self.subscribe(accepted.job_id, 0).await;
         }
         Ok(())
     }
 
-    async fn subscribe(&mut self, job_id: &str, after: u64) -> Result<(), End> {
-        let Ok(id) = job_id.parse::<JobId>() else {
-            return self.error(None, None, ApiError::invalid_job_id());
-        };
+    async fn subscribe(&mut self, id: JobId, after: u64) -> Result<(), End> {
+        let job_id = id.to_string();
+        let job_id = Some(job_id.as_str());
         if !self.feed.is_watching(&id)
             && let Err(error) = self.watch_limit()
         {
-            return self.error(None, Some(job_id), error);
+            return self.error(None, job_id, error);
         }
         let start = match self.feed.watch(id, after).await {
             Ok(start) => start,
-            Err(error) => return self.error(None, Some(job_id), error.into()),
+            Err(error) => return self.error(None, job_id, error.into()),
         };
         let record = match start.record {
             Some(record) if self.principal.owns(&record.owner) => record,
             _ => {
                 self.feed.unwatch(&id);
-                return self.error(None, Some(job_id), ApiError::not_found());
+                return self.error(None, job_id, ApiError::not_found());
             }
         };
         if let Some(first_seq) = start.truncated_from {
@@ -307,31 +306,22 @@ impl Session {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, job_id: &str) -> Result<(), End> {
-        match job_id.parse::<JobId>() {
-            Ok(id) if self.feed.is_watching(&id) => {
-                self.feed.unwatch(&id);
-                Ok(())
-            }
-            Ok(_) => self.error(
-                None,
-                Some(job_id),
-                ApiError::new(
-                    ErrorCode::NotSubscribed,
-                    "the session is not subscribed to that job",
-                ),
-            ),
-            Err(_) => self.error(None, None, ApiError::invalid_job_id()),
+    fn unsubscribe(&mut self, id: JobId) -> Result<(), End> {
+        if self.feed.is_watching(&id) {
+            self.feed.unwatch(&id);
+            return Ok(());
         }
+        let error = ApiError::new(
+            ErrorCode::NotSubscribed,
+            "the session is not subscribed to that job",
+        );
+        self.error(None, Some(&id.to_string()), error)
     }
 
-    async fn cancel(&mut self, job_id: &str, request_id: Option<String>) -> Result<(), End> {
-        let Ok(id) = job_id.parse::<JobId>() else {
-            return self.error(request_id, None, ApiError::invalid_job_id());
-        };
+    async fn cancel(&mut self, id: JobId, request_id: Option<String>) -> Result<(), End> {
         match jobs::cancel_job(&self.state, &self.principal, &id).await {
             Ok(_) => Ok(()),
-            Err(error) => self.error(request_id, Some(job_id), error),
+            Err(error) => self.error(request_id, Some(&id.to_string()), error),
         }
     }
 

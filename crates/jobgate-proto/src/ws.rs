@@ -12,14 +12,14 @@ pub enum ClientMessage {
     Submit(SubmitFrame),
     /// Watch a job: its history after `after` (default 0: all), then live.
     Subscribe {
-        job_id: String,
+        job_id: JobId,
         after: u64,
     },
     Unsubscribe {
-        job_id: String,
+        job_id: JobId,
     },
     Cancel {
-        job_id: String,
+        job_id: JobId,
         request_id: Option<String>,
     },
     /// A fresh token before the current one expires.
@@ -144,22 +144,32 @@ impl ClientMessage {
                         format!("unknown field `{field}` in a {kind} message"),
                     ));
                 }
+                let job_id: JobId = frame.job_id.parse().map_err(|_| {
+                    fail(
+                        ErrorCode::InvalidJobId,
+                        "job_id must be a lower-case hyphenated UUID".into(),
+                    )
+                })?;
                 match kind {
                     "subscribe" => Self::Subscribe {
-                        job_id: frame.job_id,
+                        job_id,
                         after: frame.after.unwrap_or(0),
                     },
-                    "unsubscribe" => Self::Unsubscribe {
-                        job_id: frame.job_id,
-                    },
+                    "unsubscribe" => Self::Unsubscribe { job_id },
                     _ => Self::Cancel {
-                        job_id: frame.job_id,
+                        job_id,
                         request_id: frame.request_id,
                     },
                 }
             }
             "auth" => {
                 let frame: AuthFrame = serde_json::from_str(text).map_err(invalid)?;
+                if frame.token.is_empty() {
+                    return Err(fail(
+                        ErrorCode::InvalidRequest,
+                        "token must not be empty".into(),
+                    ));
+                }
                 Self::Auth { token: frame.token }
             }
             "ping" => {
@@ -240,9 +250,9 @@ mod tests {
     fn parses_each_client_message() {
         for text in [
             r#"{"type":"submit","request_id":"r1","job":{"kind":"echo","params":{"x":1}}}"#,
-            r#"{"type":"subscribe","job_id":"x","after":3}"#,
-            r#"{"type":"unsubscribe","job_id":"x"}"#,
-            r#"{"type":"cancel","job_id":"x"}"#,
+            r#"{"type":"subscribe","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b","after":3}"#,
+            r#"{"type":"unsubscribe","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b"}"#,
+            r#"{"type":"cancel","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b"}"#,
             r#"{"type":"auth","token":"t"}"#,
             r#"{"type":"ping"}"#,
         ] {
