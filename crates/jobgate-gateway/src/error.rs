@@ -14,9 +14,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         ErrorCode::InvalidRequest | ErrorCode::UnknownKind => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::NotFound | ErrorCode::NotSubscribed | ErrorCode::HistoryExpired => {
-            StatusCode::NOT_FOUND
-        }
+        ErrorCode::NotFound | ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
+        ErrorCode::HistoryExpired => StatusCode::GONE,
         ErrorCode::NotCancellable | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::QueueFull | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -58,6 +57,24 @@ impl ApiError {
 
     pub fn not_found() -> Self {
         Self::new(ErrorCode::NotFound, "no such job")
+    }
+
+    /// `history_expired` when `job_id` is older than the retention period
+    /// (its record and history are gone for good), else `not_found`.
+    pub fn missing_job(job_id: &jobgate_proto::JobId, retention: std::time::Duration) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        match job_id.created_at_ms() {
+            Some(created) if now_ms.saturating_sub(created) > retention.as_millis() as u64 => {
+                Self::new(
+                    ErrorCode::HistoryExpired,
+                    "the job is older than the retention period: its events are no longer kept",
+                )
+            }
+            _ => Self::not_found(),
+        }
     }
 
     pub fn invalid_job_id() -> Self {

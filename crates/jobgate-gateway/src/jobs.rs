@@ -84,7 +84,8 @@ pub(crate) async fn owned_record(
 ) -> Result<JobRecord, ApiError> {
     match state.store.record(job_id).await? {
         Some(record) if principal.owns(&record.owner) => Ok(record),
-        _ => Err(ApiError::not_found()),
+        Some(_) => Err(ApiError::not_found()),
+        None => Err(ApiError::missing_job(job_id, state.config.retention())),
     }
 }
 

@@ -70,7 +70,8 @@ async fn job_events(
     let start = feed.watch(job_id, after).await?;
     let record = match start.record {
         Some(record) if principal.owns(&record.owner) => record,
-        _ => return Err(ApiError::not_found()),
+        Some(_) => return Err(ApiError::not_found()),
+        None => return Err(ApiError::missing_job(&job_id, state.config.retention())),
     };
     if record.snapshot.status.is_terminal() && record.snapshot.seq <= after {
         // Nothing can follow: 204 tells EventSource to stop reconnecting.

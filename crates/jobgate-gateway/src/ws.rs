@@ -285,9 +285,13 @@ impl Session {
         };
         let record = match start.record {
             Some(record) if self.principal.owns(&record.owner) => record,
-            _ => {
+            other => {
                 self.feed.unwatch(&id);
-                return self.error(None, job_id, ApiError::not_found());
+                let error = match other {
+                    Some(_) => ApiError::not_found(),
+                    None => ApiError::missing_job(&id, self.state.config.retention()),
+                };
+                return self.error(None, job_id, error);
             }
         };
         if let Some(first_seq) = start.truncated_from {

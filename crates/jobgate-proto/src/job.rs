@@ -26,6 +26,13 @@ impl JobId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// When the id was made (ms since the epoch), for the time-ordered ids
+    /// the gateway makes; `None` for other UUIDs.
+    pub fn created_at_ms(&self) -> Option<u64> {
+        let (seconds, nanos) = self.0.get_timestamp()?.to_unix();
+        Some(seconds * 1000 + u64::from(nanos) / 1_000_000)
+    }
 }
 
 impl Default for JobId {
@@ -284,6 +291,18 @@ mod tests {
         );
         assert!("0193a0b47c1e7d4e9a2b1c2d3e4f5a6b".parse::<JobId>().is_err());
         assert!("../../etc/passwd".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn time_ordered_ids_tell_when_they_were_made() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let made = JobId::new().created_at_ms().expect("a v7 id");
+        assert!(made >= before && made < before + 5_000);
+        let v4: JobId = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d".parse().expect("id");
+        assert_eq!(v4.created_at_ms(), None);
     }
 
     #[test]

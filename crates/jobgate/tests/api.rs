@@ -265,7 +265,8 @@ async fn bad_submissions_get_stable_codes_and_enqueue_nothing() {
 #[tokio::test]
 async fn unknown_and_malformed_job_ids() {
     let h = Harness::new().await;
-    let unknown = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b";
+    let unknown = jobgate_proto::JobId::new().to_string();
+    let unknown = unknown.as_str();
     h.assert_error(
         &h.get(&format!("/v1/jobs/{unknown}")).await,
         StatusCode::NOT_FOUND,

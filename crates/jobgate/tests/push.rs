@@ -241,7 +241,8 @@ async fn bad_frames_get_error_frames_and_the_session_stays_open() {
     let mut ws = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
-    let unknown = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b";
+    let unknown = jobgate_proto::JobId::new().to_string();
+    let unknown = unknown.as_str();
     let cases = [
         ("{oops".to_owned(), "invalid_json"),
         (r#"{"type":"launch"}"#.to_owned(), "invalid_message"),
@@ -363,4 +364,118 @@ async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
         "missed while away: {replayed:?}"
     );
     assert!(replayed.contains(&(first.clone(), 5)), "{replayed:?}");
+}
+
+#[tokio::test]
+async fn a_cut_history_is_answered_with_history_truncated_and_the_rest() {
+    let redis = RedisServer::start();
+    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
+    driver
+        .register_kind("echo", "default")
+        .await
+        .expect("register");
+    let mut config = jobgate_gateway::Config::for_redis(redis.url());
+    config.history_max = 16;
+    let gateway = TestGateway::start_with(config).await;
+    let schemas = Schemas::load();
+    let body: Value = reqwest::Client::new()
+        .post(gateway.url("/v1/jobs"))
+        .json(&json!({"kind": "echo", "params": {}}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let job_id = body["job_id"].as_str().expect("id").to_owned();
+    driver.start(&job_id).await.expect("start");
+    for done in 1..=30 {
+        driver
+            .progress(&job_id, 1, done, 30)
+            .await
+            .expect("progress");
+    }
+    // 32 events, the history keeps the last 16: seq 17..=32.
+    let mut sse = SseClient::connect(
+        &gateway.url(&format!("/v1/jobs/{job_id}/events?after=1")),
+        None,
+    )
+    .await
+    .expect("sse");
+    let first = sse.next(WAIT).await.expect("event").expect("open");
+    assert_eq!(first.event, "history_truncated");
+    let notice = first.json();
+    schemas.assert_valid("history_truncated", &notice);
+    assert_eq!(notice["first_seq"], 17);
+    assert_eq!(notice["snapshot"]["seq"], 32);
+    assert_eq!(
+        sse.next(WAIT)
+            .await
+            .expect("event")
+            .expect("open")
+            .id
+            .as_deref(),
+        Some("17")
+    );
+
+    let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");
+    ws.send(json!({"type": "subscribe", "job_id": job_id, "after": 3}))
+        .await
+        .expect("subscribe");
+    let notice = ws.next(WAIT).await.expect("notice");
+    schemas.assert_valid("ws_server_message", &notice);
+    assert_eq!(notice["type"], "history_truncated");
+    assert_eq!(notice["after"], 3);
+    assert_eq!(ws.next(WAIT).await.expect("event")["seq"], 17);
+}
+
+#[tokio::test]
+async fn a_job_past_its_retention_is_history_expired_not_silence() {
+    let redis = RedisServer::start();
+    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
+    driver
+        .register_kind("echo", "default")
+        .await
+        .expect("register");
+    let mut config = jobgate_gateway::Config::for_redis(redis.url());
+    config.retention_s = 1;
+    let gateway = TestGateway::start_with(config).await;
+    let body: Value = reqwest::Client::new()
+        .post(gateway.url("/v1/jobs"))
+        .json(&json!({"kind": "echo", "params": {}}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let job_id = body["job_id"].as_str().expect("id").to_owned();
+    driver.start(&job_id).await.expect("start");
+    driver.complete(&job_id, 1, "{}").await.expect("complete");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let answer = reqwest::Client::new()
+        .get(gateway.url(&format!("/v1/jobs/{job_id}/events?after=2")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), 410);
+    assert_eq!(
+        answer.json::<Value>().await.expect("json")["code"],
+        "history_expired"
+    );
+    let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");
+    ws.send(json!({"type": "subscribe", "job_id": job_id, "after": 2}))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        ws.next(WAIT).await.expect("error")["code"],
+        "history_expired"
+    );
+    // A job id that was never used is simply not found.
+    let unknown = jobgate_proto::JobId::new().to_string();
+    ws.send(json!({"type": "subscribe", "job_id": unknown}))
+        .await
+        .expect("subscribe");
+    assert_eq!(ws.next(WAIT).await.expect("error")["code"], "not_found");
 }

@@ -1,0 +1,1013 @@
+//! The OpenAPI document (`proto-schemas/openapi.json`) held against the real
+//! gateway: every answer a real request provokes must have a status the
+//! document lists for that operation, the documented content type, the
+//! documented headers, and a JSON body valid against the documented schema
+//! (compiled with the document's own components, offline). Every documented
+//! status of every operation must be provoked here, except the few listed in
+//! [`UNPROVOKED`] with the reason.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jobgate_gateway::Config;
+use jobgate_gateway::auth::mint_hs256;
+use jobgate_gateway::config::AuthMode;
+use jobgate_testkit::{JobDriver, RedisServer, TestGateway, repo_root};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "an-openapi-test-secret-long-enough-for-hs256";
+const UNKNOWN_JOB: &str = "01936f3e-8a7c-7b21-9f4e-2d5c8a1b3e90";
+
+/// Documented answers no test here provokes, and why.
+const UNPROVOKED: &[(&str, &str, &str, &str)] = &[(
+    "get",
+    "/v1/ws",
+    "405",
+    "an HTTP/2 request that is not an extended CONNECT; the test clients speak HTTP/1.1",
+)];
+
+/// The schemas embedded under `components/schemas`, by their file stem in
+/// `proto-schemas/schemas/`.
+const EMBEDDED: &[&str] = &[
+    "common",
+    "error_body",
+    "submit_request",
+    "submit_response",
+    "job_snapshot",
+    "event",
+    "history_truncated",
+    "legacy_submit_request",
+    "legacy_submit_response",
+    "legacy_status_response",
+    "ws_client_message",
+    "ws_server_message",
+];
+
+fn document() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("proto-schemas/openapi.json"))
+        .expect("proto-schemas/openapi.json exists");
+    serde_json::from_str(&text).expect("the OpenAPI document is JSON")
+}
+
+fn token(owner: &str) -> String {
+    mint_hs256(SECRET, owner, 3600, None, None).expect("token")
+}
+
+/// A real answer, with the body read unless it is an event stream.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let streaming = media_type(&headers).as_deref() == Some("text/event-stream");
+        let body = if streaming {
+            Vec::new()
+        } else {
+            response.bytes().await.expect("body").to_vec()
+        };
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("content-type")?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default();
+    Some(essence.trim().to_ascii_lowercase())
+}
+
+/// The document, and which `(method, path, status)` the tests have seen.
+struct Contract {
+    doc: Value,
+    seen: BTreeSet<(String, String, String)>,
+}
+
+impl Contract {
+    fn new() -> Self {
+        Self {
+            doc: document(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Follows a local `$ref` (`#/components/...`).
+    fn resolve<'a>(&'a self, node: &'a Value) -> &'a Value {
+        match node.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let pointer = reference.strip_prefix('#').expect("a local reference");
+                self.resolve(self.doc.pointer(pointer).expect("the reference resolves"))
+            }
+            None => node,
+        }
+    }
+
+    /// Panics unless `answer` is what the document says `method path` may answer.
+    fn check(&mut self, method: &str, path: &str, answer: &Answer) -> Value {
+        let operation = &self.doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let status = answer.status.to_string();
+        let documented = &operation["responses"][&status];
+        let body = String::from_utf8_lossy(&answer.body);
+        assert!(
+            documented.is_object(),
+            "{method} {path} answered {status}, which is not documented: {body}"
+        );
+        let response = self.resolve(documented).clone();
+        check_headers(method, path, &response, answer);
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(
+                answer.body.is_empty(),
+                "{method} {path} {status} is documented without a body: {body}"
+            );
+            self.seen.insert((method.into(), path.into(), status));
+            return Value::Null;
+        };
+        let media = media_type(&answer.headers).unwrap_or_default();
+        let Some(media_doc) = content.get(&media) else {
+            panic!("{method} {path} {status} answered {media:?}, documented: {content:?}");
+        };
+        let value = if media == "application/json" {
+            let value: Value = serde_json::from_slice(&answer.body)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {body}"));
+            self.validate(
+                &media_doc["schema"],
+                &value,
+                &format!("{method} {path} {status}"),
+            );
+            value
+        } else {
+            assert!(
+                std::str::from_utf8(&answer.body).is_ok(),
+                "{method} {path} {status}: a {media} body that is not UTF-8"
+            );
+            Value::Null
+        };
+        self.seen.insert((method.into(), path.into(), status));
+        value
+    }
+
+    /// Validates `instance` against `schema`, resolving `#/components/...`
+    /// in this document and nowhere else.
+    fn validate(&self, schema: &Value, instance: &Value, what: &str) {
+        let mut root = json!({"allOf": [schema]});
+        root["components"] = self.doc["components"].clone();
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .offline()
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{what}: the documented schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: {instance} disagrees with the document: {}",
+            errors.join("; ")
+        );
+    }
+
+    /// Every documented answer was provoked, but for [`UNPROVOKED`].
+    fn assert_all_provoked(&self) {
+        let mut missing = Vec::new();
+        for (path, item) in self.doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                let Some(responses) = operation.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                for status in responses.keys() {
+                    let key = (method.clone(), path.clone(), status.clone());
+                    let excused = UNPROVOKED.iter().any(|(m, p, s, _)| {
+                        (*m, *p, *s) == (method.as_str(), path.as_str(), status.as_str())
+                    });
+                    if !self.seen.contains(&key) && !excused {
+                        missing.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "documented but never provoked: {missing:?}"
+        );
+    }
+}
+
+fn check_headers(method: &str, path: &str, response: &Value, answer: &Answer) {
+    let Some(headers) = response.get("headers").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, header) in headers {
+        let value = answer
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok());
+        let required = header["required"].as_bool().unwrap_or(false);
+        match value {
+            None => assert!(
+                !required,
+                "{method} {path} {}: the required header {name} is missing",
+                answer.status
+            ),
+            Some(value) => {
+                let validator = jsonschema::options()
+                    .with_draft(jsonschema::Draft::Draft202012)
+                    .offline()
+                    .build(&header["schema"])
+                    .expect("header schema");
+                assert!(
+                    validator.is_valid(&json!(value)),
+                    "{method} {path} {}: header {name}: {value:?} disagrees with {}",
+                    answer.status,
+                    header["schema"]
+                );
+            }
+        }
+    }
+}
+
+/// A gateway with auth on, an `echo` kind registered by hand, and a client.
+struct Api {
+    redis: RedisServer,
+    gateway: TestGateway,
+    driver: JobDriver,
+    http: reqwest::Client,
+    bearer: String,
+}
+
+fn secured(redis_url: &str) -> Config {
+    let mut config = Config::for_redis(redis_url);
+    config.auth = Some(AuthMode::Jwt);
+    config.jwt_secret = Some(SECRET.into());
+    config.jwt_leeway_s = 0;
+    config
+}
+
+impl Api {
+    async fn start() -> Self {
+        let redis = RedisServer::start();
+        let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
+        driver.register_kind("echo", "default").await.expect("kind");
+        let gateway = TestGateway::start_with(secured(&redis.url())).await;
+        Self {
+            redis,
+            gateway,
+            driver,
+            http: reqwest::Client::new(),
+            bearer: token("alice"),
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(self.gateway.url(path))
+            .bearer_auth(&self.bearer)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.gateway.url(path))
+            .bearer_auth(&self.bearer)
+    }
+
+    async fn submit(&self, contract: &mut Contract) -> String {
+        let answer = send(
+            self.post("/v1/jobs")
+                .json(&json!({"kind": "echo", "params": {}})),
+        )
+        .await;
+        let body = contract.check("post", "/v1/jobs", &answer);
+        assert_eq!(answer.status, 202, "{body}");
+        body["job_id"].as_str().expect("job_id").to_owned()
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    Answer::read(request.send().await.expect("request")).await
+}
+
+/// A raw HTTP/1.1 GET, for WebSocket upgrade requests a client library would
+/// take over: the status line, the headers and a `Content-Length` body.
+async fn raw_get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(read > 0, "the connection closed before the headers");
+        received.extend_from_slice(&buffer[..read]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let mut map = HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            map.append(
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).expect("name"),
+                value.trim().parse().expect("value"),
+            );
+        }
+    }
+    let length: usize = map
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let mut body = received[head_end + 4..].to_vec();
+    while body.len() < length {
+        let read = stream.read(&mut buffer).await.expect("read body");
+        assert!(read > 0, "the body ended early");
+        body.extend_from_slice(&buffer[..read]);
+    }
+    Answer {
+        status,
+        headers: map,
+        body,
+    }
+}
+
+const UPGRADE: &[(&str, &str)] = &[
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+#[test]
+fn the_document_is_openapi_3_1_and_self_contained() {
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let mut references = Vec::new();
+    collect_references(&doc, &mut references);
+    for reference in &references {
+        let pointer = reference
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{reference} points outside the document"));
+        assert!(
+            doc.pointer(pointer).is_some(),
+            "{reference} resolves to nothing"
+        );
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["type"], "http");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["access_token"]["type"], "apiKey");
+    assert_eq!(schemes["access_token"]["in"], "query");
+}
+
+fn collect_references(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(reference)) => out.push(reference.clone()),
+                    _ => collect_references(value, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_references(item, out)),
+        _ => {}
+    }
+}
+
+/// The embedded schemas are `proto-schemas/schemas/*.json` with `$id` and
+/// `$schema` dropped, references rewritten into the document and boolean
+/// property schemas spelled as objects: the wire contract has one source,
+/// and this catches the copy drifting from it.
+#[test]
+fn the_embedded_schemas_are_the_protocol_schemas() {
+    let doc = document();
+    for stem in EMBEDDED {
+        let path = repo_root().join(format!("proto-schemas/schemas/{stem}.json"));
+        let source: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("schema")).expect("JSON");
+        let mut expected = embed(&source, stem);
+        let object = expected.as_object_mut().expect("a schema object");
+        object.remove("$id");
+        object.remove("$schema");
+        assert_eq!(
+            doc["components"]["schemas"][*stem],
+            expected,
+            "components/schemas/{stem} differs from {}; copy it again with $id and $schema \
+             removed and each \"x.json#/p\" reference written \"#/components/schemas/x/p\"",
+            path.display()
+        );
+    }
+}
+
+fn embed(node: &Value, stem: &str) -> Value {
+    match node {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| {
+                    let value = match (key.as_str(), value) {
+                        ("$ref", Value::String(reference)) => {
+                            json!(local_reference(reference, stem))
+                        }
+                        ("properties", Value::Object(properties)) => Value::Object(
+                            properties
+                                .iter()
+                                .map(|(name, schema)| (name.clone(), embed_subschema(schema, stem)))
+                                .collect(),
+                        ),
+                        _ => embed(value, stem),
+                    };
+                    (key.clone(), value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|item| embed(item, stem)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A property's schema; the boolean schemas `true` and `false` are written
+/// `{}` and `{"not": {}}` (the same meaning), which schemathesis can read.
+fn embed_subschema(schema: &Value, stem: &str) -> Value {
+    match schema {
+        Value::Bool(true) => json!({}),
+        Value::Bool(false) => json!({"not": {}}),
+        other => embed(other, stem),
+    }
+}
+
+/// `"x.json#/p"` → `"#/components/schemas/x/p"`; `"#/p"` → the same within `stem`.
+fn local_reference(reference: &str, stem: &str) -> String {
+    let (file, fragment) = reference.split_once('#').unwrap_or((reference, ""));
+    let target = if file.is_empty() {
+        stem
+    } else {
+        file.trim_end_matches(".json")
+    };
+    format!("#/components/schemas/{target}{fragment}")
+}
+
+#[tokio::test]
+async fn every_real_answer_agrees_with_the_document() {
+    let mut contract = Contract::new();
+    let mut api = Api::start().await;
+    public_routes(&api, &mut contract).await;
+    submissions(&api, &mut contract).await;
+    snapshots_and_cancel(&api, &mut contract).await;
+    event_streams(&mut api, &mut contract).await;
+    websocket_upgrade(&api, &mut contract).await;
+    legacy(&mut api, &mut contract).await;
+    limits(&api, &mut contract).await;
+    internal_errors(&api, &mut contract).await;
+    redis_down(&mut api, &mut contract).await;
+    contract.assert_all_provoked();
+    let paths: Vec<&String> = contract.doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .collect();
+    for path in paths {
+        assert!(
+            contract.seen.iter().any(|(_, p, _)| p == path),
+            "no test case for {path}"
+        );
+    }
+}
+
+async fn public_routes(api: &Api, contract: &mut Contract) {
+    let anonymous = &api.http;
+    let answer = send(anonymous.get(api.gateway.url("/openapi.json"))).await;
+    contract.check("get", "/openapi.json", &answer);
+    let served: Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(
+        served, contract.doc,
+        "/openapi.json serves the document verbatim"
+    );
+    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+        let answer = send(anonymous.get(api.gateway.url(path))).await;
+        assert_eq!(answer.status, 200, "{path}");
+        contract.check("get", path, &answer);
+    }
+}
+
+async fn submissions(api: &Api, contract: &mut Contract) {
+    let post = |body: &str| {
+        api.post("/v1/jobs")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    api.submit(contract).await;
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (post("{nope"), 400, "invalid_json"),
+        (post(r#"{"params":{}}"#), 422, "invalid_request"),
+        (
+            post(r#"{"kind":"echo","params":{},"priority":10}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            post(r#"{"kind":"nobody-runs-this","params":{}}"#),
+            422,
+            "unknown_kind",
+        ),
+        (
+            post(r#"{"kind":"echo","params":{}}"#).header("idempotency-key", "has space"),
+            422,
+            "invalid_request",
+        ),
+        (
+            api.post("/v1/jobs")
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            post(&format!(
+                r#"{{"kind":"echo","params":{{"x":"{}"}}}}"#,
+                "a".repeat(2 << 20)
+            )),
+            413,
+            "payload_too_large",
+        ),
+        (
+            post(&format!(
+                r#"{{"kind":"echo","params":{{"x":"{}"}}}}"#,
+                "a".repeat(300_000)
+            )),
+            413,
+            "payload_too_large",
+        ),
+        (
+            api.http
+                .post(api.gateway.url("/v1/jobs"))
+                .json(&json!({"kind": "echo", "params": {}})),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answer = send(request).await;
+        let body = contract.check("post", "/v1/jobs", &answer);
+        assert_eq!(
+            (answer.status, body["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    // Idempotency: a replay, then the same key for another request.
+    let keyed = |params: Value| {
+        api.post("/v1/jobs")
+            .header("idempotency-key", "order-7")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .json(&json!({"kind": "echo", "params": params}))
+    };
+    for replayed in ["false", "true"] {
+        let answer = send(keyed(json!({"n": 1}))).await;
+        let body = contract.check("post", "/v1/jobs", &answer);
+        assert_eq!(answer.status, 202, "{body}");
+        assert_eq!(answer.headers["idempotent-replayed"], replayed);
+        assert_eq!(body["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+    let answer = send(keyed(json!({"n": 2}))).await;
+    let body = contract.check("post", "/v1/jobs", &answer);
+    assert_eq!(answer.status, 409, "{body}");
+}
+
+async fn snapshots_and_cancel(api: &Api, contract: &mut Contract) {
+    let job_id = api.submit(contract).await;
+    let snapshot = format!("/v1/jobs/{job_id}");
+    let cases = [
+        (api.get(&snapshot), 200),
+        (
+            api.http.get(
+                api.gateway
+                    .url(&format!("{snapshot}?access_token={}", api.bearer)),
+            ),
+            200,
+        ),
+        (api.get("/v1/jobs/not-a-job"), 400),
+        (api.get("/v1/jobs/%FF"), 422),
+        (api.get(&format!("/v1/jobs/{UNKNOWN_JOB}")), 404),
+        (api.http.get(api.gateway.url(&snapshot)), 401),
+        (
+            api.http
+                .get(api.gateway.url(&snapshot))
+                .bearer_auth(token("bob")),
+            404,
+        ),
+    ];
+    for (request, status) in cases {
+        let answer = send(request).await;
+        let body = contract.check("get", "/v1/jobs/{id}", &answer);
+        assert_eq!(answer.status, status, "{body}");
+    }
+    let cancel = format!("{snapshot}/cancel");
+    let cases = [
+        (api.post(&cancel), 202),
+        (api.post(&cancel), 409),
+        (api.post("/v1/jobs/not-a-job/cancel"), 400),
+        (api.post("/v1/jobs/%FF/cancel"), 422),
+        (api.post(&format!("/v1/jobs/{UNKNOWN_JOB}/cancel")), 404),
+        (api.http.post(api.gateway.url(&cancel)), 401),
+    ];
+    for (request, status) in cases {
+        let answer = send(request).await;
+        let body = contract.check("post", "/v1/jobs/{id}/cancel", &answer);
+        assert_eq!(answer.status, status, "{body}");
+        if status == 202 {
+            assert_eq!(body["status"], "cancelled");
+        }
+    }
+}
+
+async fn event_streams(api: &mut Api, contract: &mut Contract) {
+    let job_id = api.submit(contract).await;
+    api.driver.start(&job_id).await.expect("start");
+    api.driver
+        .complete(&job_id, 1, r#"{"ok":true}"#)
+        .await
+        .expect("complete");
+    let events = format!("/v1/jobs/{job_id}/events");
+    let cases = [
+        (api.get(&events), 200),
+        (api.get(&format!("{events}?after=3")), 204),
+        (api.get(&events).header("last-event-id", "3"), 204),
+        (api.get(&format!("{events}?after=-1")), 422),
+        (api.get(&format!("{events}?since=1")), 422),
+        (api.get(&events).header("last-event-id", "three"), 422),
+        (api.get("/v1/jobs/not-a-job/events"), 400),
+        (api.get(&format!("/v1/jobs/{UNKNOWN_JOB}/events")), 404),
+        (api.http.get(api.gateway.url(&events)), 401),
+    ];
+    for (request, status) in cases {
+        let answer = send(request).await;
+        contract.check("get", "/v1/jobs/{id}/events", &answer);
+        assert_eq!(
+            answer.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    let cases = [
+        (api.get("/v1/events"), 200),
+        (
+            api.http.get(
+                api.gateway
+                    .url(&format!("/v1/events?access_token={}", api.bearer)),
+            ),
+            200,
+        ),
+        (api.get("/v1/events").header("last-event-id", "1"), 200),
+        (api.get("/v1/events?after=x"), 422),
+        (api.http.get(api.gateway.url("/v1/events")), 401),
+    ];
+    for (request, status) in cases {
+        let answer = send(request).await;
+        contract.check("get", "/v1/events", &answer);
+        assert_eq!(
+            answer.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+}
+
+async fn websocket_upgrade(api: &Api, contract: &mut Contract) {
+    let bearer = format!("Bearer {}", api.bearer);
+    let authorized: Vec<(&str, &str)> = [("Authorization", bearer.as_str())]
+        .into_iter()
+        .chain(UPGRADE.iter().copied())
+        .collect();
+    let addr = api.gateway.addr;
+    let answer = raw_get(addr, "/v1/ws", &authorized).await;
+    assert_eq!(answer.status, 101);
+    contract.check("get", "/v1/ws", &answer);
+    let query = format!("/v1/ws?access_token={}", api.bearer);
+    let answer = raw_get(addr, &query, UPGRADE).await;
+    assert_eq!(
+        answer.status, 101,
+        "the access_token query parameter authenticates"
+    );
+    let foreign: Vec<(&str, &str)> = authorized
+        .iter()
+        .copied()
+        .chain([("Origin", "https://elsewhere.example")])
+        .collect();
+    let answer = raw_get(addr, "/v1/ws", &foreign).await;
+    assert_eq!(answer.status, 403);
+    contract.check("get", "/v1/ws", &answer);
+    let answer = raw_get(addr, "/v1/ws", UPGRADE).await;
+    assert_eq!(answer.status, 401);
+    contract.check("get", "/v1/ws", &answer);
+    // Not an upgrade at all.
+    let answer = send(api.get("/v1/ws")).await;
+    assert_eq!(answer.status, 400);
+    contract.check("get", "/v1/ws", &answer);
+}
+
+async fn legacy(api: &mut Api, contract: &mut Contract) {
+    let post = |body: Value| api.post("/submit").json(&body);
+    let answer = send(post(
+        json!({"computation_params": {"kind": "echo", "x": 1}, "trace_id": "ios-1"}),
+    ))
+    .await;
+    let body = contract.check("post", "/submit", &answer);
+    assert_eq!(answer.status, 200, "{body}");
+    let job_id = body["job_id"].as_str().expect("job_id").to_owned();
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (post(json!({"computation_params": {"x": 1}})), 422), // mc_option_price: no worker here
+        (post(json!({"computation_params": [1]})), 422),
+        (post(json!({"computation_params": {"kind": 7}})), 422),
+        (post(json!({"trace_id": "t"})), 422),
+        (
+            api.post("/submit")
+                .header("content-type", "application/json")
+                .body("{"),
+            400,
+        ),
+        (api.post("/submit").body("{}"), 415),
+        (
+            api.post("/submit")
+                .json(&json!({"computation_params": {"kind": "echo", "x": "a".repeat(2 << 20)}})),
+            413,
+        ),
+        (
+            api.http
+                .post(api.gateway.url("/submit"))
+                .json(&json!({"computation_params": {}})),
+            401,
+        ),
+    ];
+    for (request, status) in cases {
+        let answer = send(request).await;
+        let body = contract.check("post", "/submit", &answer);
+        assert_eq!(answer.status, status, "{body}");
+    }
+    let status = format!("/status/{job_id}");
+    let answer = send(api.get(&status)).await;
+    assert_eq!(
+        contract.check("get", "/status/{job_id}", &answer)["status"],
+        "pending"
+    );
+    api.driver.start(&job_id).await.expect("start");
+    api.driver
+        .complete(&job_id, 1, r#"{"x":1}"#)
+        .await
+        .expect("complete");
+    let cases = [
+        (api.get(&status), 200),
+        (api.get("/status/not-a-job"), 400),
+        (api.get(&format!("/status/{UNKNOWN_JOB}")), 404),
+        (api.http.get(api.gateway.url(&status)), 401),
+    ];
+    for (request, code) in cases {
+        let answer = send(request).await;
+        let body = contract.check("get", "/status/{job_id}", &answer);
+        assert_eq!(answer.status, code, "{body}");
+        if code == 200 {
+            assert_eq!(body, json!({"status": "complete", "result": {"x": 1}}));
+        }
+    }
+}
+
+/// Full queues, owner rates and connection caps, on gateways configured tight.
+async fn limits(api: &Api, contract: &mut Contract) {
+    // The default queue already holds this test's jobs.
+    let mut crowded = secured(&api.redis.url());
+    crowded.max_queue_length = 1;
+    crowded.max_connections = 1;
+    let crowded = TestGateway::start_with(crowded).await;
+    let at = |path: &str| crowded.url(path);
+    let answer = send(
+        api.http
+            .post(at("/v1/jobs"))
+            .bearer_auth(&api.bearer)
+            .json(&json!({"kind": "echo", "params": {}})),
+    )
+    .await;
+    assert_eq!(
+        contract.check("post", "/v1/jobs", &answer)["code"],
+        "queue_full"
+    );
+    let answer = send(
+        api.http
+            .post(at("/submit"))
+            .bearer_auth(&api.bearer)
+            .json(&json!({"computation_params": {"kind": "echo"}})),
+    )
+    .await;
+    assert_eq!(
+        contract.check("post", "/submit", &answer)["code"],
+        "queue_full"
+    );
+    // One stream holds the only connection.
+    let held = api
+        .http
+        .get(at("/v1/events"))
+        .bearer_auth(&api.bearer)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(held.status(), 200);
+    let answer = send(api.http.get(at("/v1/events")).bearer_auth(&api.bearer)).await;
+    assert_eq!(
+        contract.check("get", "/v1/events", &answer)["code"],
+        "too_many_connections"
+    );
+    let job_id = api.submit(contract).await;
+    let answer = send(
+        api.http
+            .get(at(&format!("/v1/jobs/{job_id}/events")))
+            .bearer_auth(&api.bearer),
+    )
+    .await;
+    assert_eq!(
+        contract.check("get", "/v1/jobs/{id}/events", &answer)["code"],
+        "too_many_connections"
+    );
+    let bearer = format!("Bearer {}", api.bearer);
+    let upgrade: Vec<(&str, &str)> = [("Authorization", bearer.as_str())]
+        .into_iter()
+        .chain(UPGRADE.iter().copied())
+        .collect();
+    let answer = raw_get(crowded.addr, "/v1/ws", &upgrade).await;
+    assert_eq!(
+        contract.check("get", "/v1/ws", &answer)["code"],
+        "too_many_connections"
+    );
+    drop(held);
+
+    let mut strict = secured(&api.redis.url());
+    strict.submits_per_minute = 1;
+    let strict = TestGateway::start_with(strict).await;
+    let carol = token("carol");
+    let submit = || {
+        api.http
+            .post(strict.url("/v1/jobs"))
+            .bearer_auth(&carol)
+            .json(&json!({"kind": "echo", "params": {}}))
+    };
+    assert_eq!(send(submit()).await.status, 202);
+    let answer = send(submit()).await;
+    assert_eq!(
+        contract.check("post", "/v1/jobs", &answer)["code"],
+        "rate_limited"
+    );
+}
+
+/// A record or registration Redis holds in a shape the gateway cannot read:
+/// a generic `500 internal`.
+async fn internal_errors(api: &Api, contract: &mut Contract) {
+    let job_id = api.submit(contract).await;
+    let mut redis = api.redis().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("jobgate:job:{{{job_id}}}"))
+        .arg("status")
+        .arg("exploded")
+        .query_async(&mut redis)
+        .await
+        .expect("corrupt the record");
+    let _: () = redis::cmd("HSET")
+        .arg("jobgate:kinds")
+        .arg("garbled")
+        .arg("not json")
+        .query_async(&mut redis)
+        .await
+        .expect("corrupt a registration");
+    let _: () = redis::cmd("SET")
+        .arg("jobgate:owner:{mallory}:jobs")
+        .arg("not a sorted set")
+        .query_async(&mut redis)
+        .await
+        .expect("corrupt an owner index");
+    let garbled = json!({"kind": "garbled", "params": {}});
+    let mallory = token("mallory");
+    let cases = [
+        (
+            "get",
+            "/v1/jobs/{id}",
+            api.get(&format!("/v1/jobs/{job_id}")),
+        ),
+        (
+            "post",
+            "/v1/jobs/{id}/cancel",
+            api.post(&format!("/v1/jobs/{job_id}/cancel")),
+        ),
+        (
+            "get",
+            "/v1/jobs/{id}/events",
+            api.get(&format!("/v1/jobs/{job_id}/events")),
+        ),
+        (
+            "get",
+            "/status/{job_id}",
+            api.get(&format!("/status/{job_id}")),
+        ),
+        ("post", "/v1/jobs", api.post("/v1/jobs").json(&garbled)),
+        (
+            "post",
+            "/submit",
+            api.post("/submit")
+                .json(&json!({"computation_params": {"kind": "garbled"}})),
+        ),
+        (
+            "get",
+            "/v1/events",
+            api.http
+                .get(api.gateway.url("/v1/events"))
+                .bearer_auth(mallory)
+                .header("last-event-id", "1"),
+        ),
+    ];
+    for (method, path, request) in cases {
+        let answer = send(request).await;
+        let body = contract.check(method, path, &answer);
+        assert_eq!(
+            (answer.status, &body["code"]),
+            (500, &json!("internal")),
+            "{method} {path}"
+        );
+        assert_eq!(
+            body["message"], "internal error",
+            "5xx bodies carry no internals"
+        );
+    }
+}
+
+async fn redis_down(api: &mut Api, contract: &mut Contract) {
+    let job_id = api.submit(contract).await;
+    api.redis.kill();
+    let cases = [
+        (
+            "post",
+            "/v1/jobs",
+            api.post("/v1/jobs")
+                .json(&json!({"kind": "echo", "params": {}})),
+        ),
+        (
+            "get",
+            "/v1/jobs/{id}",
+            api.get(&format!("/v1/jobs/{job_id}")),
+        ),
+        (
+            "post",
+            "/v1/jobs/{id}/cancel",
+            api.post(&format!("/v1/jobs/{job_id}/cancel")),
+        ),
+        (
+            "get",
+            "/status/{job_id}",
+            api.get(&format!("/status/{job_id}")),
+        ),
+        (
+            "post",
+            "/submit",
+            api.post("/submit")
+                .json(&json!({"computation_params": {"kind": "echo"}})),
+        ),
+        ("get", "/readyz", api.http.get(api.gateway.url("/readyz"))),
+    ];
+    for (method, path, request) in cases {
+        let answer = send(request.timeout(Duration::from_secs(20))).await;
+        let body = contract.check(method, path, &answer);
+        assert_eq!(answer.status, 503, "{method} {path}: {body}");
+        assert_eq!(body["code"], "redis_unavailable", "{method} {path}");
+    }
+}
