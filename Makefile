@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python bench clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-api-fuzz test-fuzz bench clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-rust test-python
+test: deps lint test-rust test-python test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -44,6 +44,20 @@ test-rust: deps
 test-python: deps
 	$(VENV)/bin/pytest -q workers/python/tests
 
+# Property-based API fuzzing (schemathesis) against /openapi.json: no 5xx,
+# every answer as documented.
+test-api-fuzz: deps
+	scripts/api-fuzz.sh
+
+# A short cargo-fuzz run of each parser target (corpus in fuzz/corpus).
+test-fuzz:
+	scripts/fuzz-smoke.sh
+
 clean:
 	cargo clean
 	rm -rf $(VENV) .jobgate
+
+# The standard benchmark scenarios (benches/run.sh): one table, and the same
+# figures in target/bench/latest.json. See benches/RESULTS.md.
+bench: deps
+	@benches/run.sh

@@ -11,8 +11,11 @@ Kinds:
   200000), ``chunks`` (default 8), ``seed`` (default 0). The paths are split into
   ``chunks`` Dask tasks, each with its own random stream derived from ``seed``
   and the chunk index, so a result depends only on the params. Progress is
-  reported per finished chunk. Returns ``{"price", "std_error", "paths",
-  "chunks", "seed"}``: the discounted mean payoff and its standard error.
+  reported per finished chunk; each chunk logs ``chunk priced`` (with its
+  Dask ``task_key`` and ``duration_ms``) from inside its task, so the line
+  carries the job's ``trace_id`` and the task's own ``span_id``. Returns
+  ``{"price", "std_error", "paths", "chunks", "seed"}``: the discounted mean
+  payoff and its standard error.
 - ``echo`` — returns its params unchanged (no Dask); used for load tests.
 
 Importing this module starts nothing: Dask starts when the first pricing job
@@ -21,15 +24,18 @@ touches ``ctx.dask``.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from jobgate_worker import JobContext, Worker
+from jobgate_worker import JobContext, Worker, current_task_key
 
 worker = Worker(queue="default")
+log = logging.getLogger("examples.pricing")
 
 MAX_PATHS = 50_000_000
 MAX_CHUNKS = 1_000
@@ -140,6 +146,22 @@ def simulate_chunk(params: PricingParams, size: int, chunk_index: int) -> tuple[
     return total, total_squares, size
 
 
+def price_chunk(params: PricingParams, size: int, chunk_index: int) -> tuple[float, float, int]:
+    """The Dask task: ``simulate_chunk``, and one log line saying how long it took."""
+    started = time.perf_counter()
+    part = simulate_chunk(params, size, chunk_index)
+    log.info(
+        "chunk priced",
+        extra={
+            "task_key": current_task_key(),
+            "chunk": chunk_index,
+            "paths": size,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        },
+    )
+    return part
+
+
 def summarize(params: PricingParams, parts: list[tuple[float, float, int]]) -> dict[str, Any]:
     """Discounted mean payoff and its standard error from per-chunk sums."""
     count = sum(part[2] for part in parts)
@@ -162,7 +184,7 @@ def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
     pricing = PricingParams.from_json(params)
     sizes = chunk_sizes(pricing.paths, pricing.chunks)
     futures = ctx.dask.map(
-        simulate_chunk, [pricing] * pricing.chunks, sizes, list(range(pricing.chunks))
+        price_chunk, [pricing] * pricing.chunks, sizes, list(range(pricing.chunks))
     )
     ctx.logger.info("pricing submitted", extra={"chunks": pricing.chunks, "paths": pricing.paths})
     parts: list[tuple[float, float, int]] = []

@@ -1,6 +1,7 @@
 //! WebSocket client frames: any text a client sends on `/v1/ws` goes through
 //! `ClientMessage::parse`. It must never panic, must classify every bad frame
-//! with one of the three frame error codes, and must never accept a `submit`
+//! with one of the frame error codes (`invalid_json`, `invalid_message`,
+//! `invalid_request`, `invalid_job_id`), and must never accept a `submit`
 //! whose job does not validate. The error reply built from a bad frame must
 //! be JSON.
 #![no_main]
@@ -15,14 +16,20 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     match ClientMessage::parse(&text) {
         Ok(ClientMessage::Submit(frame)) => {
-            assert!(frame.job.validate().is_ok(), "an accepted submit must validate");
+            assert!(
+                frame.job.validate().is_ok(),
+                "an accepted submit must validate"
+            );
         }
         Ok(_) => {}
         Err(error) => {
             assert!(
                 matches!(
                     error.code,
-                    ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::InvalidRequest
+                    ErrorCode::InvalidJson
+                        | ErrorCode::InvalidMessage
+                        | ErrorCode::InvalidRequest
+                        | ErrorCode::InvalidJobId
                 ),
                 "unexpected frame error code {:?}",
                 error.code

@@ -79,9 +79,8 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
         return Err(format!("has more than {MAX_FIELDS} fields"));
     }
     let text = |name: &str| record.get(name).and_then(Value::as_str);
-    match text("timestamp") {
-        Some(t) if (10..=40).contains(&t.len()) => {}
-        _ => return Err("timestamp: an RFC 3339 time is required".into()),
+    if !text("timestamp").is_some_and(is_rfc3339) {
+        return Err("timestamp: an RFC 3339 time is required, e.g. 2026-11-27T21:04:05.100Z".into());
     }
     if !matches!(text("level"), Some("debug" | "info" | "warn" | "error")) {
         return Err("level: one of debug, info, warn, error".into());
@@ -128,6 +127,47 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, with plausible ranges.
+fn is_rfc3339(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes.get(range.clone()).is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+            && std::str::from_utf8(&bytes[range]).ok().and_then(|s| s.parse::<u32>().ok()).is_some()
+    };
+    let number = |range: std::ops::Range<usize>| -> u32 {
+        std::str::from_utf8(&bytes[range]).ok().and_then(|s| s.parse().ok()).unwrap_or(99)
+    };
+    if bytes.len() < 20 || bytes.len() > 40 || !digits(0..4) || !digits(5..7) || !digits(8..10) {
+        return false;
+    }
+    if bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+        return false;
+    }
+    if !digits(11..13) || bytes[13] != b':' || !digits(14..16) || bytes[16] != b':' || !digits(17..19) {
+        return false;
+    }
+    let ranges_ok = (1..=12).contains(&number(5..7))
+        && (1..=31).contains(&number(8..10))
+        && number(11..13) < 24
+        && number(14..16) < 60
+        && number(17..19) < 61;
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction.find(|c: char| !c.is_ascii_digit()).unwrap_or(fraction.len());
+        if end == 0 {
+            return false;
+        }
+        rest = &fraction[end..];
+    }
+    let zone_ok = matches!(rest, "Z" | "z")
+        || (rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':'
+            && rest[1..3].bytes().all(|b| b.is_ascii_digit())
+            && rest[4..6].bytes().all(|b| b.is_ascii_digit()));
+    ranges_ok && zone_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +182,16 @@ mod tests {
             r#"{"timestamp":"2026-11-27T21:04:05.100Z","level":"info","message":"tap","service":"ios-app","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","screen":"pricing"}"#,
         );
         assert_eq!(check_record(&ok), Ok(()));
+    }
+
+    #[test]
+    fn knows_an_rfc3339_time() {
+        for good in ["2026-11-27T21:04:05Z", "2026-11-27T21:04:05.100Z", "2026-11-27T21:04:05.1+01:00"] {
+            assert!(is_rfc3339(good), "{good}");
+        }
+        for bad in ["0000000000", "2026-13-27T21:04:05Z", "2026-11-27T21:04:05", "2026-11-27T21:04:05.Z", "2026-11-27 21:04"] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
     }
 
     #[test]

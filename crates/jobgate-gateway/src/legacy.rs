@@ -3,7 +3,7 @@
 //! `{"status": "pending"|"processing"|"complete"|"failed", "result": …}`.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use jobgate_proto::legacy::{
     DEFAULT_LEGACY_KIND, LegacyStatus, LegacyStatusResponse, LegacySubmitRequest,
@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::Json;
+use crate::extract::{JobPath, Json};
 use crate::jobs;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
@@ -68,9 +68,8 @@ async fn submit_job(
 async fn status(
     State(state): State<AppState>,
     principal: Principal,
-    Path(job_id): Path<String>,
+    JobPath(job_id): JobPath,
 ) -> Result<axum::Json<LegacyStatusResponse>, ApiError> {
-    let job_id: JobId = job_id.parse().map_err(|_| ApiError::invalid_job_id())?;
     let snapshot = jobs::owned_record(&state, &principal, &job_id)
         .await?
         .snapshot;

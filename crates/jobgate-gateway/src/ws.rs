@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
@@ -48,8 +49,14 @@ async fn upgrade(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("this route speaks WebSocket: {}", rejection.body_text()),
+        )
+    })?;
     check_origin(&headers, &state.config.allowed_origins)?;
     let permit = state.connection_permit(&principal)?;
     let max = state.config.max_body_bytes;

@@ -47,7 +47,8 @@ impl JobRecord {
                 .unwrap_or(0),
             max_attempts: number(take("max_attempts"))
                 .and_then(|a| u32::try_from(a).ok())
-                .unwrap_or(0),
+                .filter(|a| *a > 0)
+                .unwrap_or(jobgate_proto::DEFAULT_MAX_ATTEMPTS),
             timeout_s: number(take("timeout_s")).unwrap_or(0),
             seq: number(take("seq")).unwrap_or(0),
             progress: json(take("progress")),

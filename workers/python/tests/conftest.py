@@ -30,6 +30,7 @@ import redis
 from jobgate_worker import Settings, Worker, keys
 from jobgate_worker.runtime import Runtime
 from jobgate_worker.script import JobScript
+from jobgate_worker.tracing import Telemetry
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parents[2]
@@ -142,10 +143,17 @@ class Gateway:
         max_attempts: int = 3,
         timeout_s: int = 0,
         job_id: str | None = None,
+        traceparent: str | None = None,
+        trace_id: str | None = None,
+        tracestate: str = "",
     ) -> str:
+        """Create and enqueue a job; ``traceparent`` names the gateway's producer span."""
         job_id = job_id or str(uuid.uuid4())
-        trace_id = uuid.uuid4().hex
-        traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        if traceparent is None:
+            trace_id = trace_id or uuid.uuid4().hex
+            traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        elif trace_id is None:
+            trace_id = traceparent.split("-")[1] if traceparent else uuid.uuid4().hex
         reply = self.script.create(
             job_id,
             owner="alice",
@@ -156,6 +164,7 @@ class Gateway:
             max_attempts=max_attempts,
             timeout_s=timeout_s,
             traceparent=traceparent,
+            tracestate=tracestate,
             trace_id=trace_id,
         )
         assert reply.ok, reply
@@ -166,7 +175,7 @@ class Gateway:
             "job_id": job_id,
             "kind": kind,
             "traceparent": traceparent,
-            "tracestate": "",
+            "tracestate": tracestate,
             "enqueued_at": str(int(time.time() * 1000)),
         }
         OBSERVED["entries"].append(dict(entry))
@@ -254,7 +263,7 @@ class ThreadWorker:
 
 @pytest.fixture
 def run_worker(redis_server: RedisServer) -> Callable[..., ThreadWorker]:
-    def make(worker: Worker, **overrides: Any) -> ThreadWorker:
+    def make(worker: Worker, telemetry: Telemetry | None = None, **overrides: Any) -> ThreadWorker:
         defaults: dict[str, Any] = {
             "redis_url": redis_server.url,
             "consumer": f"test-{uuid.uuid4().hex[:6]}",
@@ -262,7 +271,7 @@ def run_worker(redis_server: RedisServer) -> Callable[..., ThreadWorker]:
             "concurrency": 4,
         }
         defaults.update(overrides)
-        return ThreadWorker(Runtime(worker, Settings(**defaults).validated()))
+        return ThreadWorker(Runtime(worker, Settings(**defaults).validated(), telemetry))
 
     return make
 
@@ -270,10 +279,19 @@ def run_worker(redis_server: RedisServer) -> Callable[..., ThreadWorker]:
 class WorkerProcess:
     """``jobgate-worker`` as a subprocess, its stderr collected."""
 
-    def __init__(self, app: str, redis_url: str, *args: str, cwd: Path = TESTS_DIR) -> None:
+    def __init__(
+        self,
+        app: str,
+        redis_url: str,
+        *args: str,
+        cwd: Path = TESTS_DIR,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        extra_env = env or {}
         env = dict(os.environ)
         env["JOBGATE_REDIS_URL"] = redis_url
         env.pop("DASK_SCHEDULER_ADDRESS", None)
+        env.update(extra_env)
         self.log_path = Path(tempfile.gettempdir()) / f"jobgate-worker-{uuid.uuid4().hex[:8]}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -330,8 +348,13 @@ class WorkerProcess:
 def spawn_worker(redis_server: RedisServer) -> Iterator[Callable[..., WorkerProcess]]:
     processes: list[WorkerProcess] = []
 
-    def spawn(*args: str, app: str = "sample_app:worker", cwd: Path = TESTS_DIR) -> WorkerProcess:
-        process = WorkerProcess(app, redis_server.url, *args, cwd=cwd)
+    def spawn(
+        *args: str,
+        app: str = "sample_app:worker",
+        cwd: Path = TESTS_DIR,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        process = WorkerProcess(app, redis_server.url, *args, cwd=cwd, env=env)
         processes.append(process)
         return process
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -136,3 +137,20 @@ run_order: list[str] = []
 def record_order(ctx: JobContext, params: Any) -> Any:
     run_order.append(ctx.job_id)
     return len(run_order)
+
+
+def _logged_square(x: int) -> int:
+    logging.getLogger("sample_app.task").info("task ran", extra={"x": x})
+    return x * x
+
+
+@worker.job("dask_squares")
+def dask_squares(ctx: JobContext, params: Any) -> Any:
+    """Squares ``n`` numbers in Dask tasks that log a line each."""
+    futures = ctx.dask.map(_logged_square, list(range(int(params.get("n", 3)))))
+    total = 0
+    for done, future in enumerate(ctx.dask.as_completed(futures), 1):
+        total += future.result()
+        ctx.progress(done, len(futures))
+    ctx.logger.info("squares summed", extra={"total": total})
+    return {"total": total, "traceparent": ctx.traceparent}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import threading
 import time
 
 import pytest
+from opentelemetry.trace import SpanKind
 
 import sample_app
 from conftest import REPO_ROOT
@@ -21,7 +23,7 @@ from jobgate_worker.logs import JsonFormatter, LogContext, bound, current_contex
 from jobgate_worker.scheduler import Scheduler
 from jobgate_worker.script import find_script
 from jobgate_worker.settings import SettingsError
-from jobgate_worker.tracing import child_span, parse_traceparent
+from jobgate_worker.tracing import Telemetry, parse_traceparent, remote_parent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -107,14 +109,36 @@ def test_traceparent_parsing_and_child_spans():
     assert parse_traceparent("00-" + "0" * 32 + "-00f067aa0ba902b7-01") is None
     assert parse_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") is None
     assert parse_traceparent("garbage") is None
-    span = child_span(f"00-{TRACE}-{SPAN}-01")
-    assert span.trace_id == TRACE
-    assert span.parent_span_id == SPAN
-    assert span.span_id != span.parent_span_id
-    assert span.traceparent.startswith(f"00-{TRACE}-")
-    fallback = child_span("", "0af7651916cd43dd8448eb211c80319c")
-    assert fallback.trace_id == "0af7651916cd43dd8448eb211c80319c"
-    assert len(child_span("", "").trace_id) == 32
+    parent = remote_parent(f"00-{TRACE}-{SPAN}-01", "vendor=abc")
+    assert parent is not None
+    assert parent.is_remote
+    assert f"{parent.trace_id:032x}" == TRACE
+    assert f"{parent.span_id:016x}" == SPAN
+    assert parent.trace_state.to_header() == "vendor=abc"
+    assert remote_parent("garbage") is None
+
+
+def test_spans_without_export_still_get_ids_of_their_own():
+    telemetry = Telemetry()
+    assert not telemetry.enabled
+    parent = remote_parent(f"00-{TRACE}-{SPAN}-01")
+    with telemetry.span("work", kind=SpanKind.CONSUMER, parent=parent) as span:
+        ids = span.get_span_context()
+        assert not span.is_recording()
+        assert f"{ids.trace_id:032x}" == TRACE
+        assert f"{ids.span_id:016x}" not in (SPAN, "0" * 16)
+        assert ids.trace_flags.sampled
+        line = _format((logging.INFO, __file__, 1, "in the span", (), None))
+        assert (line["trace_id"], line["span_id"]) == (TRACE, f"{ids.span_id:016x}")
+    fallback = "0af7651916cd43dd8448eb211c80319c"
+    with telemetry.span("root", kind=SpanKind.INTERNAL, parent=None, trace_id=fallback) as span:
+        assert f"{span.get_span_context().trace_id:032x}" == fallback
+    with telemetry.span("new", kind=SpanKind.INTERNAL, parent=None) as span:
+        assert span.get_span_context().is_valid
+    with telemetry.optional_span(
+        "skipped", kind=SpanKind.PRODUCER, parent=parent, attributes=lambda: 1 / 0
+    ) as nothing:
+        assert nothing is None
 
 
 def _format(record_args, **extra):
@@ -168,13 +192,13 @@ def test_json_formatter_exceptions_stay_on_one_line():
 
 
 def test_traced_call_carries_the_job_context_into_tasks():
-    call = TracedCall(
-        current_context, "job-9", 1, "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    )
-    context = call()
+    call = TracedCall(current_context, "job-9", 1, f"00-{TRACE}-{SPAN}-01")
+    restored = pickle.loads(pickle.dumps(call))  # noqa: S301 - our own bytes
+    context = restored()
     assert context is not None
     assert context.job_id == "job-9"
-    assert context.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert context.trace_id == TRACE
+    assert context.span_id != SPAN, "the task runs in a span of its own"
     assert call.__name__ == "current_context"
     assert current_context() is None
 
@@ -212,6 +236,32 @@ def test_settings_from_env_and_validation():
         Settings(concurrency=0).validated()
     with pytest.raises(SettingsError, match="redis"):
         Settings(redis_url="http://x").validated()
+
+
+def test_telemetry_settings_from_env():
+    settings = Settings.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+            "JOBGATE_SPAN_FILE": "/tmp/spans.jsonl",
+            "JOBGATE_FLUENTD_ADDR": "fluentd:24224",
+            "JOBGATE_FLUENTD_BUFFER": "500",
+        }
+    )
+    assert settings.otlp_traces_endpoint == "http://collector:4318/v1/traces"
+    assert settings.span_file == "/tmp/spans.jsonl"
+    assert (settings.fluentd_address, settings.fluentd_buffer) == ("fluentd:24224", 500)
+    traces_only = Settings.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://traces.example/v1/spans",
+        }
+    )
+    assert traces_only.otlp_traces_endpoint == "https://traces.example/v1/spans"
+    assert Settings.from_env({}).otlp_traces_endpoint is None
+    with pytest.raises(SettingsError, match="JOBGATE_FLUENTD_ADDR"):
+        Settings.from_env({"JOBGATE_FLUENTD_ADDR": "fluentd:port"})
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"})
 
 
 def test_script_is_found_in_the_repo_or_through_the_env(tmp_path, monkeypatch):

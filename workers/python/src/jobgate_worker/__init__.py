@@ -15,6 +15,7 @@ Run it with ``jobgate-worker module:worker``. See README.md for the details.
 """
 
 from .context import JobContext
+from .dask_support import current_task_key
 from .errors import JobCancelled, RetryableError
 from .logs import configure_logging
 from .settings import Settings
@@ -27,6 +28,7 @@ __all__ = [
     "Settings",
     "Worker",
     "configure_logging",
+    "current_task_key",
 ]
 
 __version__ = "0.1.0"

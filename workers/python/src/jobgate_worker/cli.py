@@ -3,6 +3,12 @@
 Like uvicorn, the current directory is put first on ``sys.path`` so that
 ``jobgate-worker examples.pricing:worker`` works from the repository root.
 Options override the ``JOBGATE_*`` environment (see ``settings.py``).
+
+The process owns its telemetry: with ``JOBGATE_FLUENTD_ADDR`` its log records
+are forwarded to Fluentd (flushed within ``FLUENTD_FLUSH_S`` at exit, with a
+last line counting what was forwarded and dropped), and the spans the runtime
+exports also back OpenTelemetry's global tracer, so spans a handler opens
+with the OpenTelemetry API join the job's trace.
 """
 
 from __future__ import annotations
@@ -15,12 +21,18 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from opentelemetry import trace
+
 from .errors import ScriptNotFoundError
-from .logs import configure_logging
+from .fluentd import FluentForwarder
+from .logs import configure_logging, forward_to_fluentd, stop_forwarding
 from .settings import Settings, SettingsError
 from .worker import Worker
 
 log = logging.getLogger("jobgate_worker")
+
+#: Longest the exit waits for Fluentd to take the last log records.
+FLUENTD_FLUSH_S = 2.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,6 +79,22 @@ def load_worker(app: str) -> Worker:
     return target
 
 
+def _run(app: str, settings: Settings) -> int:
+    try:
+        worker = load_worker(app)
+    except (ImportError, AttributeError):
+        log.exception("cannot load %s", app)
+        return 2
+    try:
+        runtime = worker.runtime(settings)
+    except ScriptNotFoundError as error:
+        log.error("cannot start: %s", error)  # noqa: TRY400 - the message says it all
+        return 2
+    if runtime.telemetry.provider is not None:
+        trace.set_tracer_provider(runtime.telemetry.provider)
+    return runtime.run(install_signal_handlers=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = (args.log_level or os.environ.get("JOBGATE_LOG_LEVEL") or "INFO").upper()
@@ -84,16 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         log.error("invalid configuration: %s", error)  # noqa: TRY400 - no traceback wanted
         return 2
+    forwarder: FluentForwarder | None = None
+    if settings.fluentd_address:
+        forwarder = forward_to_fluentd(
+            settings.fluentd_address, max_buffered=settings.fluentd_buffer
+        )
     try:
-        worker = load_worker(args.app)
-    except (ImportError, AttributeError):
-        log.exception("cannot load %s", args.app)
-        return 2
-    try:
-        code = worker.run(settings)
-    except ScriptNotFoundError as error:
-        log.error("cannot start: %s", error)  # noqa: TRY400 - the message says it all
-        return 2
+        code = _run(args.app, settings)
+    finally:
+        if forwarder is not None:
+            stop_forwarding(forwarder, FLUENTD_FLUSH_S)
     logging.shutdown()
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if any(t.name.startswith("jobgate-handler") for t in busy):

@@ -19,6 +19,7 @@ from typing import Any
 
 from .dask_support import DaskProvider, JobDask
 from .errors import JobCancelled
+from .logs import CONTEXT_ATTRIBUTE, LogContext
 from .scheduler import Scheduler, Timer
 from .tracing import SpanContext
 
@@ -86,7 +87,12 @@ class ProgressReporter:
 
 
 class _JobLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Adds the job's fields to every line, keeping the caller's own ``extra``."""
+    """Carries the job's context on every line, keeping the caller's own ``extra``.
+
+    The context is the fallback for threads the SDK did not bind (a thread
+    the handler started itself); in the handler thread and in Dask tasks the
+    current span and the bound context name the line's span.
+    """
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         own = kwargs.get("extra") or {}
@@ -128,15 +134,11 @@ class JobContext:
         self._dask_lock = threading.Lock()
         self._stopped = threading.Event()
         self._stop_reason = ""
+        self.log_context = LogContext(
+            span.trace_id, span.span_id, job_id, {"attempt": attempt, "kind": kind}
+        )
         self.logger: logging.LoggerAdapter[logging.Logger] = _JobLoggerAdapter(
-            logger,
-            {
-                "job_id": job_id,
-                "trace_id": span.trace_id,
-                "span_id": span.span_id,
-                "attempt": attempt,
-                "kind": kind,
-            },
+            logger, {CONTEXT_ATTRIBUTE: self.log_context}
         )
 
     @property
@@ -158,8 +160,8 @@ class JobContext:
                         self._dask_provider,
                         self.job_id,
                         self.attempt,
-                        self.span.trace_id,
-                        self.span.span_id,
+                        self.span.traceparent,
+                        self.tracestate,
                     )
         return self._dask
 

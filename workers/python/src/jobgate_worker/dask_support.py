@@ -9,10 +9,21 @@ imported).
 ``dask.distributed.Client`` API (``submit``, ``map``, ``compute``, ``persist``,
 ``scatter``, ``gather``, …; anything else is forwarded to the client) and
 remembers the futures the job created, so that a cancel or a timeout can
-cancel exactly that job's tasks. Submitted functions are wrapped so that the
-task runs with the job's trace context (log lines inside tasks carry the
-job's ``trace_id``) and so that identical pure calls of two different jobs get
-different keys: cancelling one job never cancels another job's task.
+cancel exactly that job's tasks. Submitted functions are wrapped
+(``TracedCall``) so that identical pure calls of two different jobs get
+different keys — cancelling one job never cancels another job's task — and
+so that the task runs in a span of its own, ``dask.task <function>``, child
+of the attempt's consumer span. The trace context travels *inside* the
+wrapper (a W3C traceparent, pickled with the function), not in any
+thread-local state, so it arrives whichever thread or process Dask runs the
+task on; there the wrapper opens the span and binds the job's log context,
+so the task's log lines carry the job's ``trace_id``, ``job_id``, the task's
+``span_id`` and its ``task_key``.
+
+Dask worker *processes* (``JOBGATE_DASK_PROCESSES=true``, or a remote
+cluster started with ``--preload jobgate_worker.dask_preload``) set up JSON
+logs, Fluentd forwarding and span export from the same environment variables
+as the worker.
 """
 
 from __future__ import annotations
@@ -21,11 +32,15 @@ import contextvars
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .logs import LogContext, adopt_library_loggers, bound
+from opentelemetry.trace import SpanKind
+
+from .logs import LogContext, adopt_library_loggers, bound, current_context
+from .tracing import Attributes, process_telemetry, remote_parent
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -33,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The Dask preload module that sets a Dask worker process up like the worker.
+PRELOAD = "jobgate_worker.dask_preload"
 
 
 def _distributed() -> Any:
@@ -89,12 +107,17 @@ class DaskProvider:
             "starting a local Dask cluster",
             extra={"dask_workers": workers, "dask_threads": threads, "dask_processes": processes},
         )
+        extra: dict[str, Any] = {}
+        if processes:
+            # Worker processes log, forward and export spans like this one.
+            extra = {"preload": [PRELOAD]}
         self._cluster = distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=threads,
             processes=processes,
             dashboard_address=None,
             silence_logs=logging.WARNING,
+            **extra,
         )
         adopt_library_loggers()
         local_client: Client = distributed.Client(self._cluster)
@@ -114,28 +137,72 @@ class DaskProvider:
             log.warning("closing Dask failed", exc_info=True)
 
 
-class TracedCall(Generic[T]):
-    """A task function that runs with the job's trace context and job-specific key."""
+def current_task_key() -> str | None:
+    """The key of the Dask task running in this thread (None outside a task)."""
+    context = current_context()
+    if context is not None and "task_key" in context.fields:
+        return str(context.fields["task_key"])
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        key = distributed.get_worker().get_current_task()
+    except (ValueError, KeyError, AttributeError):
+        return None
+    return None if key is None else str(key)
 
-    __slots__ = ("attempt", "func", "job_id", "span_id", "trace_id")
+
+class TracedCall(Generic[T]):
+    """A task function that runs in a span of the job's trace, with a job-specific key.
+
+    ``traceparent``/``tracestate`` name the span the task's span is a child of
+    (the attempt's consumer span).
+    """
+
+    __slots__ = ("attempt", "func", "job_id", "traceparent", "tracestate")
 
     def __init__(
-        self, func: Callable[..., T], job_id: str, attempt: int, trace_id: str, span_id: str
+        self,
+        func: Callable[..., T],
+        job_id: str,
+        attempt: int,
+        traceparent: str,
+        tracestate: str = "",
     ) -> None:
         self.func = func
         self.job_id = job_id
         self.attempt = attempt
-        self.trace_id = trace_id
-        self.span_id = span_id
+        self.traceparent = traceparent
+        self.tracestate = tracestate
 
     @property
     def __name__(self) -> str:
         return getattr(self.func, "__name__", type(self.func).__name__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
-        context = LogContext(self.trace_id, self.span_id, self.job_id, {"attempt": self.attempt})
-        with bound(context):
-            return self.func(*args, **kwargs)
+        telemetry = process_telemetry()
+        task_key = current_task_key()
+        attributes: Attributes | None = None
+        if telemetry.enabled:
+            attributes = {
+                "dask.task.key": task_key or "",
+                "code.function.name": self.__name__,
+                "jobgate.job.id": self.job_id,
+                "jobgate.job.attempt": self.attempt,
+            }
+        with telemetry.span(
+            f"dask.task {self.__name__}",
+            kind=SpanKind.INTERNAL,
+            parent=remote_parent(self.traceparent, self.tracestate),
+            attributes=attributes,
+        ) as span:
+            ids = span.get_span_context()
+            fields: dict[str, Any] = {"attempt": self.attempt}
+            if task_key is not None:
+                fields["task_key"] = task_key
+            context = LogContext(f"{ids.trace_id:032x}", f"{ids.span_id:016x}", self.job_id, fields)
+            with bound(context):
+                return self.func(*args, **kwargs)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         from dask.base import tokenize  # noqa: PLC0415 - only runs once Dask is in use
@@ -143,7 +210,10 @@ class TracedCall(Generic[T]):
         return ("jobgate-task", tokenize(self.func), self.job_id, self.attempt)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (TracedCall, (self.func, self.job_id, self.attempt, self.trace_id, self.span_id))
+        return (
+            TracedCall,
+            (self.func, self.job_id, self.attempt, self.traceparent, self.tracestate),
+        )
 
 
 def _is_done(future: Any) -> bool:
@@ -154,13 +224,18 @@ class JobDask:
     """``ctx.dask``: the Dask client as one job sees it (futures are tracked)."""
 
     def __init__(
-        self, provider: DaskProvider, job_id: str, attempt: int, trace_id: str, span_id: str
+        self,
+        provider: DaskProvider,
+        job_id: str,
+        attempt: int,
+        traceparent: str,
+        tracestate: str = "",
     ) -> None:
         self._provider = provider
         self._job_id = job_id
         self._attempt = attempt
-        self._trace_id = trace_id
-        self._span_id = span_id
+        self._traceparent = traceparent
+        self._tracestate = tracestate
         self._lock = threading.Lock()
         self._futures: list[Future[Any]] = []
         self._closed = False
@@ -176,7 +251,7 @@ class JobDask:
         return self._provider.client()
 
     def _wrap(self, func: Callable[..., T]) -> TracedCall[T]:
-        return TracedCall(func, self._job_id, self._attempt, self._trace_id, self._span_id)
+        return TracedCall(func, self._job_id, self._attempt, self._traceparent, self._tracestate)
 
     def _track(self, result: Any) -> None:
         found: list[Future[Any]] = _distributed().futures_of(result)

@@ -33,11 +33,12 @@ from .context import JobContext, ProgressReporter
 from .dask_support import DaskProvider
 from .errors import JobCancelled, RetryableError
 from .inflight import InFlight, Run
-from .logs import LogContext, bound
+from .logs import bound
 from .scheduler import Scheduler, Timer
 from .script import JobScript, Reply, StartedJob, parse_reply
+from .spans import AttemptSpans
 from .streams import Entry, QueueStreams
-from .tracing import SpanContext, child_span
+from .tracing import SpanContext, Telemetry
 from .worker import Worker
 
 log = logging.getLogger("jobgate_worker.job")
@@ -72,8 +73,10 @@ class JobExecutor:
         dask: DaskProvider,
         inflight: InFlight,
         lease_ms: int,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.worker = worker
+        self.spans = AttemptSpans(telemetry or Telemetry(), queue, consumer)
         self.lease_ms = lease_ms
         self.queue = queue
         self.consumer = consumer
@@ -112,11 +115,18 @@ class JobExecutor:
                 run.ctx._finish_dask()
 
     def _execute(self, run: Run) -> None:
+        start_ns = time.time_ns()
         reply, started = self.script.start(run.job_id, self.consumer)
         if started is None:
             self._not_started(run, reply)
             return
-        span = child_span(started.traceparent, started.trace_id)
+        with self.spans.process(run.entry, started, start_ns) as (span, ids):
+            run.span = span
+            run.span_context = span.get_span_context()
+            self._attempt(run, started, ids)
+
+    def _attempt(self, run: Run, started: StartedJob, span: SpanContext) -> None:
+        """Run the handler of a started attempt (inside its consumer span)."""
         run.extra.update(
             trace_id=span.trace_id, span_id=span.span_id, attempt=started.attempt, kind=started.kind
         )
@@ -145,8 +155,7 @@ class JobExecutor:
             run.timeout_timer = self.scheduler.call_later(
                 started.timeout_s, lambda: self.stop(run, "timeout"), "timeout"
             )
-        context = LogContext(span.trace_id, span.span_id, run.job_id, {"attempt": started.attempt})
-        with bound(context):
+        with bound(ctx.log_context):
             try:
                 result = handler(ctx, params)
             except RetryableError as error:
@@ -254,6 +263,7 @@ class JobExecutor:
         log.error(
             "handler raised", exc_info=(type(error), error, error.__traceback__), extra=run.extra
         )
+        AttemptSpans.outcome(run.span, "failed", "handler_error", error)
         message = error_message(error)
         self._report(run, "failed", "fail", run.attempt, "handler_error", message)
 
@@ -274,9 +284,11 @@ class JobExecutor:
         code = error.code if _ERROR_CODE.match(error.code) else "retryable_error"
         if run.progress is not None:
             run.progress.close(flush=True)
-        reply = self._with_retries(
-            lambda: self.script.retry(run.job_id, run.attempt, code, message, delay_ms)
-        )
+        AttemptSpans.outcome(run.span, "retrying", code)
+        with self.spans.publish(run.span_context, run.job_id, "retrying"):
+            reply = self._with_retries(
+                lambda: self.script.retry(run.job_id, run.attempt, code, message, delay_ms)
+            )
         extra = {**run.extra, "error_code": code, "delay_ms": delay_ms}
         if reply.ok:
             log.info("job will be retried", extra=extra)
@@ -326,6 +338,7 @@ class JobExecutor:
 
     def _abandon(self, run: Run, reason: str) -> None:
         self._disarm(run)
+        AttemptSpans.outcome(run.span, "abandoned", reason)
         if run.progress is not None:
             run.progress.close(flush=False)
         if run.ctx is not None:
@@ -347,13 +360,16 @@ class JobExecutor:
         self._disarm(run)
         if run.progress is not None:
             run.progress.close(flush=True)
+        code = str(operation[2]) if operation[0] == "fail" else None
+        AttemptSpans.outcome(run.span, outcome, code)
         try:
-            if self._lease_certainly_held(run.entry):
-                reply = self._with_retries(lambda: self._terminal_and_ack(run, operation))
-                acknowledged = True
-            else:
-                reply = self._with_retries(lambda: self.script.call(run.job_id, *operation))
-                acknowledged = False
+            with self.spans.publish(run.span_context, run.job_id, outcome):
+                if self._lease_certainly_held(run.entry):
+                    reply = self._with_retries(lambda: self._terminal_and_ack(run, operation))
+                    acknowledged = True
+                else:
+                    reply = self._with_retries(lambda: self.script.call(run.job_id, *operation))
+                    acknowledged = False
         except redis.RedisError:
             log.exception(
                 "could not report the outcome; the job will be reclaimed", extra=run.extra
@@ -432,7 +448,8 @@ class JobExecutor:
 
     def _send_progress(self, run: Run, payload: str) -> bool:
         try:
-            reply = self.script.progress(run.job_id, run.attempt, payload)
+            with self.spans.publish(run.span_context, run.job_id, "progress"):
+                reply = self.script.progress(run.job_id, run.attempt, payload)
         except redis.RedisError:
             log.warning("progress not written", exc_info=True, extra=run.extra)
             return True

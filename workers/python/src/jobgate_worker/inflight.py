@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from .context import JobContext, ProgressReporter
 from .scheduler import Timer
 from .script import StartedJob
@@ -34,6 +36,10 @@ class Run:
     finished: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The attempt's consumer span, and its ids as the parent of spans
+    #: started on other threads (progress, cancel, timeout).
+    span: trace.Span | None = None
+    span_context: trace.SpanContext | None = None
 
     @property
     def job_id(self) -> str:

@@ -5,10 +5,16 @@ Every line carries ``timestamp`` (RFC 3339, UTC, milliseconds), ``level``,
 the same fields the gateway writes, so Fluentd joins both on ``trace_id``.
 Extra fields given as ``logger.info("...", extra={...})`` become top-level keys.
 
-Trace context comes from, in order: fields on the record (``extra``), the job
-the current thread is running (a context variable set by the SDK), and
-otherwise the worker process's own lifecycle trace, so that every line has a
-valid ``trace_id``/``span_id`` pair.
+``trace_id``/``span_id`` name the span current in the logging thread: the
+attempt's consumer span in a handler, the task's span inside a Dask task, a
+span the handler opened itself. Without a current span they come from the job
+context the SDK bound to the thread (or that ``ctx.logger`` carries), and
+otherwise from the worker process's own lifecycle trace, so that every line
+has a valid pair. Fields given with ``extra`` override all of these.
+
+With ``JOBGATE_FLUENTD_ADDR`` set, ``forward_to_fluentd`` also sends every
+record to Fluentd (see ``fluentd.py``); ``stop_forwarding`` flushes it within
+a bounded time at shutdown and logs what was forwarded and dropped.
 """
 
 from __future__ import annotations
@@ -24,9 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .tracing import SpanContext, new_span_id, new_trace_id
-
-SERVICE = "jobgate-worker"
+from .fluentd import FluentForwarder, FluentHandler, ForwarderStats, parse_address
+from .tracing import SERVICE, SpanContext, current_span_ids, new_span_id, new_trace_id
 
 #: The worker process's own trace: lines logged outside any job use it.
 PROCESS_SPAN = SpanContext(new_trace_id(), new_span_id())
@@ -55,6 +60,11 @@ _RECORD_ATTRIBUTES = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName"}
 )
+#: Where a record keeps the object it was rendered as (for the next handler).
+_LINE_ATTRIBUTE = "_jobgate_line"
+#: A job context carried by the record itself (``ctx.logger``), used when the
+#: logging thread has none bound.
+CONTEXT_ATTRIBUTE = "_jobgate_context"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +116,31 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.as_dict(record), default=str, ensure_ascii=False)
+
+    def as_dict(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The line as an object (computed once per record, whichever handler asks first)."""
+        cached = record.__dict__.get(_LINE_ATTRIBUTE)
+        if cached is not None and cached["service"] == self.service:
+            return cached  # type: ignore[no-any-return]
         line: dict[str, Any] = {
             "timestamp": _timestamp(record.created),
             "level": _level(record.levelno),
             "message": record.getMessage(),
             "service": self.service,
         }
-        context = _current.get()
-        if context is not None:
-            line.update(context.as_extra())
+        context = _current.get() or record.__dict__.get(CONTEXT_ATTRIBUTE)
+        ids = current_span_ids()
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
+        elif context is not None:
+            line["trace_id"], line["span_id"] = context.trace_id, context.span_id
         else:
-            line["trace_id"] = PROCESS_SPAN.trace_id
-            line["span_id"] = PROCESS_SPAN.span_id
+            line["trace_id"], line["span_id"] = PROCESS_SPAN.trace_id, PROCESS_SPAN.span_id
+        if context is not None:
+            if context.job_id is not None:
+                line["job_id"] = context.job_id
+            line.update(context.fields)
         line["logger"] = record.name
         line["thread"] = record.threadName
         for key, value in vars(record).items():
@@ -127,7 +150,8 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        record.__dict__[_LINE_ATTRIBUTE] = line
+        return line
 
 
 class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -177,3 +201,42 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         )
 
     threading.excepthook = log_thread_exception
+
+
+def forward_to_fluentd(
+    address: str, *, max_buffered: int = 10_000, **options: Any
+) -> FluentForwarder:
+    """Also send every log record of the process to Fluentd at ``host:port``.
+
+    Call after ``configure_logging``; the handler only queues records (the
+    forwarder's thread does the network I/O), so logging never waits on Fluentd.
+    """
+    host, port = parse_address(address)
+    forwarder = FluentForwarder(host, port, max_buffered=max_buffered, **options).start()
+    handler = FluentHandler(forwarder, JsonFormatter().as_dict)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("jobgate_worker").info(
+        "forwarding logs to fluentd", extra={"fluentd": forwarder.address, "tag": forwarder.tag}
+    )
+    return forwarder
+
+
+def stop_forwarding(forwarder: FluentForwarder, timeout_s: float = 2.0) -> ForwarderStats:
+    """Flush to Fluentd within ``timeout_s``, detach, and log the final counts (stderr only)."""
+    root = logging.getLogger()
+    stats = forwarder.close(timeout_s)
+    for handler in list(root.handlers):
+        if isinstance(handler, FluentHandler) and handler.forwarder is forwarder:
+            root.removeHandler(handler)
+    logging.getLogger("jobgate_worker").log(
+        logging.WARNING if stats.dropped or stats.unsent else logging.INFO,
+        "log forwarding stopped",
+        extra={
+            "fluentd": forwarder.address,
+            "forwarded": stats.forwarded,
+            "dropped": stats.dropped,
+            "unsent": stats.unsent,
+            "resent": stats.resent,
+        },
+    )
+    return stats

@@ -36,6 +36,7 @@ from .scheduler import Scheduler
 from .script import JobScript
 from .settings import Settings
 from .streams import Entry, QueueStreams
+from .tracing import Telemetry, install, uninstall
 from .worker import Worker
 
 log = logging.getLogger("jobgate_worker")
@@ -87,9 +88,16 @@ class Slots:
 class Runtime:
     """Consumes one queue for one ``Worker`` until stopped."""
 
-    def __init__(self, worker: Worker, settings: Settings) -> None:
+    def __init__(
+        self, worker: Worker, settings: Settings, telemetry: Telemetry | None = None
+    ) -> None:
+        """``telemetry`` defaults to the span export ``settings`` ask for (owned, shut down)."""
         self.worker = worker
         self.settings = settings
+        self._owns_telemetry = telemetry is None
+        self.telemetry = telemetry or Telemetry.configured(
+            otlp_traces_endpoint=settings.otlp_traces_endpoint, span_file=settings.span_file
+        )
         self.queue = settings.queue or worker.queue
         self.consumer = settings.consumer
         self.clients = RedisClients(
@@ -117,6 +125,7 @@ class Runtime:
             dask=self.dask,
             inflight=self.inflight,
             lease_ms=settings.lease_ms,
+            telemetry=self.telemetry,
         )
         self.leases = LeaseKeeper(self.streams, self.inflight, self.executor)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
@@ -180,6 +189,8 @@ class Runtime:
 
     def _start(self) -> None:
         settings = self.settings
+        # Dask tasks run in this process record their spans with it.
+        install(self.telemetry)
         self._wait_for_redis()
         self.scheduler.start()
         self.kinds.register()
@@ -237,6 +248,11 @@ class Runtime:
         self.scheduler.stop()
         self.dask.close()
         self.clients.close()
+        # Spans still queued for export leave now (bounded by the exporters' timeouts).
+        self.telemetry.force_flush(timeout_s=5.0)
+        uninstall(self.telemetry)
+        if self._owns_telemetry:
+            self.telemetry.shutdown()
         log.info("worker stopped", extra=self._log_extra)
         self._stopped.set()
 

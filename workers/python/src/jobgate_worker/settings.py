@@ -14,6 +14,11 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 | ``JOBGATE_LEASE_MS`` | 30000 | lease; entries idle longer are reclaimed |
 | ``JOBGATE_GRACE_S`` | 30 | shutdown grace for running jobs |
 | ``JOBGATE_LOG_LEVEL`` | ``INFO`` | log level |
+| ``OTEL_EXPORTER_OTLP_ENDPOINT`` | unset: no OTLP | OTLP/HTTP base URL (``<url>/v1/traces``) |
+| ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` | unset | full OTLP/HTTP traces URL (wins) |
+| ``JOBGATE_SPAN_FILE`` | unset | append every finished span to this file as a JSON line |
+| ``JOBGATE_FLUENTD_ADDR`` | unset: stderr only | ``host:port`` of a Fluentd Forward input |
+| ``JOBGATE_FLUENTD_BUFFER`` | 10000 | log records kept while Fluentd is away (oldest dropped) |
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .fluentd import parse_address
+from .tracing import OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, SPAN_FILE_ENV
+from .tracing import otlp_traces_endpoint as traces_endpoint_from
 
 
 def default_consumer() -> str:
@@ -52,6 +61,14 @@ class Settings:
     dask_scheduler_address: str | None = None
     proto_dir: str | None = None
     log_level: str = "INFO"
+    #: Where spans are exported over OTLP/HTTP (the full traces URL); None: not at all.
+    otlp_traces_endpoint: str | None = None
+    #: A file every finished span is appended to as one JSON line; None: none.
+    span_file: str | None = None
+    #: ``host:port`` of Fluentd's Forward input; None: logs go to stderr only.
+    fluentd_address: str | None = None
+    #: Log records buffered while Fluentd cannot be reached (the oldest are dropped).
+    fluentd_buffer: int = 10_000
 
     @property
     def lease_renew_interval_s(self) -> float:
@@ -85,6 +102,12 @@ class Settings:
         take("JOBGATE_LEASE_MS", "lease_ms", int)
         take("JOBGATE_GRACE_S", "grace_s", float)
         take("JOBGATE_LOG_LEVEL", "log_level")
+        take(SPAN_FILE_ENV, "span_file")
+        take("JOBGATE_FLUENTD_ADDR", "fluentd_address")
+        take("JOBGATE_FLUENTD_BUFFER", "fluentd_buffer", int)
+        endpoint = traces_endpoint_from(env)
+        if endpoint:
+            values["otlp_traces_endpoint"] = endpoint
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values).validated()
 
@@ -106,4 +129,18 @@ class Settings:
             raise SettingsError(f"redis_url {self.redis_url!r} is not a redis:// URL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
+        if self.otlp_traces_endpoint is not None and not self.otlp_traces_endpoint.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                f"{OTLP_ENDPOINT_ENV} / {OTLP_TRACES_ENDPOINT_ENV} must be an http(s) URL,"
+                f" got {self.otlp_traces_endpoint!r}"
+            )
+        if self.fluentd_address is not None:
+            try:
+                parse_address(self.fluentd_address)
+            except ValueError as error:
+                raise SettingsError(f"JOBGATE_FLUENTD_ADDR: {error}") from None
+        if self.fluentd_buffer < 1:
+            raise SettingsError("fluentd_buffer must be at least 1")
         return self
