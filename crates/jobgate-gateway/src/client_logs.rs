@@ -80,7 +80,9 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
     }
     let text = |name: &str| record.get(name).and_then(Value::as_str);
     if !text("timestamp").is_some_and(is_rfc3339) {
-        return Err("timestamp: an RFC 3339 time is required, e.g. 2026-11-27T21:04:05.100Z".into());
+        return Err(
+            "timestamp: an RFC 3339 time is required, e.g. 2026-11-27T21:04:05.100Z".into(),
+        );
     }
     if !matches!(text("level"), Some("debug" | "info" | "warn" | "error")) {
         return Err("level: one of debug, info, warn, error".into());
@@ -131,11 +133,19 @@ fn check_record(record: &Map<String, Value>) -> Result<(), String> {
 fn is_rfc3339(text: &str) -> bool {
     let bytes = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| {
-        bytes.get(range.clone()).is_some_and(|part| part.iter().all(u8::is_ascii_digit))
-            && std::str::from_utf8(&bytes[range]).ok().and_then(|s| s.parse::<u32>().ok()).is_some()
+        bytes
+            .get(range.clone())
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+            && std::str::from_utf8(&bytes[range])
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_some()
     };
     let number = |range: std::ops::Range<usize>| -> u32 {
-        std::str::from_utf8(&bytes[range]).ok().and_then(|s| s.parse().ok()).unwrap_or(99)
+        std::str::from_utf8(&bytes[range])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(99)
     };
     if bytes.len() < 20 || bytes.len() > 40 || !digits(0..4) || !digits(5..7) || !digits(8..10) {
         return false;
@@ -143,7 +153,12 @@ fn is_rfc3339(text: &str) -> bool {
     if bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
         return false;
     }
-    if !digits(11..13) || bytes[13] != b':' || !digits(14..16) || bytes[16] != b':' || !digits(17..19) {
+    if !digits(11..13)
+        || bytes[13] != b':'
+        || !digits(14..16)
+        || bytes[16] != b':'
+        || !digits(17..19)
+    {
         return false;
     }
     let ranges_ok = (1..=12).contains(&number(5..7))
@@ -153,7 +168,9 @@ fn is_rfc3339(text: &str) -> bool {
         && number(17..19) < 61;
     let mut rest = &text[19..];
     if let Some(fraction) = rest.strip_prefix('.') {
-        let end = fraction.find(|c: char| !c.is_ascii_digit()).unwrap_or(fraction.len());
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
         if end == 0 {
             return false;
         }
@@ -186,10 +203,20 @@ mod tests {
 
     #[test]
     fn knows_an_rfc3339_time() {
-        for good in ["2026-11-27T21:04:05Z", "2026-11-27T21:04:05.100Z", "2026-11-27T21:04:05.1+01:00"] {
+        for good in [
+            "2026-11-27T21:04:05Z",
+            "2026-11-27T21:04:05.100Z",
+            "2026-11-27T21:04:05.1+01:00",
+        ] {
             assert!(is_rfc3339(good), "{good}");
         }
-        for bad in ["0000000000", "2026-13-27T21:04:05Z", "2026-11-27T21:04:05", "2026-11-27T21:04:05.Z", "2026-11-27 21:04"] {
+        for bad in [
+            "0000000000",
+            "2026-13-27T21:04:05Z",
+            "2026-11-27T21:04:05",
+            "2026-11-27T21:04:05.Z",
+            "2026-11-27 21:04",
+        ] {
             assert!(!is_rfc3339(bad), "{bad}");
         }
     }

@@ -156,6 +156,11 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_FLUENTD_ADDR")]
     pub fluentd_addr: Option<jobgate_fluent::FluentdAddress>,
 
+    /// Log lines kept for Fluentd while it is unreachable; past it the
+    /// oldest are dropped (and counted).
+    #[arg(long, env = "JOBGATE_FLUENTD_BUFFER", default_value_t = 10_000)]
+    pub fluentd_buffer: usize,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `jobgate=debug`.
     #[arg(long, env = "JOBGATE_LOG", default_value = "info")]
     pub log: String,
@@ -291,6 +296,7 @@ impl Config {
             jwt_leeway_s: 30,
             default_owner: "local".into(),
             fluentd_addr: None,
+            fluentd_buffer: 10_000,
             log: "info".into(),
         }
     }

@@ -105,16 +105,15 @@ fn install(
     use tracing_subscriber::util::SubscriberInitExt;
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let forwarder_for = |service: &str, address: &jobgate_fluent::FluentdAddress| {
+        let mut settings = ForwarderConfig::new(address.clone(), service);
+        settings.buffer_capacity = config.fluentd_buffer.max(1);
+        Forwarder::start(settings)
+    };
     let (forwarder, client_forwarder) = match &config.fluentd_addr {
         Some(address) => (
-            Some(Forwarder::start(ForwarderConfig::new(
-                address.clone(),
-                "gateway",
-            ))?),
-            Some(Forwarder::start(ForwarderConfig::new(
-                address.clone(),
-                "client",
-            ))?),
+            Some(forwarder_for("gateway", address)?),
+            Some(forwarder_for("client", address)?),
         ),
         None => (None, None),
     };
@@ -244,7 +243,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -260,6 +259,18 @@ where
             "target".into(),
             Value::String(event.metadata().target().into()),
         );
+        // Fields of the enclosing spans, innermost winning, then the event's own.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<RecordedFields>() {
+                    for (name, value) in &fields.0 {
+                        if !name.starts_with("otel.") && !name.contains('.') {
+                            line.insert(name.clone(), value.clone());
+                        }
+                    }
+                }
+            }
+        }
         event.record(&mut FieldsVisitor(&mut line));
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
@@ -343,5 +354,50 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_795_814_645_007), "2026-11-27T21:24:05.007Z");
+    }
+}
+
+#[cfg(test)]
+mod span_field_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_inside_a_span_carry_its_fields() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(SpanFields).with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .event_format(JsonLines),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span =
+                tracing::info_span!("outer", job_id = "j-1", trace_id = tracing::field::Empty);
+            span.record("trace_id", "abc");
+            span.in_scope(|| tracing::info!(kind = "echo", "job submitted"));
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let line: Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        assert_eq!(line["job_id"], "j-1", "{line}");
+        assert_eq!(line["trace_id"], "abc", "{line}");
+        assert_eq!(line["kind"], "echo");
+        assert_eq!(line["message"], "job submitted");
     }
 }

@@ -24,6 +24,11 @@ impl TestGateway {
     pub async fn start_with(config: Config) -> Self {
         config.validate().expect("valid test config");
         let state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
+        Self::serve(state).await
+    }
+
+    /// Serves a gateway with a state built by the caller.
+    pub async fn serve(state: AppState) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

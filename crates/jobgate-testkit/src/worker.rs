@@ -33,6 +33,18 @@ impl PythonWorker {
         consumer: &str,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_app_with_env(redis_url, app, python_path, consumer, extra_args, &[])
+    }
+
+    /// As [`PythonWorker::start_app`], with extra environment variables.
+    pub fn start_app_with_env(
+        redis_url: &str,
+        app: &str,
+        python_path: Option<&std::path::Path>,
+        consumer: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let root = repo_root();
         let binary = Self::binary();
         assert!(
@@ -44,6 +56,7 @@ impl PythonWorker {
         if let Some(path) = python_path {
             command.env("PYTHONPATH", path);
         }
+        command.envs(env.iter().copied());
         let child = command
             .arg(app)
             .args(["--consumer", consumer])

@@ -39,7 +39,10 @@ fn worker(redis: &RedisServer, n: usize) -> PythonWorker {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     let jobs = *args.first().unwrap_or(&10_000) as usize;
     let workers_wanted = *args.get(1).unwrap_or(&4) as usize;
     let kill_every = Duration::from_secs(*args.get(2).unwrap_or(&3));
@@ -86,7 +89,9 @@ async fn main() -> anyhow::Result<()> {
     for session in 0..SESSIONS {
         let url = gateway.ws_url();
         let count = per_session.min(jobs - session * per_session);
-        tasks.push(tokio::spawn(async move { run_session(&url, session, count).await }));
+        tasks.push(tokio::spawn(async move {
+            run_session(&url, session, count).await
+        }));
     }
     let mut tally = Tally::default();
     let mut submitted = 0;
@@ -102,13 +107,21 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
 
     let lost = submitted - tally.terminal.len();
-    let duplicate_terminals: usize = tally.terminal.values().map(|t| t.len().saturating_sub(1)).sum();
+    let duplicate_terminals: usize = tally
+        .terminal
+        .values()
+        .map(|t| t.len().saturating_sub(1))
+        .sum();
     let gaps_or_duplicates = tally
         .seqs
         .values()
         .filter(|seqs| seqs.iter().enumerate().any(|(i, seq)| *seq != i as u64 + 1))
         .count();
-    let completed = tally.terminal.values().filter(|t| t.first().map(String::as_str) == Some("completed")).count();
+    let completed = tally
+        .terminal
+        .values()
+        .filter(|t| t.first().map(String::as_str) == Some("completed"))
+        .count();
     println!(
         "{}",
         json!({
@@ -123,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
             "elapsed_s": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
         })
     );
-    anyhow::ensure!(lost == 0 && duplicate_terminals == 0 && gaps_or_duplicates == 0, "the soak lost or duplicated events");
+    anyhow::ensure!(
+        lost == 0 && duplicate_terminals == 0 && gaps_or_duplicates == 0,
+        "the soak lost or duplicated events"
+    );
     Ok(())
 }
 
@@ -136,7 +152,10 @@ async fn run_session(url: &str, session: usize, count: usize) -> anyhow::Result<
     while finished < count {
         while sent < count && sent - finished < IN_FLIGHT_PER_SESSION {
             let job = json!({"kind": "sleep", "params": {"s": 0.05}, "max_attempts": 10});
-            ws.send(json!({"type": "submit", "request_id": format!("{session}-{sent}"), "job": job})).await?;
+            ws.send(
+                json!({"type": "submit", "request_id": format!("{session}-{sent}"), "job": job}),
+            )
+            .await?;
             sent += 1;
         }
         let frame = ws.next(Duration::from_secs(120)).await?;
@@ -144,7 +163,11 @@ async fn run_session(url: &str, session: usize, count: usize) -> anyhow::Result<
             Some("accepted") => accepted += 1,
             Some("event") => {
                 let job = frame["job_id"].as_str().unwrap_or_default().to_owned();
-                tally.seqs.entry(job.clone()).or_default().push(frame["seq"].as_u64().unwrap_or(0));
+                tally
+                    .seqs
+                    .entry(job.clone())
+                    .or_default()
+                    .push(frame["seq"].as_u64().unwrap_or(0));
                 match frame["event"].as_str() {
                     Some("retrying") => tally.retrying += 1,
                     Some(terminal @ ("completed" | "failed" | "cancelled")) => {
@@ -162,8 +185,14 @@ async fn run_session(url: &str, session: usize, count: usize) -> anyhow::Result<
     }
     // Anything still arriving would be a duplicate: listen a moment longer.
     while let Ok(frame) = ws.next(Duration::from_millis(500)).await {
-        if let (Some(job), Some("completed" | "failed" | "cancelled")) = (frame["job_id"].as_str(), frame["event"].as_str()) {
-            tally.terminal.entry(job.to_owned()).or_default().push("late".into());
+        if let (Some(job), Some("completed" | "failed" | "cancelled")) =
+            (frame["job_id"].as_str(), frame["event"].as_str())
+        {
+            tally
+                .terminal
+                .entry(job.to_owned())
+                .or_default()
+                .push("late".into());
         }
     }
     Ok((accepted, tally))

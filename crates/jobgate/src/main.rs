@@ -91,10 +91,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace();
     let listen = config.listen;
-    let state = jobgate_gateway::build_state(config, shutdown.clone())?;
+    let mut state = jobgate_gateway::build_state(config, shutdown.clone())?;
     state
         .metrics
         .set_log_forwarding(telemetry.forwarding_stats());
+    state.client_logs = telemetry.client_logs();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
