@@ -12,12 +12,21 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    extra_args: Vec<String>,
+    /// `user:password` for the harness's own connections, when ACLs are on.
+    admin: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server with append-only persistence (fsync every write) in a
     /// fresh temporary folder, so a restart keeps every acknowledged write.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra `redis-server` arguments (for
+    /// example `--aclfile`); [`RedisServer::url`] then has no credentials.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-{}-{}",
             std::process::id(),
@@ -28,6 +37,8 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            admin: None,
         };
         server.spawn();
         server
@@ -41,9 +52,28 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The folder holding the server's data (and any file a test puts there).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The URL with `user:password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Makes the harness's own connections log in as `user`.
+    pub fn use_admin(&mut self, user: &str, password: &str) {
+        self.admin = Some(format!("{user}:{password}"));
+    }
+
     /// A client for checking what the tests did.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis url")
+        let url = match &self.admin {
+            Some(credentials) => format!("redis://{credentials}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url).expect("redis url")
     }
 
     /// Waits until workers have registered every one of `kinds`.
@@ -90,6 +120,7 @@ impl RedisServer {
                 .args(["--dir", self.dir.to_str().expect("utf-8 path")])
                 .args(["--appendonly", "yes", "--appendfsync", "always"])
                 .args(["--save", ""])
+                .args(&self.extra_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -117,12 +148,19 @@ impl RedisServer {
             {
                 return false;
             }
-            if let Ok(mut conn) = self
+            // Up once it answers, even if only to refuse an anonymous PING
+            // (ACL tests turn the default user off).
+            match self
                 .client()
                 .get_connection_with_timeout(Duration::from_millis(200))
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
             {
-                return true;
+                Ok(mut conn) => match redis::cmd("PING").query::<String>(&mut conn) {
+                    Ok(_) => return true,
+                    Err(error) if !error.is_io_error() => return true,
+                    Err(_) => {}
+                },
+                Err(error) if !error.is_io_error() => return true,
+                Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -50,7 +50,10 @@ async fn main() -> anyhow::Result<()> {
     let redis = RedisServer::start();
     let mut workers: Vec<PythonWorker> = (0..workers_wanted).map(|n| worker(&redis, n)).collect();
     redis.wait_for_kinds(&["sleep"]).await;
-    let gateway = TestGateway::start(&redis.url()).await;
+    // A load test, not a rate-limit test: the owner's submission rate is unbounded.
+    let mut config = jobgate_gateway::Config::for_redis(redis.url());
+    config.submits_per_minute = 0;
+    let gateway = TestGateway::start_with(config).await;
     let started = Instant::now();
 
     // The killer: every few seconds one worker dies without warning and a
@@ -180,7 +183,7 @@ async fn run_session(url: &str, session: usize, count: usize) -> anyhow::Result<
                     _ => {}
                 }
             }
-            _ => anyhow::bail!("unexpected frame {frame}"),
+            _ => anyhow::bail!("session {session}: unexpected frame {frame}"),
         }
     }
     // Anything still arriving would be a duplicate: listen a moment longer.
