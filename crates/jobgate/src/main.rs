@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print one job's narrative across services from the JSON-lines logs
     /// Fluentd wrote (see fluent/README.md).
     Trace(jobgate_trace::TraceArgs),
@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.config),
-        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Serve(config)) => serve(*config),
         Some(Command::Trace(args)) => {
             jobgate_trace::run(&args, &mut std::io::stdout().lock())?;
             Ok(())

@@ -75,7 +75,7 @@ async fn submit_http(gateway: &TestGateway, job: Value) -> String {
 #[tokio::test]
 async fn a_killed_worker_s_job_is_finished_by_another() {
     let redis = RedisServer::start();
-    let mut workers = vec![worker(&redis, "worker-a"), worker(&redis, "worker-b")];
+    let mut workers = [worker(&redis, "worker-a"), worker(&redis, "worker-b")];
     redis.wait_for_kinds(&["sleep"]).await;
     let gateway = TestGateway::start(&redis.url()).await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");

@@ -127,7 +127,7 @@ async fn one_trace_runs_from_the_client_to_the_dask_tasks_in_spans_and_logs() {
         ],
     );
     redis.wait_for_kinds(&["mc_option_price", "echo"]).await;
-    let mut state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
+    let state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
     state
         .metrics
         .set_log_forwarding(telemetry.forwarding_stats());
