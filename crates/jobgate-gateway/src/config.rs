@@ -75,7 +75,7 @@ pub struct Config {
 
     /// WebSocket messages one session may send per second (bursts of twice
     /// as many); past it messages are answered with `rate_limited`.
-    #[arg(long, env = "JOBGATE_WS_MESSAGES_PER_S", default_value_t = 100)]
+    #[arg(long, env = "JOBGATE_WS_MESSAGES_PER_S", default_value_t = 500)]
     pub ws_messages_per_s: u32,
 
     /// Open WebSocket sessions and SSE streams per owner on one gateway.
@@ -279,7 +279,7 @@ impl Config {
             max_params_bytes: 262_144,
             max_json_depth: 32,
             submits_per_minute: 6_000,
-            ws_messages_per_s: 100,
+            ws_messages_per_s: 500,
             max_connections_per_owner: 200,
             max_subscriptions_per_session: 1_000,
             allowed_kinds: Vec::new(),

@@ -132,7 +132,12 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
 /// Serves `state` on `listener` until `shutdown` fires, then lets in-flight
 /// requests finish (sessions and streams end on the same signal).
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let shutdown = state.shutdown.clone();
+    // Events are small frames sent as they happen: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
