@@ -272,9 +272,25 @@ local function cancelled()
   return { 'ok', seq }
 end
 
+-- release: attempt — a worker shutting down gives back a job it could not
+-- finish. The attempt is not charged: the job goes back to `queued` with
+-- its attempt count as before it started, and the next start reuses the
+-- number. The worker then re-enqueues the entry.
+local function release()
+  local job, reply = guarded()
+  if job == nil then return reply end
+  local now = now_ms()
+  local attempt = tonumber(job.attempt)
+  redis.call('HSET', job_key, 'status', 'queued', 'attempt', attempt - 1)
+  local seq = emit_for(job, 'retrying', string.format(
+    '{"attempt":%d,"next_attempt":%d,"error":{"code":"worker_shutdown","message":"the worker stopped before the attempt finished; it is not counted"}}',
+    attempt, attempt), now)
+  return { 'ok', seq }
+end
+
 local operations = {
   create = create, start = start, progress = progress, complete = complete,
-  fail = fail, retry = retry, cancel = cancel, cancelled = cancelled,
+  fail = fail, retry = retry, cancel = cancel, cancelled = cancelled, release = release,
 }
 local run = operations[op]
 if run == nil then
