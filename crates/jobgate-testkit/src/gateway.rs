@@ -47,6 +47,23 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `POST /v1/jobs` with `job` (no credentials); the new job's id.
+    pub async fn submit(&self, job: serde_json::Value) -> String {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(self.url("/v1/jobs"))
+            .json(&job)
+            .send()
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("a JSON answer");
+        body["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no job id: {body}"))
+            .to_owned()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }

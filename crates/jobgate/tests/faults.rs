@@ -56,22 +56,6 @@ fn types(events: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-async fn submit_http(gateway: &TestGateway, job: Value) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/jobs"))
-        .json(&job)
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
-    body["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no job id: {body}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_killed_worker_s_job_is_finished_by_another() {
     let redis = RedisServer::start();
@@ -121,11 +105,9 @@ async fn a_job_that_always_crashes_its_worker_ends_in_the_dead_letter_stream() {
     let mut current = worker(&redis, "crash-0");
     redis.wait_for_kinds(&["crash"]).await;
     let gateway = TestGateway::start(&redis.url()).await;
-    let job_id = submit_http(
-        &gateway,
-        json!({"kind": "crash", "params": {}, "max_attempts": 2}),
-    )
-    .await;
+    let job_id = gateway
+        .submit(json!({"kind": "crash", "params": {}, "max_attempts": 2}))
+        .await;
     let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{job_id}/events")), None)
         .await
         .expect("sse");
@@ -322,8 +304,8 @@ async fn a_client_that_reads_nothing_is_cut_off_while_others_keep_up() {
     let mut config = Config::for_redis(redis.url());
     config.outbound_queue = 64;
     let gateway = TestGateway::start_with(config).await;
-    let flooded = submit_http(&gateway, json!({"kind": "echo", "params": {}})).await;
-    let other = submit_http(&gateway, json!({"kind": "echo", "params": {}})).await;
+    let flooded = gateway.submit(json!({"kind": "echo", "params": {}})).await;
+    let other = gateway.submit(json!({"kind": "echo", "params": {}})).await;
     driver.start(&flooded).await.expect("start");
     driver.start(&other).await.expect("start");
 
@@ -385,7 +367,9 @@ async fn cancel_of_a_queued_job_and_of_a_running_one() {
     let gateway = TestGateway::start(&redis.url()).await;
 
     // Queued (no worker yet): cancelled at once over HTTP, never runs.
-    let queued = submit_http(&gateway, json!({"kind": "sleep", "params": {"s": 0.1}})).await;
+    let queued = gateway
+        .submit(json!({"kind": "sleep", "params": {"s": 0.1}}))
+        .await;
     let answer: Value = reqwest::Client::new()
         .post(gateway.url(&format!("/v1/jobs/{queued}/cancel")))
         .send()
@@ -521,7 +505,9 @@ async fn a_client_on_one_gateway_sees_every_event_of_a_job_submitted_through_ano
     redis.wait_for_kinds(&["sleep"]).await;
     let gateway_a = TestGateway::start(&redis.url()).await;
     let gateway_b = TestGateway::start(&redis.url()).await;
-    let job_id = submit_http(&gateway_a, json!({"kind": "sleep", "params": {"s": 0.5}})).await;
+    let job_id = gateway_a
+        .submit(json!({"kind": "sleep", "params": {"s": 0.5}}))
+        .await;
     let mut ws = WsClient::connect(&gateway_b.ws_url())
         .await
         .expect("connect");
@@ -536,7 +522,9 @@ async fn a_client_on_one_gateway_sees_every_event_of_a_job_submitted_through_ano
     assert_eq!(events.last().expect("last")["event"], "completed");
 
     // Only gateway B, whose client watches the job, subscribed to it.
-    let job_b = submit_http(&gateway_b, json!({"kind": "sleep", "params": {"s": 5}})).await;
+    let job_b = gateway_b
+        .submit(json!({"kind": "sleep", "params": {"s": 5}}))
+        .await;
     let mut watcher = WsClient::connect(&gateway_b.ws_url())
         .await
         .expect("connect");
@@ -568,7 +556,7 @@ async fn shutdown_closes_sessions_with_1001_and_ends_streams() {
         .await
         .expect("register");
     let gateway = TestGateway::start(&redis.url()).await;
-    let job_id = submit_http(&gateway, json!({"kind": "echo", "params": {}})).await;
+    let job_id = gateway.submit(json!({"kind": "echo", "params": {}})).await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");
     ws.send(json!({"type": "subscribe", "job_id": job_id}))
         .await

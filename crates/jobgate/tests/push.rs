@@ -33,19 +33,6 @@ impl Harness {
         }
     }
 
-    async fn submit_http(&self) -> String {
-        let body: Value = reqwest::Client::new()
-            .post(self.gateway.url("/v1/jobs"))
-            .json(&json!({"kind": "echo", "params": {"n": 1}}))
-            .send()
-            .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("json");
-        body["job_id"].as_str().expect("job id").to_owned()
-    }
-
     /// started, two progress events, completed: seq 2..=5.
     async fn run_job(&mut self, job_id: &str) {
         assert_eq!(self.driver.start(job_id).await.expect("start"), "ok");
@@ -113,7 +100,10 @@ async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
 #[tokio::test]
 async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() {
     let mut h = Harness::new().await;
-    let job_id = h.submit_http().await;
+    let job_id = h
+        .gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
     let mut first = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -175,7 +165,10 @@ async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() 
 #[tokio::test]
 async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
     let mut h = Harness::new().await;
-    let job_id = h.submit_http().await;
+    let job_id = h
+        .gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
     let url = h.gateway.url(&format!("/v1/jobs/{job_id}/events"));
     // A stream that sees the first events, then drops.
     let mut early = SseClient::connect(&url, None).await.expect("sse");
@@ -217,7 +210,10 @@ async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
 #[tokio::test]
 async fn a_websocket_subscribe_with_after_gets_exactly_the_rest() {
     let mut h = Harness::new().await;
-    let job_id = h.submit_http().await;
+    let job_id = h
+        .gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
     h.driver.start(&job_id).await.expect("start");
     h.driver.progress(&job_id, 1, 1, 2).await.expect("progress");
     let mut ws = WsClient::connect(&h.gateway.ws_url())
@@ -327,8 +323,14 @@ async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
     let url = h.gateway.url("/v1/events");
     let mut all = SseClient::connect(&url, None).await.expect("sse");
     assert_eq!(all.status, 200);
-    let first = h.submit_http().await;
-    let second = h.submit_http().await;
+    let first = h
+        .gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
+    let second = h
+        .gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
     h.run_job(&first).await;
     let mut seen = Vec::new();
     while seen.len() < 6 {
@@ -378,16 +380,7 @@ async fn a_cut_history_is_answered_with_history_truncated_and_the_rest() {
     config.history_max = 16;
     let gateway = TestGateway::start_with(config).await;
     let schemas = Schemas::load();
-    let body: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/jobs"))
-        .json(&json!({"kind": "echo", "params": {}}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
-    let job_id = body["job_id"].as_str().expect("id").to_owned();
+    let job_id = gateway.submit(json!({"kind": "echo", "params": {}})).await;
     driver.start(&job_id).await.expect("start");
     for done in 1..=30 {
         driver
@@ -440,16 +433,7 @@ async fn a_job_past_its_retention_is_history_expired_not_silence() {
     let mut config = jobgate_gateway::Config::for_redis(redis.url());
     config.retention_s = 1;
     let gateway = TestGateway::start_with(config).await;
-    let body: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/jobs"))
-        .json(&json!({"kind": "echo", "params": {}}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
-    let job_id = body["job_id"].as_str().expect("id").to_owned();
+    let job_id = gateway.submit(json!({"kind": "echo", "params": {}})).await;
     driver.start(&job_id).await.expect("start");
     driver.complete(&job_id, 1, "{}").await.expect("complete");
     tokio::time::sleep(Duration::from_millis(2500)).await;
