@@ -16,6 +16,8 @@ worker = Worker(queue="default", retry_base_delay=0.05)
 gates: dict[str, threading.Event] = {}
 #: Dask futures a handler created, by job id (for cancellation tests).
 dask_futures: dict[str, list[Any]] = {}
+#: The context of each ``gated`` job, by job id (for shutdown tests).
+contexts: dict[str, JobContext] = {}
 
 
 @worker.job("echo")
@@ -79,6 +81,8 @@ def sleep(ctx: JobContext, params: Any) -> Any:
 
 @worker.job("gated")
 def gated(ctx: JobContext, params: Any) -> Any:
+    """Waits (ignoring cancellation) until the test opens its gate, at most ``limit_s``."""
+    contexts[ctx.job_id] = ctx
     gate = gates.setdefault(ctx.job_id, threading.Event())
     gate.wait(float(params.get("limit_s", 10)))
     return {"attempt": ctx.attempt}

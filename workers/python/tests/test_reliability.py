@@ -1,12 +1,18 @@
-"""Crashes, reclaiming, dead letters and shutdown, with real worker processes."""
+"""Crashes, reclaiming, dead letters and shutdown, with real worker processes
+(and in-thread runtimes where the test must reach inside)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
+import threading
 import time
 
+import sample_app
 from conftest import REPO_ROOT, Gateway, assert_contiguous
+from jobgate_worker import keys
+from jobgate_worker.dask_support import JobDask
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -85,25 +91,164 @@ def test_sigterm_lets_the_running_job_finish(gateway, spawn_worker):
     assert "worker stopped" in messages
 
 
-def test_sigterm_past_grace_leaves_the_job_to_be_reclaimed(gateway, spawn_worker):
-    first = spawn_worker("--grace-s", "0.3", "--lease-ms", "500", "--consumer", "first")
+def _given_back(events):
+    """The job is queued again after a ``release``: last event ``retrying`` worker_shutdown."""
+    last = events[-1]
+    assert last["event"] == "retrying", events
+    assert last["data"]["attempt"] == last["data"]["next_attempt"] == 1
+    assert last["data"]["error"]["code"] == "worker_shutdown"
+    assert "delay_ms" not in last["data"]
+
+
+def test_sigterm_past_grace_gives_the_job_back_without_charging_an_attempt(gateway, spawn_worker):
+    # The default lease (30 s) is far longer than this test: the job can run
+    # again this soon only because it was given back, not reclaimed.
+    first = spawn_worker("--grace-s", "0.3", "--consumer", "first")
     first.wait_started()
-    job_id = gateway.submit("slow_steps", {"n": 6, "pause_s": 0.2})
+    job_id = gateway.submit("slow_steps", {"n": 8, "pause_s": 0.2})
     gateway.wait_event(job_id, "progress")
     first.signal(signal.SIGTERM)
     assert first.wait(10) == 0
-    # Unfinished: still pending in the group, not acknowledged.
-    assert gateway.pending() == 1
-    assert not any(e["event"] == "completed" for e in gateway.events(job_id))
 
-    second = spawn_worker("--lease-ms", "500", "--consumer", "second")
+    events = gateway.events(job_id)
+    assert_contiguous(events)
+    names = [e["event"] for e in events if e["event"] != "progress"]
+    assert names == ["queued", "started", "retrying"]
+    _given_back(events)
+    record = gateway.record(job_id)
+    assert (record["status"], record["attempt"]) == ("queued", "0")
+    # Re-enqueued: one fresh entry in the stream, nothing left pending.
+    assert gateway.pending() == 0
+    [(new_id, fields)] = gateway.redis.xrange(keys.queue_stream("default", "normal"))
+    assert fields["job_id"] == job_id
+    lines = first.log_lines()
+    [given_back] = [line for line in lines if line["message"].startswith("job given back")]
+    assert given_back["job_id"] == job_id
+    assert given_back["entry_id"] != new_id
+    assert not [line for line in lines if line["level"] == "error"]
+
+    second = spawn_worker("--consumer", "second")
     events = gateway.wait_terminal(job_id, timeout=15)
     assert_contiguous(events)
-    assert events[-1]["event"] == "completed"
+    names = [e["event"] for e in events if e["event"] != "progress"]
+    assert names == ["queued", "started", "retrying", "started", "completed"]
     started = [e["data"] for e in events if e["event"] == "started"]
-    assert started == [{"attempt": 1, "worker": "first"}, {"attempt": 2, "worker": "second"}]
+    assert started == [{"attempt": 1, "worker": "first"}, {"attempt": 1, "worker": "second"}]
+    assert events[-1]["data"]["result"] == {"attempt": 1, "steps": 8}
+    assert gateway.record(job_id)["attempt"] == "1"
+    assert gateway.dead_letters() == []
+    assert gateway.backlog() == 0
+    assert gateway.pending() == 0
     second.signal(signal.SIGTERM)
     assert second.wait(10) == 0
+
+
+def test_second_signal_ends_the_grace_at_once(gateway, spawn_worker):
+    worker = spawn_worker("--grace-s", "60", "--consumer", "impatient")
+    worker.wait_started()
+    job_id = gateway.submit("sleep", {"s": 30})  # ignores ctx.cancelled
+    gateway.wait_event(job_id, "started")
+    worker.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while not any(line["message"].startswith("stopping:") for line in worker.log_lines()):
+        assert time.monotonic() < deadline, "the first signal was not handled"
+        time.sleep(0.02)
+    # Past the read loop's blocking read (1 s): the worker now waits out the grace.
+    time.sleep(1.5)
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert time.monotonic() - signalled < 8
+    events = gateway.events(job_id)
+    assert_contiguous(events)
+    _given_back(events)
+    assert gateway.pending() == 0
+    assert gateway.backlog() == 1
+
+
+def test_late_result_of_a_given_back_job_is_dropped(gateway, run_worker, caplog, monkeypatch):
+    cancelled: list[JobDask] = []
+    cancel_all = JobDask.cancel_all
+
+    def spy(self: JobDask) -> int:
+        cancelled.append(self)
+        return cancel_all(self)
+
+    monkeypatch.setattr(JobDask, "cancel_all", spy)
+    worker = run_worker(sample_app.worker, consumer="leaving")
+    runtime = worker.runtime
+    caplog.set_level(logging.INFO, logger="jobgate_worker")
+    worker.thread.start()
+    assert runtime.wait_ready(10)
+    job_id = gateway.submit("gated", {"limit_s": 10})
+    gateway.wait_event(job_id, "started")
+    deadline = time.monotonic() + 5
+    while job_id not in sample_app.contexts:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    ctx = sample_app.contexts[job_id]
+    job_dask = ctx.dask  # only the per-job view: no Dask cluster is started
+
+    runtime.stop(grace_s=0.1)
+    worker.thread.join(10)
+    assert not worker.thread.is_alive()
+    assert ctx.cancelled
+    assert ctx.stop_reason == "shutdown"
+    assert cancelled == [job_dask]
+    events = gateway.events(job_id)
+    assert [e["event"] for e in events] == ["queued", "started", "retrying"]
+    _given_back(events)
+
+    # The handler returns only now: its result is dropped, nothing breaks.
+    sample_app.gates.setdefault(job_id, threading.Event()).set()
+    deadline = time.monotonic() + 5
+    while not any("outcome dropped" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the late result was not dropped"
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert gateway.events(job_id) == events
+    record = gateway.record(job_id)
+    assert (record["status"], record["attempt"]) == ("queued", "0")
+    assert gateway.pending() == 0
+    assert gateway.backlog() == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_redis_down_at_shutdown_leaves_the_job_to_be_reclaimed(
+    redis_server, gateway, run_worker, caplog
+):
+    worker = run_worker(sample_app.worker, consumer="cut-off")
+    caplog.set_level(logging.INFO, logger="jobgate_worker")
+    worker.thread.start()
+    assert worker.runtime.wait_ready(10)
+    job_id = gateway.submit("slow_steps", {"n": 10, "pause_s": 0.1})
+    gateway.wait_event(job_id, "progress")
+    # Keep what Redis holds now (the next start loads it), then lose Redis.
+    gateway.redis.save()
+    redis_server.kill()
+    worker.runtime.stop(grace_s=0.1)
+    worker.thread.join(15)
+    assert not worker.thread.is_alive()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("redis unreachable at shutdown") for m in messages)
+    assert not any(m.startswith("job given back") for m in messages)
+
+    redis_server.start(redis_server.port)
+    after = Gateway(redis_server)
+    record = after.record(job_id)
+    assert (record["status"], record["attempt"]) == ("running", "1")
+    assert after.pending() == 1  # still the first worker's
+    # As before the release existed: reclaimed after the lease, as a new attempt.
+    with run_worker(sample_app.worker, consumer="rescuer", lease_ms=300):
+        events = after.wait_terminal(job_id, timeout=15)
+    assert_contiguous(events)
+    assert [e["data"]["attempt"] for e in events if e["event"] == "started"] == [1, 2]
+    retrying = [e["data"] for e in events if e["event"] == "retrying"]
+    assert [r["error"]["code"] for r in retrying] == ["attempt_lost"]
+    assert events[-1]["event"] == "completed"
+    assert after.backlog() == 0
+    assert after.pending() == 0
+    after.redis.close()
 
 
 def test_log_lines_are_json_with_trace_context(gateway, spawn_worker):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,29 @@ def test_events_and_records_the_worker_causes_are_valid(gateway, run_worker):
     assert seen_types == {
         "queued", "started", "progress", "retrying", "completed", "failed", "cancelled"
     }  # fmt: skip
+
+
+def _released_first_attempt(event: dict[str, Any]) -> bool:
+    """A ``retrying`` event of ``release`` after attempt 1 (``next_attempt`` 1)."""
+    data = event.get("data") or {}
+    return (
+        event.get("event") == "retrying"
+        and data.get("error", {}).get("code") == "worker_shutdown"
+        and data.get("next_attempt") == 1
+    )
+
+
+def test_release_event_is_valid(gateway, run_worker):
+    with run_worker(sample_app.worker) as runtime:
+        job_id = gateway.submit("gated", {"limit_s": 10})
+        gateway.wait_event(job_id, "started")
+        runtime.stop(grace_s=0)
+        assert runtime.wait_stopped(10)
+    sample_app.gates.setdefault(job_id, threading.Event()).set()
+    events = gateway.events(job_id)
+    assert _released_first_attempt(events[-1])
+    assert_valid("job_record", gateway.record(job_id))
+    assert_valid("event", events[-1])
 
 
 def test_queue_entries_the_worker_writes_are_valid(gateway):

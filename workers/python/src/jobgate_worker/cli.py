@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.shutdown()
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if any(t.name.startswith("jobgate-handler") for t in busy):
-        # A handler that ignored the stop still runs; its entry stays pending.
+        # A handler that ignored the stop still runs; its job was given back
+        # (or, with Redis unreachable, its entry stays pending to be reclaimed).
         sys.stderr.flush()
         os._exit(code)
     return code

@@ -182,7 +182,11 @@ class JobContext:
 
     @property
     def stop_reason(self) -> str:
-        """Why the job is being stopped (``cancelled``, ``timeout``, ``lease_lost``), or ``""``."""
+        """Why the job is being stopped, or ``""``.
+
+        ``cancelled``, ``timeout``, ``lease_lost`` (another worker took it over)
+        or ``shutdown`` (this worker is stopping and gave the job back).
+        """
         return self._stop_reason
 
     def raise_if_cancelled(self) -> None:

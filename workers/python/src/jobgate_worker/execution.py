@@ -8,10 +8,11 @@ worker took the job over.
 
 An attempt can end in two places: in the handler thread when the handler
 returns, or on the timer thread when the job is cancelled, times out or its
-lease is lost. ``Run.claim_finish`` decides which one reports; the other
-one's outcome is dropped. A handler that ignores cancellation keeps its
-thread until it returns (Python cannot stop a thread), but the job's state
-and its Dask tasks are settled at once.
+lease is lost — or, at shutdown, on the runtime's thread, which gives the
+job back (``release``) when the grace runs out. ``Run.claim_finish`` decides
+which one reports; the other one's outcome is dropped. A handler that
+ignores cancellation keeps its thread until it returns (Python cannot stop
+a thread), but the job's state and its Dask tasks are settled at once.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 #: How many recently run entries are remembered to name the job of a deleted entry.
 _SEEN_LIMIT = 10_000
 _TERMINAL_TRIES = (0.0, 0.2, 1.0)
+#: At shutdown, how long to wait for attempts whose ``start`` is still under way.
+_START_WAIT_S = 2.0
 
 
 def error_message(error: BaseException) -> str:
@@ -89,6 +92,8 @@ class JobExecutor:
         self._delayed_lock = threading.Lock()
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._seen_lock = threading.Lock()
+        #: Set at shutdown once running attempts are being given back.
+        self._closing = threading.Event()
 
     # -- the handler thread.
 
@@ -99,6 +104,13 @@ class JobExecutor:
             self._ack(entry)
             return
         self._remember(entry)
+        if self._closing.is_set():
+            # Fetched but not started before the shutdown: nothing to give
+            # back, the entry stays pending and is reclaimed (start counts no
+            # attempt for a queued job).
+            log.info("shutting down; entry left pending", extra={"job_id": entry.job_id})
+            self.inflight.release(entry)
+            return
         run = Run(entry, extra={"job_id": entry.job_id, "entry_id": entry.entry_id})
         self.inflight.add_run(run)
         try:
@@ -316,7 +328,10 @@ class JobExecutor:
     # -- stopping from outside (timer thread).
 
     def stop(self, run: Run, reason: str) -> None:
-        """End the attempt now: ``cancelled``, ``timeout``, ``lease_lost`` or ``shutdown``."""
+        """End the attempt now: ``cancelled``, ``timeout`` or ``lease_lost``.
+
+        (At shutdown, :meth:`give_back_all` ends the attempts still running.)
+        """
         with run.lock:
             if run.ctx is None:
                 if reason == "cancelled":
@@ -333,7 +348,7 @@ class JobExecutor:
             message = f"the job did not finish within {timeout:g} s"
             self._report(run, "failed", "fail", run.attempt, "timeout", message)
         else:
-            # lease_lost / shutdown: someone else runs (or will run) the job.
+            # lease_lost: someone else runs the job.
             self._abandon(run, reason)
 
     def _abandon(self, run: Run, reason: str) -> None:
@@ -474,13 +489,17 @@ class JobExecutor:
         if not self.inflight.is_held(entry.key):
             return
         try:
-            new_id = self.streams.requeue(entry, self.streams.server_time_ms())
+            self._requeue_now(entry)
         except redis.RedisError:
             log.warning(
                 "re-enqueue failed; trying again", exc_info=True, extra={"job_id": entry.job_id}
             )
             self._requeue_later(entry, 1.0)
-            return
+
+    def _requeue_now(self, entry: Entry) -> None:
+        """A fresh entry with the same fields at the end of the band, the old one
+        acknowledged and deleted (one MULTI/EXEC); raises ``RedisError``."""
+        new_id = self.streams.requeue(entry, self.streams.server_time_ms())
         self.inflight.release(entry)
         log.debug("job re-enqueued", extra={"job_id": entry.job_id, "entry_id": new_id})
 
@@ -493,3 +512,115 @@ class JobExecutor:
         for entry in self.inflight.held():
             if entry.key in delayed:
                 self.requeue(entry)
+
+    # -- shutdown: give back the attempts that cannot finish.
+
+    def give_back_all(self, start_wait_s: float = _START_WAIT_S) -> None:
+        """At shutdown, once the grace ran out: give back every attempt still running.
+
+        Each one is ended here (its handler's late outcome is dropped), then
+        ``release``d — back to ``queued`` without the attempt being charged —
+        and its entry re-enqueued as after a retry; then its Dask futures are
+        cancelled. An attempt whose ``start`` is still under way is waited for
+        up to ``start_wait_s``. While Redis cannot be reached, the remaining
+        entries are left pending, to be reclaimed once their lease expires.
+        """
+        self._closing.set()
+        deadline = time.monotonic() + start_wait_s
+        handled: set[Run] = set()
+        reachable = True
+        while True:
+            starting: list[Run] = []
+            for run in self.inflight.runs():
+                if run in handled:
+                    continue
+                with run.lock:
+                    started = run.ctx is not None
+                if not started:
+                    starting.append(run)
+                    continue
+                handled.add(run)
+                if run.claim_finish():
+                    reachable = self._give_back(run, reachable)
+                # else: its handler (or a cancel/timeout) is reporting the outcome now.
+            if not starting:
+                return
+            if time.monotonic() >= deadline:
+                for run in starting:
+                    log.warning(
+                        "job still starting at shutdown; its entry stays pending", extra=run.extra
+                    )
+                return
+            time.sleep(0.01)
+
+    def _give_back(self, run: Run, reachable: bool) -> bool:
+        """Release one attempt this process will not finish.
+
+        ``reachable`` is False once Redis failed to answer during this
+        shutdown: the entry is then left pending without trying. Returns
+        whether Redis may still be reachable.
+        """
+        self._disarm(run)
+        if run.progress is not None:
+            run.progress.close(flush=False)
+        AttemptSpans.outcome(run.span, "released", "worker_shutdown")
+        reply: Reply | None = None
+        if reachable:
+            try:
+                with self.spans.publish(run.span_context, run.job_id, "retrying"):
+                    reply = self._with_retries(lambda: self.script.release(run.job_id, run.attempt))
+            except (redis.ConnectionError, redis.TimeoutError):
+                log.warning(
+                    "redis unreachable at shutdown; the job stays pending and will be "
+                    "reclaimed once its lease expires",
+                    exc_info=True,
+                    extra=run.extra,
+                )
+                reachable = False
+            except redis.RedisError:
+                log.exception(
+                    "could not give the job back; it stays pending and will be reclaimed",
+                    extra=run.extra,
+                )
+        else:
+            log.warning(
+                "redis unreachable at shutdown; the job stays pending and will be "
+                "reclaimed once its lease expires",
+                extra=run.extra,
+            )
+        if reply is None:
+            self.inflight.release(run.entry)
+        else:
+            self._after_release(run, reply)
+        if run.ctx is not None:
+            # Last, so that a slow Dask scheduler cannot delay the release; the
+            # handler sees ctx.cancelled (stop_reason "shutdown") from now on.
+            run.ctx._stop("shutdown")
+        return reachable
+
+    def _after_release(self, run: Run, reply: Reply) -> None:
+        extra = {**run.extra, "reply": reply.status}
+        if reply.ok:
+            try:
+                self._requeue_now(run.entry)
+            except redis.RedisError:
+                # Released but not re-enqueued: the entry stays pending and is
+                # reclaimed later; ``start`` of the queued job charges nothing.
+                log.warning(
+                    "job given back but not re-enqueued; its entry will be reclaimed",
+                    exc_info=True,
+                    extra=extra,
+                )
+                self.inflight.release(run.entry)
+                return
+            log.info("job given back at shutdown; the attempt is not counted", extra=extra)
+        elif reply.status == "stale":
+            # Taken over: the entry is the new owner's.
+            log.warning("attempt superseded; nothing to give back", extra=extra)
+            self.inflight.release(run.entry)
+        elif reply.status in ("skip", "missing"):
+            log.info("job already ended elsewhere", extra={**extra, "status": reply.job_status})
+            self._ack(run.entry)
+        else:
+            log.error("unexpected reply to release; the entry stays pending", extra=extra)
+            self.inflight.release(run.entry)

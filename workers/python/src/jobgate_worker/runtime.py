@@ -8,11 +8,14 @@ and kind registration run on the scheduler thread; cancel messages arrive
 on the control thread.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop reading, let running jobs
-finish within ``grace_s``, re-enqueue jobs waiting out a retry delay, then
-return. Jobs still running after the grace are left pending in the group;
-another worker reclaims them once their lease expires, and that ``start``
-counts as a new attempt (a ``retrying`` event, then ``started`` with
-``attempt`` + 1).
+finish within ``grace_s`` (a second signal ends the wait), then give back
+the jobs still running: each is ``release``d — back to ``queued`` with a
+``retrying`` event, code ``worker_shutdown``, its attempt not counted — and
+its entry re-enqueued, so another worker starts it at once with the same
+attempt number. Then re-enqueue jobs waiting out a retry delay, and return.
+If Redis cannot be reached at that point, unfinished entries stay pending in
+the group and are reclaimed once their lease expires (that ``start`` counts
+as a new attempt).
 """
 
 from __future__ import annotations
@@ -70,12 +73,13 @@ class Slots:
                 self._condition.wait(timeout)
             return self._free
 
-    def wait_all_free(self, timeout: float) -> bool:
+    def wait_all_free(self, timeout: float, abort: threading.Event | None = None) -> bool:
+        """True once every slot is free; False after ``timeout`` or once ``abort`` is set."""
         deadline = time.monotonic() + timeout
         with self._condition:
             while self._free < self.size:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (abort is not None and abort.is_set()):
                     return False
                 self._condition.wait(remaining)
             return True
@@ -237,10 +241,12 @@ class Runtime:
         self._stopping.set()
         grace = 0.0 if self._force.is_set() else self.settings.grace_s
         if self.slots.free < self.slots.size:
-            finished = self.slots.wait_all_free(grace)
+            finished = self.slots.wait_all_free(grace, abort=self._force)
             if not finished:
-                for run in self.inflight.runs():
-                    self.executor.stop(run, "shutdown")
+                try:
+                    self.executor.give_back_all()
+                except Exception:
+                    log.exception("giving back the running jobs failed", extra=self._log_extra)
         self.executor.requeue_all_now()
         for _ in self._threads:
             self._work.put(None)

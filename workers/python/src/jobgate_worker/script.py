@@ -220,3 +220,7 @@ class JobScript:
 
     def cancelled(self, job_id: str, attempt: int) -> Reply:
         return self.call(job_id, "cancelled", attempt)
+
+    def release(self, job_id: str, attempt: int) -> Reply:
+        """Give a running attempt back at shutdown: ``queued`` again, the attempt not charged."""
+        return self.call(job_id, "release", attempt)
