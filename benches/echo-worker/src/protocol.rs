@@ -60,7 +60,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn from_fields(band: usize, entry_id: String, fields: &HashMap<String, Value>) -> Self {
+    pub(crate) fn from_fields(
+        band: usize,
+        entry_id: String,
+        fields: &HashMap<String, Value>,
+    ) -> Self {
         let job_id = match fields.get("job_id") {
             Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
                 .ok()

@@ -193,7 +193,10 @@ async fn read_loop(shared: Arc<Shared>, index: usize) {
                     let _ = ensure_groups(&shared, &mut conn).await;
                     continue;
                 }
-                eprintln!("jobgate-echo-worker: {} lost its connection: {error}", loop_state.consumer);
+                eprintln!(
+                    "jobgate-echo-worker: {} lost its connection: {error}",
+                    loop_state.consumer
+                );
                 break;
             }
         }

@@ -186,7 +186,10 @@ impl Cli {
                 "--rate must be in (0, 1e6] jobs/s"
             );
         }
-        anyhow::ensure!(self.poll_interval_ms >= 10, "--poll-interval-ms must be at least 10");
+        anyhow::ensure!(
+            self.poll_interval_ms >= 10,
+            "--poll-interval-ms must be at least 10"
+        );
         anyhow::ensure!(
             (1..=5000).contains(&self.connect_concurrency),
             "--connect-concurrency must be 1 to 5000"

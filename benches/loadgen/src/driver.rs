@@ -70,7 +70,11 @@ pub(crate) async fn drive(pace: &Pace, mut dispatch: impl FnMut(Submission)) {
             },
             () = tokio::time::sleep_until(deadline) => break,
         };
-        let due = if pace.rate.is_some() { due } else { Instant::now() };
+        let due = if pace.rate.is_some() {
+            due
+        } else {
+            Instant::now()
+        };
         dispatch(Submission {
             index,
             due,

@@ -110,8 +110,7 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     let watch = Watch::start(cli.gateway_pid, cli.redis_pid, &cli.worker_pids);
     let submitted = Instant::now();
     let job_id = submit(&client, gateway, &body).await?;
-    let (sockets, connects) =
-        ws::connect_many(gateway, ws_count, cli.connect_concurrency).await;
+    let (sockets, connects) = ws::connect_many(gateway, ws_count, cli.connect_concurrency).await;
     let mut tasks = Vec::with_capacity(ws_count + sse_count);
     for socket in sockets {
         tasks.push(tokio::spawn(watch_ws(socket, job_id.clone(), deadline)));
@@ -135,7 +134,15 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     }
     let finished = Instant::now();
     let usage = watch.finish();
-    Ok(summarize(cli, &watchers, &connects, usage, ws_count, sse_count, finished.duration_since(submitted)))
+    Ok(summarize(
+        cli,
+        &watchers,
+        &connects,
+        usage,
+        ws_count,
+        sse_count,
+        finished.duration_since(submitted),
+    ))
 }
 
 async fn submit(client: &reqwest::Client, gateway: &Gateway, body: &str) -> anyhow::Result<String> {
@@ -234,7 +241,9 @@ fn summarize(
     let mut recorder = Recorder::new();
     let mut spread = Recorder::new();
     recorder.errors += connects.errors;
-    recorder.error_samples.extend(connects.error_samples.iter().cloned());
+    recorder
+        .error_samples
+        .extend(connects.error_samples.iter().cloned());
     // Every watcher was live once it had received its first event.
     let ready_us = watchers
         .iter()
@@ -282,7 +291,7 @@ fn summarize(
     extra.insert("deliveries_measured".into(), measured.into());
     extra.insert(
         "events_measured_per_watcher".into(),
-        (if watcher_count > 0 { measured / watcher_count } else { 0 }).into(),
+        measured.checked_div(watcher_count).unwrap_or(0).into(),
     );
     extra.insert("spread_p50_ms".into(), spread.p50_ms.into());
     extra.insert("spread_p99_ms".into(), spread.p99_ms.into());

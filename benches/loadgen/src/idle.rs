@@ -27,12 +27,10 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
         .ok_or_else(|| anyhow::anyhow!("--mode idle needs --gateway-pid to read its RSS"))?;
     let count = cli.sessions.unwrap_or(1000);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_kb =
-        rss_kb(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}/status"))?;
+    let before_kb = rss_kb(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}/status"))?;
     let watch = Watch::start(cli.gateway_pid, cli.redis_pid, &cli.worker_pids);
     let opening = tokio::time::Instant::now();
-    let (sockets, mut recorder) =
-        ws::connect_many(gateway, count, cli.connect_concurrency).await;
+    let (sockets, mut recorder) = ws::connect_many(gateway, count, cli.connect_concurrency).await;
     let open_s = opening.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let after_kb = rss_kb(pid).unwrap_or(before_kb);
@@ -63,10 +61,15 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     report.jobs_per_s = None;
     report.sessions = Some(opened);
     report.gateway_rss_start_kb = Some(before_kb);
-    report.rss_per_session_kb = (opened > 0)
-        .then(|| ((after_kb.saturating_sub(before_kb)) as f64 / opened as f64 * 10.0).round() / 10.0);
-    report.extra.insert("rss_before_kb".into(), before_kb.into());
-    report.extra.insert("rss_with_sessions_kb".into(), after_kb.into());
+    report.rss_per_session_kb = (opened > 0).then(|| {
+        ((after_kb.saturating_sub(before_kb)) as f64 / opened as f64 * 10.0).round() / 10.0
+    });
+    report
+        .extra
+        .insert("rss_before_kb".into(), before_kb.into());
+    report
+        .extra
+        .insert("rss_with_sessions_kb".into(), after_kb.into());
     report
         .extra
         .insert("rss_after_close_kb".into(), after_close_kb.into());

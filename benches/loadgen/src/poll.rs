@@ -68,10 +68,13 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
         let spec = Arc::clone(&spec);
         let recorder = Arc::clone(&recorder);
         tokio::spawn(async move {
-            let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
+            let sent = if spec.fixed_rate {
+                submission.due
+            } else {
+                Instant::now()
+            };
             let mut requests = 0;
-            let outcome =
-                tokio::time::timeout(spec.timeout, poll_one(&spec, &mut requests)).await;
+            let outcome = tokio::time::timeout(spec.timeout, poll_one(&spec, &mut requests)).await;
             let done = Instant::now();
             if !submission.measured {
                 return;
@@ -109,7 +112,9 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
 }
 
 fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
-    recorder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    recorder
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn poll_one(spec: &JobSpec, requests: &mut u64) -> anyhow::Result<Polled> {

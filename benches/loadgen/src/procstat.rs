@@ -35,6 +35,34 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Busy clock ticks of the whole machine (all CPUs): user, nice, system,
+/// irq, softirq and steal from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    Some(
+        [0, 1, 2, 5, 6, 7]
+            .iter()
+            .filter_map(|&i| ticks.get(i))
+            .sum(),
+    )
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `VmRSS` of `pid`, in KiB.
 pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -81,6 +109,11 @@ pub(crate) struct Usage {
     pub(crate) redis_cpu_s: Option<f64>,
     pub(crate) worker_cpu_s: Option<f64>,
     pub(crate) loadgen_cpu_s: Option<f64>,
+    /// CPU time of everything else on the machine meanwhile: other
+    /// processes competing for the same cores make the figures worse.
+    pub(crate) other_cpu_s: Option<f64>,
+    /// The 1-minute load average when the scenario started.
+    pub(crate) load_average: Option<f64>,
 }
 
 /// Started before a scenario, finished after it.
@@ -92,13 +125,19 @@ pub(crate) struct Watch {
     redis: CpuMeter,
     workers: CpuMeter,
     loadgen: CpuMeter,
+    machine_start: Option<u64>,
+    load_average: Option<f64>,
     rss_start_kb: Option<u64>,
     peak_kb: Arc<AtomicU64>,
     sampler: Option<JoinHandle<()>>,
 }
 
 impl Watch {
-    pub(crate) fn start(gateway_pid: Option<u32>, redis_pid: Option<u32>, worker_pids: &[u32]) -> Self {
+    pub(crate) fn start(
+        gateway_pid: Option<u32>,
+        redis_pid: Option<u32>,
+        worker_pids: &[u32],
+    ) -> Self {
         let to_pids = |pids: &mut dyn Iterator<Item = u32>| pids.map(|p| p.to_string()).collect();
         let peak_kb = Arc::new(AtomicU64::new(0));
         let rss_start_kb = gateway_pid.and_then(rss_kb);
@@ -124,6 +163,8 @@ impl Watch {
             redis: CpuMeter::new(to_pids(&mut redis_pid.into_iter())),
             workers: CpuMeter::new(to_pids(&mut worker_pids.iter().copied())),
             loadgen: CpuMeter::new(vec!["self".to_owned()]),
+            machine_start: machine_busy_ticks(),
+            load_average: load_average(),
             rss_start_kb,
             peak_kb,
             sampler,
@@ -146,14 +187,28 @@ impl Watch {
             .flatten()
             .max();
         let tps = self.ticks_per_second;
+        let gateway_cpu_s = self.gateway.seconds(tps);
+        let redis_cpu_s = self.redis.seconds(tps);
+        let worker_cpu_s = self.workers.seconds(tps);
+        let loadgen_cpu_s = self.loadgen.seconds(tps);
+        let machine_cpu_s = match (self.machine_start, machine_busy_ticks()) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start) as f64 / tps),
+            _ => None,
+        };
+        let ours: f64 = [gateway_cpu_s, redis_cpu_s, worker_cpu_s, loadgen_cpu_s]
+            .into_iter()
+            .flatten()
+            .sum();
         Usage {
-            gateway_cpu_s: self.gateway.seconds(tps),
+            gateway_cpu_s,
             gateway_peak_rss_kb: peak,
             gateway_rss_start_kb: self.rss_start_kb,
             gateway_rss_end_kb: end_kb,
-            redis_cpu_s: self.redis.seconds(tps),
-            worker_cpu_s: self.workers.seconds(tps),
-            loadgen_cpu_s: self.loadgen.seconds(tps),
+            redis_cpu_s,
+            worker_cpu_s,
+            loadgen_cpu_s,
+            other_cpu_s: machine_cpu_s.map(|machine| (machine - ours).max(0.0)),
+            load_average: self.load_average,
         }
     }
 }
@@ -165,6 +220,8 @@ mod tests {
     #[test]
     fn reads_this_process() {
         assert!(cpu_ticks("self").is_some());
+        assert!(machine_busy_ticks().is_some());
+        assert!(load_average().is_some());
         assert!(rss_kb(std::process::id()).is_some_and(|kb| kb > 0));
     }
 }

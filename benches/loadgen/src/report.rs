@@ -45,6 +45,10 @@ pub(crate) struct Report {
     pub(crate) redis_cpu_s: Option<f64>,
     pub(crate) worker_cpu_s: Option<f64>,
     pub(crate) loadgen_cpu_s: Option<f64>,
+    /// CPU time used meanwhile by processes outside the benchmark.
+    pub(crate) other_cpu_s: Option<f64>,
+    /// 1-minute load average at the start of the scenario.
+    pub(crate) load_average: Option<f64>,
     /// The targets checked, as given (`p99_ms<=3, …`).
     pub(crate) target: Option<String>,
     pub(crate) target_met: Option<bool>,
@@ -109,6 +113,8 @@ impl Report {
             redis_cpu_s: usage.redis_cpu_s.map(|s| round(s, 2)),
             worker_cpu_s: usage.worker_cpu_s.map(|s| round(s, 2)),
             loadgen_cpu_s: usage.loadgen_cpu_s.map(|s| round(s, 2)),
+            other_cpu_s: usage.other_cpu_s.map(|s| round(s, 2)),
+            load_average: usage.load_average,
             target: None,
             target_met: None,
             compare_with: cli.compare_with.clone(),
@@ -188,8 +194,21 @@ fn fixed(value: Option<f64>, places: usize) -> String {
 /// The table of `reports`, one row each, then the comparisons.
 pub(crate) fn table(reports: &[Report]) -> String {
     let header = [
-        "scenario", "jobs", "jobs/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-        "errors", "gw cpu s", "gw peak MB", "KB/session", "target", "met",
+        "scenario",
+        "jobs",
+        "jobs/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "errors",
+        "gw cpu s",
+        "other cpu s",
+        "gw peak MB",
+        "KB/session",
+        "target",
+        "met",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -205,6 +224,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
                 fixed(r.max_ms, 2),
                 r.errors.to_string(),
                 fixed(r.gateway_cpu_s, 2),
+                fixed(r.other_cpu_s, 1),
                 fixed(r.gateway_peak_rss_kb.map(|kb| kb as f64 / 1024.0), 1),
                 fixed(r.rss_per_session_kb, 1),
                 r.target.clone().unwrap_or_else(|| "-".to_owned()),
@@ -231,7 +251,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
         for (i, cell) in cells.iter().enumerate() {
             let pad = widths[i].saturating_sub(cell.chars().count());
             // Names and targets left-aligned, figures right-aligned.
-            if i == 0 || i == 12 {
+            if matches!(header[i], "scenario" | "target") {
                 let _ = write!(text, "{cell}{} ", " ".repeat(pad));
             } else {
                 let _ = write!(text, "{}{cell} ", " ".repeat(pad));
@@ -328,7 +348,11 @@ mod tests {
         };
         let figures = serde_json::to_value(&report).expect("json");
         assert!(Target::parse("p99_ms<=3").expect("valid").holds(&figures));
-        assert!(!Target::parse("jobs_per_s>=1000").expect("valid").holds(&figures));
+        assert!(
+            !Target::parse("jobs_per_s>=1000")
+                .expect("valid")
+                .holds(&figures)
+        );
         assert!(!Target::parse("p50_ms<=1").expect("valid").holds(&figures));
         assert!(Target::parse("p99_ms=3").is_err());
     }

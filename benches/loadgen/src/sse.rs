@@ -169,7 +169,9 @@ fn pace(cli: &Cli) -> Pace {
 }
 
 fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
-    recorder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    recorder
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `POST /v1/jobs`; answers the job id.
@@ -201,7 +203,11 @@ async fn per_job(cli: &Cli, spec: Arc<JobSpec>) -> anyhow::Result<Report> {
         let spec = Arc::clone(&spec);
         let recorder = Arc::clone(&recorder);
         tokio::spawn(async move {
-            let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
+            let sent = if spec.fixed_rate {
+                submission.due
+            } else {
+                Instant::now()
+            };
             let outcome = tokio::time::timeout(spec.timeout, one_job(&spec)).await;
             let done = Instant::now();
             if !submission.measured {
@@ -270,12 +276,11 @@ impl Tracker {
             }
         }
         job.remaining = job.remaining.saturating_sub(1);
-        if job.remaining == 0 {
-            if let Some(job) = self.jobs.remove(job_id)
-                && job.measured
-            {
-                self.recorder.finished(at);
-            }
+        if job.remaining == 0
+            && let Some(job) = self.jobs.remove(job_id)
+            && job.measured
+        {
+            self.recorder.finished(at);
         }
     }
 }
@@ -291,8 +296,11 @@ async fn long_lived(cli: &Cli, spec: Arc<JobSpec>, streams: usize) -> anyhow::Re
         readers.push(tokio::spawn(async move {
             while let Ok(Some(event)) = stream.next().await {
                 let now = Instant::now();
-                let Some(frame) = Frame::parse(&event.data) else { continue };
-                let (Some(terminal), Some(job_id)) = (frame.terminal(), frame.job_id.as_deref()) else {
+                let Some(frame) = Frame::parse(&event.data) else {
+                    continue;
+                };
+                let (Some(terminal), Some(job_id)) = (frame.terminal(), frame.job_id.as_deref())
+                else {
                     continue;
                 };
                 lock_tracker(&tracker).delivered(job_id, now, terminal == "completed");
@@ -305,7 +313,11 @@ async fn long_lived(cli: &Cli, spec: Arc<JobSpec>, streams: usize) -> anyhow::Re
         let spec = Arc::clone(&spec);
         let tracker = Arc::clone(&tracker);
         tokio::spawn(async move {
-            let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
+            let sent = if spec.fixed_rate {
+                submission.due
+            } else {
+                Instant::now()
+            };
             let submitted = submit(&spec).await;
             let mut tracker = lock_tracker(&tracker);
             if submission.measured {
@@ -322,12 +334,15 @@ async fn long_lived(cli: &Cli, spec: Arc<JobSpec>, streams: usize) -> anyhow::Re
                 }
             };
             let early = tracker.early.remove(&job_id).unwrap_or_default();
-            tracker.jobs.insert(job_id.clone(), Watched {
-                sent,
-                measured: submission.measured,
-                remaining: streams,
-                _permit: submission.permit,
-            });
+            tracker.jobs.insert(
+                job_id.clone(),
+                Watched {
+                    sent,
+                    measured: submission.measured,
+                    remaining: streams,
+                    _permit: submission.permit,
+                },
+            );
             for at in early {
                 tracker.delivered(&job_id, at, true);
             }
@@ -343,7 +358,9 @@ async fn long_lived(cli: &Cli, spec: Arc<JobSpec>, streams: usize) -> anyhow::Re
 }
 
 fn lock_tracker(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
-    tracker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    tracker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Gives up on jobs past their timeout (dropping their permits).
@@ -382,7 +399,10 @@ mod tests {
         let mut out = Vec::new();
         parser.feed(b": keep-alive\n\nid: 3\nevent: prog", &mut out);
         assert!(out.is_empty());
-        parser.feed(b"ress\r\ndata: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\n", &mut out);
+        parser.feed(
+            b"ress\r\ndata: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\n",
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].event, "progress");
         assert_eq!(out[0].id.as_deref(), Some("3"));

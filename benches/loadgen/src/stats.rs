@@ -55,7 +55,8 @@ impl Recorder {
     /// One latency sample; `done` counts it as a completed job.
     pub(crate) fn sample(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency.saturating_record(micros.clamp(1, MAX_LATENCY_US));
+        self.latency
+            .saturating_record(micros.clamp(1, MAX_LATENCY_US));
     }
 
     /// A job completed `latency` after it was sent.

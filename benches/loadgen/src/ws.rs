@@ -34,7 +34,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) async fn connect(url: &str, authorization: Option<&str>) -> anyhow::Result<Socket> {
     let mut request = url.into_client_request()?;
     if let Some(value) = authorization {
-        request.headers_mut().insert("authorization", value.parse()?);
+        request
+            .headers_mut()
+            .insert("authorization", value.parse()?);
     }
     let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -56,7 +58,10 @@ pub(crate) async fn connect_many(
     let attempts = futures_util::stream::iter(0..count)
         .map(|_| async {
             let started = Instant::now();
-            (connect(&url, authorization.as_deref()).await, started.elapsed())
+            (
+                connect(&url, authorization.as_deref()).await,
+                started.elapsed(),
+            )
         })
         .buffer_unordered(at_once);
     futures_util::pin_mut!(attempts);
@@ -92,8 +97,7 @@ struct JobSpec {
 
 pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> {
     let session_count = cli.sessions.unwrap_or(cli.concurrency.min(100)).max(1);
-    let (sockets, connects) =
-        connect_many(gateway, session_count, cli.connect_concurrency).await;
+    let (sockets, connects) = connect_many(gateway, session_count, cli.connect_concurrency).await;
     anyhow::ensure!(
         sockets.len() == session_count,
         "could not open every session: {:?}",
@@ -130,9 +134,13 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     .await;
     drop(senders);
     let mut recorder = Recorder::new();
+    let mut stages = Stages::default();
     for session in sessions {
         match tokio::time::timeout(spec.timeout + Duration::from_secs(10), session).await {
-            Ok(Ok(result)) => recorder.merge(&result),
+            Ok(Ok((result, session_stages))) => {
+                recorder.merge(&result);
+                stages.merge(&session_stages);
+            }
             _ => recorder.error("a session did not finish"),
         }
     }
@@ -141,26 +149,23 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     }
     let mut report = Report::new(cli, &recorder, watch.finish());
     report.sessions = Some(session_count);
+    stages.report(cli, &mut report);
     Ok(report)
 }
 
-/// One session: sends the submissions it is handed, matches `accepted`
-/// frames to them and records each job when its terminal event arrives.
+/// One session: sends the submissions it is handed and reads the gateway's
+/// frames until every job it sent has finished. Answers the jobs' outcomes
+/// and where their time went.
 async fn session(
     socket: Socket,
     mut submissions: mpsc::Receiver<Submission>,
     spec: Arc<JobSpec>,
-) -> Recorder {
-    let mut recorder = Recorder::new();
+) -> (Recorder, Stages) {
     let (mut sink, mut stream) = socket.split();
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut request_of_job: HashMap<String, u64> = HashMap::new();
-    // Terminal events that overtook their `accepted` (not expected, but
-    // nothing in the protocol forbids it).
-    let mut early: HashMap<String, (Instant, bool)> = HashMap::new();
+    let mut book = Book::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut accepting = true;
-    while accepting || !pending.is_empty() {
+    while accepting || !book.pending.is_empty() {
         tokio::select! {
             submission = submissions.recv(), if accepting => {
                 let Some(submission) = submission else {
@@ -169,94 +174,227 @@ async fn session(
                 };
                 let frame = frames::submit_frame(submission.index, &spec.kind_json, &spec.params_json);
                 let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
-                if submission.measured {
-                    recorder.sent(sent);
-                    recorder.requests += 1;
-                }
+                book.sending(submission, sent);
                 if let Err(error) = sink.send(Message::text(frame)).await {
-                    recorder.error(format!("send: {error}"));
+                    book.recorder.error(format!("send: {error}"));
                     break;
                 }
-                pending.insert(submission.index, Pending {
-                    sent,
-                    measured: submission.measured,
-                    _permit: submission.permit,
-                });
             }
-            message = stream.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(frame))) => {
-                        recorder.error(format!("the gateway closed the session: {frame:?}"));
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) => {
-                        recorder.error(format!("session: {error}"));
-                        break;
-                    }
-                    None => {
-                        recorder.error("the session ended");
-                        break;
-                    }
-                };
-                let now = Instant::now();
-                let Some(frame) = Frame::parse(&text) else {
-                    recorder.error("a frame that is not JSON");
-                    continue;
-                };
-                match frame.kind.as_ref() {
-                    "accepted" => {
-                        let (Some(request), Some(job)) = (frame.request_id, frame.job_id) else { continue };
-                        let Ok(request) = request.parse::<u64>() else { continue };
-                        if let Some((at, completed)) = early.remove(job.as_ref()) {
-                            finish(&mut recorder, pending.remove(&request), at, completed);
-                        } else if pending.contains_key(&request) {
-                            request_of_job.insert(job.into_owned(), request);
-                        }
-                    }
-                    "event" => {
-                        let (Some(terminal), Some(job)) = (frame.terminal(), frame.job_id.as_deref()) else { continue };
-                        let completed = terminal == "completed";
-                        match request_of_job.remove(job) {
-                            Some(request) => finish(&mut recorder, pending.remove(&request), now, completed),
-                            None => { early.insert(job.to_owned(), (now, completed)); }
-                        }
-                    }
-                    "error" => {
-                        let request = frame.request_id.as_deref().and_then(|r| r.parse::<u64>().ok());
-                        let code = frame.code.as_deref().unwrap_or("?").to_owned();
-                        match request.and_then(|r| pending.remove(&r)) {
-                            Some(job) if !job.measured => {}
-                            _ => recorder.error(format!("error frame: {code}")),
-                        }
-                    }
-                    _ => {}
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => book.received(&text, Instant::now()),
+                Some(Ok(Message::Close(frame))) => {
+                    book.recorder.error(format!("the gateway closed the session: {frame:?}"));
+                    break;
                 }
-            }
-            _ = sweep.tick() => {
-                let now = Instant::now();
-                let expired: Vec<u64> = pending
-                    .iter()
-                    .filter(|(_, job)| now.duration_since(job.sent) > spec.timeout)
-                    .map(|(request, _)| *request)
-                    .collect();
-                for request in expired {
-                    if pending.remove(&request).is_some_and(|job| job.measured) {
-                        recorder.timeout();
-                    }
-                    request_of_job.retain(|_, r| *r != request);
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    book.recorder.error(format!("session: {error}"));
+                    break;
                 }
-            }
+                None => {
+                    book.recorder.error("the session ended");
+                    break;
+                }
+            },
+            _ = sweep.tick() => book.expire(Instant::now(), spec.timeout),
         }
     }
-    for job in pending.values() {
+    for job in book.pending.values() {
         if job.measured {
-            recorder.error("the session ended before the job finished");
+            book.recorder
+                .error("the session ended before the job finished");
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
-    recorder
+    (book.recorder, book.stages)
+}
+
+/// One session's bookkeeping: jobs sent, matched to their ids by
+/// `accepted`, and recorded when their terminal event arrives.
+#[derive(Debug, Default)]
+struct Book {
+    recorder: Recorder,
+    stages: Stages,
+    /// By request id (the submission's index).
+    pending: HashMap<u64, Pending>,
+    request_of_job: HashMap<String, u64>,
+    /// `ts` of each job's `queued` and `started` events.
+    stamps: HashMap<String, (u64, u64)>,
+    /// Terminal events that overtook their `accepted` (not expected, but
+    /// nothing in the protocol forbids it).
+    early: HashMap<String, (Instant, bool)>,
+}
+
+impl Book {
+    fn sending(&mut self, submission: Submission, sent: Instant) {
+        if submission.measured {
+            self.recorder.sent(sent);
+            self.recorder.requests += 1;
+        }
+        self.pending.insert(
+            submission.index,
+            Pending {
+                sent,
+                measured: submission.measured,
+                _permit: submission.permit,
+            },
+        );
+    }
+
+    fn received(&mut self, text: &str, now: Instant) {
+        let Some(frame) = Frame::parse(text) else {
+            self.recorder.error("a frame that is not JSON");
+            return;
+        };
+        match frame.kind.as_ref() {
+            "accepted" => self.accepted(&frame, now),
+            "event" => self.event(&frame, now),
+            "error" => {
+                let request = frame
+                    .request_id
+                    .as_deref()
+                    .and_then(|r| r.parse::<u64>().ok());
+                let code = frame.code.as_deref().unwrap_or("?");
+                match request.and_then(|r| self.pending.remove(&r)) {
+                    Some(job) if !job.measured => {}
+                    _ => self.recorder.error(format!("error frame: {code}")),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, frame: &Frame<'_>, now: Instant) {
+        let (Some(request), Some(job)) = (frame.request_id.as_deref(), frame.job_id.as_deref())
+        else {
+            return;
+        };
+        let Ok(request) = request.parse::<u64>() else {
+            return;
+        };
+        if let Some(job) = self.pending.get(&request).filter(|job| job.measured) {
+            self.stages.accepted.sample(now.duration_since(job.sent));
+        }
+        if let Some((at, completed)) = self.early.remove(job) {
+            finish(
+                &mut self.recorder,
+                self.pending.remove(&request),
+                at,
+                completed,
+            );
+        } else if self.pending.contains_key(&request) {
+            self.request_of_job.insert(job.to_owned(), request);
+        }
+    }
+
+    fn event(&mut self, frame: &Frame<'_>, now: Instant) {
+        let Some(job) = frame.job_id.as_deref() else {
+            return;
+        };
+        let ts = frame.ts.unwrap_or(0);
+        match frame.event.as_deref() {
+            Some("queued") => self.stamps.entry(job.to_owned()).or_default().0 = ts,
+            Some("started") => self.stamps.entry(job.to_owned()).or_default().1 = ts,
+            _ => {}
+        }
+        let Some(terminal) = frame.terminal() else {
+            return;
+        };
+        let completed = terminal == "completed";
+        if let Some((queued, started)) = self.stamps.remove(job)
+            && completed
+        {
+            self.stages
+                .record(queued, started, ts, frames::unix_micros());
+        }
+        match self.request_of_job.remove(job) {
+            Some(request) => {
+                finish(
+                    &mut self.recorder,
+                    self.pending.remove(&request),
+                    now,
+                    completed,
+                );
+            }
+            None => {
+                self.early.insert(job.to_owned(), (now, completed));
+            }
+        }
+    }
+
+    /// Gives up on jobs sent longer than `timeout` ago.
+    fn expire(&mut self, now: Instant, timeout: Duration) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, job)| now.duration_since(job.sent) > timeout)
+            .map(|(request, _)| *request)
+            .collect();
+        for request in expired {
+            if self
+                .pending
+                .remove(&request)
+                .is_some_and(|job| job.measured)
+            {
+                self.recorder.timeout();
+            }
+            self.request_of_job.retain(|_, r| *r != request);
+        }
+    }
+}
+
+/// Where a job's time goes, stage by stage. `accepted` is measured by the
+/// client's clock (µs); the others come from the events' `ts` (the Redis
+/// clock, in whole ms, so each is ±1 ms) and the client's wall clock.
+#[derive(Debug, Clone, Default)]
+struct Stages {
+    /// Submit sent → `accepted` received: the gateway's submit path.
+    accepted: Recorder,
+    /// `queued` → `started`: waiting in the queue stream for a worker.
+    queued: Recorder,
+    /// `started` → `completed`: the worker's run and its `complete` call.
+    running: Recorder,
+    /// `completed` published → received: pub/sub, the gateway's fan-out and
+    /// the WebSocket write (over-stated by < 1 ms, `ts` being truncated).
+    delivery: Recorder,
+}
+
+impl Stages {
+    fn record(&mut self, queued_ms: u64, started_ms: u64, completed_ms: u64, received_us: u64) {
+        if queued_ms == 0 || started_ms == 0 {
+            return;
+        }
+        let ms = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
+        self.queued.sample(ms(queued_ms, started_ms));
+        self.running.sample(ms(started_ms, completed_ms));
+        self.delivery.sample(Duration::from_micros(
+            received_us.saturating_sub(completed_ms * 1000),
+        ));
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.accepted.merge(&other.accepted);
+        self.queued.merge(&other.queued);
+        self.running.merge(&other.running);
+        self.delivery.merge(&other.delivery);
+    }
+
+    fn report(&self, cli: &Cli, report: &mut Report) {
+        for (name, recorder) in [
+            ("accepted", &self.accepted),
+            ("queued", &self.queued),
+            ("running", &self.running),
+            ("delivery", &self.delivery),
+        ] {
+            let figures = Report::new(cli, recorder, Default::default());
+            report
+                .extra
+                .insert(format!("stage_{name}_p50_ms"), figures.p50_ms.into());
+            report
+                .extra
+                .insert(format!("stage_{name}_p99_ms"), figures.p99_ms.into());
+        }
+    }
 }
 
 /// Records a finished job.

@@ -63,6 +63,10 @@ async fn upgrade(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
+        // Small buffers: thousands of mostly idle sessions must stay cheap
+        // (the defaults hold 128 KiB per session).
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .on_upgrade(move |socket| async move {
             let metrics = std::sync::Arc::clone(&state.metrics);
             let _open = Gauge::up(&metrics.websocket_sessions);
@@ -228,7 +232,7 @@ impl Session {
         }
         let job_id = JobId::new();
         // Watch before the job exists, so its first event cannot be missed.
-        if let Err(error) = self.feed.watch(job_id, 0).await {
+        if let Err(error) = self.feed.expect(job_id).await {
             return self.error(Some(frame.request_id), None, error.into());
         }
         let request_id = frame.request_id;

@@ -125,6 +125,18 @@ impl Feed {
         })
     }
 
+    /// Starts watching a job that does not exist yet (a WebSocket submit
+    /// watches its job before creating it): subscribes, and expects its
+    /// events from seq 1, without reading a history that cannot exist.
+    pub async fn expect(&mut self, job_id: JobId) -> Result<(), StoreError> {
+        self.hub
+            .watch(&mut self.subscription, &keys::job_channel(&job_id))
+            .await?;
+        self.ready.retain(|event| event.job_id != job_id);
+        self.cursors.insert(job_id, Cursor { last_seq: 0 });
+        Ok(())
+    }
+
     /// Stops watching `job_id`; events of it already queued are dropped.
     pub fn unwatch(&mut self, job_id: &JobId) {
         self.cursors.remove(job_id);

@@ -390,7 +390,9 @@ async fn run(
                     }
                 }
                 _ = probe.tick() => {
-                    let pong = tokio::time::timeout(hub.settings.io_timeout, sink.ping::<String>()).await;
+                    // A subscribed connection answers PING with an array,
+                    // not a status: any reply proves the link is alive.
+                    let pong = tokio::time::timeout(hub.settings.io_timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("pub/sub link did not answer its probe");
                         break;

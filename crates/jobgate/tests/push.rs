@@ -463,3 +463,40 @@ async fn a_job_past_its_retention_is_history_expired_not_silence() {
         .expect("subscribe");
     assert_eq!(ws.next(WAIT).await.expect("error")["code"], "not_found");
 }
+
+#[tokio::test]
+async fn an_idle_pub_sub_link_answers_its_probes_and_stays_up() {
+    use jobgate_store::{EventHub, HubMessage, HubSettings};
+    let redis = RedisServer::start();
+    let settings = HubSettings {
+        probe_interval: Duration::from_millis(50),
+        ..HubSettings::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let hub = EventHub::start(redis.client(), settings, shutdown.clone());
+    let mut subscription = hub.subscription();
+    hub.watch(&mut subscription, "jobgate:live:job:probe-test")
+        .await
+        .expect("watch");
+    // Twenty probes later the link is the same one: no resync was needed.
+    let quiet = tokio::time::timeout(Duration::from_secs(1), subscription.recv()).await;
+    assert!(quiet.is_err(), "the link was re-established: {quiet:?}");
+    assert!(hub.is_connected());
+    // And it still delivers.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("jobgate:live:job:probe-test")
+        .arg("hello")
+        .query_async(&mut conn)
+        .await
+        .expect("publish");
+    match subscription.recv().await {
+        Some(HubMessage::Event(payload)) => assert_eq!(&payload[..], b"hello"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    shutdown.cancel();
+}
