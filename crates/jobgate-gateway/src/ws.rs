@@ -65,8 +65,8 @@ async fn upgrade(
         .max_frame_size(max)
         // Small buffers: thousands of mostly idle sessions must stay cheap
         // (the defaults hold 128 KiB per session).
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        .read_buffer_size(1024)
+        .write_buffer_size(1024)
         .on_upgrade(move |socket| async move {
             let metrics = std::sync::Arc::clone(&state.metrics);
             let _open = Gauge::up(&metrics.websocket_sessions);
