@@ -39,10 +39,8 @@ fn worker(redis: &RedisServer, n: usize) -> PythonWorker {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    // Numeric arguments, in order (the program name is not a number).
+    let args: Vec<u64> = std::env::args().filter_map(|a| a.parse().ok()).collect();
     let jobs = *args.first().unwrap_or(&10_000) as usize;
     let workers_wanted = *args.get(1).unwrap_or(&4) as usize;
     let kill_every = Duration::from_secs(*args.get(2).unwrap_or(&3));

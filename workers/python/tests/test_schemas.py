@@ -15,15 +15,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import referencing
 
 import sample_app
 from conftest import OBSERVED, REPO_ROOT
 from jobgate_worker import keys
 from jobgate_worker.streams import Entry, QueueStreams
-
-jsonschema = pytest.importorskip("jsonschema")
-referencing = pytest.importorskip("referencing")
 
 SCHEMAS_DIR = REPO_ROOT / "proto-schemas" / "schemas"
 EXAMPLES_DIR = REPO_ROOT / "proto-schemas" / "examples"
@@ -52,8 +51,7 @@ VALIDATORS = _load_validators()
 
 
 def validator(name: str) -> Any:
-    if name not in VALIDATORS:
-        pytest.skip(f"proto-schemas/schemas/{name}.json does not exist")
+    assert name in VALIDATORS, f"proto-schemas/schemas/{name}.json does not exist"
     return VALIDATORS[name]
 
 
