@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jobgate_proto::{ErrorCode, JobId, SubmitRequest};
-use jobgate_store::{IdempotencyClaim, NewJob, keys};
+use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -85,22 +85,6 @@ pub(crate) async fn submit(
             format!("the queue {queue:?} holds {limit} jobs or more; retry later"),
         ));
     }
-    // Counted once the request is known to be acceptable: bad input
-    // changes nothing, not even the owner's rate.
-    let per_minute = state.config.submits_per_minute;
-    if per_minute > 0 {
-        let (count, retry_s) = state
-            .store
-            .count_submission(&principal.owner, Duration::from_secs(60))
-            .await?;
-        if count > per_minute {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!("at most {per_minute} submissions a minute"),
-            )
-            .retry_after(retry_s));
-        }
-    }
     // The producer span: the job's traceparent names it, so the worker's
     // consumer span is its child.
     let producer = tracing::info_span!(
@@ -165,13 +149,36 @@ pub(crate) async fn submit(
         trace,
         legacy_trace_id,
     };
-    if let Err(error) = state.store.submit(&job).instrument(producer.clone()).await {
+    // The owner's rate is counted with the submission itself, once the
+    // request is known to be acceptable: bad input changes nothing.
+    let per_minute = state.config.submits_per_minute;
+    let rate = (per_minute > 0).then_some(SubmitRate {
+        limit: per_minute,
+        window: Duration::from_secs(60),
+    });
+    let refused = match state
+        .store
+        .submit(&job, rate)
+        .instrument(producer.clone())
+        .await
+    {
+        Ok(Submitted::Created) => None,
+        Ok(Submitted::RateLimited { retry_after_s }) => Some(
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("at most {per_minute} submissions a minute"),
+            )
+            .retry_after(retry_after_s),
+        ),
+        Err(error) => Some(error.into()),
+    };
+    if let Some(error) = refused {
         if let Some(key) = &idempotency_key
             && let Err(release) = state.store.release_idempotency(&principal.owner, key).await
         {
             tracing::warn!(error = %release, job_id = %job_id, "could not free an idempotency key");
         }
-        return Err(error.into());
+        return Err(error);
     }
     state.metrics.submitted(&job.request.kind);
     producer

@@ -25,4 +25,7 @@ pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
-pub use store::{CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, TraceContext};
+pub use store::{
+    CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,
+    TraceContext,
+};

@@ -56,6 +56,23 @@ pub struct NewJob {
     pub legacy_trace_id: Option<String>,
 }
 
+/// How many jobs one owner may submit per window (over all gateways).
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitRate {
+    pub limit: u64,
+    pub window: Duration,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    Created,
+    /// The owner is over its rate: nothing was created.
+    RateLimited {
+        retry_after_s: u64,
+    },
+}
+
 /// What an idempotency key was found to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
@@ -174,11 +191,24 @@ impl JobStore {
         Ok(Some(registration.queue))
     }
 
-    /// Creates the job record (with its `queued` event) and enqueues it.
+    /// Creates the job record (with its `queued` event) and enqueues it,
+    /// counting it against the owner's `rate` first (on the same connection,
+    /// so a submission costs one pool checkout).
     /// When enqueueing fails after the record was written, the record is
     /// failed with `enqueue_failed` so that it never claims to be queued.
-    pub async fn submit(&self, job: &NewJob) -> Result<(), StoreError> {
+    pub async fn submit(
+        &self,
+        job: &NewJob,
+        rate: Option<SubmitRate>,
+    ) -> Result<Submitted, StoreError> {
         let mut conn = self.connection().await?;
+        if let Some(rate) = rate {
+            let (count, retry_after_s) =
+                count_in_window(&mut conn, &job.owner, rate.window).await?;
+            if count > rate.limit {
+                return Ok(Submitted::RateLimited { retry_after_s });
+            }
+        }
         let request = &job.request;
         let reply: Value = self
             .script
@@ -257,7 +287,7 @@ impl JobStore {
                 .await;
             return Err(error.into());
         }
-        Ok(())
+        Ok(Submitted::Created)
     }
 
     /// Claims `key` for `job_id` for `ttl`, or tells what it already names.
@@ -330,31 +360,6 @@ impl JobStore {
         let length = lengths.0 + lengths.1 + lengths.2;
         lock(&self.depths).insert(queue.to_owned(), (length, Instant::now()));
         Ok(length)
-    }
-
-    /// Counts one submission of `owner` in the current fixed window of
-    /// `window` (shared by every gateway); returns the count so far and the
-    /// seconds left in the window.
-    pub async fn count_submission(
-        &self,
-        owner: &str,
-        window: Duration,
-    ) -> Result<(u64, u64), StoreError> {
-        let window_s = window.as_secs().max(1);
-        let now_s = unix_ms() / 1000;
-        let slot = now_s / window_s;
-        let key = keys::submit_rate(owner, slot);
-        let mut conn = self.connection().await?;
-        let (count,): (u64,) = redis::pipe()
-            .cmd("INCR")
-            .arg(&key)
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(window_s * 2)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok((count, (slot + 1) * window_s - now_s))
     }
 
     /// Every queue a worker registered a kind for, with its length (all
@@ -486,6 +491,30 @@ impl JobStore {
             .await?;
         Ok(ids.iter().rev().filter_map(|id| id.parse().ok()).collect())
     }
+}
+
+/// Counts one submission of `owner` in the current fixed window of
+/// `window` (shared by every gateway); returns the count so far and the
+/// seconds left in the window.
+async fn count_in_window(
+    conn: &mut deadpool_redis::Connection,
+    owner: &str,
+    window: Duration,
+) -> Result<(u64, u64), StoreError> {
+    let window_s = window.as_secs().max(1);
+    let now_s = unix_ms() / 1000;
+    let slot = now_s / window_s;
+    let key = keys::submit_rate(owner, slot);
+    let (count,): (u64,) = redis::pipe()
+        .cmd("INCR")
+        .arg(&key)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(window_s * 2)
+        .ignore()
+        .query_async(conn)
+        .await?;
+    Ok((count, (slot + 1) * window_s - now_s))
 }
 
 /// Locks one of the store's caches. They are only caches: a panic elsewhere
