@@ -98,24 +98,35 @@ done
 token="$("$JOBGATE_BIN" token --sub fuzz --ttl-s 3600)"
 
 echo "api-fuzz: schemathesis $schemathesis_version against $base (seed $seed, $examples examples per operation)"
-status=0
 # Run from the temporary folder: schemathesis keeps a cache of earlier
 # failures in ./.schemathesis, which must neither land in the repository nor
 # make one run depend on another.
-(cd "$work" && "$root/.venv/bin/schemathesis" run "$document" \
-  --url "$base" \
-  --header "Authorization: Bearer $token" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --exclude-path /v1/ws \
-  --exclude-path-regex '/events$' \
-  --phases examples,coverage,fuzzing \
-  --mode all \
-  --max-examples "$examples" \
-  --seed "$seed" \
-  --workers 2 \
-  --request-timeout 10 \
-  --output-sanitize true) \
-  2>&1 | tee "$work/schemathesis.log" || status=$?
+run_schemathesis() {
+  (cd "$work" && "$root/.venv/bin/schemathesis" run "$document" \
+    --url "$base" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --exclude-path /v1/ws \
+    --exclude-path-regex '/events$' \
+    --phases examples,coverage,fuzzing \
+    --mode all \
+    --max-examples "$examples" \
+    --seed "$seed" \
+    --workers 2 \
+    --request-timeout 10 \
+    --output-sanitize true) \
+    2>&1 | tee "$work/schemathesis.log"
+}
+status=0
+run_schemathesis || status=$?
+# A crash inside the tool itself (reported as "Runtime Error", e.g. a
+# Hypothesis FlakyFailure while it generates data) says nothing about the
+# API: run once more. The seed is fixed, so a real failure fails again.
+if [ "$status" -ne 0 ] && grep -q "Runtime Error" "$work/schemathesis.log"; then
+  echo "api-fuzz: schemathesis itself crashed (Runtime Error); running it once more" >&2
+  status=0
+  run_schemathesis || status=$?
+fi
 
 # The summary prints "Test cases:" and, on the next line, "N generated, N passed…".
 cases="$(grep -A1 '^Test cases:' "$work/schemathesis.log" | tail -1 | sed 's/^ *//' || true)"
