@@ -31,6 +31,19 @@ impl JobDriver {
         })
     }
 
+    /// Connects and registers each of `kinds` on the `default` queue, as a
+    /// worker starting up would.
+    pub async fn with_kinds(redis_url: &str, kinds: &[&str]) -> Self {
+        let mut driver = Self::connect(redis_url).await.expect("driver connects");
+        for kind in kinds {
+            driver
+                .register_kind(kind, "default")
+                .await
+                .expect("kind registers");
+        }
+        driver
+    }
+
     /// Registers `kind` on `queue`, as a starting worker does.
     pub async fn register_kind(&mut self, kind: &str, queue: &str) -> anyhow::Result<()> {
         let registration =

@@ -22,11 +22,7 @@ impl Harness {
         let state =
             jobgate_gateway::build_state(Config::for_redis(redis.url()), CancellationToken::new())
                 .expect("state");
-        let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-        driver
-            .register_kind("echo", "default")
-            .await
-            .expect("register");
+        let _driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
         Self {
             redis,
             state,
@@ -350,11 +346,7 @@ async fn cancel_of_a_queued_job_ends_it_and_a_second_cancel_conflicts() {
 #[tokio::test]
 async fn the_old_api_answers_as_it_always_did() {
     let h = Harness::new().await;
-    let mut driver = JobDriver::connect(&h.redis.url()).await.expect("driver");
-    driver
-        .register_kind("mc_option_price", "default")
-        .await
-        .expect("register");
+    let mut driver = JobDriver::with_kinds(&h.redis.url(), &["mc_option_price"]).await;
     let request =
         json!({"computation_params": {"spot": 100, "strike": 95}, "trace_id": "ios-1234"});
     let (status, body) = h.post("/submit", &request.to_string()).await;

@@ -254,11 +254,7 @@ async fn a_redis_restart_loses_no_job_and_no_event() {
 #[tokio::test]
 async fn a_client_resumes_across_a_gateway_restart_without_gap_or_duplicate() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let first = TestGateway::start(&redis.url()).await;
     let mut ws = WsClient::connect(&first.ws_url()).await.expect("connect");
     let accepted = ws
@@ -296,11 +292,7 @@ async fn a_client_resumes_across_a_gateway_restart_without_gap_or_duplicate() {
 #[tokio::test]
 async fn a_client_that_reads_nothing_is_cut_off_while_others_keep_up() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let mut config = Config::for_redis(redis.url());
     config.outbound_queue = 64;
     let gateway = TestGateway::start_with(config).await;
@@ -359,11 +351,7 @@ async fn a_client_that_reads_nothing_is_cut_off_while_others_keep_up() {
 #[tokio::test]
 async fn cancel_of_a_queued_job_and_of_a_running_one() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("sleep", "default")
-        .await
-        .expect("register");
+    let _driver = JobDriver::with_kinds(&redis.url(), &["sleep"]).await;
     let gateway = TestGateway::start(&redis.url()).await;
 
     // Queued (no worker yet): cancelled at once over HTTP, never runs.
@@ -424,11 +412,7 @@ async fn cancel_of_a_queued_job_and_of_a_running_one() {
 #[tokio::test]
 async fn idempotent_resubmission_creates_nothing_and_conflicts_on_a_different_body() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let _driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let gateway = TestGateway::start(&redis.url()).await;
     let http = reqwest::Client::new();
     let post = |body: Value, key: &'static str| {
@@ -550,11 +534,7 @@ async fn a_client_on_one_gateway_sees_every_event_of_a_job_submitted_through_ano
 #[tokio::test]
 async fn shutdown_closes_sessions_with_1001_and_ends_streams() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let _driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let gateway = TestGateway::start(&redis.url()).await;
     let job_id = gateway.submit(json!({"kind": "echo", "params": {}})).await;
     let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");

@@ -13,15 +13,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn gateway_with(configure: impl FnOnce(&mut Config)) -> (RedisServer, TestGateway) {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
-    driver
-        .register_kind("secret_kind", "default")
-        .await
-        .expect("register");
+    let _driver = JobDriver::with_kinds(&redis.url(), &["echo", "secret_kind"]).await;
     let mut config = Config::for_redis(redis.url());
     configure(&mut config);
     let gateway = TestGateway::start_with(config).await;

@@ -19,11 +19,7 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         let redis = RedisServer::start();
-        let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-        driver
-            .register_kind("echo", "default")
-            .await
-            .expect("register");
+        let driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
         let gateway = TestGateway::start(&redis.url()).await;
         Self {
             _redis: redis,
@@ -371,11 +367,7 @@ async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
 #[tokio::test]
 async fn a_cut_history_is_answered_with_history_truncated_and_the_rest() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let mut config = jobgate_gateway::Config::for_redis(redis.url());
     config.history_max = 16;
     let gateway = TestGateway::start_with(config).await;
@@ -425,11 +417,7 @@ async fn a_cut_history_is_answered_with_history_truncated_and_the_rest() {
 #[tokio::test]
 async fn a_job_past_its_retention_is_history_expired_not_silence() {
     let redis = RedisServer::start();
-    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    driver
-        .register_kind("echo", "default")
-        .await
-        .expect("register");
+    let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let mut config = jobgate_gateway::Config::for_redis(redis.url());
     config.retention_s = 1;
     let gateway = TestGateway::start_with(config).await;

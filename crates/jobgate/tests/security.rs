@@ -25,11 +25,7 @@ fn token(owner: &str) -> String {
 impl Secured {
     async fn start() -> Self {
         let redis = RedisServer::start();
-        let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-        driver
-            .register_kind("echo", "default")
-            .await
-            .expect("register");
+        let driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
         let mut config = Config::for_redis(redis.url());
         config.auth = Some(AuthMode::Jwt);
         config.jwt_secret = Some(SECRET.into());
