@@ -17,6 +17,8 @@
 #   BENCH_SKIP_PYTHON=1   skip the Python worker scenarios
 #   BENCH_GATEWAY_LOG     the gateway's JOBGATE_LOG (default: info, as deployed)
 #   BENCH_IDLE_SESSIONS   sessions of the idle scenario (default 10000)
+#   BENCH_ONLY            run only the scenarios whose name matches this
+#                         regular expression (e.g. 'echo-200|fanout')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -178,6 +180,9 @@ start_python_workers() {
 scenario() {
   local name=$1
   shift
+  if [ -n "${BENCH_ONLY:-}" ] && ! [[ $name =~ $BENCH_ONLY ]]; then
+    return 0
+  fi
   log "$name"
   local workers
   workers=$(IFS=,; echo "${worker_pids[*]}")

@@ -32,10 +32,6 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Most pooled Redis connections for commands (pub/sub has its own).
-    #[arg(long, env = "JOBGATE_REDIS_POOL_SIZE", default_value_t = 32)]
-    pub redis_pool_size: usize,
-
     /// Seconds a finished job's record and event history are kept.
     #[arg(long, env = "JOBGATE_RETENTION_S", default_value_t = 86_400)]
     pub retention_s: u64,
@@ -184,11 +180,8 @@ impl Config {
         if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
             return fail("JOBGATE_REDIS_URL must start with redis:// or rediss://");
         }
-        if let Err(error) = jobgate_store::open(&self.redis_url, 1) {
+        if let Err(error) = jobgate_store::check_url(&self.redis_url) {
             return Err(ConfigError(format!("JOBGATE_REDIS_URL: {error}")));
-        }
-        if self.redis_pool_size == 0 {
-            return fail("JOBGATE_REDIS_POOL_SIZE must be at least 1");
         }
         if self.retention_s == 0 {
             return fail("JOBGATE_RETENTION_S must be at least 1");
@@ -269,7 +262,6 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: redis_url.into(),
-            redis_pool_size: 16,
             retention_s: 86_400,
             history_max: 10_000,
             outbound_queue: 1024,

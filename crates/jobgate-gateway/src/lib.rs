@@ -92,14 +92,14 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Builds the state for `config`: the Redis pool, the store, the token
+/// Builds the state for `config`: the Redis connection, the store, the token
 /// verifier and the event hub (whose task runs until `shutdown`). Nothing
 /// connects yet.
 pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     let auth = auth::Verifier::from_config(&config)?.map(std::sync::Arc::new);
-    let (pool, client) = jobgate_store::open(&config.redis_url, config.redis_pool_size)?;
+    let (redis, client) = jobgate_store::open(&config.redis_url)?;
     let store = JobStore::new(
-        pool,
+        redis,
         StoreSettings {
             retention: config.retention(),
             history_max: config.history_max,

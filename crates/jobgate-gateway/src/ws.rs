@@ -446,9 +446,30 @@ async fn write_loop(
         tokio::select! {
             biased;
             reason = &mut close => return send_close(sink, reason.ok()).await,
-            sent = sink.send(frame) => if sent.is_err() { return },
+            sent = write_batch(&mut sink, &mut frames, frame) => if sent.is_err() { return },
         }
     }
+}
+
+/// The most frames written with one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to
+/// [`WRITE_BATCH`] frames), then flushes once: under load one system call
+/// carries several events instead of one each.
+async fn write_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    frames: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> Result<(), axum::Error> {
+    sink.feed(first).await?;
+    for _ in 1..WRITE_BATCH {
+        match frames.try_recv() {
+            Ok(frame) => sink.feed(frame).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
 }
 
 /// Sends a close frame (or just closes), giving a jammed socket

@@ -41,15 +41,6 @@ impl From<RedisError> for StoreError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(error: deadpool_redis::PoolError) -> Self {
-        match error {
-            deadpool_redis::PoolError::Backend(error) => error.into(),
-            other => Self::Unavailable(other.to_string()),
-        }
-    }
-}
-
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))

@@ -20,7 +20,7 @@ pub mod keys;
 mod record;
 mod store;
 
-pub use connect::open;
+pub use connect::{check_url, open};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};

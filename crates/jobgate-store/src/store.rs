@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use deadpool_redis::Pool;
 use jobgate_proto::{JobId, SubmitRequest};
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use crate::keys::{self, Band};
@@ -120,10 +120,10 @@ pub(crate) struct HistoryRead {
     pub(crate) events: Vec<StoredEvent>,
 }
 
-/// Cheap to clone: a pool handle and shared caches.
+/// Cheap to clone: a handle on the shared connection and shared caches.
 #[derive(Clone)]
 pub struct JobStore {
-    pool: Pool,
+    redis: ConnectionManager,
     script: Arc<Script>,
     settings: Arc<StoreSettings>,
     routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
@@ -139,9 +139,9 @@ impl std::fmt::Debug for JobStore {
 }
 
 impl JobStore {
-    pub fn new(pool: Pool, settings: StoreSettings) -> Self {
+    pub fn new(redis: ConnectionManager, settings: StoreSettings) -> Self {
         Self {
-            pool,
+            redis,
             script: Arc::new(Script::new(SCRIPT)),
             settings: Arc::new(settings),
             routes: Arc::default(),
@@ -153,12 +153,13 @@ impl JobStore {
         &self.settings
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    /// A handle on the shared, multiplexed connection.
+    fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
@@ -171,7 +172,7 @@ impl JobStore {
         {
             return Ok(Some(queue.clone()));
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let entry: Option<String> = redis::cmd("HGET")
             .arg(keys::KINDS)
             .arg(kind)
@@ -192,8 +193,7 @@ impl JobStore {
     }
 
     /// Creates the job record (with its `queued` event) and enqueues it,
-    /// counting it against the owner's `rate` first (on the same connection,
-    /// so a submission costs one pool checkout).
+    /// counting it against the owner's `rate` first.
     /// When enqueueing fails after the record was written, the record is
     /// failed with `enqueue_failed` so that it never claims to be queued.
     pub async fn submit(
@@ -201,7 +201,7 @@ impl JobStore {
         job: &NewJob,
         rate: Option<SubmitRate>,
     ) -> Result<Submitted, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         if let Some(rate) = rate {
             let (count, retry_after_s) =
                 count_in_window(&mut conn, &job.owner, rate.window).await?;
@@ -300,7 +300,7 @@ impl JobStore {
         trace_id: &str,
         ttl: Duration,
     ) -> Result<IdempotencyClaim, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let record = IdempotencyRecord {
             job_id,
             fingerprint: fingerprint.to_owned(),
@@ -331,7 +331,7 @@ impl JobStore {
 
     /// Frees a key whose job could not be created, so a retry can succeed.
     pub async fn release_idempotency(&self, owner: &str, key: &str) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let _: i64 = redis::cmd("DEL")
             .arg(keys::idempotency(owner, key))
             .query_async(&mut conn)
@@ -347,7 +347,7 @@ impl JobStore {
         {
             return Ok(*length);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let lengths: (u64, u64, u64) = redis::pipe()
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::High))
@@ -366,7 +366,7 @@ impl JobStore {
     /// bands) and the age in ms of its oldest entry (waiting or running:
     /// acknowledged entries are deleted).
     pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let registrations: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::KINDS)
             .query_async(&mut conn)
@@ -409,7 +409,7 @@ impl JobStore {
 
     /// The job record, or `None` when there is no such job.
     pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::job(job_id))
             .query_async(&mut conn)
@@ -423,7 +423,7 @@ impl JobStore {
         job_id: &JobId,
         after: u64,
     ) -> Result<HistoryRead, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let (fields, entries): (HashMap<String, String>, Vec<HistoryEntry>) = redis::pipe()
             .cmd("HGETALL")
             .arg(keys::job(job_id))
@@ -452,7 +452,7 @@ impl JobStore {
 
     /// Asks for a job to be cancelled.
     pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let reply: Value = self
             .script
             .key(keys::job(job_id))
@@ -477,7 +477,7 @@ impl JobStore {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.connection();
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(keys::owner_jobs(owner))
             .arg("+inf")
@@ -497,7 +497,7 @@ impl JobStore {
 /// `window` (shared by every gateway); returns the count so far and the
 /// seconds left in the window.
 async fn count_in_window(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut ConnectionManager,
     owner: &str,
     window: Duration,
 ) -> Result<(u64, u64), StoreError> {

@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use jobgate_gateway::Config;
 use tokio_util::sync::CancellationToken;
 
+// mimalloc: the fan-out and WebSocket paths allocate and free small buffers
+// at a high rate from several threads; glibc's allocator spent a tenth of
+// the gateway's CPU there under load (see benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A push-based realtime gateway for long-running computational jobs.
 #[derive(Debug, Parser)]
 #[command(
