@@ -30,7 +30,8 @@
 local op = ARGV[1]
 local job_key = KEYS[1]
 local events_key = KEYS[2]
-local prefix = string.match(job_key, '^(.*)job:{')
+local at = string.find(job_key, 'job:{', 1, true)
+local prefix = at and string.sub(job_key, 1, at - 1)
 if prefix == nil then
   return redis.error_reply('ERR jobgate: KEYS[1] is not a job key: ' .. job_key)
 end
@@ -44,18 +45,36 @@ local function is_terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
 end
 
--- Append one event to the history, publish it, and return its seq and JSON.
+-- Outcomes also go, tersely, to <prefix>stats ("<event> <kind> <ms since
+-- created>"), which gateways count for their metrics.
+local outcomes = { retrying = true, completed = true, failed = true, cancelled = true }
+
+-- Append event `seq` to the history, publish it, and return its JSON.
 -- `data` must already be a JSON text; it is embedded verbatim so that numbers
 -- in results keep their exact spelling.
-local function emit(job_id, owner, trace_id, event, data, now, history_max)
-  local seq = redis.call('HINCRBY', job_key, 'seq', 1)
+local function emit(job, seq, event, data, now)
   local json = string.format(
     '{"type":"event","job_id":%s,"seq":%d,"event":"%s","data":%s,"ts":%d,"trace_id":"%s"}',
-    cjson.encode(job_id), seq, event, data, now, trace_id)
-  redis.call('XADD', events_key, 'MAXLEN', history_max, string.format('%d-0', seq), 'e', json)
-  redis.call('PUBLISH', prefix .. 'live:job:' .. job_id, json)
-  redis.call('PUBLISH', prefix .. 'live:owner:' .. owner, json)
-  return seq, json
+    cjson.encode(job.job_id), seq, event, data, now, job.trace_id)
+  redis.call('XADD', events_key, 'MAXLEN', job.history_max, string.format('%d-0', seq), 'e', json)
+  redis.call('PUBLISH', prefix .. 'live:job:' .. job.job_id, json)
+  redis.call('PUBLISH', prefix .. 'live:owner:' .. job.owner, json)
+  if outcomes[event] and job.kind then
+    local age = now - (tonumber(job.created_at) or now)
+    redis.call('PUBLISH', prefix .. 'stats', string.format('%s %s %d', event, job.kind, age))
+  end
+  return json
+end
+
+-- One state change: set the job's fields (`...`, name-value pairs) together
+-- with the event's seq and updated_at in one HSET, then emit the event.
+-- The hash's `seq` is the last event's. Returns the new seq.
+local function change(job, event, data, now, ...)
+  local seq = (tonumber(job.seq) or 0) + 1
+  job.seq = seq
+  redis.call('HSET', job_key, 'seq', seq, 'updated_at', now, ...)
+  emit(job, seq, event, data, now)
+  return seq
 end
 
 local function load(fields)
@@ -66,27 +85,13 @@ local function load(fields)
 end
 
 local common = { 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
-                 'retention_s', 'history_max', 'kind', 'created_at' }
+                 'retention_s', 'history_max', 'kind', 'created_at', 'seq' }
 
 -- Terminal jobs keep their record and history for `retention_s`, then expire.
 local function expire_later(job)
   local retention = tonumber(job.retention_s) or 86400
   redis.call('EXPIRE', job_key, retention)
   redis.call('EXPIRE', events_key, retention)
-end
-
--- Outcomes also go, tersely, to <prefix>stats ("<event> <kind> <ms since
--- created>"), which gateways count for their metrics.
-local outcomes = { retrying = true, completed = true, failed = true, cancelled = true }
-
-local function emit_for(job, event, data, now)
-  redis.call('HSET', job_key, 'updated_at', now)
-  local seq, json = emit(job.job_id, job.owner, job.trace_id, event, data, now, job.history_max)
-  if outcomes[event] and job.kind then
-    local age = now - (tonumber(job.created_at) or now)
-    redis.call('PUBLISH', prefix .. 'stats', string.format('%s %s %d', event, job.kind, age))
-  end
-  return seq, json
 end
 
 -- create: job_id owner kind queue params_json priority max_attempts timeout_s
@@ -110,11 +115,10 @@ local function create()
     'history_max', job.history_max, 'traceparent', job.traceparent,
     'tracestate', job.tracestate, 'trace_id', job.trace_id,
     'legacy_trace_id', job.legacy_trace_id,
-    'status', 'queued', 'attempt', 0, 'seq', 0, 'created_at', now)
+    'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now)
   local data = string.format('{"kind":%s,"queue":%s,"priority":%d}',
     cjson.encode(job.kind), cjson.encode(job.queue), tonumber(job.priority))
-  local seq, json = emit_for(job, 'queued', data, now)
-  return { 'ok', seq, json }
+  return { 'ok', 1, emit(job, 1, 'queued', data, now) }
 end
 
 -- start: worker_name
@@ -127,15 +131,14 @@ end
 local function start()
   local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
                      'retention_s', 'history_max', 'kind', 'created_at', 'params', 'timeout_s',
-                     'traceparent', 'tracestate', 'cancel_requested' })
+                     'traceparent', 'tracestate', 'cancel_requested', 'seq' })
   if job.status == false then return { 'missing' } end
   if is_terminal(job.status) then return { 'skip', job.status } end
   local now = now_ms()
   local attempt = tonumber(job.attempt)
   local max_attempts = tonumber(job.max_attempts)
   if job.cancel_requested == '1' then
-    redis.call('HSET', job_key, 'status', 'cancelled', 'finished_at', now)
-    emit_for(job, 'cancelled', '{"reason":"requested"}', now)
+    change(job, 'cancelled', '{"reason":"requested"}', now, 'status', 'cancelled', 'finished_at', now)
     expire_later(job)
     return { 'skip', 'cancelled' }
   end
@@ -143,20 +146,18 @@ local function start()
     if attempt >= max_attempts then
       local err = cjson.encode({ code = 'max_attempts_exceeded',
         message = string.format('the job was attempted %d times and its last attempt was lost', attempt) })
-      redis.call('HSET', job_key, 'status', 'failed', 'error', err, 'finished_at', now)
-      emit_for(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, err), now)
+      change(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, err), now,
+        'status', 'failed', 'error', err, 'finished_at', now)
       expire_later(job)
       return { 'skip', 'failed' }
     end
-    emit_for(job, 'retrying', string.format(
+    change(job, 'retrying', string.format(
       '{"attempt":%d,"next_attempt":%d,"error":{"code":"attempt_lost","message":"the worker running this attempt stopped responding"}}',
       attempt, attempt + 1), now)
   end
   attempt = attempt + 1
-  redis.call('HSET', job_key, 'status', 'running', 'attempt', attempt,
-    'worker', ARGV[2], 'started_at', now)
-  emit_for(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt,
-    cjson.encode(ARGV[2])), now)
+  change(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt, cjson.encode(ARGV[2])),
+    now, 'status', 'running', 'attempt', attempt, 'worker', ARGV[2], 'started_at', now)
   return { 'ok', attempt, job.kind, job.params, job.timeout_s, job.max_attempts,
            job.traceparent, job.tracestate, job.trace_id, job.owner }
 end
@@ -178,8 +179,7 @@ local function progress()
   local job, reply = guarded()
   if job == nil then return reply end
   local now = now_ms()
-  redis.call('HSET', job_key, 'progress', ARGV[3])
-  local seq = emit_for(job, 'progress', ARGV[3], now)
+  local seq = change(job, 'progress', ARGV[3], now, 'progress', ARGV[3])
   return { 'ok', seq }
 end
 
@@ -188,8 +188,8 @@ local function complete()
   local job, reply = guarded()
   if job == nil then return reply end
   local now = now_ms()
-  redis.call('HSET', job_key, 'status', 'completed', 'result', ARGV[3], 'finished_at', now)
-  local seq = emit_for(job, 'completed', '{"result":' .. ARGV[3] .. '}', now)
+  local seq = change(job, 'completed', '{"result":' .. ARGV[3] .. '}', now,
+    'status', 'completed', 'result', ARGV[3], 'finished_at', now)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -209,9 +209,9 @@ local function fail()
   end
   local now = now_ms()
   local err = cjson.encode({ code = ARGV[3], message = ARGV[4] })
-  redis.call('HSET', job_key, 'status', 'failed', 'error', err, 'finished_at', now)
-  local seq = emit_for(job, 'failed',
-    string.format('{"attempt":%d,"error":%s}', tonumber(job.attempt), err), now)
+  local seq = change(job, 'failed',
+    string.format('{"attempt":%d,"error":%s}', tonumber(job.attempt), err), now,
+    'status', 'failed', 'error', err, 'finished_at', now)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -229,15 +229,14 @@ local function retry()
   if attempt >= tonumber(job.max_attempts) then
     local final = cjson.encode({ code = 'max_attempts_exceeded',
       message = string.format('attempt %d of %d failed: %s', attempt, tonumber(job.max_attempts), ARGV[4]) })
-    redis.call('HSET', job_key, 'status', 'failed', 'error', final, 'finished_at', now)
-    local seq = emit_for(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, final), now)
+    local seq = change(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, final),
+      now, 'status', 'failed', 'error', final, 'finished_at', now)
     expire_later(job)
     return { 'failed', seq }
   end
-  redis.call('HSET', job_key, 'status', 'queued', 'error', err)
-  local seq = emit_for(job, 'retrying', string.format(
+  local seq = change(job, 'retrying', string.format(
     '{"attempt":%d,"next_attempt":%d,"delay_ms":%d,"error":%s}',
-    attempt, attempt + 1, tonumber(ARGV[5]), err), now)
+    attempt, attempt + 1, tonumber(ARGV[5]), err), now, 'status', 'queued', 'error', err)
   return { 'ok', seq }
 end
 
@@ -254,8 +253,8 @@ local function cancel()
     redis.call('PUBLISH', prefix .. 'control:' .. job.job_id, 'cancel')
     return { 'requested' }
   end
-  redis.call('HSET', job_key, 'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now)
-  local seq = emit_for(job, 'cancelled', '{"reason":"requested"}', now)
+  local seq = change(job, 'cancelled', '{"reason":"requested"}', now,
+    'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -265,9 +264,9 @@ local function cancelled()
   local job, reply = guarded()
   if job == nil then return reply end
   local now = now_ms()
-  redis.call('HSET', job_key, 'status', 'cancelled', 'finished_at', now)
-  local seq = emit_for(job, 'cancelled',
-    string.format('{"reason":"requested","attempt":%d}', tonumber(job.attempt)), now)
+  local seq = change(job, 'cancelled',
+    string.format('{"reason":"requested","attempt":%d}', tonumber(job.attempt)), now,
+    'status', 'cancelled', 'finished_at', now)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -281,10 +280,9 @@ local function release()
   if job == nil then return reply end
   local now = now_ms()
   local attempt = tonumber(job.attempt)
-  redis.call('HSET', job_key, 'status', 'queued', 'attempt', attempt - 1)
-  local seq = emit_for(job, 'retrying', string.format(
+  local seq = change(job, 'retrying', string.format(
     '{"attempt":%d,"next_attempt":%d,"error":{"code":"worker_shutdown","message":"the worker stopped before the attempt finished; it is not counted"}}',
-    attempt, attempt), now)
+    attempt, attempt), now, 'status', 'queued', 'attempt', attempt - 1)
   return { 'ok', seq }
 end
 
