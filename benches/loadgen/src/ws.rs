@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::cli::Cli;
@@ -38,7 +39,13 @@ pub(crate) async fn connect(url: &str, authorization: Option<&str>) -> anyhow::R
             .headers_mut()
             .insert("authorization", value.parse()?);
     }
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    // Small buffers, as the gateway uses: the default 128 KiB read buffer
+    // per socket would make thousands of sessions cost the load generator
+    // hundreds of MB and a cache miss on every read.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| anyhow::anyhow!("WebSocket connect timed out"))??;

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
@@ -15,7 +16,7 @@ use futures_util::stream::{self, Stream};
 use jobgate_proto::{ErrorCode, JobId};
 use jobgate_store::{Feed, FeedEvent, FeedItem, JobRecord};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -84,7 +85,7 @@ async fn job_events(
     let events = EventStream {
         feed,
         lead,
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.child_token().cancelled_owned()),
         ends_after_terminal: true,
         id_is_ts: false,
         since_ts: 0,
@@ -132,7 +133,7 @@ async fn owner_events(
     let events = EventStream {
         feed,
         lead: VecDeque::new(),
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.child_token().cancelled_owned()),
         ends_after_terminal: false,
         id_is_ts: true,
         since_ts,
@@ -174,7 +175,10 @@ impl Drop for StreamGauge {
 struct EventStream {
     feed: Feed,
     lead: VecDeque<Event>,
-    shutdown: CancellationToken,
+    /// Made once per stream, on the stream's own child of the shutdown
+    /// token: polling the token every connection shares takes its lock on
+    /// every event.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// A one-job stream ends after the job's terminal event.
     ends_after_terminal: bool,
     /// `/v1/events` uses the event's `ts` as its id, a job stream its `seq`.
@@ -201,7 +205,7 @@ impl EventStream {
                 }
                 loop {
                     let item = tokio::select! {
-                        () = state.shutdown.cancelled() => return None,
+                        () = state.shutdown.as_mut() => return None,
                         item = state.feed.next() => item,
                     };
                     match item? {

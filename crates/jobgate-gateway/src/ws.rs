@@ -1,11 +1,17 @@
 //! The WebSocket session (`GET /v1/ws`).
 //!
-//! One task reads the client's frames and the session's [`Feed`]; a second
-//! task writes to the socket from a bounded queue, so a client that stops
-//! reading never blocks the session: when the queue is full the session is
-//! closed with 4008 (slow consumer) and the client resumes with
-//! `subscribe … after`.
+//! One task per session reads the client's frames and the session's
+//! [`Feed`] and writes to the socket. Frames to send wait in a bounded
+//! queue that is written whenever the socket takes more, alongside the
+//! reading, so a client that stops reading never blocks the session: when
+//! the queue is full the session is closed with 4008 (slow consumer) and the
+//! client resumes with `subscribe … after`. Writing from the session's own
+//! task (not a writer task fed by a channel) saves a task wake-up per frame;
+//! when one event goes to thousands of sessions, each session's write
+//! follows its read at once instead of after every other session's read.
 
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,11 +21,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use jobgate_proto::ws::{ClientMessage, ServerMessage, SubmitFrame};
 use jobgate_proto::{ErrorCode, JobId};
 use jobgate_store::{Feed, FeedItem};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
@@ -79,7 +85,7 @@ struct Session {
     state: AppState,
     principal: Principal,
     feed: Feed,
-    outbound: mpsc::Sender<Message>,
+    outbox: Outbox,
     /// Messages the client may still send this second.
     budget: TokenBucket,
 }
@@ -92,42 +98,53 @@ enum End {
 
 impl Session {
     async fn run(socket: WebSocket, state: AppState, principal: Principal) {
-        let (sink, mut incoming) = socket.split();
-        let (outbound, outbound_rx) = mpsc::channel(state.config.outbound_queue);
-        let (close, close_rx) = oneshot::channel();
-        let writer = tokio::spawn(write_loop(sink, outbound_rx, close_rx));
+        let (mut sink, mut incoming) = socket.split();
         let feed = state.feed();
         let budget = TokenBucket::new(state.config.ws_messages_per_s);
+        let outbox = Outbox::new(state.config.outbound_queue);
         let mut session = Session {
             state,
             principal,
             feed,
-            outbound,
+            outbox,
             budget,
         };
-        let end = session.serve(&mut incoming).await;
+        let end = session.serve(&mut sink, &mut incoming).await;
+        drop(session);
         match end {
             // Goes past the queue: the queue may be full of what the client
             // did not read.
-            End::Close(code, reason) => {
-                let _ = close.send((code, reason));
-            }
-            End::ClientGone => drop(close),
+            End::Close(code, reason) => send_close(sink, Some((code, reason))).await,
+            End::ClientGone => send_close(sink, None).await,
         }
-        drop(session);
-        let _ = writer.await;
     }
 
-    async fn serve(&mut self, incoming: &mut futures_util::stream::SplitStream<WebSocket>) -> End {
+    async fn serve(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        incoming: &mut SplitStream<WebSocket>,
+    ) -> End {
         let interval = self.state.config.ws_ping_interval();
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut last_pong = Instant::now();
-        let shutdown = self.state.shutdown.clone();
+        // Both waits are made once per session, not per message. Shutdown
+        // is watched through the session's own child token: polling the
+        // token every session shares takes its lock, and thousands of
+        // sessions would contend for it on every event.
+        let shutdown = self.state.shutdown.child_token().cancelled_owned();
+        tokio::pin!(shutdown);
+        let mut expires_at = self.principal.expires_at;
+        let expiry = tokio::time::sleep_until(expiry_deadline(expires_at));
+        tokio::pin!(expiry);
         loop {
-            let expiry = token_expiry(&self.principal);
+            if self.principal.expires_at != expires_at {
+                // `auth` brought a fresh token.
+                expires_at = self.principal.expires_at;
+                expiry.as_mut().reset(expiry_deadline(expires_at));
+            }
             tokio::select! {
-                () = shutdown.cancelled() => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
-                () = expiry => return End::Close(CLOSE_TOKEN_EXPIRED, "token expired; send auth before it expires"),
+                () = &mut shutdown => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                () = &mut expiry, if expires_at.is_some() => return End::Close(CLOSE_TOKEN_EXPIRED, "token expired; send auth before it expires"),
                 frame = incoming.next() => {
                     let outcome = match frame {
                         Some(Ok(Message::Text(text))) => self.handle(&text).await,
@@ -163,6 +180,9 @@ impl Session {
                         return End::Close(CLOSE_PING_TIMEOUT, "ping unanswered");
                     }
                     if let Err(end) = self.send(Message::Ping(Default::default())) { return end; }
+                }
+                written = self.outbox.write(sink), if self.outbox.has_work() => {
+                    if written.is_err() { return End::ClientGone; }
                 }
             }
         }
@@ -341,7 +361,7 @@ impl Session {
     }
 
     fn error(
-        &self,
+        &mut self,
         request_id: Option<String>,
         job_id: Option<&str>,
         error: ApiError,
@@ -354,11 +374,11 @@ impl Session {
         ))
     }
 
-    fn reply(&self, message: &ServerMessage) -> Result<(), End> {
+    fn reply(&mut self, message: &ServerMessage) -> Result<(), End> {
         self.send_text(Utf8Bytes::from(message.to_json()))
     }
 
-    fn send_text(&self, text: Utf8Bytes) -> Result<(), End> {
+    fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
         self.send(Message::Text(text))
     }
 
@@ -374,29 +394,93 @@ impl Session {
         )
     }
 
-    /// Queues a frame for the writer; a full queue means the client is not
+    /// Queues a frame to be written; a full queue means the client is not
     /// reading.
-    fn send(&self, message: Message) -> Result<(), End> {
-        match self.outbound.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.slow_consumer()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::ClientGone),
+    fn send(&mut self, message: Message) -> Result<(), End> {
+        if self.outbox.push(message) {
+            Ok(())
+        } else {
+            Err(self.slow_consumer())
         }
     }
 }
 
-/// Resolves when the session's credential expires (never without auth).
-async fn token_expiry(principal: &Principal) {
-    match principal.expires_at {
-        Some(expires_at) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now))).await;
+/// Frames waiting for the socket, at most `limit`.
+struct Outbox {
+    queue: VecDeque<Message>,
+    limit: usize,
+    /// Frames were handed to the socket but not yet flushed.
+    unflushed: bool,
+}
+
+impl Outbox {
+    fn new(limit: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            limit: limit.max(1),
+            unflushed: false,
         }
-        None => std::future::pending().await,
     }
+
+    /// Queues `message`; `false` when the queue is full.
+    fn push(&mut self, message: Message) -> bool {
+        if self.queue.len() >= self.limit {
+            return false;
+        }
+        self.queue.push_back(message);
+        true
+    }
+
+    fn has_work(&self) -> bool {
+        self.unflushed || !self.queue.is_empty()
+    }
+
+    /// Hands every queued frame the socket takes to it, then flushes them
+    /// with one write. Cancel-safe: a frame leaves the queue only once the
+    /// socket has taken it, and what the socket holds is flushed by the next
+    /// call.
+    async fn write(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
+        std::future::poll_fn(|cx| self.poll_write(sink, cx)).await
+    }
+
+    fn poll_write(
+        &mut self,
+        sink: &mut SplitSink<WebSocket, Message>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), axum::Error>> {
+        while !self.queue.is_empty() {
+            match sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if let Some(frame) = self.queue.pop_front() {
+                sink.start_send_unpin(frame)?;
+                self.unflushed = true;
+            }
+        }
+        match sink.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// When a credential that expires at `expires_at` (Unix seconds) runs out;
+/// a credential without expiry gets a deadline that is never awaited.
+fn expiry_deadline(expires_at: Option<u64>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let Some(expires_at) = expires_at else {
+        return now;
+    };
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    now + Duration::from_secs(expires_at.saturating_sub(unix_now))
 }
 
 /// Refuses a browser page from an origin that may not open sessions
@@ -428,56 +512,9 @@ fn event_text(json: bytes::Bytes) -> Utf8Bytes {
     Utf8Bytes::try_from(json).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut frames: mpsc::Receiver<Message>,
-    mut close: oneshot::Receiver<(u16, &'static str)>,
-) {
-    loop {
-        let frame = tokio::select! {
-            biased;
-            reason = &mut close => return send_close(sink, reason.ok()).await,
-            frame = frames.recv() => frame,
-        };
-        let Some(frame) = frame else {
-            // The session ended; it may still have a close frame to send.
-            return send_close(sink, close.await.ok()).await;
-        };
-        tokio::select! {
-            biased;
-            reason = &mut close => return send_close(sink, reason.ok()).await,
-            sent = write_batch(&mut sink, &mut frames, frame) => if sent.is_err() { return },
-        }
-    }
-}
-
-/// The most frames written with one flush.
-const WRITE_BATCH: usize = 64;
-
-/// Writes `first` and whatever else is already queued (up to
-/// [`WRITE_BATCH`] frames), then flushes once: under load one system call
-/// carries several events instead of one each.
-async fn write_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    frames: &mut mpsc::Receiver<Message>,
-    first: Message,
-) -> Result<(), axum::Error> {
-    sink.feed(first).await?;
-    for _ in 1..WRITE_BATCH {
-        match frames.try_recv() {
-            Ok(frame) => sink.feed(frame).await?,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await
-}
-
 /// Sends a close frame (or just closes), giving a jammed socket
 /// [`CLOSE_TIMEOUT`] to take it.
-async fn send_close(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    reason: Option<(u16, &'static str)>,
-) {
+async fn send_close(mut sink: SplitSink<WebSocket, Message>, reason: Option<(u16, &'static str)>) {
     let close = reason.map(|(code, reason)| {
         Message::Close(Some(CloseFrame {
             code,

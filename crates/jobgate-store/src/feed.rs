@@ -10,9 +10,11 @@
 //! read the missing events from the history, so no event falls between.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 
 use bytes::Bytes;
 use jobgate_proto::{EventHeader, EventType, JobId};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::keys;
 
@@ -69,12 +71,16 @@ pub struct Feed {
     ready: VecDeque<FeedEvent>,
     /// A history read failed: every cursor is re-read before waiting again.
     resync_pending: bool,
+    /// Fires when the hub cut the subscription off. Made once: a fresh wait
+    /// per event would register and unregister a waiter each time.
+    overflowed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Feed {
     /// A feed of explicitly watched jobs (a WebSocket session, one SSE stream).
     pub fn new(store: JobStore, hub: EventHub) -> Self {
         let subscription = hub.subscription();
+        let overflowed = Box::pin(subscription.overflowed().clone().cancelled_owned());
         Self {
             store,
             hub,
@@ -83,6 +89,7 @@ impl Feed {
             owner: None,
             ready: VecDeque::new(),
             resync_pending: false,
+            overflowed,
         }
     }
 
@@ -184,10 +191,9 @@ impl Feed {
                 }
                 continue;
             }
-            let overflowed = self.subscription.overflowed().clone();
             let message = tokio::select! {
                 biased;
-                () = overflowed.cancelled() => return Some(FeedItem::Overflowed),
+                () = self.overflowed.as_mut() => return Some(FeedItem::Overflowed),
                 message = self.subscription.recv() => message,
             };
             let outcome = match message? {
