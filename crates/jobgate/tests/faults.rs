@@ -252,6 +252,26 @@ async fn a_redis_restart_loses_no_job_and_no_event() {
 }
 
 #[tokio::test]
+async fn the_first_submission_after_a_redis_restart_is_accepted() {
+    let mut redis = RedisServer::start();
+    let _driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
+    let gateway = TestGateway::start(&redis.url()).await;
+    gateway.submit(json!({"kind": "echo", "params": {}})).await;
+
+    redis.restart();
+    // Nothing is asked of the gateway meanwhile: it must notice the new
+    // server on its own, not by failing the next client's request.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answer = reqwest::Client::new()
+        .post(gateway.url("/v1/jobs"))
+        .json(&json!({"kind": "echo", "params": {}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
 async fn a_client_resumes_across_a_gateway_restart_without_gap_or_duplicate() {
     let redis = RedisServer::start();
     let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
