@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-api-fuzz test-fuzz bench clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-api-fuzz test-fuzz bench bench-compare clean
 
 run: deps build
 	@scripts/run.sh
@@ -61,3 +61,8 @@ clean:
 # figures in target/bench/latest.json. See benches/RESULTS.md.
 bench: deps
 	@benches/run.sh
+
+# BullMQ and Celery on this machine, in the same two scenarios as the echo
+# worker's (benches/compare/README.md); target/bench/compare.json.
+bench-compare:
+	@bash benches/compare/run.sh
