@@ -121,6 +121,7 @@ fn install(
     let tracer = tracer_provider.tracer(SERVICE);
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(TeeMakeWriter::new(std::io::stderr, forwarder.clone()))
+        .fmt_fields(Unformatted)
         .event_format(JsonLines);
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -229,6 +230,21 @@ where
         if let Some(fields) = extensions.get_mut::<RecordedFields>() {
             values.record(&mut FieldsVisitor(&mut fields.0));
         }
+    }
+}
+
+/// The fmt layer's own rendering of span fields, which [`JsonLines`] never
+/// prints (it takes them from [`SpanFields`]): rendering nothing saves
+/// formatting every span's fields as text on every request.
+struct Unformatted;
+
+impl<'writer> FormatFields<'writer> for Unformatted {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
     }
 }
 
@@ -385,6 +401,7 @@ mod span_field_tests {
         let subscriber = tracing_subscriber::registry().with(SpanFields).with(
             tracing_subscriber::fmt::layer()
                 .with_writer(move || writer.clone())
+                .fmt_fields(Unformatted)
                 .event_format(JsonLines),
         );
         tracing::subscriber::with_default(subscriber, || {
