@@ -46,7 +46,30 @@ pub(crate) struct Submission {
 /// Validates, routes, admits and enqueues one job. With an idempotency key
 /// already used by this owner for the same request, creates nothing and
 /// answers the existing job; for a different request, `idempotency_conflict`.
+///
+/// The work runs in a task of its own, in the caller's span: a caller that
+/// goes away (a client that disconnects drops its request's future) cannot
+/// stop a submission between two of its writes — after the idempotency key
+/// is claimed or the record created, before the job is enqueued.
 pub(crate) async fn submit(
+    state: &AppState,
+    principal: &Principal,
+    submission: Submission,
+) -> Result<Accepted, ApiError> {
+    let state = state.clone();
+    let principal = principal.clone();
+    let work = async move { run(&state, &principal, submission).await };
+    tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the submission failed unexpectedly",
+            ))
+        })
+}
+
+async fn run(
     state: &AppState,
     principal: &Principal,
     submission: Submission,

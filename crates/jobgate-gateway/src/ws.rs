@@ -9,8 +9,13 @@
 //! task (not a writer task fed by a channel) saves a task wake-up per frame;
 //! when one event goes to thousands of sessions, each session's write
 //! follows its read at once instead of after every other session's read.
+//!
+//! Submissions run concurrently: the session reads the next message and
+//! pushes events while earlier submissions wait for Redis. Their answers may
+//! come in another order than the messages; a job's events are held back
+//! until its `accepted` is sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,11 +26,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use jobgate_proto::ws::{ClientMessage, ServerMessage, SubmitFrame};
 use jobgate_proto::{ErrorCode, JobId};
-use jobgate_store::{Feed, FeedItem};
+use jobgate_store::{Feed, FeedEvent, FeedItem};
 
 use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
@@ -33,7 +39,7 @@ use crate::jobs;
 use crate::limits::TokenBucket;
 use crate::metrics::Gauge;
 use crate::state::AppState;
-use crate::submit::{self, Submission};
+use crate::submit::{self, Accepted, Submission};
 use crate::telemetry::{record_ids, set_remote_parent};
 use tracing::Instrument;
 
@@ -88,6 +94,19 @@ struct Session {
     outbox: Outbox,
     /// Messages the client may still send this second.
     budget: TokenBucket,
+    /// Submissions waiting for Redis: the session reads the next message
+    /// and pushes events meanwhile.
+    submits: FuturesUnordered<BoxFuture<'static, SubmitDone>>,
+    /// The events of each job whose `accepted` is not sent yet, held back
+    /// so that a client never gets an event of a job id it was not told.
+    held: HashMap<JobId, Vec<FeedEvent>>,
+}
+
+/// A submission's outcome, for the session that sent it.
+struct SubmitDone {
+    request_id: String,
+    job_id: JobId,
+    result: Result<Accepted, ApiError>,
 }
 
 /// Why a session ends.
@@ -108,6 +127,8 @@ impl Session {
             feed,
             outbox,
             budget,
+            submits: FuturesUnordered::new(),
+            held: HashMap::new(),
         };
         let end = session.serve(&mut sink, &mut incoming).await;
         drop(session);
@@ -158,14 +179,7 @@ impl Session {
                 }
                 item = self.feed.next() => {
                     let outcome = match item {
-                        Some(FeedItem::Event(event)) => {
-                            if event.event.is_terminal() {
-                                // Nothing follows: free the session's watch.
-                                self.feed.unwatch(&event.job_id);
-                            }
-                            self.state.metrics.events_pushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.send_text(event_text(event.json))
-                        }
+                        Some(FeedItem::Event(event)) => self.deliver(event),
                         Some(FeedItem::Overflowed) => Err(self.slow_consumer()),
                         Some(FeedItem::Unavailable(error)) => {
                             tracing::warn!(%error, "session could not read missed events; retrying");
@@ -180,6 +194,9 @@ impl Session {
                         return End::Close(CLOSE_PING_TIMEOUT, "ping unanswered");
                     }
                     if let Err(end) = self.send(Message::Ping(Default::default())) { return end; }
+                }
+                Some(done) = self.submits.next(), if !self.submits.is_empty() => {
+                    if let Err(end) = self.submitted(done).await { return end; }
                 }
                 written = self.outbox.write(sink), if self.outbox.has_work() => {
                     if written.is_err() { return End::ClientGone; }
@@ -211,7 +228,7 @@ impl Session {
             }
         };
         match message {
-            ClientMessage::Submit(frame) => self.submit(frame).await,
+            ClientMessage::Submit(frame) => self.submit(frame),
             ClientMessage::Subscribe { job_id, after } => self.subscribe(job_id, after).await,
             ClientMessage::Unsubscribe { job_id } => self.unsubscribe(job_id),
             ClientMessage::Cancel { job_id, request_id } => self.cancel(job_id, request_id).await,
@@ -246,15 +263,36 @@ impl Session {
         Ok(())
     }
 
-    async fn submit(&mut self, frame: SubmitFrame) -> Result<(), End> {
+    /// Sends one event, or holds it while its job's `accepted` is not sent.
+    fn deliver(&mut self, event: FeedEvent) -> Result<(), End> {
+        if let Some(held) = self.held.get_mut(&event.job_id) {
+            held.push(event);
+            return Ok(());
+        }
+        if event.event.is_terminal() {
+            // Nothing follows: free the session's watch.
+            self.feed.unwatch(&event.job_id);
+        }
+        self.state
+            .metrics
+            .events_pushed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.send_text(event_text(event.json))
+    }
+
+    /// Starts a submission; its answer is sent when it is in
+    /// ([`Session::submitted`]). Submissions of one session run
+    /// concurrently, so their answers may come in another order than the
+    /// messages; each job's events come after its `accepted`.
+    fn submit(&mut self, frame: SubmitFrame) -> Result<(), End> {
         if let Err(error) = self.watch_limit() {
             return self.error(Some(frame.request_id), None, error);
         }
         let job_id = JobId::new();
-        // Watch before the job exists, so its first event cannot be missed.
-        if let Err(error) = self.feed.expect(job_id).await {
-            return self.error(Some(frame.request_id), None, error.into());
-        }
+        // Watch before the job exists, so its first event cannot be missed:
+        // the job is created only once Redis confirms the subscription.
+        let subscribed = self.feed.expect(job_id);
+        self.held.insert(job_id, Vec::new());
         let request_id = frame.request_id;
         // The message is the request: its span continues the client's trace.
         let span = tracing::info_span!(
@@ -279,10 +317,34 @@ impl Session {
             idempotency_key: frame.idempotency_key,
             legacy_trace_id: None,
         };
-        let accepted = match submit::submit(&self.state, &self.principal, submission)
-            .instrument(span)
-            .await
-        {
+        let (state, principal) = (self.state.clone(), self.principal.clone());
+        self.submits.push(Box::pin(async move {
+            let result = match subscribed.await {
+                Ok(()) => {
+                    submit::submit(&state, &principal, submission)
+                        .instrument(span)
+                        .await
+                }
+                Err(error) => Err(error.into()),
+            };
+            SubmitDone {
+                request_id,
+                job_id,
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Answers a submission, then sends the events held for its job.
+    async fn submitted(&mut self, done: SubmitDone) -> Result<(), End> {
+        let SubmitDone {
+            request_id,
+            job_id,
+            result,
+        } = done;
+        let held = self.held.remove(&job_id).unwrap_or_default();
+        let accepted = match result {
             Ok(accepted) => accepted,
             Err(error) => {
                 self.feed.unwatch(&job_id);
@@ -299,7 +361,7 @@ impl Session {
             self.feed.unwatch(&job_id);
             return self.subscribe(accepted.job_id, 0).await;
         }
-        Ok(())
+        held.into_iter().try_for_each(|event| self.deliver(event))
     }
 
     async fn subscribe(&mut self, id: JobId, after: u64) -> Result<(), End> {

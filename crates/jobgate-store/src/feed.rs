@@ -133,15 +133,21 @@ impl Feed {
     }
 
     /// Starts watching a job that does not exist yet (a WebSocket submit
-    /// watches its job before creating it): subscribes, and expects its
-    /// events from seq 1, without reading a history that cannot exist.
-    pub async fn expect(&mut self, job_id: JobId) -> Result<(), StoreError> {
-        self.hub
-            .watch(&mut self.subscription, &keys::job_channel(&job_id))
-            .await?;
+    /// watches its job before creating it): expects its events from seq 1,
+    /// without reading a history that cannot exist. The job is watched at
+    /// once; the returned future resolves when Redis has confirmed the
+    /// subscription, and the job must not be created before it does. It
+    /// borrows nothing, so the session can go on meanwhile.
+    pub fn expect(
+        &mut self,
+        job_id: JobId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
+        let subscribed = self
+            .hub
+            .join(&mut self.subscription, &keys::job_channel(&job_id));
         self.ready.retain(|event| event.job_id != job_id);
         self.cursors.insert(job_id, Cursor { last_seq: 0 });
-        Ok(())
+        subscribed
     }
 
     /// Stops watching `job_id`; events of it already queued are dropped.

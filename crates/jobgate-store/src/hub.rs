@@ -174,6 +174,19 @@ impl EventHub {
         subscription: &mut Subscription,
         channel: &str,
     ) -> Result<(), StoreError> {
+        self.join(subscription, channel).await
+    }
+
+    /// Adds `channel` to the subscription now and returns what resolves once
+    /// Redis delivers the channel's messages to it. The returned future
+    /// borrows nothing, so the connection can go on with other work while
+    /// it waits; dropping it does not undo the subscription (the SUBSCRIBE
+    /// is already on its way).
+    pub fn join(
+        &self,
+        subscription: &mut Subscription,
+        channel: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
         let waiter = {
             let mut state = self.inner.lock();
             let entry = state.channels.entry(channel.to_owned()).or_default();
@@ -190,21 +203,36 @@ impl EventHub {
             }
         };
         subscription.channels.insert(channel.to_owned());
-        let Some((confirmed, first_waiter)) = waiter else {
-            return Ok(());
-        };
-        if first_waiter {
-            self.inner
-                .commands
-                .send(channel.to_owned())
-                .await
-                .map_err(|_| StoreError::Unavailable("the event hub has stopped".into()))?;
+        let mut stopped = false;
+        if let Some((_, true)) = &waiter {
+            // The first waiter asks for the SUBSCRIBE, here rather than in
+            // the future: were it dropped unpolled, later waiters would wait
+            // for a confirmation nobody asked for.
+            match self.inner.commands.try_send(channel.to_owned()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(channel)) => {
+                    let inner = Arc::clone(&self.inner);
+                    tokio::spawn(async move {
+                        let _ = inner.commands.send(channel).await;
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => stopped = true,
+            }
         }
-        match tokio::time::timeout(self.inner.settings.watch_timeout, confirmed).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(StoreError::Unavailable(
-                "the pub/sub link to Redis is down".into(),
-            )),
+        let watch_timeout = self.inner.settings.watch_timeout;
+        async move {
+            if stopped {
+                return Err(StoreError::Unavailable("the event hub has stopped".into()));
+            }
+            let Some((confirmed, _)) = waiter else {
+                return Ok(());
+            };
+            match tokio::time::timeout(watch_timeout, confirmed).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(StoreError::Unavailable(
+                    "the pub/sub link to Redis is down".into(),
+                )),
+            }
         }
     }
 

@@ -94,6 +94,53 @@ async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
 }
 
 #[tokio::test]
+async fn submits_sent_back_to_back_are_each_accepted_before_any_event_of_their_job() {
+    let h = Harness::new().await;
+    let mut ws = WsClient::connect(&h.gateway.ws_url())
+        .await
+        .expect("connect");
+    const JOBS: usize = 100;
+    // All at once: the session runs them concurrently, and each job's
+    // `queued` event is published while its submission is still finishing.
+    for i in 0..JOBS {
+        ws.send(json!({"type": "submit", "request_id": format!("r-{i}"),
+                       "job": {"kind": "echo", "params": {"i": i}}}))
+            .await
+            .expect("submit");
+    }
+    let mut accepted = std::collections::HashMap::new();
+    let mut queued = std::collections::HashSet::new();
+    while accepted.len() < JOBS || queued.len() < JOBS {
+        let frame = ws.next(WAIT).await.expect("a frame");
+        match frame["type"].as_str() {
+            Some("accepted") => {
+                let job_id = frame["job_id"].as_str().expect("id").to_owned();
+                let request_id = frame["request_id"].as_str().expect("request id").to_owned();
+                assert!(
+                    accepted.insert(job_id, request_id).is_none(),
+                    "one accepted per job"
+                );
+            }
+            Some("event") => {
+                let job_id = frame["job_id"].as_str().expect("id");
+                assert!(
+                    accepted.contains_key(job_id),
+                    "an event of {job_id} came before its accepted: {frame}"
+                );
+                assert_eq!(frame["event"], "queued");
+                assert!(queued.insert(job_id.to_owned()), "one queued per job");
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    let mut request_ids: Vec<String> = accepted.into_values().collect();
+    request_ids.sort();
+    let mut expected: Vec<String> = (0..JOBS).map(|i| format!("r-{i}")).collect();
+    expected.sort();
+    assert_eq!(request_ids, expected, "every submit answered once");
+}
+
+#[tokio::test]
 async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() {
     let mut h = Harness::new().await;
     let job_id = h
