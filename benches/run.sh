@@ -35,21 +35,13 @@ scale() { if [ "$quick" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. "$root/benches/lib.sh"
 
 # --- processes -------------------------------------------------------------
 
 pids=()
 worker_pids=()
-
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   trap - EXIT INT TERM
@@ -60,18 +52,6 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-
-free_port() {
-  local port
-  for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-  fail "no free port found"
-}
 
 # --- set-up ------------------------------------------------------------------
 
@@ -205,13 +185,6 @@ scenario() {
   fi
 }
 
-machine() {
-  printf 'machine: %s cores, %s, %s GiB memory; load average %s\n' \
-    "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
-    "$(awk '/MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)"
-}
 machine | tee "$out/machine.txt" >&2
 read -r load _ </proc/loadavg
 if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then

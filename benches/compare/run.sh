@@ -24,6 +24,8 @@ mkdir -p "$logs/redis"
 
 log() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'compare: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+. "$root/benches/lib.sh"
 
 if [ "${COMPARE_QUICK:-0}" = 1 ]; then
   counts=(--jobs 300 --warmup 100 --in-flight-warmup 500 --duration 3)
@@ -34,16 +36,6 @@ fi
 # --- processes -------------------------------------------------------------
 
 pids=()
-
-stop_pid() {
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   trap - EXIT
@@ -58,18 +50,6 @@ trap cleanup EXIT
 # Interrupted: stop, through the EXIT trap, rather than go on to the report.
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-free_port() {
-  local port
-  for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-  fail "no free port found"
-}
 
 # --- set-up ------------------------------------------------------------------
 
@@ -98,13 +78,6 @@ done
 redis-cli -p "$redis_port" ping >/dev/null || fail "redis-server did not start; see $logs/redis.log"
 export REDIS_URL="redis://127.0.0.1:$redis_port"
 
-machine() {
-  printf 'machine: %s cores, %s, %s GiB memory; load average %s\n' \
-    "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
-    "$(awk '/MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)"
-}
 machine >&2
 log "$(redis-server --version | cut -d' ' -f1-3), node $(node --version), $("$python" --version)"
 
