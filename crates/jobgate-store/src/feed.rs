@@ -144,7 +144,7 @@ impl Feed {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
         let subscribed = self
             .hub
-            .join(&mut self.subscription, &keys::job_channel(&job_id));
+            .watch(&mut self.subscription, &keys::job_channel(&job_id));
         self.ready.retain(|event| event.job_id != job_id);
         self.cursors.insert(job_id, Cursor { last_seq: 0 });
         subscribed

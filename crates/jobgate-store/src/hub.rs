@@ -2,8 +2,8 @@
 //! client connection.
 //!
 //! A connection gets a [`Subscription`] (a bounded queue of its own) and
-//! adds channels to it with [`EventHub::watch`], which returns only once
-//! Redis has confirmed the SUBSCRIBE — the "subscribe" half of
+//! adds channels to it with [`EventHub::watch`], whose future resolves only
+//! once Redis has confirmed the SUBSCRIBE — the "subscribe" half of
 //! subscribe-then-read. The hub's task owns the pub/sub connection: it
 //! serialises SUBSCRIBE/UNSUBSCRIBE (so an unsubscribe can never overtake a
 //! later subscribe to the same channel), dispatches messages with
@@ -167,22 +167,12 @@ impl EventHub {
         }
     }
 
-    /// Adds `channel` to the subscription and returns once Redis delivers
-    /// the channel's messages to it.
-    pub async fn watch(
-        &self,
-        subscription: &mut Subscription,
-        channel: &str,
-    ) -> Result<(), StoreError> {
-        self.join(subscription, channel).await
-    }
-
     /// Adds `channel` to the subscription now and returns what resolves once
     /// Redis delivers the channel's messages to it. The returned future
     /// borrows nothing, so the connection can go on with other work while
     /// it waits; dropping it does not undo the subscription (the SUBSCRIBE
     /// is already on its way).
-    pub fn join(
+    pub fn watch(
         &self,
         subscription: &mut Subscription,
         channel: &str,
