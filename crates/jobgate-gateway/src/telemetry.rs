@@ -125,7 +125,18 @@ fn install(
         .event_format(JsonLines);
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            // Spans are entered on every poll of an instrumented future:
+            // neither timing each entry (busy/idle attributes) nor attaching
+            // an OpenTelemetry context (nothing here reads
+            // `Context::current`) is worth its cost on that path. Parents
+            // still come from the tracing span tree.
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_threads(false),
+        )
         .with(SpanFields)
         .with(logs)
         .try_init();
