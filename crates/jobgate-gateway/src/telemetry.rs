@@ -226,7 +226,7 @@ where
     ) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = RecordedFields::default();
-        attrs.record(&mut FieldsVisitor(&mut fields.0));
+        attrs.record(&mut LoggedFields(FieldsVisitor(&mut fields.0)));
         span.extensions_mut().insert(fields);
     }
 
@@ -239,7 +239,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<RecordedFields>() {
-            values.record(&mut FieldsVisitor(&mut fields.0));
+            values.record(&mut LoggedFields(FieldsVisitor(&mut fields.0)));
         }
     }
 }
@@ -291,9 +291,7 @@ where
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<RecordedFields>() {
                     for (name, value) in &fields.0 {
-                        if !name.starts_with("otel.") && !name.contains('.') {
-                            line.insert(name.clone(), value.clone());
-                        }
+                        line.insert(name.clone(), value.clone());
                     }
                 }
             }
@@ -315,6 +313,50 @@ fn level_name(level: Level) -> &'static str {
 }
 
 struct FieldsVisitor<'a>(&'a mut Map<String, Value>);
+
+/// Span fields that log lines carry: not the dotted ones (`otel.name`,
+/// `messaging.*`, …), which are span attributes for the tracer only, so
+/// they are never formatted here.
+struct LoggedFields<'a>(FieldsVisitor<'a>);
+
+impl LoggedFields<'_> {
+    fn logged(field: &Field) -> bool {
+        !field.name().contains('.')
+    }
+}
+
+impl Visit for LoggedFields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if Self::logged(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if Self::logged(field) {
+            self.0.record_str(field, value);
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if Self::logged(field) {
+            self.0.record_i64(field, value);
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if Self::logged(field) {
+            self.0.record_u64(field, value);
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if Self::logged(field) {
+            self.0.record_bool(field, value);
+        }
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if Self::logged(field) {
+            self.0.record_f64(field, value);
+        }
+    }
+}
 
 impl Visit for FieldsVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -416,8 +458,13 @@ mod span_field_tests {
                 .event_format(JsonLines),
         );
         tracing::subscriber::with_default(subscriber, || {
-            let span =
-                tracing::info_span!("outer", job_id = "j-1", trace_id = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "outer",
+                otel.name = "publish default",
+                messaging.system = "redis",
+                job_id = "j-1",
+                trace_id = tracing::field::Empty,
+            );
             span.record("trace_id", "abc");
             span.in_scope(|| tracing::info!(kind = "echo", "job submitted"));
         });
@@ -427,5 +474,8 @@ mod span_field_tests {
         assert_eq!(line["trace_id"], "abc", "{line}");
         assert_eq!(line["kind"], "echo");
         assert_eq!(line["message"], "job submitted");
+        // Dotted span fields are attributes for the tracer, not log fields.
+        assert!(line.get("otel.name").is_none(), "{line}");
+        assert!(line.get("messaging.system").is_none(), "{line}");
     }
 }
