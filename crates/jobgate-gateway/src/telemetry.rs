@@ -226,7 +226,7 @@ where
     ) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = RecordedFields::default();
-        attrs.record(&mut LoggedFields(FieldsVisitor(&mut fields.0)));
+        attrs.record(&mut FieldsVisitor::logged(&mut fields.0));
         span.extensions_mut().insert(fields);
     }
 
@@ -239,7 +239,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<RecordedFields>() {
-            values.record(&mut LoggedFields(FieldsVisitor(&mut fields.0)));
+            values.record(&mut FieldsVisitor::logged(&mut fields.0));
         }
     }
 }
@@ -296,7 +296,7 @@ where
                 }
             }
         }
-        event.record(&mut FieldsVisitor(&mut line));
+        event.record(&mut FieldsVisitor::all(&mut line));
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
@@ -312,72 +312,57 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-struct FieldsVisitor<'a>(&'a mut Map<String, Value>);
-
-/// Span fields that log lines carry: not the dotted ones (`otel.name`,
-/// `messaging.*`, …), which are span attributes for the tracer only, so
-/// they are never formatted here.
-struct LoggedFields<'a>(FieldsVisitor<'a>);
-
-impl LoggedFields<'_> {
-    fn logged(field: &Field) -> bool {
-        !field.name().contains('.')
-    }
+/// Records fields into a log line's map.
+struct FieldsVisitor<'a> {
+    fields: &'a mut Map<String, Value>,
+    /// Skip dotted names (`otel.name`, `messaging.*`, …): on spans they are
+    /// attributes for the tracer only, which log lines never carry, so they
+    /// are not even formatted.
+    skip_dotted: bool,
 }
 
-impl Visit for LoggedFields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if Self::logged(field) {
-            self.0.record_debug(field, value);
+impl<'a> FieldsVisitor<'a> {
+    /// Every field (an event's own).
+    fn all(fields: &'a mut Map<String, Value>) -> Self {
+        Self {
+            fields,
+            skip_dotted: false,
         }
     }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if Self::logged(field) {
-            self.0.record_str(field, value);
+
+    /// The fields of a span that log lines carry.
+    fn logged(fields: &'a mut Map<String, Value>) -> Self {
+        Self {
+            fields,
+            skip_dotted: true,
         }
     }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if Self::logged(field) {
-            self.0.record_i64(field, value);
-        }
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if Self::logged(field) {
-            self.0.record_u64(field, value);
-        }
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if Self::logged(field) {
-            self.0.record_bool(field, value);
-        }
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if Self::logged(field) {
-            self.0.record_f64(field, value);
+
+    fn put(&mut self, field: &Field, value: impl FnOnce() -> Value) {
+        if !(self.skip_dotted && field.name().contains('.')) {
+            self.fields.insert(field.name().into(), value());
         }
     }
 }
 
 impl Visit for FieldsVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::String(format!("{value:?}")));
+        self.put(field, || Value::String(format!("{value:?}")));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().into(), Value::String(value.into()));
+        self.put(field, || Value::String(value.into()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.put(field, || value.into());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.put(field, || value.into());
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.put(field, || value.into());
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.put(field, || value.into());
     }
 }
 
