@@ -69,3 +69,39 @@ impl JobRecord {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_workers_numbers_are_kept_verbatim_whatever_their_magnitude() {
+        let record = JobRecord::from_fields(fields(&[
+            ("job_id", "01936f3e-8a7c-7b44-9f4e-2d5c8a1b6e90"),
+            ("owner", "alice"),
+            ("status", "running"),
+            ("kind", "mc_option_price"),
+            ("queue", "default"),
+            ("progress", "1e4736"),
+            (
+                "result",
+                "{\"price\":5.55555555555555555555555555555555555555}",
+            ),
+        ]))
+        .expect("decodes")
+        .expect("a record");
+        let json = serde_json::to_string(&record.snapshot).expect("serializes");
+        assert!(json.contains(r#""progress":1e4736"#), "{json}");
+        assert!(
+            json.contains(r#""result":{"price":5.55555555555555555555555555555555555555}"#),
+            "{json}"
+        );
+    }
+}
