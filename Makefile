@@ -32,6 +32,7 @@ build:
 	cargo build --release --bin jobgate
 
 lint: venv
+	python3 scripts/check-import-cycles.py crates/*/src workers/python/src/jobgate_worker
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/ruff check $(PYTHON_SOURCES)

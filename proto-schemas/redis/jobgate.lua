@@ -95,7 +95,9 @@ local function expire_later(job)
 end
 
 -- create: job_id owner kind queue params_json priority max_attempts timeout_s
---         retention_s history_max traceparent tracestate trace_id legacy_trace_id
+--         retention_s history_max traceparent tracestate trace_id [legacy_trace_id]
+-- legacy_trace_id, the old API's free-form trace id, is optional: absent or
+-- empty, the record gets no legacy_trace_id field.
 local function create()
   if redis.call('EXISTS', job_key) == 1 then
     return { 'exists', redis.call('HGET', job_key, 'status') }
@@ -106,7 +108,7 @@ local function create()
     params = ARGV[6], priority = ARGV[7], max_attempts = ARGV[8],
     timeout_s = ARGV[9], retention_s = ARGV[10], history_max = ARGV[11],
     traceparent = ARGV[12], tracestate = ARGV[13], trace_id = ARGV[14],
-    legacy_trace_id = ARGV[15], created_at = now,
+    created_at = now,
   }
   redis.call('HSET', job_key,
     'job_id', job.job_id, 'owner', job.owner, 'kind', job.kind, 'queue', job.queue,
@@ -114,8 +116,11 @@ local function create()
     'timeout_s', job.timeout_s, 'retention_s', job.retention_s,
     'history_max', job.history_max, 'traceparent', job.traceparent,
     'tracestate', job.tracestate, 'trace_id', job.trace_id,
-    'legacy_trace_id', job.legacy_trace_id,
     'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now)
+  local legacy_trace_id = ARGV[15]
+  if legacy_trace_id ~= nil and legacy_trace_id ~= '' then
+    redis.call('HSET', job_key, 'legacy_trace_id', legacy_trace_id)
+  end
   local data = string.format('{"kind":%s,"queue":%s,"priority":%d}',
     cjson.encode(job.kind), cjson.encode(job.queue), tonumber(job.priority))
   return { 'ok', 1, emit(job, 1, 'queued', data, now) }

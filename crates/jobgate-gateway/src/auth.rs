@@ -1,25 +1,24 @@
 //! Who is asking. Every handler takes a [`Principal`]: the owner of the jobs
 //! it creates and the only one who may see them.
 //!
-//! With `JOBGATE_AUTH=jwt` the principal comes from a verified JWT (`sub`),
-//! sent as `Authorization: Bearer <token>` or — for browsers, whose
-//! EventSource and WebSocket cannot set headers — as the `access_token`
-//! query parameter. With `JOBGATE_AUTH=none` (development, loopback only)
-//! every request belongs to `JOBGATE_DEFAULT_OWNER`. Tokens are never logged.
+//! With `JOBGATE_AUTH=jwt` the principal comes from a JWT (`sub`) that the
+//! [`Verifier`] here checks; `crate::extract` takes the token from the
+//! request. With `JOBGATE_AUTH=none` (development, loopback only) every
+//! request belongs to `JOBGATE_DEFAULT_OWNER`. Tokens are never logged.
+//!
+//! This module knows the configuration and nothing above it: the extractor
+//! that reads a request's token lives with the other extractors.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use jobgate_proto::ErrorCode;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthMode, Config, ConfigError};
+use crate::config::{Config, ConfigError, JwtKeys};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The authenticated owner of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,70 +33,6 @@ impl Principal {
     pub fn owns(&self, owner: &str) -> bool {
         self.owner == owner
     }
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Some(verifier) = &state.auth else {
-            return Ok(Self {
-                owner: state.config.default_owner.clone(),
-                expires_at: None,
-            });
-        };
-        let token = bearer_token(parts).ok_or_else(|| {
-            unauthorized("send a token as Authorization: Bearer, or as access_token for browsers")
-        })?;
-        verifier.verify(&token)
-    }
-}
-
-/// The token from the `Authorization` header, or the `access_token` query
-/// parameter.
-fn bearer_token(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
-    }
-    let query = parts.uri.query()?;
-    url_query_value(query, "access_token")
-}
-
-fn url_query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
-            .flatten();
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, byte) => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub(crate) fn unauthorized(message: &str) -> ApiError {
@@ -142,30 +77,17 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// The shortest HS256 secret accepted (bytes).
-const MIN_SECRET_LEN: usize = 32;
-
 impl Verifier {
-    /// The verifier `config` asks for: `None` with `JOBGATE_AUTH=none`.
+    /// The verifier `config` asks for: `None` unless `JOBGATE_AUTH=jwt`.
+    /// Reads the key file, if the configuration names one.
     pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
-        let Some(AuthMode::Jwt) = config.auth else {
+        let Some(source) = config.jwt_keys()? else {
             return Ok(None);
         };
         let fail = |message: String| ConfigError::new(message);
-        let keys = match (
-            &config.jwt_secret,
-            &config.jwt_public_key,
-            &config.jwks_file,
-        ) {
-            (Some(secret), None, None) => {
-                if secret.len() < MIN_SECRET_LEN {
-                    return Err(fail(format!(
-                        "JOBGATE_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes"
-                    )));
-                }
-                Keys::Secret(DecodingKey::from_secret(secret.as_bytes()))
-            }
-            (None, Some(path), None) => {
+        let keys = match source {
+            JwtKeys::Secret(secret) => Keys::Secret(DecodingKey::from_secret(secret.as_bytes())),
+            JwtKeys::PublicKeyPem(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| fail(format!("JOBGATE_JWT_PUBLIC_KEY {}: {e}", path.display())))?;
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
@@ -178,17 +100,7 @@ impl Verifier {
                     ));
                 }
             }
-            (None, None, Some(path)) => Keys::Set(load_jwks(path).map_err(fail)?),
-            (None, None, None) => {
-                return Err(fail(
-                    "JOBGATE_AUTH=jwt needs JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY or JOBGATE_JWKS_FILE".into(),
-                ));
-            }
-            _ => {
-                return Err(fail(
-                    "set only one of JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY and JOBGATE_JWKS_FILE".into(),
-                ));
-            }
+            JwtKeys::Jwks(path) => Keys::Set(load_jwks(path).map_err(fail)?),
         };
         Ok(Some(Self {
             keys,
@@ -313,19 +225,4 @@ pub fn mint_hs256(
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_access_token_query_parameter() {
-        assert_eq!(
-            url_query_value("after=3&access_token=a%2Eb+c", "access_token").as_deref(),
-            Some("a.b c")
-        );
-        assert_eq!(url_query_value("after=3", "access_token"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
 }

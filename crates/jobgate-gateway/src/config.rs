@@ -240,7 +240,7 @@ impl Config {
             }
             Some(_) => {}
         }
-        crate::auth::Verifier::from_config(self)?;
+        self.jwt_keys()?;
         Ok(())
     }
 
@@ -256,40 +256,78 @@ impl Config {
         Duration::from_secs(self.shutdown_grace_s)
     }
 
-    /// A configuration for tests: everything default but the Redis URL, with
-    /// authentication off (loopback).
+    /// A configuration for tests: every default, from the same argument
+    /// definitions `jobgate serve` parses (so defaults live in one place),
+    /// with the Redis URL given and authentication off (loopback). The
+    /// process environment is not read: tests pass their settings here.
     pub fn for_redis(redis_url: impl Into<String>) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            redis_url: redis_url.into(),
-            retention_s: 86_400,
-            history_max: 10_000,
-            outbound_queue: 1024,
-            max_queue_length: 100_000,
-            max_connections: 20_000,
-            idempotency_ttl_s: 86_400,
-            max_params_bytes: 262_144,
-            max_json_depth: 32,
-            submits_per_minute: 6_000,
-            ws_messages_per_s: 500,
-            max_connections_per_owner: 200,
-            max_subscriptions_per_session: 1_000,
-            allowed_kinds: Vec::new(),
-            allowed_origins: Vec::new(),
-            ws_ping_interval_s: 20,
-            max_body_bytes: 1_048_576,
-            shutdown_grace_s: 5,
-            auth: Some(AuthMode::None),
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwks_file: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            jwt_leeway_s: 30,
-            default_owner: "local".into(),
-            fluentd_addr: None,
-            fluentd_buffer: 10_000,
-            log: "info".into(),
-        }
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Defaults::command().mut_args(|arg| arg.env(None::<&str>));
+        let redis_url: String = redis_url.into();
+        let matches = command
+            .try_get_matches_from([
+                "jobgate",
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-url",
+                &redis_url,
+                "--auth",
+                "none",
+            ])
+            .unwrap_or_else(|error| panic!("the test configuration does not parse: {error}"));
+        Defaults::from_arg_matches(&matches)
+            .unwrap_or_else(|error| panic!("the test configuration does not parse: {error}"))
+            .config
     }
+
+    /// Where JWTs are verified from, checked for shape (exactly one source,
+    /// a secret long enough); `None` unless `JOBGATE_AUTH=jwt`. Reading and
+    /// parsing the key files is the verifier's.
+    pub fn jwt_keys(&self) -> Result<Option<JwtKeys<'_>>, ConfigError> {
+        let Some(AuthMode::Jwt) = self.auth else {
+            return Ok(None);
+        };
+        let keys = match (&self.jwt_secret, &self.jwt_public_key, &self.jwks_file) {
+            (Some(secret), None, None) if secret.len() < MIN_JWT_SECRET_LEN => {
+                return Err(ConfigError(format!(
+                    "JOBGATE_JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} bytes"
+                )));
+            }
+            (Some(secret), None, None) => JwtKeys::Secret(secret),
+            (None, Some(path), None) => JwtKeys::PublicKeyPem(path),
+            (None, None, Some(path)) => JwtKeys::Jwks(path),
+            (None, None, None) => {
+                return Err(ConfigError::new(
+                    "JOBGATE_AUTH=jwt needs JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY or JOBGATE_JWKS_FILE",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "set only one of JOBGATE_JWT_SECRET, JOBGATE_JWT_PUBLIC_KEY and JOBGATE_JWKS_FILE",
+                ));
+            }
+        };
+        Ok(Some(keys))
+    }
+}
+
+/// The shortest HS256 secret accepted (bytes).
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// The one source of JWT verification keys a configuration names.
+#[derive(Debug, Clone, Copy)]
+pub enum JwtKeys<'a> {
+    /// `JOBGATE_JWT_SECRET`: an HS256 shared secret.
+    Secret(&'a str),
+    /// `JOBGATE_JWT_PUBLIC_KEY`: a PEM file with an RSA or EC public key.
+    PublicKeyPem(&'a std::path::Path),
+    /// `JOBGATE_JWKS_FILE`: a JWK set, keys chosen by `kid`.
+    Jwks(&'a std::path::Path),
+}
+
+/// [`Config`] alone as a command line, for [`Config::for_redis`].
+#[derive(clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
 }

@@ -1,5 +1,10 @@
-//! Extractors that answer bad input in the API's error format instead of
+//! Extractors: the caller's [`Principal`], and body, path and query
+//! extractors that answer bad input in the API's error format instead of
 //! axum's plain-text rejections.
+//!
+//! A token comes as `Authorization: Bearer <token>` or — for browsers, whose
+//! EventSource and WebSocket cannot set headers — as the `access_token`
+//! query parameter.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -7,7 +12,9 @@ use axum::http::request::Parts;
 use jobgate_proto::{ErrorCode, JobId};
 use serde::de::DeserializeOwned;
 
+use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A JSON body; rejections become `invalid_json`, `invalid_request`,
 /// `unsupported_media_type` or `payload_too_large`.
@@ -79,5 +86,84 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|e: QueryRejection| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(verifier) = &state.auth else {
+            return Ok(Principal {
+                owner: state.config.default_owner.clone(),
+                expires_at: None,
+            });
+        };
+        let token = bearer_token(parts).ok_or_else(|| {
+            unauthorized("send a token as Authorization: Bearer, or as access_token for browsers")
+        })?;
+        verifier.verify(&token)
+    }
+}
+
+/// The token from the `Authorization` header, or the `access_token` query
+/// parameter.
+fn bearer_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    url_query_value(query, "access_token")
+}
+
+fn url_query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
+            .flatten();
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, byte) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_access_token_query_parameter() {
+        assert_eq!(
+            url_query_value("after=3&access_token=a%2Eb+c", "access_token").as_deref(),
+            Some("a.b c")
+        );
+        assert_eq!(url_query_value("after=3", "access_token"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

@@ -1,8 +1,9 @@
-//! Liveness, readiness and the API's own description.
+//! The operator's routes: liveness, readiness, `/metrics` (figures kept by
+//! [`crate::metrics::Metrics`]) and the API's own description.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use jobgate_proto::ErrorCode;
@@ -17,14 +18,12 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// The process is up.
@@ -57,4 +56,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         body["message"] = json!("the gateway cannot serve jobs right now");
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
     }
+}
+
+/// Prometheus text: the gateway's counters and, read now, the queues.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let queues = match state.store.queue_stats().await {
+        Ok(queues) => queues,
+        Err(error) => {
+            tracing::warn!(%error, "queue figures unavailable for /metrics");
+            Vec::new()
+        }
+    };
+    let mut out = String::with_capacity(4096);
+    state.metrics.render(&mut out, &queues);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -17,6 +17,7 @@ mod jobs;
 mod legacy;
 mod limits;
 pub mod metrics;
+mod push;
 mod sse;
 pub mod state;
 mod submit;
@@ -34,7 +35,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::ApiError;
 pub use state::AppState;
-pub use ws::{CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED};
+pub use ws::{
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
+};
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
@@ -46,7 +50,6 @@ pub fn app(state: AppState) -> Router {
         .merge(legacy::router())
         .merge(health::router())
         .merge(dashboard::router())
-        .merge(metrics::router())
         .merge(client_logs::router())
         .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })

@@ -1,4 +1,5 @@
-//! `/metrics` in the Prometheus text format.
+//! The gateway's counters and gauges, rendered in the Prometheus text
+//! format for `/metrics` (the route is `health`'s).
 //!
 //! Counted here: submissions (by kind), connections, events pushed,
 //! slow-consumer closes. Job outcomes and submit-to-finish latency come from
@@ -13,15 +14,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use jobgate_store::{EventHub, HubMessage, keys};
 use tokio_util::sync::CancellationToken;
-
-use crate::state::AppState;
 
 /// Upper bounds (seconds) of the submit-to-finish latency buckets.
 const LATENCY_BUCKETS_S: [f64; 16] = [
@@ -50,20 +44,36 @@ pub struct Metrics {
     pub(crate) log_forwarding: Mutex<Option<Arc<jobgate_fluent::ForwarderStats>>>,
 }
 
-/// Keeps a gauge up while a connection lives.
+/// Keeps one of the open-connection gauges up while a connection lives.
 #[derive(Debug)]
-pub(crate) struct Gauge<'a>(&'a AtomicI64);
+pub(crate) struct Gauge {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &AtomicI64,
+}
 
-impl<'a> Gauge<'a> {
-    pub(crate) fn up(gauge: &'a AtomicI64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Self(gauge)
+impl Gauge {
+    /// One more open WebSocket session, until the gauge is dropped.
+    pub(crate) fn websocket_session(metrics: &Arc<Metrics>) -> Self {
+        Self::up(metrics, |metrics| &metrics.websocket_sessions)
+    }
+
+    /// One more open SSE stream, until the gauge is dropped.
+    pub(crate) fn sse_stream(metrics: &Arc<Metrics>) -> Self {
+        Self::up(metrics, |metrics| &metrics.sse_streams)
+    }
+
+    fn up(metrics: &Arc<Metrics>, gauge: fn(&Metrics) -> &AtomicI64) -> Self {
+        gauge(metrics).fetch_add(1, Ordering::Relaxed);
+        Self {
+            metrics: Arc::clone(metrics),
+            gauge,
+        }
     }
 }
 
-impl Drop for Gauge<'_> {
+impl Drop for Gauge {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        (self.gauge)(&self.metrics).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,11 +127,11 @@ impl Metrics {
         let metrics = Arc::clone(self);
         tokio::spawn(async move {
             let mut subscription = hub.subscription();
-            let channel = format!("{}stats", keys::PREFIX);
+            let channel = keys::STATS_CHANNEL;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    watched = hub.watch(&mut subscription, &channel) => {
+                    watched = hub.watch(&mut subscription, channel) => {
                         if watched.is_ok() { break; }
                     }
                 }
@@ -143,7 +153,7 @@ impl Metrics {
         });
     }
 
-    fn render(&self, out: &mut String, queues: &[(String, u64, Option<u64>)]) {
+    pub(crate) fn render(&self, out: &mut String, queues: &[(String, u64, Option<u64>)]) {
         family(
             out,
             "jobgate_jobs_submitted_total",
@@ -295,23 +305,6 @@ fn escape(label: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let queues = match state.store.queue_stats().await {
-        Ok(queues) => queues,
-        Err(error) => {
-            tracing::warn!(%error, "queue figures unavailable for /metrics");
-            Vec::new()
-        }
-    };
-    let mut out = String::with_capacity(4096);
-    state.metrics.render(&mut out, &queues);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JobPath, Query};
+use crate::metrics::Gauge;
+use crate::push;
 use crate::state::AppState;
 
 /// Most recent jobs whose events `/v1/events` replays after a reconnect.
@@ -155,22 +157,6 @@ fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     response
 }
 
-/// Keeps the open-streams gauge up for as long as the stream lives.
-struct StreamGauge(std::sync::Arc<crate::metrics::Metrics>);
-
-impl StreamGauge {
-    fn up(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
-        metrics.sse_streams.fetch_add(1, Ordering::Relaxed);
-        Self(metrics)
-    }
-}
-
-impl Drop for StreamGauge {
-    fn drop(&mut self) {
-        self.0.sse_streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The state of one SSE stream.
 struct EventStream {
     feed: Feed,
@@ -192,8 +178,7 @@ struct EventStream {
 
 impl EventStream {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-        let metrics = std::sync::Arc::clone(&self.metrics);
-        let open = StreamGauge::up(metrics);
+        let open = Gauge::sse_stream(&self.metrics);
         stream::unfold(
             (self, false, open),
             |(mut state, finished, open)| async move {
@@ -233,11 +218,10 @@ impl EventStream {
     }
 
     fn to_sse(&self, event: &FeedEvent) -> Event {
-        self.metrics.events_pushed.fetch_add(1, Ordering::Relaxed);
         let id = if self.id_is_ts { event.ts } else { event.seq };
         Event::default()
             .id(id.to_string())
             .event(event.event.as_str())
-            .data(String::from_utf8_lossy(&event.json))
+            .data(push::event_text(&self.metrics, event).as_str())
     }
 }

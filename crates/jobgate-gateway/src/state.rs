@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
 use jobgate_proto::ErrorCode;
 use jobgate_store::{EventHub, Feed, JobStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -78,11 +77,5 @@ impl AppState {
     /// A feed for one client connection.
     pub fn feed(&self) -> Feed {
         Feed::new(self.store.clone(), self.hub.clone())
-    }
-}
-
-impl FromRef<AppState> for JobStore {
-    fn from_ref(state: &AppState) -> Self {
-        state.store.clone()
     }
 }

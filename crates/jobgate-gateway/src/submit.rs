@@ -13,7 +13,7 @@ use tracing::field::Empty;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::telemetry::record_ids;
+use crate::telemetry::context::record_ids;
 
 /// How stale the queue length used for admission may be.
 const QUEUE_LENGTH_MAX_AGE: Duration = Duration::from_millis(250);
@@ -120,11 +120,15 @@ async fn run(
         messaging.destination.name = %keys::queue(&queue, keys::Band::for_priority(request.priority())),
         messaging.message.id = %job_id,
         jobgate.job.kind = %request.kind,
-        jobgate.legacy_trace_id = legacy_trace_id.as_deref().unwrap_or_default(),
+        jobgate.legacy_trace_id = Empty,
         job_id = %job_id,
         trace_id = Empty,
         span_id = Empty,
     );
+    if let Some(legacy_trace_id) = &legacy_trace_id {
+        // Only the old API's submissions carry one.
+        producer.record("jobgate.legacy_trace_id", legacy_trace_id.as_str());
+    }
     let trace = crate::trace::job_context(
         &record_ids(&producer),
         traceparent.as_deref(),

@@ -14,7 +14,11 @@ use opentelemetry::trace::SpanContext;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::telemetry::{record_ids, set_remote_parent};
+use crate::telemetry::context::{record_ids, set_remote_parent};
+
+/// The most characters of a client's `tracestate` a job carries: W3C Trace
+/// Context asks every vendor to pass on at least 512.
+const MAX_TRACESTATE_CHARS: usize = 512;
 
 /// The job's trace context: the producer span's W3C context, with the
 /// client's `tracestate` (when it sent one) carried along. Where no span
@@ -35,7 +39,11 @@ pub(crate) fn job_context(
             producer.span_id(),
             producer.trace_flags().to_u8()
         ),
-        tracestate: tracestate.unwrap_or_default().chars().take(512).collect(),
+        tracestate: tracestate
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_TRACESTATE_CHARS)
+            .collect(),
         trace_id: producer.trace_id().to_string(),
     }
 }
@@ -48,7 +56,7 @@ fn without_spans(traceparent: Option<&str>, tracestate: Option<&str>) -> TraceCo
     };
     TraceContext {
         traceparent: format!("00-{trace_id}-{}-{flags}", random_hex(8)),
-        tracestate: tracestate.chars().take(512).collect(),
+        tracestate: tracestate.chars().take(MAX_TRACESTATE_CHARS).collect(),
         trace_id,
     }
 }

@@ -4,24 +4,29 @@
 //! Subscribe-then-read: [`Feed::watch`] first subscribes to the job's live
 //! channel (confirmed by Redis), then reads the history after the client's
 //! `after`. Live events that arrive meanwhile wait in the subscription's
-//! queue; the per-job cursor (the last seq handed out) drops whatever the
+//! queue; the per-job position (the last seq handed out) drops whatever the
 //! history already gave. A live event that skips a seq, or a
 //! [`HubMessage::Resync`] after the pub/sub link came back, makes the feed
 //! read the missing events from the history, so no event falls between.
+//!
+//! Those decisions are the cursor's (`cursor.rs`, Redis-free and unit-tested
+//! there); this module is the I/O around it: it subscribes, makes the
+//! history reads the cursor asks for, and turns replies into its inputs.
 
-use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use jobgate_proto::{EventHeader, EventType, JobId};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::cursor::{self, FeedCursor, Live, Reread};
 use crate::keys;
-
-/// Pause before re-reading histories after Redis could not be read.
-const RESYNC_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 use crate::store::StoredEvent;
 use crate::{EventHub, HubMessage, JobRecord, JobStore, StoreError, Subscription};
+
+/// Pause before re-reading histories after Redis could not be read.
+const RESYNC_PAUSE: Duration = Duration::from_millis(500);
 
 /// One event ready to send, with the fields the transport needs.
 #[derive(Debug, Clone)]
@@ -40,7 +45,8 @@ pub enum FeedItem {
     Event(FeedEvent),
     /// The connection fell too far behind and was cut off from live events.
     Overflowed,
-    /// Redis could not be read to fill a gap; the feed keeps going.
+    /// Redis could not be read to fill a gap or to resync; the feed keeps
+    /// trying (see [`Feed::next`]).
     Unavailable(StoreError),
 }
 
@@ -54,23 +60,14 @@ pub struct WatchStart {
     pub truncated_from: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    last_seq: u64,
-}
-
 /// Events of a set of jobs (or of all of one owner's jobs) for one connection.
 #[derive(Debug)]
 pub struct Feed {
     store: JobStore,
     hub: EventHub,
     subscription: Subscription,
-    cursors: HashMap<JobId, Cursor>,
-    /// Set for an owner feed: events of any job on the owner's channel count.
-    owner: Option<String>,
-    ready: VecDeque<FeedEvent>,
-    /// A history read failed: every cursor is re-read before waiting again.
-    resync_pending: bool,
+    /// Decides what to hand out, what to drop and what to re-read.
+    cursor: FeedCursor,
     /// Fires when the hub cut the subscription off. Made once: a fresh wait
     /// per event would register and unregister a waiter each time.
     overflowed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -79,18 +76,7 @@ pub struct Feed {
 impl Feed {
     /// A feed of explicitly watched jobs (a WebSocket session, one SSE stream).
     pub fn new(store: JobStore, hub: EventHub) -> Self {
-        let subscription = hub.subscription();
-        let overflowed = Box::pin(subscription.overflowed().clone().cancelled_owned());
-        Self {
-            store,
-            hub,
-            subscription,
-            cursors: HashMap::new(),
-            owner: None,
-            ready: VecDeque::new(),
-            resync_pending: false,
-            overflowed,
-        }
+        Self::with_cursor(store, hub, FeedCursor::for_jobs())
     }
 
     /// A feed of every job of `owner` (the dashboard stream).
@@ -99,12 +85,23 @@ impl Feed {
         hub: EventHub,
         owner: &str,
     ) -> Result<Self, StoreError> {
-        let mut feed = Self::new(store, hub);
+        let mut feed = Self::with_cursor(store, hub, FeedCursor::for_owner());
         feed.hub
             .watch(&mut feed.subscription, &keys::owner_channel(owner))
             .await?;
-        feed.owner = Some(owner.to_owned());
         Ok(feed)
+    }
+
+    fn with_cursor(store: JobStore, hub: EventHub, cursor: FeedCursor) -> Self {
+        let subscription = hub.subscription();
+        let overflowed = Box::pin(subscription.overflowed().clone().cancelled_owned());
+        Self {
+            store,
+            hub,
+            subscription,
+            cursor,
+            overflowed,
+        }
     }
 
     /// Starts watching `job_id` after `after`; the history after `after` is
@@ -115,17 +112,14 @@ impl Feed {
             .watch(&mut self.subscription, &keys::job_channel(&job_id))
             .await?;
         let read = self.store.history_after(&job_id, after).await?;
-        let truncated_from = match (&read.record, read.events.first()) {
-            (Some(_), Some(first)) if first.seq > after + 1 => Some(first.seq),
-            (Some(record), None) if record.snapshot.seq > after => Some(record.snapshot.seq + 1),
-            _ => None,
-        };
-        // Watching again from an earlier point starts over from there. A job
-        // that does not exist yet is watched too: a WebSocket submit watches
-        // its job before creating it, so that its first event is not missed.
-        self.ready.retain(|event| event.job_id != job_id);
-        self.cursors.insert(job_id, Cursor { last_seq: after });
-        self.accept_history(job_id, read.events);
+        let truncated_from = cursor::truncated_from(
+            after,
+            read.record.as_ref().map(|record| record.snapshot.seq),
+            read.events.first().map(|first| first.seq),
+        );
+        // Watching a job again starts over from the new `after`.
+        self.cursor.watch(job_id, after);
+        self.cursor.history(history_events(job_id, read.events));
         Ok(WatchStart {
             record: read.record,
             truncated_from,
@@ -145,26 +139,24 @@ impl Feed {
         let subscribed = self
             .hub
             .watch(&mut self.subscription, &keys::job_channel(&job_id));
-        self.ready.retain(|event| event.job_id != job_id);
-        self.cursors.insert(job_id, Cursor { last_seq: 0 });
+        self.cursor.watch(job_id, 0);
         subscribed
     }
 
     /// Stops watching `job_id`; events of it already queued are dropped.
     pub fn unwatch(&mut self, job_id: &JobId) {
-        self.cursors.remove(job_id);
-        self.ready.retain(|event| event.job_id != *job_id);
+        self.cursor.unwatch(job_id);
         self.hub
             .unwatch(&mut self.subscription, &keys::job_channel(job_id));
     }
 
     /// How many jobs the feed watches.
     pub fn watching(&self) -> usize {
-        self.cursors.len()
+        self.cursor.watching()
     }
 
     pub fn is_watching(&self, job_id: &JobId) -> bool {
-        self.cursors.contains_key(job_id)
+        self.cursor.is_watching(job_id)
     }
 
     /// Seeds an owner feed with the events of `job_id` after `after` (used
@@ -175,10 +167,8 @@ impl Feed {
         after: u64,
     ) -> Result<Option<JobRecord>, StoreError> {
         let read = self.store.history_after(&job_id, after).await?;
-        self.cursors
-            .entry(job_id)
-            .or_insert(Cursor { last_seq: after });
-        self.accept_history(job_id, read.events);
+        self.cursor.seed(job_id, after);
+        self.cursor.history(history_events(job_id, read.events));
         Ok(read.record)
     }
 
@@ -187,10 +177,10 @@ impl Feed {
     /// keeps trying to read what it missed, pausing between tries.
     pub async fn next(&mut self) -> Option<FeedItem> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
+            if let Some(event) = self.cursor.pop() {
                 return Some(FeedItem::Event(event));
             }
-            if self.resync_pending {
+            if self.cursor.resync_pending() {
                 tokio::time::sleep(RESYNC_PAUSE).await;
                 if let Err(error) = self.resync().await {
                     return Some(FeedItem::Unavailable(error));
@@ -207,94 +197,72 @@ impl Feed {
                 HubMessage::Resync => self.resync().await,
             };
             if let Err(error) = outcome {
-                self.resync_pending = true;
+                self.cursor.read_failed();
                 return Some(FeedItem::Unavailable(error));
             }
         }
     }
 
-    /// Reads every watched job's history after its cursor.
+    /// Re-reads every watched job's history after its position.
     async fn resync(&mut self) -> Result<(), StoreError> {
-        self.resync_pending = true;
-        let jobs: Vec<(JobId, u64)> = self
-            .cursors
-            .iter()
-            .map(|(id, c)| (*id, c.last_seq))
-            .collect();
-        for (job_id, after) in jobs {
-            let read = self.store.history_after(&job_id, after).await?;
-            self.accept_history(job_id, read.events);
+        for reread in self.cursor.resync() {
+            self.reread(reread).await?;
         }
-        self.resync_pending = false;
+        self.cursor.resynced();
         Ok(())
     }
 
     async fn accept_live(&mut self, json: Bytes) -> Result<(), StoreError> {
-        let Ok(header) = EventHeader::parse(&json) else {
-            tracing::warn!(payload = %String::from_utf8_lossy(&json), "dropping a malformed event");
+        let Some(event) = live_event(json) else {
             return Ok(());
         };
-        let Ok(job_id) = header.job_id.parse::<JobId>() else {
-            return Ok(());
-        };
-        let (seq, event, ts) = (header.seq, header.event, header.ts);
-        let last_seq = match self.cursors.get(&job_id) {
-            Some(cursor) => cursor.last_seq,
-            // An owner feed meets a job for the first time: start from here.
-            None if self.owner.is_some() => seq.saturating_sub(1),
-            None => return Ok(()),
-        };
-        if seq <= last_seq {
-            return Ok(());
+        match self.cursor.live(event) {
+            Live::Gap(reread) => self.reread(reread).await,
+            Live::Deliver | Live::Duplicate | Live::Unwatched => Ok(()),
         }
-        if seq > last_seq + 1 {
-            // A gap: the missing events are in the history (with this one).
-            let read = self.store.history_after(&job_id, last_seq).await?;
-            self.cursors.entry(job_id).or_insert(Cursor { last_seq });
-            self.accept_history(job_id, read.events);
-            return Ok(());
-        }
-        self.push(FeedEvent {
-            job_id,
-            seq,
-            event,
-            ts,
-            json,
-        });
+    }
+
+    async fn reread(&mut self, reread: Reread) -> Result<(), StoreError> {
+        let read = self
+            .store
+            .history_after(&reread.job_id, reread.after)
+            .await?;
+        self.cursor
+            .history(history_events(reread.job_id, read.events));
         Ok(())
     }
+}
 
-    fn accept_history(&mut self, job_id: JobId, events: Vec<StoredEvent>) {
-        for stored in events {
-            let Ok(header) = EventHeader::parse(&stored.json) else {
-                continue;
-            };
-            let (event, ts) = (header.event, header.ts);
-            let seq = stored.seq;
-            let last = self.cursors.get(&job_id).map_or(0, |c| c.last_seq);
-            if seq > last {
-                self.push(FeedEvent {
-                    job_id,
-                    seq,
-                    event,
-                    ts,
-                    json: stored.json,
-                });
-            }
-        }
-    }
+/// A live event's header read from its JSON; `None` for something that is
+/// not a jobgate event (with a warning when it is not even an event's JSON).
+fn live_event(json: Bytes) -> Option<FeedEvent> {
+    let Ok(header) = EventHeader::parse(&json) else {
+        tracing::warn!(payload = %String::from_utf8_lossy(&json), "dropping a malformed event");
+        return None;
+    };
+    let job_id = header.job_id.parse::<JobId>().ok()?;
+    let (seq, event, ts) = (header.seq, header.event, header.ts);
+    Some(FeedEvent {
+        job_id,
+        seq,
+        event,
+        ts,
+        json,
+    })
+}
 
-    fn push(&mut self, event: FeedEvent) {
-        let cursor = self
-            .cursors
-            .entry(event.job_id)
-            .or_insert(Cursor { last_seq: 0 });
-        cursor.last_seq = event.seq;
-        if self.owner.is_some() && event.event.is_terminal() {
-            // Nothing follows a terminal event: an owner feed forgets the job
-            // so its memory stays bounded by the jobs in flight.
-            self.cursors.remove(&event.job_id);
-        }
-        self.ready.push_back(event);
-    }
+/// `job_id`'s history entries as feed events; the seq is the entry id's.
+/// An entry whose JSON is not an event is skipped.
+fn history_events(job_id: JobId, events: Vec<StoredEvent>) -> impl Iterator<Item = FeedEvent> {
+    events.into_iter().filter_map(move |stored| {
+        let header = EventHeader::parse(&stored.json).ok()?;
+        let (event, ts) = (header.event, header.ts);
+        Some(FeedEvent {
+            job_id,
+            seq: stored.seq,
+            event,
+            ts,
+            json: stored.json,
+        })
+    })
 }

@@ -1,5 +1,6 @@
-//! Key and channel names. Braces are Redis Cluster hash tags: the keys one
-//! atomic operation touches share a tag (see `proto-schemas/PROTOCOL.md`).
+//! Key and channel names, all of them in one place. Braces are Redis Cluster
+//! hash tags: the keys one atomic operation touches share a tag (see
+//! `proto-schemas/PROTOCOL.md`).
 
 use jobgate_proto::JobId;
 
@@ -9,6 +10,10 @@ pub const PREFIX: &str = "jobgate:";
 pub const CONSUMER_GROUP: &str = "jobgate-workers";
 /// Job kind → `{"queue", "worker", "seen_at"}`, written by workers.
 pub const KINDS: &str = "jobgate:kinds";
+/// The channel the job script reports outcomes to: `"<event> <kind> <ms
+/// since created>"` for every `retrying`, `completed`, `failed` and
+/// `cancelled` event, what gateways count for `/metrics`.
+pub const STATS_CHANNEL: &str = "jobgate:stats";
 
 /// The job record (hash).
 pub fn job(job_id: &JobId) -> String {
@@ -98,5 +103,36 @@ mod tests {
         );
         assert_eq!(Band::for_priority(5), Band::Normal);
         assert_eq!(Band::for_priority(0), Band::Low);
+    }
+
+    /// Every channel the job script publishes to, as `prefix .. '<rest>'`
+    /// (the script takes the prefix from its job key).
+    fn channels_published_by_the_script() -> Vec<&'static str> {
+        let script = include_str!("../../../proto-schemas/redis/jobgate.lua");
+        let publish = "redis.call('PUBLISH', prefix .. '";
+        script
+            .match_indices(publish)
+            .filter_map(|(at, _)| {
+                let rest = &script[at + publish.len()..];
+                rest.find('\'').map(|end| &rest[..end])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn channel_names_match_what_the_script_publishes_to() {
+        let id: JobId = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b".parse().expect("id");
+        // The script's prefix is what precedes `job:{` in its first key.
+        assert_eq!(
+            job(&id).split_once("job:{").map(|(prefix, _)| prefix),
+            Some(PREFIX)
+        );
+        let published = channels_published_by_the_script();
+        assert!(published.contains(&"stats"), "{published:?}");
+        assert_eq!(STATS_CHANNEL, format!("{PREFIX}stats"));
+        assert!(published.contains(&"live:job:"), "{published:?}");
+        assert_eq!(job_channel(&id), format!("{PREFIX}live:job:{id}"));
+        assert!(published.contains(&"live:owner:"), "{published:?}");
+        assert_eq!(owner_channel("alice"), format!("{PREFIX}live:owner:alice"));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`keys`]: every key and channel name (the schema is in
 //!   `proto-schemas/PROTOCOL.md`);
-//! - [`JobStore`]: submit, snapshot, history, cancel, all through the one
-//!   state machine script shared with the Python worker;
+//! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
+//!   record, history, cancel — every change through the one state machine
+//!   script shared with the Python worker — and kind routes and queue stats;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
 //!   every client connection, re-established on its own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
@@ -13,6 +14,7 @@
 //! to name job ids and statuses.
 
 mod connect;
+mod cursor;
 mod error;
 mod feed;
 mod hub;

@@ -11,6 +11,8 @@ use crate::StoreError;
 #[derive(Debug, Clone)]
 pub struct JobRecord {
     pub owner: String,
+    /// The old API's free-form trace id; `None` for every other job (the
+    /// field is absent, or empty in records of earlier versions).
     pub legacy_trace_id: Option<String>,
     pub snapshot: JobSnapshot,
 }
@@ -79,6 +81,36 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect()
+    }
+
+    fn record_with(extra: &[(&str, &str)]) -> JobRecord {
+        let mut pairs = vec![
+            ("job_id", "01936f3e-8a7c-7b44-9f4e-2d5c8a1b6e90"),
+            ("owner", "alice"),
+            ("status", "queued"),
+            ("kind", "echo"),
+            ("queue", "default"),
+        ];
+        pairs.extend_from_slice(extra);
+        JobRecord::from_fields(fields(&pairs))
+            .expect("decodes")
+            .expect("a record")
+    }
+
+    #[test]
+    fn only_an_old_api_job_has_a_legacy_trace_id() {
+        assert_eq!(record_with(&[]).legacy_trace_id, None);
+        assert_eq!(
+            record_with(&[("legacy_trace_id", "")]).legacy_trace_id,
+            None,
+            "records of earlier versions hold an empty string"
+        );
+        assert_eq!(
+            record_with(&[("legacy_trace_id", "ios-1234")])
+                .legacy_trace_id
+                .as_deref(),
+            Some("ios-1234")
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::render::plural;
 use crate::target::Target;
+use crate::words::plural;
 
 /// Why no narrative could be printed.
 #[derive(Debug, thiserror::Error)]

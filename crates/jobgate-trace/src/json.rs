@@ -5,9 +5,9 @@
 
 use std::io::{self, Write};
 
-use crate::render::plural;
 use crate::select::Trace;
 use crate::timestamp::millis_json;
+use crate::words::plural;
 
 /// Writes the records of `trace` as JSON lines.
 pub fn write_json(trace: &Trace, out: &mut dyn Write) -> io::Result<()> {

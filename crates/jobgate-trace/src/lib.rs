@@ -27,6 +27,7 @@ mod scan;
 mod select;
 mod target;
 mod timestamp;
+mod words;
 
 use std::io::{self, BufWriter, Write};
 

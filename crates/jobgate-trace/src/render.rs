@@ -11,6 +11,7 @@ use crate::record::Record;
 use crate::select::Trace;
 use crate::target::short_id;
 use crate::timestamp::Elapsed;
+use crate::words::plural;
 
 /// Fields every line has, or that only a machine needs; not shown per step.
 const QUIET_FIELDS: [&str; 13] = [
@@ -243,14 +244,6 @@ fn write_footer(trace: &Trace, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// `1 file`, `2 files`.
-pub(crate) fn plural(count: u64, noun: &str) -> String {
-    match count {
-        1 => format!("1 {noun}"),
-        count => format!("{count} {noun}s"),
-    }
 }
 
 /// The distinct values, in order of first appearance.

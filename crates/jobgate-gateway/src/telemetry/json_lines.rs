@@ -1,4 +1,4 @@
-//! Logs: one JSON object per line on stderr, in the schema every jobgate
+//! Log lines: one JSON object per line, in the schema every jobgate
 //! component shares (`proto-schemas/schemas/log_line.json`): `timestamp`,
 //! `level`, `message`, `service`, then the event's structured fields
 //! (`trace_id`, `span_id`, `job_id` where known) at the top level.
@@ -9,207 +9,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
-
-use jobgate_fluent::{Forwarder, ForwarderConfig, TeeMakeWriter};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-use crate::config::Config;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The `service` of the gateway's log lines.
-pub const SERVICE: &str = "jobgate";
-
-/// What telemetry runs in the background: the span pipeline and log
-/// forwarding to Fluentd.
-#[derive(Debug)]
-pub struct Telemetry {
-    forwarder: Option<Forwarder>,
-    client_forwarder: Option<Forwarder>,
-    tracer_provider: SdkTracerProvider,
-}
-
-impl Telemetry {
-    /// Where client apps' log lines go (`jobgate.client`), when Fluentd is configured.
-    pub fn client_logs(&self) -> Option<Forwarder> {
-        self.client_forwarder.clone()
-    }
-
-    /// Counters of log forwarding, when it is on.
-    pub fn forwarding_stats(&self) -> Option<std::sync::Arc<jobgate_fluent::ForwarderStats>> {
-        self.forwarder.as_ref().map(Forwarder::stats)
-    }
-
-    /// Flushes spans and sends the logs still buffered, waiting at most
-    /// `timeout` for Fluentd.
-    pub async fn shutdown(&self, timeout: std::time::Duration) {
-        let provider = self.tracer_provider.clone();
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        for forwarder in self.forwarder.iter().chain(&self.client_forwarder) {
-            if let Err(error) = forwarder.shutdown(timeout).await {
-                eprintln!("jobgate: log forwarding stopped with records undelivered: {error}");
-            }
-        }
-    }
-}
-
-/// Installs logging and tracing: JSON log lines on stderr (and to Fluentd
-/// when `config.fluentd_addr` is set), and OpenTelemetry spans, exported over
-/// OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without an endpoint
-/// spans still give every job and log line real trace and span ids, and
-/// nothing is exported. Must run inside the tokio runtime.
-pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
-    let mut provider = tracer_provider_builder();
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-        provider = provider.with_batch_exporter(exporter);
-    }
-    install(config, provider.build())
-}
-
-/// As [`init`], with spans going to `exporter` as they end (tests use an
-/// in-memory exporter).
-pub fn init_with_exporter<E>(config: &Config, exporter: E) -> Result<Telemetry, TelemetryError>
-where
-    E: opentelemetry_sdk::trace::SpanExporter + 'static,
-{
-    install(
-        config,
-        tracer_provider_builder()
-            .with_simple_exporter(exporter)
-            .build(),
-    )
-}
-
-fn tracer_provider_builder() -> opentelemetry_sdk::trace::TracerProviderBuilder {
-    SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(SERVICE)
-            .build(),
-    )
-}
-
-fn install(
-    config: &Config,
-    tracer_provider: SdkTracerProvider,
-) -> Result<Telemetry, TelemetryError> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let forwarder_for = |service: &str, address: &jobgate_fluent::FluentdAddress| {
-        let mut settings = ForwarderConfig::new(address.clone(), service);
-        settings.buffer_capacity = config.fluentd_buffer.max(1);
-        Forwarder::start(settings)
-    };
-    let (forwarder, client_forwarder) = match &config.fluentd_addr {
-        Some(address) => (
-            Some(forwarder_for("gateway", address)?),
-            Some(forwarder_for("client", address)?),
-        ),
-        None => (None, None),
-    };
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let tracer = tracer_provider.tracer(SERVICE);
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(TeeMakeWriter::new(std::io::stderr, forwarder.clone()))
-        .fmt_fields(Unformatted)
-        .event_format(JsonLines);
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            // Spans are entered on every poll of an instrumented future:
-            // neither timing each entry (busy/idle attributes) nor attaching
-            // an OpenTelemetry context (nothing here reads
-            // `Context::current`) is worth its cost on that path. Parents
-            // still come from the tracing span tree.
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_context_activation(false)
-                .with_threads(false),
-        )
-        .with(SpanFields)
-        .with(logs)
-        .try_init();
-    Ok(Telemetry {
-        forwarder,
-        client_forwarder,
-        tracer_provider,
-    })
-}
-
-/// Telemetry could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    #[error("log forwarding: {0}")]
-    Fluent(#[from] jobgate_fluent::FluentError),
-    #[error("OTLP span exporter: {0}")]
-    Otlp(String),
-}
-
-/// Records the span's W3C ids as its `trace_id` and `span_id` fields, so
-/// every log line inside it carries them. Spans that log must declare both
-/// fields (`trace_id = tracing::field::Empty, span_id = …`).
-pub fn record_ids(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
-    let context = span.context().span().span_context().clone();
-    if context.is_valid() {
-        span.record("trace_id", tracing::field::display(context.trace_id()));
-        span.record("span_id", tracing::field::display(context.span_id()));
-    }
-    context
-}
-
-/// Sets `span`'s parent from a W3C `traceparent` (and `tracestate`), when valid.
-pub fn set_remote_parent(
-    span: &tracing::Span,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) {
-    let Some(traceparent) = traceparent else {
-        return;
-    };
-    let carrier = Carrier {
-        traceparent,
-        tracestate: tracestate.unwrap_or_default(),
-    };
-    let parent =
-        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
-}
-
-struct Carrier<'a> {
-    traceparent: &'a str,
-    tracestate: &'a str,
-}
-
-impl opentelemetry::propagation::Extractor for Carrier<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "traceparent" => Some(self.traceparent),
-            "tracestate" => Some(self.tracestate),
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent", "tracestate"]
-    }
-}
+use super::SERVICE;
 
 /// The structured fields of every span, kept so that log lines inside a
 /// span carry them (`trace_id`, `span_id`, `job_id`, …), innermost first.
-struct SpanFields;
+pub(super) struct SpanFields;
 
 #[derive(Default)]
 struct RecordedFields(Map<String, Value>);
@@ -247,7 +55,7 @@ where
 /// The fmt layer's own rendering of span fields, which [`JsonLines`] never
 /// prints (it takes them from [`SpanFields`]): rendering nothing saves
 /// formatting every span's fields as text on every request.
-struct Unformatted;
+pub(super) struct Unformatted;
 
 impl<'writer> FormatFields<'writer> for Unformatted {
     fn format_fields<R: tracing_subscriber::field::RecordFields>(
@@ -261,7 +69,7 @@ impl<'writer> FormatFields<'writer> for Unformatted {
 
 /// Formats each event as one line of the shared log schema.
 #[derive(Debug, Clone, Copy)]
-pub struct JsonLines;
+pub(super) struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where

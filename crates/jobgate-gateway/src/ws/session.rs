@@ -1,31 +1,23 @@
-//! The WebSocket session (`GET /v1/ws`).
-//!
-//! One task per session reads the client's frames and the session's
-//! [`Feed`] and writes to the socket. Frames to send wait in a bounded
-//! queue that is written whenever the socket takes more, alongside the
-//! reading, so a client that stops reading never blocks the session: when
-//! the queue is full the session is closed with 4008 (slow consumer) and the
-//! client resumes with `subscribe … after`. Writing from the session's own
-//! task (not a writer task fed by a channel) saves a task wake-up per frame;
-//! when one event goes to thousands of sessions, each session's write
-//! follows its read at once instead of after every other session's read.
+//! One WebSocket session: a single task reads the client's frames and the
+//! session's [`Feed`] and writes to the socket. Frames to send wait in the
+//! session's bounded [`Outbox`], written whenever the socket takes more,
+//! alongside the reading, so a client that stops reading never blocks the
+//! session: when the outbox is full the session is closed with 4008 (slow
+//! consumer) and the client resumes with `subscribe … after`. Writing from
+//! the session's own task (not a writer task fed by a channel) saves a task
+//! wake-up per frame; when one event goes to thousands of sessions, each
+//! session's write follows its read at once instead of after every other
+//! session's read.
 //!
 //! Submissions run concurrently: the session reads the next message and
 //! pushes events while earlier submissions wait for Redis. Their answers may
 //! come in another order than the messages; a job's events are held back
 //! until its `accepted` is sent.
 
-use std::collections::{HashMap, VecDeque};
-use std::task::{Context, Poll};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
-use axum::response::Response;
-use axum::routing::get;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -37,61 +29,26 @@ use crate::auth::{Principal, unauthorized};
 use crate::error::ApiError;
 use crate::jobs;
 use crate::limits::TokenBucket;
-use crate::metrics::Gauge;
+use crate::push;
 use crate::state::AppState;
 use crate::submit::{self, Accepted, Submission};
-use crate::telemetry::{record_ids, set_remote_parent};
+use crate::telemetry::context::{record_ids, set_remote_parent};
 use tracing::Instrument;
 
-/// Close code for a session that fell too far behind.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Close code for a session whose pings went unanswered.
-pub const CLOSE_PING_TIMEOUT: u16 = 4000;
-/// Close code for a session whose token expired without an `auth` refresh.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-const CLOSE_GOING_AWAY: u16 = 1001;
+use super::outbox::Outbox;
+use super::{
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
+};
+
 /// How long a close frame may take to reach a jammed socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v1/ws", get(upgrade))
-}
-
-async fn upgrade(
-    State(state): State<AppState>,
-    principal: Principal,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|rejection| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("this route speaks WebSocket: {}", rejection.body_text()),
-        )
-    })?;
-    check_origin(&headers, &state.config.allowed_origins)?;
-    let permit = state.connection_permit(&principal)?;
-    let max = state.config.max_body_bytes;
-    Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
-        // Small buffers: thousands of mostly idle sessions must stay cheap
-        // (the defaults hold 128 KiB per session).
-        .read_buffer_size(1024)
-        .write_buffer_size(1024)
-        .on_upgrade(move |socket| async move {
-            let metrics = std::sync::Arc::clone(&state.metrics);
-            let _open = Gauge::up(&metrics.websocket_sessions);
-            Session::run(socket, state, principal).await;
-            drop(permit);
-        }))
-}
-
-struct Session {
+pub(super) struct Session {
     state: AppState,
     principal: Principal,
     feed: Feed,
-    outbox: Outbox,
+    outbox: Outbox<Message>,
     /// Messages the client may still send this second.
     budget: TokenBucket,
     /// Submissions waiting for Redis: the session reads the next message
@@ -116,7 +73,7 @@ enum End {
 }
 
 impl Session {
-    async fn run(socket: WebSocket, state: AppState, principal: Principal) {
+    pub(super) async fn run(socket: WebSocket, state: AppState, principal: Principal) {
         let (mut sink, mut incoming) = socket.split();
         let feed = state.feed();
         let budget = TokenBucket::new(state.config.ws_messages_per_s);
@@ -273,11 +230,8 @@ impl Session {
             // Nothing follows: free the session's watch.
             self.feed.unwatch(&event.job_id);
         }
-        self.state
-            .metrics
-            .events_pushed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.send_text(event_text(event.json))
+        let text = push::event_text(&self.state.metrics, &event);
+        self.send_text(text)
     }
 
     /// Starts a submission; its answer is sent when it is in
@@ -389,7 +343,7 @@ impl Session {
         };
         if let Some(first_seq) = start.truncated_from {
             let snapshot = serde_json::value::to_raw_value(&record.snapshot)
-                .map_err(|_| End::Close(1011, "internal error"))?;
+                .map_err(|_| End::Close(CLOSE_INTERNAL_ERROR, "internal error"))?;
             self.reply(&ServerMessage::HistoryTruncated {
                 job_id: id,
                 after,
@@ -467,70 +421,6 @@ impl Session {
     }
 }
 
-/// Frames waiting for the socket, at most `limit`.
-struct Outbox {
-    queue: VecDeque<Message>,
-    limit: usize,
-    /// Frames were handed to the socket but not yet flushed.
-    unflushed: bool,
-}
-
-impl Outbox {
-    fn new(limit: usize) -> Self {
-        Self {
-            queue: VecDeque::new(),
-            limit: limit.max(1),
-            unflushed: false,
-        }
-    }
-
-    /// Queues `message`; `false` when the queue is full.
-    fn push(&mut self, message: Message) -> bool {
-        if self.queue.len() >= self.limit {
-            return false;
-        }
-        self.queue.push_back(message);
-        true
-    }
-
-    fn has_work(&self) -> bool {
-        self.unflushed || !self.queue.is_empty()
-    }
-
-    /// Hands every queued frame the socket takes to it, then flushes them
-    /// with one write. Cancel-safe: a frame leaves the queue only once the
-    /// socket has taken it, and what the socket holds is flushed by the next
-    /// call.
-    async fn write(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> Result<(), axum::Error> {
-        std::future::poll_fn(|cx| self.poll_write(sink, cx)).await
-    }
-
-    fn poll_write(
-        &mut self,
-        sink: &mut SplitSink<WebSocket, Message>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), axum::Error>> {
-        while !self.queue.is_empty() {
-            match sink.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
-            }
-            if let Some(frame) = self.queue.pop_front() {
-                sink.start_send_unpin(frame)?;
-                self.unflushed = true;
-            }
-        }
-        match sink.poll_flush_unpin(cx) {
-            Poll::Ready(Ok(())) => {
-                self.unflushed = false;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
 /// When a credential that expires at `expires_at` (Unix seconds) runs out;
 /// a credential without expiry gets a deadline that is never awaited.
 fn expiry_deadline(expires_at: Option<u64>) -> tokio::time::Instant {
@@ -543,35 +433,6 @@ fn expiry_deadline(expires_at: Option<u64>) -> tokio::time::Instant {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     now + Duration::from_secs(expires_at.saturating_sub(unix_now))
-}
-
-/// Refuses a browser page from an origin that may not open sessions
-/// (cross-site WebSocket hijacking). Clients that send no `Origin` are not
-/// browsers and pass; without an allow-list only same-origin pages pass.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or_default();
-    let same_origin = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .is_some_and(|host| {
-            origin == format!("http://{host}") || origin == format!("https://{host}")
-        });
-    if same_origin || allowed.iter().any(|a| a == origin) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::ForbiddenOrigin,
-            "this origin may not open WebSocket sessions",
-        ))
-    }
-}
-
-fn event_text(json: bytes::Bytes) -> Utf8Bytes {
-    // Events are written by the job script as JSON text, so they are UTF-8.
-    Utf8Bytes::try_from(json).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
 /// Sends a close frame (or just closes), giving a jammed socket

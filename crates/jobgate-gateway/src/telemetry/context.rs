@@ -1,0 +1,57 @@
+//! W3C trace context on the gateway's spans: a client's `traceparent`
+//! becomes a span's remote parent, and a span's trace and span ids become
+//! fields that every log line inside it carries.
+
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Records the span's W3C ids as its `trace_id` and `span_id` fields, so
+/// every log line inside it carries them. Spans that log must declare both
+/// fields (`trace_id = tracing::field::Empty, span_id = …`).
+pub fn record_ids(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
+    let context = span.context().span().span_context().clone();
+    if context.is_valid() {
+        span.record("trace_id", tracing::field::display(context.trace_id()));
+        span.record("span_id", tracing::field::display(context.span_id()));
+    }
+    context
+}
+
+/// Sets `span`'s parent from a W3C `traceparent` (and `tracestate`), when valid.
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let carrier = Carrier {
+        traceparent,
+        tracestate: tracestate.unwrap_or_default(),
+    };
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+struct Carrier<'a> {
+    traceparent: &'a str,
+    tracestate: &'a str,
+}
+
+impl opentelemetry::propagation::Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => Some(self.tracestate),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}

@@ -1,0 +1,156 @@
+//! The calls of `proto-schemas/redis/jobgate.lua` the gateway makes —
+//! `create`, `fail` (after a failed enqueue) and `cancel` — with their
+//! arguments in the order the script reads them, and how replies are read.
+//! The script's own header documents every operation.
+
+use jobgate_proto::JobId;
+use redis::aio::ConnectionManager;
+use redis::{Script, ScriptInvocation, Value};
+
+use super::{JobStore, NewJob};
+use crate::{StoreError, keys};
+
+/// The job state machine, shared with the Python worker.
+const SCRIPT: &str = include_str!("../../../../proto-schemas/redis/jobgate.lua");
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled,
+    /// The job is running; its worker was asked to stop it.
+    Requested,
+    /// The job had already ended.
+    AlreadyTerminal,
+    NotFound,
+}
+
+pub(super) fn load() -> Script {
+    Script::new(SCRIPT)
+}
+
+impl JobStore {
+    /// Asks for a job to be cancelled.
+    pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
+        let mut conn = self.connection();
+        let reply: Value = self
+            .operation(job_id, "cancel")
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match status_word(&reply)?.as_str() {
+            "ok" => CancelOutcome::Cancelled,
+            "requested" => CancelOutcome::Requested,
+            "skip" => CancelOutcome::AlreadyTerminal,
+            "missing" => CancelOutcome::NotFound,
+            other => return Err(StoreError::Protocol(format!("cancel answered {other}"))),
+        })
+    }
+
+    /// `create`: the record and its `queued` event (seq 1).
+    pub(super) async fn create(
+        &self,
+        conn: &mut ConnectionManager,
+        job: &NewJob,
+    ) -> Result<(), StoreError> {
+        let request = &job.request;
+        let mut create = self.operation(&job.job_id, "create");
+        create
+            .arg(job.job_id.to_string())
+            .arg(&job.owner)
+            .arg(&request.kind)
+            .arg(&job.queue)
+            .arg(request.params.get())
+            .arg(request.priority())
+            .arg(request.max_attempts())
+            .arg(request.timeout_s())
+            .arg(self.settings.retention.as_secs().max(1))
+            .arg(self.settings.history_max.max(1))
+            .arg(&job.trace.traceparent)
+            .arg(&job.trace.tracestate)
+            .arg(&job.trace.trace_id);
+        if let Some(legacy_trace_id) = legacy_trace_id(job) {
+            create.arg(legacy_trace_id);
+        }
+        let reply: Value = create.invoke_async(conn).await?;
+        match status_word(&reply)?.as_str() {
+            "ok" => Ok(()),
+            other => Err(StoreError::Protocol(format!("create answered {other}"))),
+        }
+    }
+
+    /// `fail *`: fails the job whatever its attempt, so that a record whose
+    /// queue entry could not be written does not claim to be queued. Best
+    /// effort: the caller is already answering with the enqueue's error.
+    pub(super) async fn fail_unenqueued(&self, conn: &mut ConnectionManager, job_id: &JobId) {
+        let _: Result<Value, _> = self
+            .operation(job_id, "fail")
+            .arg("*")
+            .arg("enqueue_failed")
+            .arg("the job could not be enqueued")
+            .invoke_async(conn)
+            .await;
+    }
+
+    /// A call of operation `op` on `job_id`'s two keys; its arguments follow.
+    fn operation(&self, job_id: &JobId, op: &str) -> ScriptInvocation<'_> {
+        let mut invocation = self.script.key(keys::job(job_id));
+        invocation.key(keys::events(job_id)).arg(op);
+        invocation
+    }
+}
+
+/// `create`'s optional last argument: the old API's trace id, passed only
+/// when there is one, so that every other job's record holds no such field.
+fn legacy_trace_id(job: &NewJob) -> Option<&str> {
+    job.legacy_trace_id.as_deref().filter(|id| !id.is_empty())
+}
+
+/// The first element of a script reply: its status word.
+fn status_word(reply: &Value) -> Result<String, StoreError> {
+    let first = match reply {
+        Value::Array(items) => items.first(),
+        _ => None,
+    };
+    match first {
+        Some(Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Some(Value::SimpleString(text)) => Ok(text.clone()),
+        _ => Err(StoreError::Protocol(format!("script reply {reply:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jobgate_proto::SubmitRequest;
+
+    use super::*;
+    use crate::TraceContext;
+
+    fn job(legacy_trace_id: Option<&str>) -> NewJob {
+        NewJob {
+            job_id: "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b".parse().expect("id"),
+            owner: "alice".to_owned(),
+            request: serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","params":{}}"#)
+                .expect("request"),
+            queue: "default".to_owned(),
+            trace: TraceContext::default(),
+            legacy_trace_id: legacy_trace_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn only_an_old_api_trace_id_is_passed_to_create() {
+        assert_eq!(legacy_trace_id(&job(Some("ios-1234"))), Some("ios-1234"));
+        assert_eq!(legacy_trace_id(&job(Some(""))), None);
+        assert_eq!(legacy_trace_id(&job(None)), None);
+    }
+
+    #[test]
+    fn a_status_word_is_read_from_either_string_kind() {
+        let bulk = Value::Array(vec![Value::BulkString(b"ok".to_vec()), Value::Int(1)]);
+        assert_eq!(status_word(&bulk).expect("a word"), "ok");
+        let simple = Value::Array(vec![Value::SimpleString("missing".to_owned())]);
+        assert_eq!(status_word(&simple).expect("a word"), "missing");
+        assert!(status_word(&Value::Array(vec![])).is_err());
+        assert!(status_word(&Value::Nil).is_err());
+    }
+}
