@@ -146,6 +146,8 @@ async fn submit_answers_202_with_links_and_a_trace() {
         "job_record",
         &serde_json::to_value(&record).expect("record"),
     );
+    // Only the old API's jobs carry a legacy trace id.
+    assert!(!record.contains_key("legacy_trace_id"), "{record:?}");
 }
 
 #[tokio::test]
