@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import redis
 
+from gateway_script import GatewayScript, band_for_priority
 from jobgate_worker import Settings, Worker, keys
-from jobgate_worker.runtime import Runtime
-from jobgate_worker.script import JobScript
+from jobgate_worker.runtime import EXIT_OK, Runtime
 from jobgate_worker.tracing import Telemetry
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -131,7 +131,7 @@ class Gateway:
     def __init__(self, server: RedisServer) -> None:
         self.server = server
         self.redis = server.client()
-        self.script = JobScript.load(self.redis)
+        self.script = GatewayScript.load(self.redis)
 
     def submit(
         self,
@@ -168,7 +168,7 @@ class Gateway:
             trace_id=trace_id,
         )
         assert reply.ok, reply
-        stream = keys.queue_stream(queue, keys.band_for_priority(priority))
+        stream = keys.queue_stream(queue, band_for_priority(priority))
         with contextlib.suppress(redis.ResponseError):
             self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
         entry = {
@@ -248,7 +248,12 @@ class ThreadWorker:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.thread = threading.Thread(target=runtime.run, name="test-runtime", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="test-runtime", daemon=True)
+        #: What ``runtime.run()`` returned, once it has.
+        self.status: int | None = None
+
+    def _run(self) -> None:
+        self.status = self.runtime.run()
 
     def __enter__(self) -> Runtime:
         self.thread.start()
@@ -259,6 +264,7 @@ class ThreadWorker:
         self.runtime.stop(grace_s=5)
         self.thread.join(15)
         assert not self.thread.is_alive(), "runtime did not stop"
+        assert self.status == EXIT_OK, "a runtime stopped as asked exits with 0"
 
 
 @pytest.fixture

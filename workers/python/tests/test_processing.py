@@ -162,7 +162,7 @@ def test_stale_outcome_is_refused_and_not_acknowledged(gateway, run_worker):
         assert [e["event"] for e in events] == ["queued", "started", "retrying", "started"]
         # ... and the entry was left to its new owner.
         assert _pending_owner(gateway) == ["usurper"]
-    done = JobScript.load(gateway.redis).complete(job_id, 2, '{"by":"usurper"}')
+    done = gateway.script.complete(job_id, 2, '{"by":"usurper"}')
     assert done.ok
     assert_contiguous(gateway.events(job_id))
 

@@ -13,6 +13,7 @@ import sample_app
 from conftest import REPO_ROOT, Gateway, assert_contiguous
 from jobgate_worker import keys
 from jobgate_worker.dask_support import JobDask
+from jobgate_worker.runtime import EXIT_FAILED
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -301,3 +302,48 @@ def test_worker_started_before_redis_waits_for_it(redis_server, spawn_worker):
     gateway = Gateway(redis_server)
     job_id = gateway.submit("echo", {"late": True})
     assert gateway.wait_terminal(job_id)[-1]["data"]["result"] == {"late": True}
+
+
+def _break_the_high_band(gateway):
+    """A key of another type where the queue's high band should be: Redis refuses the group."""
+    gateway.redis.set(keys.queue_stream("default", "high"), "not a stream")
+
+
+def test_runtime_that_cannot_set_up_its_queue_returns_a_failure_status(gateway, run_worker, caplog):
+    _break_the_high_band(gateway)
+    runtime = run_worker(sample_app.worker, consumer="misconfigured").runtime
+    caplog.set_level(logging.INFO, logger="jobgate_worker")
+    assert runtime.run() == EXIT_FAILED
+    assert runtime.wait_stopped(0)
+    [failed] = [r for r in caplog.records if r.getMessage() == "worker failed; stopping"]
+    assert failed.levelno == logging.ERROR
+    assert "WRONGTYPE" in str(failed.exc_info[1])
+
+
+def test_runtime_whose_read_loop_crashes_stops_with_a_failure_status(gateway, run_worker):
+    worker = run_worker(sample_app.worker, consumer="crashing")
+    worker.thread.start()
+    assert worker.runtime.wait_ready(10)
+    job_id = gateway.submit("slow_steps", {"n": 3, "pause_s": 0.1})
+    gateway.wait_event(job_id, "started")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug in the read loop")
+
+    worker.runtime.streams.read = crash
+    worker.thread.join(15)
+    assert not worker.thread.is_alive()
+    assert worker.status == EXIT_FAILED
+    # The shutdown still ran: the running job finished within the grace.
+    assert gateway.events(job_id)[-1]["event"] == "completed"
+
+
+def test_cli_exits_with_the_runtime_failure_status_and_logs_it_as_json(gateway, spawn_worker):
+    _break_the_high_band(gateway)
+    worker = spawn_worker("--consumer", "misconfigured")
+    assert worker.wait(15) == EXIT_FAILED
+    lines = worker.log_lines()  # every line is JSON: no bare traceback on stderr
+    [failed] = [line for line in lines if line["message"] == "worker failed; stopping"]
+    assert failed["level"] == "error"
+    assert "WRONGTYPE" in failed["exception"]
+    assert lines[-1]["message"] == "worker stopped"

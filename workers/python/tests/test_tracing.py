@@ -23,7 +23,7 @@ from jobgate_worker import keys
 from jobgate_worker.logs import JsonFormatter
 from jobgate_worker.span_export import SpanFileExporter
 from jobgate_worker.streams import QueueStreams
-from jobgate_worker.tracing import Telemetry, remote_parent
+from jobgate_worker.tracing import SERVICE, Telemetry, remote_parent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 #: The gateway's producer span, as the job's traceparent names it.
@@ -202,7 +202,7 @@ def test_without_a_traceparent_the_record_trace_id_is_kept(gateway, run_worker, 
 
 def test_span_file_lines(tmp_path):
     path = tmp_path / "spans.jsonl"
-    telemetry = Telemetry([SimpleSpanProcessor(SpanFileExporter(str(path)))])
+    telemetry = Telemetry([SimpleSpanProcessor(SpanFileExporter(str(path), SERVICE))])
     parent = remote_parent(TRACEPARENT)
     with (
         telemetry.span(

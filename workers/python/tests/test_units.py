@@ -18,7 +18,6 @@ from jobgate_worker import Settings, Worker
 from jobgate_worker.context import ProgressReporter
 from jobgate_worker.dask_support import TracedCall
 from jobgate_worker.errors import ScriptNotFoundError
-from jobgate_worker.execution import JobExecutor, error_message
 from jobgate_worker.logs import JsonFormatter, LogContext, bound, current_context
 from jobgate_worker.scheduler import Scheduler
 from jobgate_worker.script import find_script
@@ -201,21 +200,6 @@ def test_traced_call_carries_the_job_context_into_tasks():
     assert context.span_id != SPAN, "the task runs in a span of its own"
     assert call.__name__ == "current_context"
     assert current_context() is None
-
-
-def test_error_message_names_the_exception_type():
-    assert error_message(ValueError("spot must be positive")) == "ValueError: spot must be positive"
-    assert error_message(KeyError("spot")) == "KeyError: 'spot'"
-    assert error_message(RuntimeError()) == "RuntimeError"
-
-
-def test_backoff_grows_exponentially_with_jitter():
-    executor = JobExecutor.__new__(JobExecutor)
-    executor.worker = Worker(retry_base_delay=1.0, retry_max_delay=10.0)
-    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (6, 10.0)]:
-        delays = [executor.backoff_s(attempt) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, delays)
-        assert len(set(delays)) > 1
 
 
 def test_settings_from_env_and_validation():

@@ -26,6 +26,7 @@ from opentelemetry import trace
 from .errors import ScriptNotFoundError
 from .fluentd import FluentForwarder
 from .logs import configure_logging, forward_to_fluentd, stop_forwarding
+from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .worker import Worker
 
@@ -86,7 +87,7 @@ def _run(app: str, settings: Settings) -> int:
         log.exception("cannot load %s", app)
         return 2
     try:
-        runtime = worker.runtime(settings)
+        runtime = Runtime(worker, settings)
     except ScriptNotFoundError as error:
         log.error("cannot start: %s", error)  # noqa: TRY400 - the message says it all
         return 2

@@ -35,7 +35,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import socket
 import struct
 import threading
@@ -46,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from .backoff import backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,8 @@ class FluentForwarder:
                             "error": str(error) or type(error).__name__,
                         },
                     )
-                if not self._pause(self._backoff_s(failures)):
+                delay_s = backoff_s(failures, self.backoff_base_s, self.backoff_max_s)
+                if not self._pause(delay_s):
                     return
                 continue
             self._chunk_acked(batch)
@@ -402,11 +404,6 @@ class FluentForwarder:
                 sock.close()
         with self._condition:
             self._connected = False
-
-    def _backoff_s(self, failures: int) -> float:
-        """Exponential backoff with jitter: half to all of ``base * 2**(failures-1)``."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** min(failures - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
 
     def _pause(self, delay_s: float) -> bool:
         """Wait before the next try; False when closing leaves no time for one."""

@@ -21,18 +21,27 @@ from typing import Any
 import redis
 
 from . import keys
-from .execution import JobExecutor
 from .inflight import InFlight, Run
+from .job_record import JobRecords
 from .streams import QueueStreams
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, streams: QueueStreams, inflight: InFlight, executor: JobExecutor) -> None:
+    """Renews held entries; ``stop(run, reason)`` ends an attempt that must not go on."""
+
+    def __init__(
+        self,
+        streams: QueueStreams,
+        inflight: InFlight,
+        records: JobRecords,
+        stop: Callable[[Run, str], None],
+    ) -> None:
         self.streams = streams
         self.inflight = inflight
-        self.executor = executor
+        self.records = records
+        self._stop_run = stop
 
     def renew(self) -> None:
         try:
@@ -53,20 +62,17 @@ class LeaseKeeper:
         runs = [run for run in self.inflight.runs() if run.started is not None and not run.finished]
         if not runs:
             return
-        pipe = self.streams.client.pipeline(transaction=False)
-        for run in runs:
-            pipe.hmget(keys.job_key(run.job_id), ["status", "attempt", "cancel_requested"])
-        states = pipe.execute()
-        for run, (status, attempt, cancel_requested) in zip(runs, states, strict=True):
-            if status != "running" or attempt != str(run.attempt):
+        states = self.records.states([run.job_id for run in runs])
+        for run, state in zip(runs, states, strict=True):
+            if state.status != "running" or state.attempt != run.attempt:
                 self._stop(run, "lease_lost")
-            elif cancel_requested == "1":
+            elif state.cancel_requested:
                 self._stop(run, "cancelled")
 
     def _stop(self, run: Run, reason: str) -> None:
         if not run.finished:
             log.info("stopping a running job", extra={"job_id": run.job_id, "reason": reason})
-            self.executor.stop(run, reason)
+            self._stop_run(run, reason)
 
 
 class KindRegistry:

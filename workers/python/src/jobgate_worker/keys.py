@@ -46,12 +46,3 @@ def dead_letter_stream(queue: str) -> str:
 def live_job_channel(job_id: str) -> str:
     """Pub/sub channel carrying every event of one job."""
     return f"{PREFIX}live:job:{job_id}"
-
-
-def band_for_priority(priority: int) -> str:
-    """The band a priority (0-9) is queued in: 7-9 high, 4-6 normal, 0-3 low."""
-    if priority >= 7:
-        return "high"
-    if priority >= 4:
-        return "normal"
-    return "low"

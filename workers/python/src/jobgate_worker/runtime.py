@@ -16,6 +16,9 @@ attempt number. Then re-enqueue jobs waiting out a retry delay, and return.
 If Redis cannot be reached at that point, unfinished entries stay pending in
 the group and are reclaimed once their lease expires (that ``start`` counts
 as a new attempt).
+
+``run`` returns the exit status: 0 once stopped as asked, 1 when an error
+stopped the runtime (the same shutdown runs first).
 """
 
 from __future__ import annotations
@@ -35,14 +38,22 @@ from .dask_support import DaskProvider
 from .execution import JobExecutor
 from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
 from .inflight import InFlight
+from .job_record import JobRecords
+from .reporting import OutcomeReporter
+from .requeue import Requeuer
 from .scheduler import Scheduler
 from .script import JobScript
 from .settings import Settings
+from .spans import AttemptSpans
 from .streams import Entry, QueueStreams
 from .tracing import Telemetry, install, uninstall
 from .worker import Worker
 
 log = logging.getLogger("jobgate_worker")
+
+#: Exit statuses of ``Runtime.run``: stopped as asked, or stopped by an error.
+EXIT_OK = 0
+EXIT_FAILED = 1
 
 
 class Slots:
@@ -116,22 +127,35 @@ class Runtime:
             self.clients.current,
             on_groups_recreated=self._register_kinds,
         )
+        self.records = JobRecords(self.clients.current)
         self.scheduler = Scheduler()
         self.dask = DaskProvider(settings.dask_scheduler_address)
         self.inflight = InFlight()
+        self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
+        spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
+        reporter = OutcomeReporter(
+            script=self.script,
+            streams=self.streams,
+            inflight=self.inflight,
+            records=self.records,
+            requeuer=self.requeuer,
+            spans=spans,
+            lease_ms=settings.lease_ms,
+        )
         self.executor = JobExecutor(
             worker=worker,
             queue=self.queue,
             consumer=self.consumer,
             script=self.script,
             streams=self.streams,
+            records=self.records,
             scheduler=self.scheduler,
             dask=self.dask,
             inflight=self.inflight,
-            lease_ms=settings.lease_ms,
-            telemetry=self.telemetry,
+            spans=spans,
+            reporter=reporter,
         )
-        self.leases = LeaseKeeper(self.streams, self.inflight, self.executor)
+        self.leases = LeaseKeeper(self.streams, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
         self.control = ControlListener(self.redis, self._on_cancel)
         self.slots = Slots(settings.concurrency)
@@ -148,15 +172,27 @@ class Runtime:
     # -- lifecycle.
 
     def run(self, install_signal_handlers: bool = False) -> int:
-        """Consume until ``stop()`` (or a signal); returns an exit status."""
+        """Consume until ``stop()`` (or a signal); returns the process's exit status.
+
+        ``EXIT_OK`` once stopped as asked. ``EXIT_FAILED`` when an error the
+        runtime does not ride out stopped it (logged): Redis refusing to set
+        up the queue (a band key of another type, a user without the rights),
+        a stop while Redis could not be reached at startup, or a bug in the
+        read loop. Connection losses while running are ridden out, not fatal.
+        Either way the shutdown above runs before ``run`` returns.
+        """
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             self._install_signal_handlers()
+        status = EXIT_OK
         try:
             self._start()
             self._loop()
+        except Exception:
+            log.exception("worker failed; stopping", extra=self._log_extra)
+            status = EXIT_FAILED
         finally:
             self._shutdown()
-        return 0
+        return status
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """True once the groups exist, kinds are registered and cancels are heard."""
@@ -247,7 +283,7 @@ class Runtime:
                     self.executor.give_back_all()
                 except Exception:
                     log.exception("giving back the running jobs failed", extra=self._log_extra)
-        self.executor.requeue_all_now()
+        self.requeuer.requeue_all_now()
         for _ in self._threads:
             self._work.put(None)
         self.control.stop()

@@ -95,8 +95,11 @@ def parse_reply(raw: Any) -> Reply:
 
 
 class JobScript:
-    """The operations of ``jobgate.lua``, one method each.
+    """The operations of ``jobgate.lua`` a worker makes.
 
+    A job's terminal call (``complete``, ``fail``, ``cancelled``) is built by
+    ``outcomes.terminal_call`` and made through :meth:`call` or :meth:`queue`;
+    the gateway's own operations (``create``, ``cancel``) are not here.
     ``current`` picks the client of the calling thread (see ``clients.py``);
     without it every call goes through ``client``.
     """
@@ -144,48 +147,6 @@ class JobScript:
         """
         pipe.evalsha(self.sha, 2, keys.job_key(job_id), keys.events_key(job_id), *args)
 
-    # -- operations the gateway calls; the SDK uses them only in tests and tools.
-
-    def create(
-        self,
-        job_id: str,
-        *,
-        owner: str,
-        kind: str,
-        queue: str,
-        params_json: str,
-        priority: int = 5,
-        max_attempts: int = 3,
-        timeout_s: int = 0,
-        retention_s: int = 86400,
-        history_max: int = 1000,
-        traceparent: str = "",
-        tracestate: str = "",
-        trace_id: str = "",
-        legacy_trace_id: str = "",
-    ) -> Reply:
-        return self.call(
-            job_id,
-            "create",
-            job_id,
-            owner,
-            kind,
-            queue,
-            params_json,
-            priority,
-            max_attempts,
-            timeout_s,
-            retention_s,
-            history_max,
-            traceparent,
-            tracestate,
-            trace_id,
-            legacy_trace_id,
-        )
-
-    def cancel(self, job_id: str) -> Reply:
-        return self.call(job_id, "cancel")
-
     # -- operations of the worker.
 
     def start(self, job_id: str, worker_name: str) -> tuple[Reply, StartedJob | None]:
@@ -209,17 +170,11 @@ class JobScript:
     def progress(self, job_id: str, attempt: int, progress_json: str) -> Reply:
         return self.call(job_id, "progress", attempt, progress_json)
 
-    def complete(self, job_id: str, attempt: int, result_json: str) -> Reply:
-        return self.call(job_id, "complete", attempt, result_json)
-
     def fail(self, job_id: str, attempt: int | str, code: str, message: str) -> Reply:
         return self.call(job_id, "fail", attempt, code, message)
 
     def retry(self, job_id: str, attempt: int, code: str, message: str, delay_ms: int) -> Reply:
         return self.call(job_id, "retry", attempt, code, message, delay_ms)
-
-    def cancelled(self, job_id: str, attempt: int) -> Reply:
-        return self.call(job_id, "cancelled", attempt)
 
     def release(self, job_id: str, attempt: int) -> Reply:
         """Give a running attempt back at shutdown: ``queued`` again, the attempt not charged."""

@@ -12,6 +12,8 @@
   is one ``O_APPEND`` system call of whole lines.
 
 The OTLP exporter (protobuf, HTTP client) is imported only when configured.
+This module knows nothing of ``tracing``, which builds its processors from
+here: the service name is passed in.
 """
 
 from __future__ import annotations
@@ -31,12 +33,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from .tracing import SERVICE
-
 log = logging.getLogger(__name__)
 
 
-def span_line(span: ReadableSpan, service: str = SERVICE) -> dict[str, Any]:
+def span_line(span: ReadableSpan, service: str) -> dict[str, Any]:
     """One span as the span file holds it (ids in lower-case hex, times in ns since the epoch).
 
     ``{"trace_id", "span_id", "parent_span_id" (null for a root span), "name",
@@ -59,9 +59,9 @@ def span_line(span: ReadableSpan, service: str = SERVICE) -> dict[str, Any]:
 
 
 class SpanFileExporter(SpanExporter):
-    """Appends each finished span to ``path`` as one JSON line."""
+    """Appends each finished span to ``path`` as one JSON line, naming ``service``."""
 
-    def __init__(self, path: str, service: str = SERVICE) -> None:
+    def __init__(self, path: str, service: str) -> None:
         self.path = path
         self.service = service
         self._lock = threading.Lock()
@@ -99,7 +99,7 @@ class SpanFileExporter(SpanExporter):
 
 
 def span_processors(
-    *, otlp_traces_endpoint: str | None, span_file: str | None
+    *, otlp_traces_endpoint: str | None, span_file: str | None, service: str
 ) -> list[SpanProcessor]:
     """The processors the configuration asks for (none: spans are not recorded)."""
     processors: list[SpanProcessor] = []
@@ -110,5 +110,5 @@ def span_processors(
 
         processors.append(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_traces_endpoint)))
     if span_file:
-        processors.append(SimpleSpanProcessor(SpanFileExporter(span_file)))
+        processors.append(SimpleSpanProcessor(SpanFileExporter(span_file, service)))
     return processors

@@ -36,6 +36,8 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from .span_export import span_processors
+
 SERVICE = "jobgate-worker"
 #: Environment variables that configure span export (see ``span_export``).
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -183,9 +185,9 @@ class Telemetry:
         shutdown_on_exit: bool = False,
     ) -> Telemetry:
         """Exporting over OTLP/HTTP and/or to a span file; without either, recording nothing."""
-        from .span_export import span_processors  # noqa: PLC0415 - exporters load on demand
-
-        processors = span_processors(otlp_traces_endpoint=otlp_traces_endpoint, span_file=span_file)
+        processors = span_processors(
+            otlp_traces_endpoint=otlp_traces_endpoint, span_file=span_file, service=SERVICE
+        )
         return cls(processors, shutdown_on_exit=shutdown_on_exit)
 
     @classmethod

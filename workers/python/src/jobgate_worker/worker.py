@@ -1,22 +1,20 @@
 """``Worker``: the registry of job handlers an application declares.
 
-Declaring a worker does no I/O; ``worker.run()`` (or the ``jobgate-worker``
-command) starts the runtime that connects to Redis and consumes the queue.
+Declaring a worker does no I/O, and a ``Worker`` knows nothing of how it is
+run: the ``jobgate-worker`` command builds a ``Runtime`` (``runtime.py``)
+from it, which connects to Redis and consumes the queue.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from .context import JobContext
-    from .runtime import Runtime
-    from .settings import Settings
+from .context import JobContext
 
 #: A job handler: ``handler(ctx, params)`` returning a JSON-serialisable result.
-Handler = Callable[["JobContext", Any], Any]
+Handler = Callable[[JobContext, Any], Any]
 H = TypeVar("H", bound=Handler)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -65,17 +63,6 @@ class Worker:
             return handler
 
         return register
-
-    def runtime(self, settings: Settings | None = None) -> Runtime:
-        """A runtime for this worker (not started); tests drive it directly."""
-        from .runtime import Runtime  # noqa: PLC0415 - keeps declaring a worker I/O-free
-        from .settings import Settings  # noqa: PLC0415
-
-        return Runtime(self, settings if settings is not None else Settings.from_env())
-
-    def run(self, settings: Settings | None = None) -> int:
-        """Consume the queue until SIGTERM/SIGINT; returns the exit status."""
-        return self.runtime(settings).run(install_signal_handlers=True)
 
     def __repr__(self) -> str:
         return f"Worker(queue={self.queue!r}, kinds={sorted(self._handlers)})"
