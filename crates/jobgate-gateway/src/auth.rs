@@ -20,12 +20,19 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, ConfigError, JwtKeys};
 use crate::error::ApiError;
 
+/// The scope (in a token's space-separated `scope` claim) that lets a
+/// principal use the admin API: dead letters, queues, workers.
+pub const ADMIN_SCOPE: &str = "jobgate:admin";
+
 /// The authenticated owner of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub owner: String,
     /// When the credential expires (Unix seconds); `None` without auth.
     pub expires_at: Option<u64>,
+    /// The token carries [`ADMIN_SCOPE`] (always so without auth, which is
+    /// for development on loopback only).
+    pub admin: bool,
 }
 
 impl Principal {
@@ -43,6 +50,10 @@ pub(crate) fn unauthorized(message: &str) -> ApiError {
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// Space-separated scopes (OAuth 2.0 style); [`ADMIN_SCOPE`] among them
+    /// grants the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
@@ -162,9 +173,15 @@ impl Verifier {
         if !acceptable {
             return Err(unauthorized("the token's sub is not a usable owner name"));
         }
+        let admin = data
+            .claims
+            .scope
+            .as_deref()
+            .is_some_and(|scope| scope.split_whitespace().any(|s| s == ADMIN_SCOPE));
         Ok(Principal {
             owner,
             expires_at: Some(data.claims.exp),
+            admin,
         })
     }
 }
@@ -210,6 +227,18 @@ pub fn mint_hs256(
     audience: Option<&str>,
     issuer: Option<&str>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_hs256_with_scope(secret, owner, ttl_s, audience, issuer, None)
+}
+
+/// As [`mint_hs256`], with a `scope` claim (e.g. [`ADMIN_SCOPE`]).
+pub fn mint_hs256_with_scope(
+    secret: &str,
+    owner: &str,
+    ttl_s: u64,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+    scope: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -219,10 +248,41 @@ pub fn mint_hs256(
         exp: now + ttl_s,
         aud: audience.map(str::to_owned),
         iss: issuer.map(str::to_owned),
+        scope: scope.map(str::to_owned),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-development-secret-of-at-least-32-bytes";
+
+    fn verifier() -> Verifier {
+        Verifier {
+            keys: Keys::Secret(DecodingKey::from_secret(SECRET.as_bytes())),
+            audience: None,
+            issuer: None,
+            leeway_s: 0,
+        }
+    }
+
+    fn principal(scope: Option<&str>) -> Principal {
+        let token = mint_hs256_with_scope(SECRET, "ana", 60, None, None, scope).expect("token");
+        verifier().verify(&token).expect("valid")
+    }
+
+    #[test]
+    fn only_the_admin_scope_grants_the_admin_api() {
+        assert!(!principal(None).admin);
+        assert!(principal(Some(ADMIN_SCOPE)).admin);
+        assert!(principal(Some("jobs:read jobgate:admin")).admin);
+        assert!(!principal(Some("jobgate:admins jobgate")).admin);
+        assert_eq!(principal(Some(ADMIN_SCOPE)).owner, "ana");
+    }
 }

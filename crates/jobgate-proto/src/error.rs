@@ -44,6 +44,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The page's origin may not open a WebSocket session or call the API.
     ForbiddenOrigin,
+    /// The credential is valid but lacks the scope the request needs (the
+    /// admin API needs `jobgate:admin`).
+    Forbidden,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
     /// The connection did not read its events fast enough.
@@ -56,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -75,6 +78,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::RateLimited,
         Self::ForbiddenOrigin,
+        Self::Forbidden,
         Self::RedisUnavailable,
         Self::SlowConsumer,
         Self::ShuttingDown,
@@ -102,6 +106,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::RateLimited => "rate_limited",
             Self::ForbiddenOrigin => "forbidden_origin",
+            Self::Forbidden => "forbidden",
             Self::RedisUnavailable => "redis_unavailable",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",

@@ -48,6 +48,9 @@ enum Command {
         audience: Option<String>,
         #[arg(long, env = "JOBGATE_JWT_ISSUER")]
         issuer: Option<String>,
+        /// Grant the admin API (the `jobgate:admin` scope).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -75,13 +78,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             audience,
             issuer,
+            admin,
         }) => {
-            let token = jobgate_gateway::auth::mint_hs256(
+            let token = jobgate_gateway::auth::mint_hs256_with_scope(
                 &secret,
                 &sub,
                 ttl_s,
                 audience.as_deref(),
                 issuer.as_deref(),
+                admin.then_some(jobgate_gateway::auth::ADMIN_SCOPE),
             )?;
             println!("{token}");
             Ok(())
