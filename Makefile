@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-api-fuzz test-fuzz bench bench-compare clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-api-fuzz test-fuzz bench bench-compare clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-rust test-python test-api-fuzz test-fuzz
+test: deps lint test-rust test-python test-run test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -44,6 +44,12 @@ test-rust: deps
 
 test-python: deps
 	$(VENV)/bin/pytest -q workers/python/tests
+
+# The `make run` supervisor (scripts/test-run.sh, ~30 s): kills the worker and
+# the gateway and checks they come back, a clean stop, a crash loop. It runs
+# the debug gateway that `cargo test` built, hence after test-rust.
+test-run: test-rust
+	scripts/test-run.sh
 
 # Property-based API fuzzing (schemathesis) against /openapi.json: no 5xx,
 # every answer as documented.
