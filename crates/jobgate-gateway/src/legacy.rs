@@ -45,6 +45,8 @@ async fn submit_job(
         priority: None,
         max_attempts: None,
         timeout_s: None,
+        delay_ms: None,
+        run_at: None,
     };
     // The old clients' trace ids are free-form: kept as an attribute of the
     // job (and in logs), while the job gets a W3C trace of its own.
