@@ -36,7 +36,8 @@ pub(super) fn delayed_member(job: &NewJob, band: Band) -> String {
 }
 
 impl JobStore {
-    /// Every queue a worker registered a kind for.
+    /// Every queue a worker registered a kind for (the queues the mover
+    /// looks at, and those `/metrics` reports).
     pub async fn registered_queues(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.connection();
         let registrations: HashMap<String, String> = redis::cmd("HGETALL")

@@ -70,18 +70,8 @@ impl JobStore {
     /// bands) and the age in ms of its oldest entry (waiting or running:
     /// acknowledged entries are deleted).
     pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        let queues = self.registered_queues().await?;
         let mut conn = self.connection();
-        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::KINDS)
-            .query_async(&mut conn)
-            .await?;
-        let mut queues: Vec<String> = registrations
-            .values()
-            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .filter_map(|r| r["queue"].as_str().map(str::to_owned))
-            .collect();
-        queues.sort();
-        queues.dedup();
         let now = unix_ms();
         let mut stats = Vec::with_capacity(queues.len());
         for queue in queues {
