@@ -16,6 +16,13 @@ Kinds:
   carries the job's ``trace_id`` and the task's own ``span_id``. Returns
   ``{"price", "std_error", "paths", "chunks", "seed"}``: the discounted mean
   payoff and its standard error.
+
+  Numbers may also come as decimal strings (``"100"``, ``"0.25"``), as the
+  old API's clients send them (their params were a ``[String: String]``).
+  Params it cannot use fail the job with code ``invalid_params`` and a
+  message naming the field; so does ``{"computation_params": "<text>"}``,
+  the old API's way of passing a ``computation_params`` string that is not
+  a JSON object.
 - ``echo`` — returns its params unchanged (no Dask); used for load tests.
 
 Importing this module starts nothing: Dask starts when the first pricing job
@@ -32,13 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from jobgate_worker import JobContext, Worker, current_task_key
+from jobgate_worker import JobContext, JobFailed, Worker, current_task_key
 
 worker = Worker(queue="default")
 log = logging.getLogger("examples.pricing")
 
 MAX_PATHS = 50_000_000
 MAX_CHUNKS = 1_000
+#: Where the old API puts a ``computation_params`` string that is not a
+#: JSON object (see the gateway's ``JOBGATE_LEGACY_KIND``).
+LEGACY_TEXT_FIELD = "computation_params"
 #: Paths simulated per numpy batch inside a chunk, to bound memory.
 BATCH_PATHS = 1_000_000
 
@@ -60,6 +70,11 @@ class PricingParams:
         """Validate job params; a ValueError names the offending field."""
         if not isinstance(params, dict):
             raise ValueError("params must be a JSON object")
+        text = params.get(LEGACY_TEXT_FIELD)
+        if isinstance(text, str) and len(params) == 1:
+            raise ValueError(
+                f"computation_params must be a JSON object (or its JSON text), got {text[:100]!r}"
+            )
         known = {
             "spot",
             "strike",
@@ -97,20 +112,30 @@ class PricingParams:
 def _number(params: dict[str, Any], name: str, *, positive: bool) -> float:
     if name not in params:
         raise ValueError(f"{name} is required")
-    value = params[name]
+    value = _from_text(params[name], float)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {params[name]!r}")
     if positive and value <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return float(value)
 
 
 def _integer(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = params.get(name, default)
+    value = _from_text(params.get(name, default), int)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {params.get(name)!r}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _from_text(value: Any, number: type[float] | type[int]) -> Any:
+    """A decimal string as ``number`` (``"100"`` → 100.0); anything else unchanged."""
+    if isinstance(value, str):
+        try:
+            return number(value.strip())
+        except ValueError:
+            return value
     return value
 
 
@@ -181,7 +206,10 @@ def summarize(params: PricingParams, parts: list[tuple[float, float, int]]) -> d
 
 @worker.job("mc_option_price")
 def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
-    pricing = PricingParams.from_json(params)
+    try:
+        pricing = PricingParams.from_json(params)
+    except ValueError as error:
+        raise JobFailed(str(error), code="invalid_params") from error
     sizes = chunk_sizes(pricing.paths, pricing.chunks)
     futures = ctx.dask.map(
         price_chunk, [pricing] * pricing.chunks, sizes, list(range(pricing.chunks))

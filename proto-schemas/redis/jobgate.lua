@@ -95,9 +95,15 @@ local function expire_later(job)
 end
 
 -- create: job_id owner kind queue params_json priority max_attempts timeout_s
---         retention_s history_max traceparent tracestate trace_id [legacy_trace_id]
+--         retention_s history_max traceparent tracestate trace_id [legacy_trace_id
+--         [delay_ms run_at]]
 -- legacy_trace_id, the old API's free-form trace id, is optional: absent or
 -- empty, the record gets no legacy_trace_id field.
+-- delay_ms / run_at (either may be empty) make a delayed job: it is due at
+-- run_at, or delay_ms after now by Redis's clock. A due time later than now
+-- is kept in the record's run_at and the queued event's data, and returned
+-- as the reply's fourth element (the caller then adds the job to the queue's
+-- delayed set instead of its stream); otherwise the job is an ordinary one.
 local function create()
   if redis.call('EXISTS', job_key) == 1 then
     return { 'exists', redis.call('HGET', job_key, 'status') }
@@ -120,6 +126,14 @@ local function create()
   local legacy_trace_id = ARGV[15]
   if legacy_trace_id ~= nil and legacy_trace_id ~= '' then
     redis.call('HSET', job_key, 'legacy_trace_id', legacy_trace_id)
+  end
+  local run_at = tonumber(ARGV[17] or '')
+  if run_at == nil and tonumber(ARGV[16] or '') then run_at = now + tonumber(ARGV[16]) end
+  if run_at ~= nil and run_at > now then
+    redis.call('HSET', job_key, 'run_at', run_at)
+    local data = string.format('{"kind":%s,"queue":%s,"priority":%d,"run_at":%d}',
+      cjson.encode(job.kind), cjson.encode(job.queue), tonumber(job.priority), run_at)
+    return { 'ok', 1, emit(job, 1, 'queued', data, now), run_at }
   end
   local data = string.format('{"kind":%s,"queue":%s,"priority":%d}',
     cjson.encode(job.kind), cjson.encode(job.queue), tonumber(job.priority))

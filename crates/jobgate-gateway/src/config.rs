@@ -90,6 +90,13 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_ALLOWED_KINDS", value_delimiter = ',')]
     pub allowed_kinds: Vec<String>,
 
+    /// The job kind of the old API's `POST /submit` when its
+    /// `computation_params` names none, and the kind that gets a
+    /// `computation_params` string that is not a JSON object (as
+    /// `{"computation_params": "<the string>"}`), whose handler decides.
+    #[arg(long, env = "JOBGATE_LEGACY_KIND", default_value = jobgate_proto::legacy::DEFAULT_LEGACY_KIND)]
+    pub legacy_kind: String,
+
     /// Browser origins allowed to open WebSocket sessions and to call the API
     /// cross-origin (CORS), comma-separated, e.g. `https://app.example.com`.
     /// Empty: only same-origin pages (and non-browser clients, which send no
@@ -222,6 +229,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return fail("JOBGATE_MAX_BODY_BYTES must be at least 1024");
+        }
+        if self.legacy_kind.trim().is_empty() {
+            return fail("JOBGATE_LEGACY_KIND must not be empty");
         }
         if self.default_owner.is_empty() {
             return fail("JOBGATE_DEFAULT_OWNER must not be empty");

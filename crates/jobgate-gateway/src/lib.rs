@@ -96,8 +96,8 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 }
 
 /// Builds the state for `config`: the Redis connection, the store, the token
-/// verifier and the event hub (whose task runs until `shutdown`). Nothing
-/// connects yet.
+/// verifier, the event hub and the delayed-job mover (whose tasks run until
+/// `shutdown`). Nothing connects yet.
 pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     let auth = auth::Verifier::from_config(&config)?.map(std::sync::Arc::new);
     let (redis, client) = jobgate_store::open(&config.redis_url)?;
@@ -116,6 +116,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
         },
         shutdown.clone(),
     );
+    jobgate_store::spawn_delayed_mover(store.clone(), shutdown.clone());
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
     metrics.follow_outcomes(hub.clone(), shutdown.clone());

@@ -84,6 +84,7 @@ async fn run(
     } = submission;
     request
         .validate()
+        .and_then(|()| request.validate_run_at(unix_ms()))
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     check_limits(state, &request)?;
     if let Some(key) = &idempotency_key {
@@ -243,6 +244,15 @@ fn check_limits(state: &AppState, request: &SubmitRequest) -> Result<(), ApiErro
     Ok(())
 }
 
+/// The gateway's clock, ms since the epoch: only to bound `run_at` (the
+/// due time itself is kept by Redis's clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
     let printable = key.bytes().all(|b| b.is_ascii_graphic());
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !printable {
@@ -259,13 +269,19 @@ fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
 fn fingerprint(request: &SubmitRequest) -> String {
     let params: serde_json::Value =
         serde_json::from_str(request.params.get()).unwrap_or(serde_json::Value::Null);
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "kind": request.kind,
         "params": params,
         "priority": request.priority(),
         "max_attempts": request.max_attempts(),
         "timeout_s": request.timeout_s(),
     });
+    // Only when given, so fingerprints of requests without them stay as before.
+    for (name, value) in [("delay_ms", request.delay_ms), ("run_at", request.run_at)] {
+        if let Some(value) = value {
+            canonical[name] = value.into();
+        }
+    }
     let mut text = String::new();
     write_canonical(&canonical, &mut text);
     let digest = Sha256::digest(text.as_bytes());

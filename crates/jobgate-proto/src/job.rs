@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_KIND_LEN: usize = 128;
 const MAX_ATTEMPTS_LIMIT: i64 = 100;
 const MAX_TIMEOUT_S: i64 = 7 * 24 * 3600;
+/// The longest a job may wait before it becomes runnable (`delay_ms`, or
+/// `run_at` ahead of now): 30 days.
+pub const MAX_DELAY_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// A job id: a UUID (v7 when the gateway makes it, so ids sort by time),
 /// always written lower-case and hyphenated.
@@ -156,6 +159,15 @@ pub struct SubmitRequest {
     /// Seconds a worker lets one attempt run; 0 or absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<i64>,
+    /// Milliseconds from submission until the job becomes runnable
+    /// (0 … [`MAX_DELAY_MS`]); not together with `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
+    /// When the job becomes runnable, ms since the epoch (at most
+    /// [`MAX_DELAY_MS`] ahead; a time past runs it at once); not together
+    /// with `delay_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<i64>,
 }
 
 impl SubmitRequest {
@@ -188,7 +200,36 @@ impl SubmitRequest {
         if !matches!(self.timeout_s, None | Some(0..=MAX_TIMEOUT_S)) {
             return Err(invalid("timeout_s", "must be an integer from 0 to 604800"));
         }
+        if !matches!(self.delay_ms, None | Some(0..=MAX_DELAY_MS)) {
+            return Err(invalid(
+                "delay_ms",
+                "must be an integer from 0 to 2592000000 (30 days)",
+            ));
+        }
+        if self.run_at.is_some_and(|run_at| run_at < 0) {
+            return Err(invalid(
+                "run_at",
+                "must be ms since the epoch, not negative",
+            ));
+        }
+        if self.delay_ms.is_some() && self.run_at.is_some() {
+            return Err(invalid("run_at", "give delay_ms or run_at, not both"));
+        }
         Ok(())
+    }
+
+    /// Checks `run_at` against the clock (`now_ms`): at most
+    /// [`MAX_DELAY_MS`] ahead.
+    pub fn validate_run_at(&self, now_ms: u64) -> Result<(), ValidationError> {
+        match self.run_at {
+            Some(run_at) if run_at.saturating_sub(MAX_DELAY_MS) > now_ms as i64 => {
+                Err(ValidationError {
+                    field: "run_at",
+                    message: "must be at most 30 days ahead".to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn priority(&self) -> u8 {
@@ -270,6 +311,10 @@ pub struct JobSnapshot {
     pub finished_at: Option<u64>,
     pub updated_at: Option<u64>,
     pub trace_id: String,
+    /// When a delayed job becomes (or became) runnable, ms since the epoch;
+    /// absent for a job submitted without `delay_ms` or `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
 }
 
 #[cfg(test)]
@@ -326,6 +371,16 @@ mod tests {
                 "max_attempts",
             ),
             (r#"{"kind":"echo","params":{},"timeout_s":-1}"#, "timeout_s"),
+            (r#"{"kind":"echo","params":{},"delay_ms":-1}"#, "delay_ms"),
+            (
+                r#"{"kind":"echo","params":{},"delay_ms":2592000001}"#,
+                "delay_ms",
+            ),
+            (r#"{"kind":"echo","params":{},"run_at":-5}"#, "run_at"),
+            (
+                r#"{"kind":"echo","params":{},"delay_ms":5,"run_at":5}"#,
+                "run_at",
+            ),
         ] {
             assert_eq!(
                 request(json).validate().map_err(|e| e.field),
@@ -333,6 +388,27 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn run_at_is_at_most_thirty_days_ahead() {
+        let now = 1_800_000_000_000_u64;
+        let at = |run_at: u64| {
+            request(&format!(
+                r#"{{"kind":"echo","params":{{}},"run_at":{run_at}}}"#
+            ))
+        };
+        let limit = now + MAX_DELAY_MS as u64;
+        assert_eq!(at(limit).validate_run_at(now), Ok(()));
+        assert_eq!(
+            at(now - 1).validate_run_at(now),
+            Ok(()),
+            "a time past runs at once"
+        );
+        assert_eq!(
+            at(limit + 1).validate_run_at(now).map_err(|e| e.field),
+            Err("run_at")
+        );
     }
 
     #[test]

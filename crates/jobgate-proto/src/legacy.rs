@@ -6,13 +6,20 @@ use serde_json::value::RawValue;
 
 use crate::{JobId, JobStatus};
 
-/// The job kind an old client gets when its params name none.
+/// The job kind an old client gets when its params name none (the
+/// gateway's `JOBGATE_LEGACY_KIND` default).
 pub const DEFAULT_LEGACY_KIND: &str = "mc_option_price";
+/// The params field that carries a `computation_params` string that is not
+/// a JSON object's text, as it came: `{"computation_params": "<text>"}`.
+pub const LEGACY_TEXT_FIELD: &str = "computation_params";
 
 /// `POST /submit` body.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LegacySubmitRequest {
-    /// The job's params; `computation_params.kind`, when present, picks the kind.
+    /// The job's params: an object, or a string (a JSON object's text is
+    /// read as that object; other text goes to the legacy kind under
+    /// [`LEGACY_TEXT_FIELD`]). `computation_params.kind`, when present,
+    /// picks the kind.
     pub computation_params: Box<RawValue>,
     /// The old clients' free-form trace id, kept with the job and in logs.
     #[serde(default)]

@@ -30,6 +30,13 @@ pub fn queue(queue: &str, band: Band) -> String {
     format!("{PREFIX}queue:{{{queue}}}:{}", band.as_str())
 }
 
+/// A queue's delayed jobs (sorted set: member = the queue entry as JSON,
+/// score = when it is due), on the queue's hash tag so that moving due jobs
+/// into the band streams is one atomic script.
+pub fn delayed(queue: &str) -> String {
+    format!("{PREFIX}delayed:{{{queue}}}")
+}
+
 /// An owner's job ids, scored by creation time.
 pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")
@@ -101,6 +108,7 @@ mod tests {
             queue("default", Band::for_priority(9)),
             "jobgate:queue:{default}:high"
         );
+        assert_eq!(delayed("default"), "jobgate:delayed:{default}");
         assert_eq!(Band::for_priority(5), Band::Normal);
         assert_eq!(Band::for_priority(0), Band::Low);
     }

@@ -5,6 +5,8 @@
 //! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
 //!   record, history, cancel — every change through the one state machine
 //!   script shared with the Python worker — and kind routes and queue stats;
+//! - [`spawn_delayed_mover`]: the task that moves due delayed jobs into
+//!   their queues;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
 //!   every client connection, re-established on its own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
@@ -19,6 +21,7 @@ mod error;
 mod feed;
 mod hub;
 pub mod keys;
+mod mover;
 mod record;
 mod store;
 
@@ -26,6 +29,7 @@ pub use connect::{check_url, open};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
+pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
     CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,

@@ -63,6 +63,7 @@ impl JobRecord {
             finished_at: number(take("finished_at")),
             updated_at: number(take("updated_at")),
             trace_id: take("trace_id").unwrap_or_default(),
+            run_at: number(take("run_at")),
         };
         Ok(Some(Self {
             owner: take("owner").ok_or_else(|| bad("owner"))?,

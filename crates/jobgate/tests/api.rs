@@ -227,6 +227,32 @@ async fn bad_submissions_get_stable_codes_and_enqueue_nothing() {
             "invalid_request",
         ),
         ("[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            r#"{"kind":"echo","params":{},"delay_ms":-1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"kind":"echo","params":{},"delay_ms":2592000001}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"kind":"echo","params":{},"delay_ms":10,"run_at":1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            r#"{"kind":"echo","params":{},"run_at":-1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            // Year 2100: more than 30 days ahead.
+            r#"{"kind":"echo","params":{},"run_at":4102444800000}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
     ];
     for (body, status, code) in cases {
         let answer = h.post("/v1/jobs", body).await;

@@ -130,7 +130,7 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
     let last = events.last().expect("events").json();
     system.schemas.assert_valid("event", &last);
     assert_eq!(last["event"], "failed", "{last}");
-    assert_eq!(last["data"]["error"]["code"], "handler_error");
+    assert_eq!(last["data"]["error"]["code"], "invalid_params");
     assert!(
         last["data"]["error"]["message"]
             .as_str()

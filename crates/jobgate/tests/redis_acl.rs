@@ -77,6 +77,23 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
     let events = sse.collect(WAIT).await.expect("events");
     assert_eq!(events.last().expect("events").event, "completed");
 
+    // A delayed job: the gateway's user moves it into its queue when due.
+    let delayed: Value = http
+        .post(gateway.url("/v1/jobs"))
+        .json(&json!({"kind": "echo", "params": {}, "delay_ms": 200}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let delayed_id = delayed["job_id"].as_str().expect("id");
+    let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{delayed_id}/events")), None)
+        .await
+        .expect("sse");
+    let events = sse.collect(WAIT).await.expect("events");
+    assert_eq!(events.last().expect("events").event, "completed");
+
     // A running job cancelled over the WebSocket.
     let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("ws");
     let accepted = ws

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from jobgate_worker.errors import JobCancelled, RetryableError
+from jobgate_worker.errors import JobCancelled, JobFailed, RetryableError
 from jobgate_worker.outcomes import (
     MESSAGE_LIMIT,
     Abandoned,
@@ -63,6 +63,15 @@ def test_an_exception_fails_the_job_and_keeps_the_exception():
     assert outcome == Failed("handler_error", "ValueError: bad input")
     assert isinstance(outcome, Failed)
     assert outcome.error is error
+
+
+def test_job_failed_fails_the_job_with_its_own_code():
+    error = JobFailed("spot must be a number", code="invalid_params")
+    outcome = handler_outcome(_raises(error), _no_backoff)
+    assert outcome == Failed("invalid_params", "spot must be a number")
+    assert handler_outcome(_raises(JobFailed("x", code="no spaces")), _no_backoff) == Failed(
+        "handler_error", "x"
+    )
 
 
 def test_even_a_base_exception_of_the_handler_is_a_failure():

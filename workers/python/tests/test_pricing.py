@@ -84,8 +84,8 @@ def test_invalid_params_fail_with_the_field_named(gateway, run_worker):
         events = gateway.wait_terminal(job_id)
         assert not runtime.dask.started
     error = events[-1]["data"]["error"]
-    assert error["code"] == "handler_error"
-    assert error["message"] == "ValueError: volatility must be positive, got -0.2"
+    assert error["code"] == "invalid_params"
+    assert error["message"] == "volatility must be positive, got -0.2"
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,10 @@ def test_invalid_params_fail_with_the_field_named(gateway, run_worker):
         ({**MARKET, "paths": 10, "chunks": 20}, "chunks"),
         ({**MARKET, "seed": -1}, "seed"),
         ({**MARKET, "seed": 1.5}, "seed"),
-        ({**MARKET, "spot": "100"}, "spot"),
+        ({**MARKET, "spot": "a hundred"}, "spot"),
+        ({**MARKET, "paths": "1e3"}, "paths"),
+        ({**MARKET, "spot": "nan"}, "spot"),
+        ({"computation_params": "spot=100&strike=105"}, "computation_params"),
         ({**MARKET, "strike": True}, "strike"),
         ({k: v for k, v in MARKET.items() if k != "maturity"}, "maturity"),
         ({**MARKET, "rate": float("nan")}, "rate"),
@@ -106,6 +109,12 @@ def test_invalid_params_fail_with_the_field_named(gateway, run_worker):
 def test_validation_names_the_field(params, field):
     with pytest.raises(ValueError, match=field):
         pricing.PricingParams.from_json(params)
+
+
+def test_numbers_may_come_as_decimal_strings():
+    as_text = {name: str(value) for name, value in MARKET.items()}
+    params = pricing.PricingParams.from_json({**as_text, "paths": "1000", "chunks": " 2 "})
+    assert params == pricing.PricingParams(**MARKET, paths=1000, chunks=2)
 
 
 def test_chunks_are_deterministic_and_independent_of_order():

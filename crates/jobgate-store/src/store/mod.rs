@@ -6,9 +6,11 @@
 //! `submit.rs` (admission: the owner's rate, idempotency keys, create and
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `queues.rs` (kind → queue routes, queue lengths and stats) and
-//! `script.rs` (each call of the script and how its reply is read). Here:
+//! `script.rs` (each call of the script and how its reply is read) and
+//! `delayed.rs` (delayed jobs' set members and moving the due ones). Here:
 //! the handle, its settings and what the others share.
 
+mod delayed;
 mod queues;
 mod reads;
 mod script;
@@ -49,6 +51,10 @@ impl Default for StoreSettings {
 pub struct JobStore {
     redis: ConnectionManager,
     script: Arc<Script>,
+    /// `proto-schemas/redis/delayed.lua`; see `delayed.rs`.
+    delayed_script: Arc<Script>,
+    /// Woken when this process adds a delayed job; see `delayed.rs`.
+    delayed_added: Arc<tokio::sync::Notify>,
     settings: Arc<StoreSettings>,
     /// Kind → (queue, when it was read); see `queues.rs`.
     routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
@@ -69,6 +75,8 @@ impl JobStore {
         Self {
             redis,
             script: Arc::new(script::load()),
+            delayed_script: Arc::new(delayed::load()),
+            delayed_added: Arc::default(),
             settings: Arc::new(settings),
             routes: Arc::default(),
             depths: Arc::default(),

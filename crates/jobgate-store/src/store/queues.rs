@@ -41,8 +41,8 @@ impl JobStore {
         Ok(Some(registration.queue))
     }
 
-    /// Entries waiting in `queue` (all bands), read at most every
-    /// `max_age`; a bound for admission, not an exact count.
+    /// Entries waiting in `queue` (all bands, and its delayed jobs), read at
+    /// most every `max_age`; a bound for admission, not an exact count.
     pub async fn queue_length(&self, queue: &str, max_age: Duration) -> Result<u64, StoreError> {
         if let Some((length, at)) = lock(&self.depths).get(queue)
             && at.elapsed() < max_age
@@ -50,16 +50,18 @@ impl JobStore {
             return Ok(*length);
         }
         let mut conn = self.connection();
-        let lengths: (u64, u64, u64) = redis::pipe()
+        let lengths: (u64, u64, u64, u64) = redis::pipe()
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::High))
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::Normal))
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::Low))
+            .cmd("ZCARD")
+            .arg(keys::delayed(queue))
             .query_async(&mut conn)
             .await?;
-        let length = lengths.0 + lengths.1 + lengths.2;
+        let length = lengths.0 + lengths.1 + lengths.2 + lengths.3;
         lock(&self.depths).insert(queue.to_owned(), (length, Instant::now()));
         Ok(length)
     }
@@ -68,18 +70,8 @@ impl JobStore {
     /// bands) and the age in ms of its oldest entry (waiting or running:
     /// acknowledged entries are deleted).
     pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        let queues = self.registered_queues().await?;
         let mut conn = self.connection();
-        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::KINDS)
-            .query_async(&mut conn)
-            .await?;
-        let mut queues: Vec<String> = registrations
-            .values()
-            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .filter_map(|r| r["queue"].as_str().map(str::to_owned))
-            .collect();
-        queues.sort();
-        queues.dedup();
         let now = unix_ms();
         let mut stats = Vec::with_capacity(queues.len());
         for queue in queues {

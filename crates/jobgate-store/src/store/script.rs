@@ -46,12 +46,14 @@ impl JobStore {
         })
     }
 
-    /// `create`: the record and its `queued` event (seq 1).
+    /// `create`: the record and its `queued` event (seq 1). Returns the
+    /// due time (Redis's clock) of a job that is delayed, `None` for one
+    /// that is runnable now.
     pub(super) async fn create(
         &self,
         conn: &mut ConnectionManager,
         job: &NewJob,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let request = &job.request;
         let mut create = self.operation(&job.job_id, "create");
         create
@@ -68,12 +70,19 @@ impl JobStore {
             .arg(&job.trace.traceparent)
             .arg(&job.trace.tracestate)
             .arg(&job.trace.trace_id);
+        let delayed = request.delay_ms.is_some() || request.run_at.is_some();
         if let Some(legacy_trace_id) = legacy_trace_id(job) {
             create.arg(legacy_trace_id);
+        } else if delayed {
+            create.arg("");
+        }
+        if delayed {
+            let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
+            create.arg(text(request.delay_ms)).arg(text(request.run_at));
         }
         let reply: Value = create.invoke_async(conn).await?;
         match status_word(&reply)?.as_str() {
-            "ok" => Ok(()),
+            "ok" => Ok(due_time(&reply)),
             other => Err(StoreError::Protocol(format!("create answered {other}"))),
         }
     }
@@ -103,6 +112,17 @@ impl JobStore {
 /// when there is one, so that every other job's record holds no such field.
 fn legacy_trace_id(job: &NewJob) -> Option<&str> {
     job.legacy_trace_id.as_deref().filter(|id| !id.is_empty())
+}
+
+/// `create`'s fourth reply element: a delayed job's due time.
+fn due_time(reply: &Value) -> Option<u64> {
+    match reply {
+        Value::Array(items) => match items.get(3) {
+            Some(Value::Int(run_at)) => u64::try_from(*run_at).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The first element of a script reply: its status word.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use jobgate_proto::{JobId, SubmitRequest};
 use redis::aio::ConnectionManager;
 
+use super::delayed::delayed_member;
 use super::{JobStore, unix_ms};
 use crate::StoreError;
 use crate::keys::{self, Band};
@@ -90,43 +91,54 @@ impl JobStore {
                 return Ok(Submitted::RateLimited { retry_after_s });
             }
         }
-        self.create(&mut conn, job).await?;
-        if let Err(error) = self.enqueue(&mut conn, job).await {
+        let due = self.create(&mut conn, job).await?;
+        if let Err(error) = self.enqueue(&mut conn, job, due).await {
             self.fail_unenqueued(&mut conn, &job.job_id).await;
             return Err(error.into());
+        }
+        if due.is_some() {
+            self.delayed_added.notify_one();
         }
         Ok(Submitted::Created)
     }
 
-    /// Adds the queue entry (in the band of the job's priority) and indexes
+    /// Adds the queue entry (in the band of the job's priority) — or, for a
+    /// job `due` later, its member of the queue's delayed set — and indexes
     /// the job among its owner's recent jobs, in one round trip.
     async fn enqueue(
         &self,
         conn: &mut ConnectionManager,
         job: &NewJob,
+        due: Option<u64>,
     ) -> Result<(), redis::RedisError> {
         let request = &job.request;
         let now_ms = unix_ms();
         let retention_ms = self.settings.retention.as_millis() as u64;
         let owner_jobs = keys::owner_jobs(&job.owner);
-        redis::pipe()
-            .cmd("XADD")
-            .arg(keys::queue(
-                &job.queue,
-                Band::for_priority(request.priority()),
-            ))
-            .arg("*")
-            .arg("job_id")
-            .arg(job.job_id.to_string())
-            .arg("kind")
-            .arg(&request.kind)
-            .arg("traceparent")
-            .arg(&job.trace.traceparent)
-            .arg("tracestate")
-            .arg(&job.trace.tracestate)
-            .arg("enqueued_at")
-            .arg(now_ms)
-            .ignore()
+        let band = Band::for_priority(request.priority());
+        let mut pipe = redis::pipe();
+        match due {
+            Some(due) => pipe
+                .cmd("ZADD")
+                .arg(keys::delayed(&job.queue))
+                .arg(due)
+                .arg(delayed_member(job, band)),
+            None => pipe
+                .cmd("XADD")
+                .arg(keys::queue(&job.queue, band))
+                .arg("*")
+                .arg("job_id")
+                .arg(job.job_id.to_string())
+                .arg("kind")
+                .arg(&request.kind)
+                .arg("traceparent")
+                .arg(&job.trace.traceparent)
+                .arg("tracestate")
+                .arg(&job.trace.tracestate)
+                .arg("enqueued_at")
+                .arg(now_ms),
+        };
+        pipe.ignore()
             .cmd("ZADD")
             .arg(&owner_jobs)
             .arg(now_ms)

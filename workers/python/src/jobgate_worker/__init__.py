@@ -16,7 +16,7 @@ Run it with ``jobgate-worker module:worker``. See README.md for the details.
 
 from .context import JobContext
 from .dask_support import current_task_key
-from .errors import JobCancelled, RetryableError
+from .errors import JobCancelled, JobFailed, RetryableError
 from .logs import configure_logging
 from .settings import Settings
 from .worker import Worker
@@ -24,6 +24,7 @@ from .worker import Worker
 __all__ = [
     "JobCancelled",
     "JobContext",
+    "JobFailed",
     "RetryableError",
     "Settings",
     "Worker",

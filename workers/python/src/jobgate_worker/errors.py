@@ -1,7 +1,9 @@
 """Exceptions a job handler raises or sees.
 
-A handler signals "try again later" with :class:`RetryableError`; any other
-exception fails the job with code ``handler_error``. :class:`JobCancelled` is
+A handler signals "try again later" with :class:`RetryableError`, and "this
+job cannot succeed" with :class:`JobFailed` and a code of its own (such as
+``invalid_params``); any other exception fails the job with code
+``handler_error``. :class:`JobCancelled` is
 raised by ``ctx.raise_if_cancelled()`` once the job was cancelled, timed out or
 lost its lease; the SDK has then already reported the outcome.
 """
@@ -25,6 +27,19 @@ class RetryableError(Exception):
         self.code = code
         self.message = message
         self.delay_s = delay_s
+
+
+class JobFailed(Exception):  # noqa: N818 - reads as the outcome it reports
+    """The job fails for good, with ``code`` and ``message`` as its error.
+
+    For failures that no retry can mend, such as params the handler cannot
+    use: the client sees ``{"code", "message"}`` in the ``failed`` event.
+    """
+
+    def __init__(self, message: str, *, code: str = "handler_error") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class JobCancelled(Exception):  # noqa: N818 - reads as the event it reports

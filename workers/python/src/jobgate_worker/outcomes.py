@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import JobCancelled, RetryableError
+from .errors import JobCancelled, JobFailed, RetryableError
 
 #: Longest error message stored in a job's record and events.
 MESSAGE_LIMIT = 4000
@@ -125,12 +125,17 @@ def handler_outcome(call: Callable[[], Any], default_delay_s: Callable[[], float
     """Run the handler (``call``) and say how its attempt ends; never raises.
 
     ``default_delay_s`` gives the backoff for a ``RetryableError`` without a
-    delay of its own. Any other exception fails the job (``handler_error``).
+    delay of its own. ``JobFailed`` fails the job with its own code
+    (``handler_error`` when the schema would refuse it); any other exception
+    with ``handler_error``.
     """
     try:
         result = call()
     except RetryableError as error:
         return retry_outcome(error, default_delay_s)
+    except JobFailed as error:
+        code = error.code if _ERROR_CODE.match(error.code) else "handler_error"
+        return Failed(code, error.message[:MESSAGE_LIMIT], error)
     except JobCancelled:
         return Cancelled()
     except BaseException as error:  # noqa: BLE001 - every handler failure is reported
