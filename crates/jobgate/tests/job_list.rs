@@ -262,6 +262,32 @@ async fn pages_hold_every_job_exactly_once_while_new_jobs_arrive() {
 }
 
 #[tokio::test]
+async fn jobs_indexed_in_the_same_millisecond_are_each_listed_once() {
+    let t = Listing::start().await;
+    let mut submitted = Vec::new();
+    for _ in 0..8 {
+        submitted.push(t.submit("alice", "echo").await);
+    }
+    // As when several gateways index jobs in one millisecond: one score.
+    let mut conn = t.redis().await;
+    for id in &submitted {
+        let _: i64 = redis::cmd("ZADD")
+            .arg("jobgate:owner:{alice}:jobs")
+            .arg("XX")
+            .arg(1_796_000_000_000_u64)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("zadd");
+    }
+    // Ties are ordered by id, and the gateway's ids are time-ordered.
+    for limit in [1, 3, 8] {
+        let pages = t.all_pages("alice", "", limit).await;
+        assert_eq!(pages.concat(), newest_first(submitted.clone()), "{limit}");
+    }
+}
+
+#[tokio::test]
 async fn a_filtered_page_stops_after_a_bounded_scan_and_says_where_to_go_on() {
     let t = Listing::start().await;
     let wanted = t.submit("alice", "other").await;

@@ -167,6 +167,9 @@ async fn read_index(
     after: Option<ListPosition>,
     count: usize,
 ) -> Result<(Vec<ListPosition>, bool), StoreError> {
+    if count == 0 {
+        return Ok((Vec::new(), true));
+    }
     let max = after.map_or_else(|| "+inf".to_owned(), |p| p.score.to_string());
     let mut offset = 0;
     loop {
