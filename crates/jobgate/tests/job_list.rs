@@ -211,7 +211,7 @@ async fn jobs_come_newest_first_filtered_by_status_and_kind() {
     }
 
     let only = |query: &'static str| t.page("alice", query);
-    assert_eq!(only("status=completed").await.0, [completed.clone()]);
+    assert_eq!(only("status=completed").await.0, [completed.as_str()]);
     assert_eq!(
         only("status=completed,cancelled").await.0,
         [cancelled.clone(), completed.clone()]

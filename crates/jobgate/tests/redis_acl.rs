@@ -128,7 +128,7 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
         .query_async(&mut admin)
         .await
         .expect("expire a record");
-    assert_eq!(list().await, [running.clone()]);
+    assert_eq!(list().await, [running.as_str()]);
     let indexed: Vec<String> = redis::cmd("ZRANGE")
         .arg("jobgate:owner:{local}:jobs")
         .arg(0)
@@ -136,7 +136,7 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
         .query_async(&mut admin)
         .await
         .expect("index");
-    assert_eq!(indexed, [running.clone()]);
+    assert_eq!(indexed, [running.as_str()]);
 
     // Metrics read the queues; readiness holds.
     let metrics = http
