@@ -53,9 +53,11 @@ pub struct ListPosition {
 }
 
 impl ListPosition {
-    /// Whether `self` comes after `other` in newest-first order.
+    /// Whether `self` comes after `other` in newest-first order. Ids
+    /// compare as their bytes, which is how Redis orders their lower-case
+    /// hex spelling among members of one score.
     fn is_after(&self, other: &ListPosition) -> bool {
-        (self.score, self.job_id.to_string()) < (other.score, other.job_id.to_string())
+        (self.score, self.job_id) < (other.score, other.job_id)
     }
 }
 
