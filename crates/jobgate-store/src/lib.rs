@@ -4,7 +4,8 @@
 //!   `proto-schemas/PROTOCOL.md`);
 //! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
 //!   record, history, cancel — every change through the one state machine
-//!   script shared with the Python worker — and kind routes and queue stats;
+//!   script shared with the Python worker — an owner's jobs a page at a
+//!   time, and kind routes and queue stats;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
 //!   every client connection, re-established on its own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
