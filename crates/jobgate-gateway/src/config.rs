@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_HISTORY_MAX", default_value_t = 10_000)]
     pub history_max: u64,
 
+    /// Most jobs kept in an owner's index, the newest: what `GET /v1/jobs`
+    /// lists and `/v1/events` replays from (older jobs stay readable by id).
+    #[arg(long, env = "JOBGATE_OWNER_INDEX_MAX", default_value_t = 10_000)]
+    pub owner_index_max: u64,
+
     /// Events buffered per connection before it is closed as a slow consumer
     /// (WebSocket close code 4008; an SSE stream ends).
     #[arg(long, env = "JOBGATE_OUTBOUND_QUEUE", default_value_t = 1024)]
@@ -195,6 +200,9 @@ impl Config {
         }
         if self.history_max < 16 {
             return fail("JOBGATE_HISTORY_MAX must be at least 16");
+        }
+        if self.owner_index_max == 0 {
+            return fail("JOBGATE_OWNER_INDEX_MAX must be at least 1");
         }
         if self.outbound_queue < 16 {
             return fail("JOBGATE_OUTBOUND_QUEUE must be at least 16");

@@ -13,6 +13,7 @@ mod dashboard;
 pub mod error;
 mod extract;
 mod health;
+mod job_list;
 mod jobs;
 mod legacy;
 mod limits;
@@ -45,6 +46,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
         .merge(jobs::router())
+        .merge(job_list::router())
         .merge(sse::router())
         .merge(ws::router())
         .merge(legacy::router())
@@ -106,6 +108,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
         StoreSettings {
             retention: config.retention(),
             history_max: config.history_max,
+            owner_index_max: config.owner_index_max,
         },
     );
     let hub = EventHub::start(

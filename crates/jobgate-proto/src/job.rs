@@ -317,6 +317,14 @@ pub struct JobSnapshot {
     pub run_at: Option<u64>,
 }
 
+/// `GET /v1/jobs`: a page of the caller's jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobSnapshot>,
+    /// Where the next page starts (opaque to clients); `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

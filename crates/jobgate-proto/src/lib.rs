@@ -17,6 +17,6 @@ pub mod ws;
 pub use error::{ErrorBody, ErrorCode};
 pub use event::{EventHeader, EventType};
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, JobId, JobLinks, JobSnapshot, JobStatus, MAX_DELAY_MS,
-    MAX_KIND_LEN, Progress, SubmitRequest, SubmitResponse, ValidationError,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, JobId, JobLinks, JobList, JobSnapshot, JobStatus,
+    MAX_DELAY_MS, MAX_KIND_LEN, Progress, SubmitRequest, SubmitResponse, ValidationError,
 };

@@ -4,7 +4,8 @@
 //!   `proto-schemas/PROTOCOL.md`);
 //! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
 //!   record, history, cancel — every change through the one state machine
-//!   script shared with the Python worker — and kind routes and queue stats;
+//!   script shared with the Python worker — an owner's jobs a page at a
+//!   time, and kind routes and queue stats;
 //! - [`spawn_delayed_mover`]: the task that moves due delayed jobs into
 //!   their queues;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
@@ -32,6 +33,6 @@ pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,
-    TraceContext,
+    CancelOutcome, IdempotencyClaim, JobPage, JobStore, ListPosition, ListQuery, NewJob,
+    StoreSettings, SubmitRate, Submitted, TraceContext,
 };

@@ -39,6 +39,7 @@ const EMBEDDED: &[&str] = &[
     "submit_request",
     "submit_response",
     "job_snapshot",
+    "job_list",
     "event",
     "history_truncated",
     "legacy_submit_request",
@@ -490,6 +491,7 @@ async fn every_real_answer_agrees_with_the_document() {
     submissions(&api, &mut contract).await;
     idempotency(&api, &mut contract).await;
     snapshots_and_cancel(&api, &mut contract).await;
+    job_listing(&api, &mut contract).await;
     event_streams(&mut api, &mut contract).await;
     websocket_upgrade(&api, &mut contract).await;
     client_logs(&api, &mut contract).await;
@@ -675,6 +677,37 @@ async fn snapshots_and_cancel(api: &Api, contract: &mut Contract) {
             assert_eq!(body["status"], "cancelled");
         }
     }
+}
+
+async fn job_listing(api: &Api, contract: &mut Contract) {
+    let job_id = api.submit(contract).await;
+    let answer = send(api.get("/v1/jobs?limit=1")).await;
+    let page = contract.check("get", "/v1/jobs", &answer);
+    assert_eq!(answer.status, 200, "{page}");
+    assert_eq!(page["jobs"][0]["job_id"], job_id.as_str());
+    let cursor = page["next_cursor"].as_str().expect("more jobs than one");
+    let next = format!("/v1/jobs?limit=1&status=queued,cancelled&kind=echo&cursor={cursor}");
+    let cases = vec![
+        (api.get(&next), 200, None),
+        (
+            api.http.get(api.gateway.url("/v1/jobs")),
+            401,
+            Some("unauthorized"),
+        ),
+        (api.get("/v1/jobs?limit=201"), 422, Some("invalid_request")),
+        (
+            api.get("/v1/jobs?status=done"),
+            422,
+            Some("invalid_request"),
+        ),
+        (api.get("/v1/jobs?kind=a%20b"), 422, Some("invalid_request")),
+        (
+            api.get("/v1/jobs?cursor=bm90LWEtY3Vyc29y"),
+            422,
+            Some("invalid_request"),
+        ),
+    ];
+    expect_all(contract, "get", "/v1/jobs", cases).await;
 }
 
 async fn event_streams(api: &mut Api, contract: &mut Contract) {
@@ -1000,6 +1033,13 @@ async fn internal_errors(api: &Api, contract: &mut Contract) {
         ("post", "/v1/jobs", api.post("/v1/jobs").json(&garbled)),
         ("post", "/submit", api.post("/submit").json(&legacy)),
         ("get", "/v1/events", mallory.header("last-event-id", "1")),
+        (
+            "get",
+            "/v1/jobs",
+            api.http
+                .get(api.gateway.url("/v1/jobs"))
+                .bearer_auth(token("mallory")),
+        ),
     ];
     for (method, path, request) in cases {
         let answer = send(request).await;
@@ -1043,6 +1083,7 @@ async fn redis_down(api: &mut Api, contract: &mut Contract) {
             api.post("/submit")
                 .json(&json!({"computation_params": {"kind": "echo"}})),
         ),
+        ("get", "/v1/jobs", api.get("/v1/jobs")),
         ("get", "/readyz", api.http.get(api.gateway.url("/readyz"))),
     ];
     for (method, path, request) in cases {

@@ -115,6 +115,46 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
         .expect("events");
     assert_eq!(events.last().expect("last")["event"], "cancelled");
 
+    // The listing reads the owner's index and records; an expired job
+    // leaves the index.
+    let list = || async {
+        let page: Value = http
+            .get(gateway.url("/v1/jobs"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let ids: Vec<String> = page["jobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .filter_map(|job| job["job_id"].as_str().map(str::to_owned))
+            .collect();
+        ids
+    };
+    assert_eq!(list().await, [running.clone(), job_id.to_owned()]);
+    let mut admin = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("jobgate:job:{{{job_id}}}"))
+        .query_async(&mut admin)
+        .await
+        .expect("expire a record");
+    assert_eq!(list().await, [running.as_str()]);
+    let indexed: Vec<String> = redis::cmd("ZRANGE")
+        .arg("jobgate:owner:{local}:jobs")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut admin)
+        .await
+        .expect("index");
+    assert_eq!(indexed, [running.as_str()]);
+
     // Metrics read the queues; readiness holds.
     let metrics = http
         .get(gateway.url("/metrics"))

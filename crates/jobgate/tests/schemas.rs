@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use jobgate_proto::ws::ClientMessage;
-use jobgate_proto::{ErrorCode, EventHeader, JobSnapshot, SubmitRequest};
+use jobgate_proto::{ErrorCode, EventHeader, JobList, JobSnapshot, SubmitRequest};
 use jobgate_testkit::{Schemas, repo_root};
 use serde_json::Value;
 
@@ -84,6 +84,9 @@ fn the_rust_wire_types_agree_with_the_examples() {
             "job_snapshot" => {
                 serde_json::from_str::<JobSnapshot>(&text)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            "job_list" => {
+                serde_json::from_str::<JobList>(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
             }
             "event" => {
                 EventHeader::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));

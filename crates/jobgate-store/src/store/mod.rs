@@ -5,12 +5,14 @@
 //! The store is one handle; its methods are kept by what they do:
 //! `submit.rs` (admission: the owner's rate, idempotency keys, create and
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
+//! `listing.rs` (a page of an owner's jobs, filtered, newest first),
 //! `queues.rs` (kind → queue routes, queue lengths and stats) and
 //! `script.rs` (each call of the script and how its reply is read) and
 //! `delayed.rs` (delayed jobs' set members and moving the due ones). Here:
 //! the handle, its settings and what the others share.
 
 mod delayed;
+mod listing;
 mod queues;
 mod reads;
 mod script;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+pub use self::listing::{JobPage, ListPosition, ListQuery};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};
@@ -35,6 +38,9 @@ pub struct StoreSettings {
     pub retention: Duration,
     /// The most events one job's history keeps.
     pub history_max: u64,
+    /// The most jobs an owner's index (`jobgate:owner:{<owner>}:jobs`)
+    /// keeps: the newest; older ones drop out of listings and replays.
+    pub owner_index_max: u64,
 }
 
 impl Default for StoreSettings {
@@ -42,6 +48,7 @@ impl Default for StoreSettings {
         Self {
             retention: Duration::from_secs(24 * 3600),
             history_max: 10_000,
+            owner_index_max: 10_000,
         }
     }
 }

@@ -104,7 +104,10 @@ impl JobStore {
 
     /// Adds the queue entry (in the band of the job's priority) — or, for a
     /// job `due` later, its member of the queue's delayed set — and indexes
-    /// the job among its owner's recent jobs, in one round trip.
+    /// the job among its owner's recent jobs, in one round trip. The index
+    /// stays bounded: entries older than the retention period and all but
+    /// the newest `owner_index_max` are trimmed, and the key expires one
+    /// retention period after its last write.
     async fn enqueue(
         &self,
         conn: &mut ConnectionManager,
@@ -148,6 +151,11 @@ impl JobStore {
             .arg(&owner_jobs)
             .arg("-inf")
             .arg(format!("({}", now_ms.saturating_sub(retention_ms)))
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&owner_jobs)
+            .arg(0)
+            .arg(-(self.settings.owner_index_max.max(1) as i64) - 1)
             .ignore()
             .cmd("PEXPIRE")
             .arg(&owner_jobs)
