@@ -4,7 +4,8 @@
 //!   `proto-schemas/PROTOCOL.md`);
 //! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
 //!   record, history, cancel — every change through the one state machine
-//!   script shared with the Python worker — and kind routes and queue stats;
+//!   script shared with the Python worker — kind routes and queue stats,
+//!   and dead letters (list, show, re-run, purge);
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
 //!   every client connection, re-established on its own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
@@ -28,6 +29,6 @@ pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,
-    TraceContext,
+    BadCursor, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobStore, NewJob,
+    RetryOutcome, StoreSettings, SubmitRate, Submitted, TraceContext, parse_cursor,
 };
