@@ -205,7 +205,7 @@ def echo(ctx: JobContext, params: Any) -> Any:
     return params
 
 
-class DeliberateFailure(Exception):
+class DeliberateError(Exception):
     """The non-retryable error of the ``fail`` kind."""
 
 
@@ -217,4 +217,4 @@ def fail(ctx: JobContext, params: Any) -> Any:
     text = message if isinstance(message, str) else f"failed on purpose (attempt {ctx.attempt})"
     if params.get("retryable", False):
         raise RetryableError(text, code="deliberate_failure")
-    raise DeliberateFailure(text)
+    raise DeliberateError(text)
