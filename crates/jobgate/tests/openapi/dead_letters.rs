@@ -158,6 +158,41 @@ pub(super) async fn dead_letters(api: &mut Api, contract: &mut Contract) {
         ),
     ];
     expect_all(contract, "post", RETRY_ONE, cases).await;
+    // Re-run (no worker here takes it): queued again, and queued jobs do not
+    // expire; its entry is back in the queue.
+    let mut redis = api.redis().await;
+    for key in [
+        format!("jobgate:job:{{{failed}}}"),
+        format!("jobgate:events:{{{failed}}}"),
+    ] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("ttl");
+        assert_eq!(ttl, -1, "{key} no longer expires");
+    }
+    let (status, finished_at): (String, Option<String>) = redis::cmd("HMGET")
+        .arg(format!("jobgate:job:{{{failed}}}"))
+        .arg("status")
+        .arg("finished_at")
+        .query_async(&mut redis)
+        .await
+        .expect("hmget");
+    assert_eq!((status.as_str(), finished_at), ("queued", None));
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("jobgate:queue:{default}:normal")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .expect("xrange");
+    assert!(
+        entries
+            .iter()
+            .any(|(_, f)| f.get("job_id") == Some(&failed)),
+        "the job's entry is back in its queue: {entries:?}"
+    );
 
     for (route, empty_status) in [(RETRY_MANY, 200), (PURGE, 200)] {
         let cases = vec![
