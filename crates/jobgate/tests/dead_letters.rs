@@ -10,7 +10,7 @@ use std::time::Duration;
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::{ADMIN_SCOPE, mint_hs256_with_scope};
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{PythonWorker, RedisServer, Schemas, TestGateway, WsClient};
+use jobgate_testkit::{PythonWorker, RedisServer, Schemas, SseClient, TestGateway, WsClient};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -101,6 +101,8 @@ async fn a_job_out_of_attempts_is_listed_re_run_by_the_cli_and_watched_to_its_en
     ws.send(json!({"type": "subscribe", "job_id": job_id, "after": last_seq}))
         .await
         .expect("subscribe");
+    let events = gateway.url(&format!("/v1/jobs/{job_id}/events?after={last_seq}"));
+    let mut sse = SseClient::connect(&events, None).await.expect("sse");
     let second = ws
         .events_until_terminal(&job_id, WAIT)
         .await
@@ -118,6 +120,14 @@ async fn a_job_out_of_attempts_is_listed_re_run_by_the_cli_and_watched_to_its_en
     for event in &second {
         schemas.assert_valid("event", event);
     }
+    let streamed: Vec<Value> = sse
+        .collect(WAIT)
+        .await
+        .expect("the SSE stream ends at the terminal event")
+        .iter()
+        .map(|e| e.json())
+        .collect();
+    assert_eq!(streamed, second, "SSE with after sees the same re-run");
 
     // Dead-lettered again, once; re-running something that is not a dead
     // letter fails; purging one, then all, empties the list.
@@ -142,9 +152,10 @@ async fn a_job_out_of_attempts_is_listed_re_run_by_the_cli_and_watched_to_its_en
     assert_eq!(snapshot["status"], "failed", "purging keeps the job");
 }
 
-/// Every key and its serialized value, except the workers' kind registry
-/// (whose `seen_at` moves on its own).
-async fn everything(redis: &RedisServer) -> BTreeMap<String, Vec<u8>> {
+/// Every key and its content, except the workers' kind registry (whose
+/// `seen_at` moves on its own): a stream's entries (its consumer groups
+/// record when workers last polled), any other key's `DUMP`.
+async fn everything(redis: &RedisServer) -> BTreeMap<String, String> {
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -157,12 +168,29 @@ async fn everything(redis: &RedisServer) -> BTreeMap<String, Vec<u8>> {
         .expect("keys");
     let mut all = BTreeMap::new();
     for name in names.into_iter().filter(|k| k != "jobgate:kinds") {
-        let dump: Vec<u8> = redis::cmd("DUMP")
+        let kind: String = redis::cmd("TYPE")
             .arg(&name)
             .query_async(&mut conn)
             .await
-            .expect("dump");
-        all.insert(name, dump);
+            .expect("type");
+        let content = if kind == "stream" {
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(&name)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .expect("xrange");
+            format!("{entries:?}")
+        } else {
+            let dump: Vec<u8> = redis::cmd("DUMP")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .expect("dump");
+            format!("{kind} {dump:?}")
+        };
+        all.insert(name, content);
     }
     all
 }
@@ -243,6 +271,48 @@ async fn every_admin_endpoint_answers_403_without_the_scope_and_changes_nothing(
         assert_eq!(body["code"], "forbidden", "{} {}", call.0, call.1);
     }
     assert_eq!(everything(&redis).await, before, "a refusal writes nothing");
+
+    // Bad input with the scope: refused as such, and nothing written either.
+    let bad: Vec<(reqwest::Method, &str, Value)> = vec![
+        (
+            reqwest::Method::POST,
+            "/v1/admin/dead-letters/retry",
+            json!({"limit": 0}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/admin/dead-letters/retry",
+            json!({"queue": "a{b}"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/admin/dead-letters/purge",
+            json!({"limit": 5}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/admin/dead-letters/purge",
+            json!({"queue": ""}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/admin/dead-letters/purge",
+            json!({"colour": "red"}),
+        ),
+    ];
+    for (method, path, body) in bad {
+        let response = http
+            .request(method, gateway.url(path))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 422, "{path} {body}");
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["code"], "invalid_request", "{path} {body}");
+    }
+    assert_eq!(everything(&redis).await, before, "bad input writes nothing");
 
     // With the scope the same calls are answered: removing the dead letter
     // first, so that the re-run after it finds none.
