@@ -74,6 +74,8 @@ class QueueStreams:
         consumer: str,
         current: Callable[[], redis.Redis] | None = None,
         on_groups_recreated: Callable[[], None] | None = None,
+        *,
+        proto_dir: str | None = None,
     ) -> None:
         self._current = current if current is not None else (lambda: client)
         self._on_groups_recreated = on_groups_recreated
@@ -81,7 +83,12 @@ class QueueStreams:
         self.consumer = consumer
         self.streams = keys.queue_streams(queue)
         self._band_index = {stream: index for index, stream in enumerate(self.streams)}
-        self._dead_letter_script: Script | None = None
+        # ``dead_letters.lua`` lies beside ``jobgate.lua``; read now, so that a
+        # missing file stops the worker at start rather than at a dead letter.
+        dead_letters = find_script(proto_dir).with_name("dead_letters.lua")
+        self._dead_letters: Script = client.register_script(
+            dead_letters.read_text(encoding="utf-8")
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -248,7 +255,7 @@ class QueueStreams:
         fields["stream"] = entry.stream
         fields["consumer"] = self.consumer
         pairs = [item for pair in fields.items() for item in pair]
-        self._dead_letters()(
+        self._dead_letters(
             keys=[
                 keys.dead_letter_stream(self.queue),
                 keys.dead_letter_index(self.queue),
@@ -257,12 +264,6 @@ class QueueStreams:
             args=["bury", keys.CONSUMER_GROUP, entry.job_id, entry.entry_id, *pairs],
             client=self.client,
         )
-
-    def _dead_letters(self) -> Script:
-        if self._dead_letter_script is None:
-            source = find_script().with_name("dead_letters.lua").read_text(encoding="utf-8")
-            self._dead_letter_script = self.client.register_script(source)
-        return self._dead_letter_script
 
     def server_time_ms(self) -> int:
         """The Redis clock, which every jobgate timestamp is taken from."""
