@@ -180,6 +180,17 @@ pub(super) async fn dead_letters(api: &mut Api, contract: &mut Contract) {
         .await
         .expect("hmget");
     assert_eq!((status.as_str(), finished_at), ("queued", None));
+    let record: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("jobgate:job:{{{failed}}}"))
+        .query_async(&mut redis)
+        .await
+        .expect("hgetall");
+    assert_eq!(record["attempt_base"], "1");
+    assert_eq!(
+        record["max_attempts"], "4",
+        "a fresh budget of the submitted 3"
+    );
+    jobgate_testkit::Schemas::load().assert_valid("job_record", &json!(record));
     let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg("jobgate:queue:{default}:normal")
         .arg("-")
