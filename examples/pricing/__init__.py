@@ -24,6 +24,10 @@ Kinds:
   the old API's way of passing a ``computation_params`` string that is not
   a JSON object.
 - ``echo`` — returns its params unchanged (no Dask); used for load tests.
+- ``fail`` — params ``{"retryable": bool, "message": str?}``: fails every
+  attempt, with a ``RetryableError`` (retried until its attempts run out,
+  then dead-lettered) or with a plain error (failed at once); for trying
+  out retries and dead letters.
 
 Importing this module starts nothing: Dask starts when the first pricing job
 touches ``ctx.dask``.
@@ -39,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from jobgate_worker import JobContext, JobFailed, Worker, current_task_key
+from jobgate_worker import JobContext, JobFailed, RetryableError, Worker, current_task_key
 
 worker = Worker(queue="default")
 log = logging.getLogger("examples.pricing")
@@ -227,3 +231,18 @@ def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
 @worker.job("echo")
 def echo(ctx: JobContext, params: Any) -> Any:
     return params
+
+
+class DeliberateError(Exception):
+    """The non-retryable error of the ``fail`` kind."""
+
+
+@worker.job("fail")
+def fail(ctx: JobContext, params: Any) -> Any:
+    if not isinstance(params, dict) or not isinstance(params.get("retryable", False), bool):
+        raise ValueError('params must be {"retryable": bool, "message": str?}')
+    message = params.get("message")
+    text = message if isinstance(message, str) else f"failed on purpose (attempt {ctx.attempt})"
+    if params.get("retryable", False):
+        raise RetryableError(text, code="deliberate_failure")
+    raise DeliberateError(text)

@@ -25,7 +25,8 @@
 --   {'failed', seq}    retry: no attempts were left, the job failed instead
 --
 -- Statuses: queued -> running -> completed | failed | cancelled, and
--- running -> queued again through a `retrying` event.
+-- running -> queued again through a `retrying` event (as does failed ->
+-- queued, when an operator re-runs a dead letter: `revive`).
 
 local op = ARGV[1]
 local job_key = KEYS[1]
@@ -305,9 +306,43 @@ local function release()
   return { 'ok', seq }
 end
 
+-- revive: requested_by — an operator re-runs a failed job from the dead
+-- letters. The job goes back to `queued` with a fresh attempt budget (as
+-- many attempts as it was submitted with: `attempt_base` records the
+-- attempts made before the current budget), a `retrying` event saying who
+-- asked, and no expiry (queued jobs do not expire). The caller then
+-- enqueues the entry and removes the dead letter (`dead_letters.lua`
+-- `requeue`). A job found `queued` is one whose earlier revive was not
+-- followed by the enqueue: it is answered as such, so the caller enqueues.
+-- Reply: {'ok'|'queued', kind, queue, priority, traceparent, tracestate}
+--        or {'skip', status} or {'missing'}.
+local function revive()
+  local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
+                     'retention_s', 'history_max', 'kind', 'created_at', 'seq', 'queue',
+                     'priority', 'traceparent', 'tracestate', 'attempt_base' })
+  if job.status == false then return { 'missing' } end
+  local reply = { job.kind, job.queue, job.priority, job.traceparent or '', job.tracestate or '' }
+  if job.status == 'queued' then return { 'queued', unpack(reply) } end
+  if job.status ~= 'failed' then return { 'skip', job.status } end
+  local now = now_ms()
+  local attempt = tonumber(job.attempt)
+  local budget = tonumber(job.max_attempts) - (tonumber(job.attempt_base) or 0)
+  if budget < 1 then budget = 1 end
+  local data = string.format(
+    '{"attempt":%d,"next_attempt":%d,"requested_by":%s,"error":{"code":"dead_letter_retry","message":"re-run from the dead letters"}}',
+    attempt, attempt + 1, cjson.encode(ARGV[2]))
+  change(job, 'retrying', data, now, 'status', 'queued', 'attempt_base', attempt,
+    'max_attempts', attempt + budget)
+  redis.call('HDEL', job_key, 'finished_at', 'cancel_requested')
+  redis.call('PERSIST', job_key)
+  redis.call('PERSIST', events_key)
+  return { 'ok', unpack(reply) }
+end
+
 local operations = {
   create = create, start = start, progress = progress, complete = complete,
   fail = fail, retry = retry, cancel = cancel, cancelled = cancelled, release = release,
+  revive = revive,
 }
 local run = operations[op]
 if run == nil then

@@ -28,6 +28,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::NotRetryable => StatusCode::CONFLICT,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod auth;
 mod client_logs;
 pub mod config;
 mod dashboard;
+mod dead_letters;
 pub mod error;
 mod extract;
 mod health;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(dashboard::router())
         .merge(client_logs::router())
+        .merge(dead_letters::router())
         .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {

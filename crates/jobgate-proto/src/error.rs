@@ -55,11 +55,13 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Anything else; the details are only in the server's log.
     Internal,
+    /// A dead letter's job is neither `failed` nor waiting to be re-enqueued.
+    NotRetryable,
 }
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -83,6 +85,7 @@ impl ErrorCode {
         Self::SlowConsumer,
         Self::ShuttingDown,
         Self::Internal,
+        Self::NotRetryable,
     ];
 
     /// The code as it appears on the wire.
@@ -111,6 +114,7 @@ impl ErrorCode {
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::NotRetryable => "not_retryable",
         }
     }
 }

@@ -37,6 +37,17 @@ pub fn delayed(queue: &str) -> String {
     format!("{PREFIX}delayed:{{{queue}}}")
 }
 
+/// A queue's dead letters (stream): jobs that ran out of attempts.
+pub fn dead_letters(queue: &str) -> String {
+    format!("{PREFIX}dead:{{{queue}}}")
+}
+
+/// A queue's dead letters by job (hash: job id → dead-letter entry id), so
+/// that a job has at most one.
+pub fn dead_letter_index(queue: &str) -> String {
+    format!("{PREFIX}dead:{{{queue}}}:jobs")
+}
+
 /// An owner's job ids, scored by creation time.
 pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")

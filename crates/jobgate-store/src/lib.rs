@@ -5,7 +5,8 @@
 //! - [`JobStore`]: submit (with the owner's rate and idempotency keys),
 //!   record, history, cancel — every change through the one state machine
 //!   script shared with the Python worker — an owner's jobs a page at a
-//!   time, and kind routes and queue stats;
+//!   time, kind routes and queue stats, and dead letters (list, show,
+//!   re-run, purge);
 //! - [`spawn_delayed_mover`]: the task that moves due delayed jobs into
 //!   their queues;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
@@ -33,6 +34,7 @@ pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobPage, JobStore, ListPosition, ListQuery, NewJob,
-    StoreSettings, SubmitRate, Submitted, TraceContext,
+    BadCursor, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobPage, JobStore,
+    ListPosition, ListQuery, NewJob, RetryOutcome, StoreSettings, SubmitRate, Submitted,
+    TraceContext, parse_cursor,
 };

@@ -161,6 +161,17 @@ async fn a_job_that_always_crashes_its_worker_ends_in_the_dead_letter_stream() {
             .any(|(_, fields)| fields.get("job_id") == Some(&job_id)),
         "the job is in the dead-letter stream: {dead:?}"
     );
+    assert_eq!(dead.len(), 1, "dead-lettered once: {dead:?}");
+    let indexed: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("jobgate:dead:{default}:jobs")
+        .query_async(&mut conn)
+        .await
+        .expect("hgetall");
+    assert_eq!(
+        indexed,
+        HashMap::from([(job_id.clone(), dead[0].0.clone())]),
+        "the job's one dead letter is indexed by its id"
+    );
     let pending: u64 = redis::cmd("XLEN")
         .arg("jobgate:queue:{default}:normal")
         .query_async(&mut conn)

@@ -17,6 +17,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "openapi/dead_letters.rs"]
+mod dead_letters;
+
 const SECRET: &str = "an-openapi-test-secret-long-enough-for-hs256";
 /// A job id no job has (a random UUID: no creation time in it).
 const UNKNOWN_JOB: &str = "3b2e8c1a-5f0d-4e7b-9a6c-2d1f0e9b8a7c";
@@ -499,7 +502,9 @@ async fn every_real_answer_agrees_with_the_document() {
     crowded(&api, &mut contract).await;
     rate_limited(&api, &mut contract).await;
     internal_errors(&api, &mut contract).await;
+    dead_letters::dead_letters(&mut api, &mut contract).await;
     redis_down(&mut api, &mut contract).await;
+    dead_letters::dead_letters_redis_down(&api, &mut contract).await;
     contract.assert_all_provoked();
     let paths: Vec<&String> = contract.doc["paths"]
         .as_object()

@@ -143,3 +143,21 @@ def test_cancel_cancels_the_jobs_dask_futures(gateway, run_worker):
         # Tasks that had not run yet were cancelled, not left to run.
         assert any(f.status == "cancelled" for f in futures)
         assert runtime.dask.started
+
+
+def test_the_fail_kind_retries_then_dead_letters_once_or_fails_at_once(gateway, run_worker):
+    with run_worker(pricing.worker):
+        retryable = gateway.submit("fail", {"retryable": True}, max_attempts=2)
+        events = gateway.wait_terminal(retryable, timeout=30)
+        assert [e["event"] for e in events] == [
+            "queued", "started", "retrying", "started", "failed",
+        ]  # fmt: skip
+        assert events[-1]["data"]["error"]["code"] == "max_attempts_exceeded"
+        plain = gateway.submit("fail", {"retryable": False, "message": "no"})
+        events = gateway.wait_terminal(plain, timeout=30)
+        assert [e["event"] for e in events] == ["queued", "started", "failed"]
+        assert events[-1]["data"]["error"]["message"].endswith("no")
+    dead = gateway.dead_letters()
+    assert [d["job_id"] for d in dead] == [retryable], "only attempts running out dead-letter"
+    index = gateway.redis.hgetall("jobgate:dead:{default}:jobs")
+    assert list(index) == [retryable]

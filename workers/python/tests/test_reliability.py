@@ -14,6 +14,7 @@ from conftest import REPO_ROOT, Gateway, assert_contiguous
 from jobgate_worker import keys
 from jobgate_worker.dask_support import JobDask
 from jobgate_worker.runtime import EXIT_FAILED
+from jobgate_worker.streams import QueueStreams
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -347,3 +348,22 @@ def test_cli_exits_with_the_runtime_failure_status_and_logs_it_as_json(gateway, 
     assert failed["level"] == "error"
     assert "WRONGTYPE" in failed["exception"]
     assert lines[-1]["message"] == "worker stopped"
+
+
+def test_a_job_is_dead_lettered_once_whoever_buries_it(gateway):
+    """Two workers can both see a job run out of attempts (one by ``retry``,
+    one reclaiming its entry): the second ``bury`` only acknowledges its entry."""
+    job_id = gateway.submit("echo")
+    stream = keys.queue_stream("default", "normal")
+    [(_, fields)] = gateway.redis.xrange(stream)
+    gateway.redis.xadd(stream, fields)
+    streams = QueueStreams(gateway.redis, "default", "bury-test")
+    first, second = streams.read(2, block_ms=0)
+    streams.dead_letter(first, "max_attempts_exceeded")
+    streams.dead_letter(second, "max_attempts_exceeded")
+    dead = gateway.dead_letters()
+    assert [d["job_id"] for d in dead] == [job_id]
+    [(dead_id, _)] = gateway.redis.xrange(keys.dead_letter_stream("default"))
+    assert gateway.redis.hgetall(keys.dead_letter_index("default")) == {job_id: dead_id}
+    assert gateway.redis.xlen(stream) == 0, "both entries acknowledged and deleted"
+    assert gateway.redis.xpending(stream, keys.CONSUMER_GROUP)["pending"] == 0

@@ -4,8 +4,6 @@
 //! member of one queue into its band streams, atomically. The task that
 //! makes that call over and over lives in `crate::mover`.
 
-use std::collections::HashMap;
-
 use redis::Script;
 
 use super::{JobStore, NewJob};
@@ -36,24 +34,6 @@ pub(super) fn delayed_member(job: &NewJob, band: Band) -> String {
 }
 
 impl JobStore {
-    /// Every queue a worker registered a kind for (the queues the mover
-    /// looks at, and those `/metrics` reports).
-    pub async fn registered_queues(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.connection();
-        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::KINDS)
-            .query_async(&mut conn)
-            .await?;
-        let mut queues: Vec<String> = registrations
-            .values()
-            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .filter_map(|r| r["queue"].as_str().map(str::to_owned))
-            .collect();
-        queues.sort();
-        queues.dedup();
-        Ok(queues)
-    }
-
     /// Moves every due job of `queue` into its band streams. Returns how
     /// many were moved and the ms until the next one is due (`None`: no
     /// delayed job is left).

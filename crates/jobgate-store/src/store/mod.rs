@@ -6,11 +6,13 @@
 //! `submit.rs` (admission: the owner's rate, idempotency keys, create and
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `listing.rs` (a page of an owner's jobs, filtered, newest first),
-//! `queues.rs` (kind → queue routes, queue lengths and stats) and
-//! `script.rs` (each call of the script and how its reply is read) and
-//! `delayed.rs` (delayed jobs' set members and moving the due ones). Here:
+//! `queues.rs` (kind → queue routes, queue lengths and stats),
+//! `script.rs` (each call of the script and how its reply is read),
+//! `delayed.rs` (delayed jobs' set members and moving the due ones) and
+//! `dead_letters.rs` (list, show, re-run and purge dead letters). Here:
 //! the handle, its settings and what the others share.
 
+mod dead_letters;
 mod delayed;
 mod listing;
 mod queues;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+pub use self::dead_letters::{BadCursor, DeadLetter, DeadLetterPage, RetryOutcome, parse_cursor};
 pub use self::listing::{JobPage, ListPosition, ListQuery};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;

@@ -13,6 +13,25 @@ use crate::keys::{self, Band};
 const ROUTE_TTL: Duration = Duration::from_secs(5);
 
 impl JobStore {
+    /// Every queue a worker registered a kind for, in name order (the
+    /// queues the delayed-job mover looks at, `/metrics` reports and the
+    /// dead-letter listing goes through).
+    pub async fn registered_queues(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.connection();
+        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::KINDS)
+            .query_async(&mut conn)
+            .await?;
+        let mut queues: Vec<String> = registrations
+            .values()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .filter_map(|r| r["queue"].as_str().map(str::to_owned))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
+
     /// The queue that a worker registered `kind` for, or `None` when no
     /// worker knows the kind.
     pub async fn route(&self, kind: &str) -> Result<Option<String>, StoreError> {

@@ -100,6 +100,23 @@ impl JobStore {
             .await;
     }
 
+    /// `revive`: a failed job back to `queued` with a fresh attempt budget
+    /// (re-run from the dead letters). The reply's words: the status word,
+    /// then (for `ok` and `queued`) kind, queue, priority, traceparent and
+    /// tracestate.
+    pub(super) async fn revive(
+        &self,
+        job_id: &JobId,
+        requested_by: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.connection();
+        Ok(self
+            .operation(job_id, "revive")
+            .arg(requested_by)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
     /// A call of operation `op` on `job_id`'s two keys; its arguments follow.
     fn operation(&self, job_id: &JobId, op: &str) -> ScriptInvocation<'_> {
         let mut invocation = self.script.key(keys::job(job_id));

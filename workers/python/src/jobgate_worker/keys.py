@@ -43,6 +43,11 @@ def dead_letter_stream(queue: str) -> str:
     return f"{PREFIX}dead:{{{queue}}}"
 
 
+def dead_letter_index(queue: str) -> str:
+    """Job id -> its dead letter's entry id: one dead letter per job."""
+    return f"{PREFIX}dead:{{{queue}}}:jobs"
+
+
 def live_job_channel(job_id: str) -> str:
     """Pub/sub channel carrying every event of one job."""
     return f"{PREFIX}live:job:{job_id}"

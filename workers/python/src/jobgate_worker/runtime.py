@@ -126,6 +126,7 @@ class Runtime:
             self.consumer,
             self.clients.current,
             on_groups_recreated=self._register_kinds,
+            proto_dir=settings.proto_dir,
         )
         self.records = JobRecords(self.clients.current)
         self.scheduler = Scheduler()

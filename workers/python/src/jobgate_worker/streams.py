@@ -16,8 +16,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 import redis
+from redis.commands.core import Script
 
 from . import keys
+from .script import find_script
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class QueueStreams:
         consumer: str,
         current: Callable[[], redis.Redis] | None = None,
         on_groups_recreated: Callable[[], None] | None = None,
+        *,
+        proto_dir: str | None = None,
     ) -> None:
         self._current = current if current is not None else (lambda: client)
         self._on_groups_recreated = on_groups_recreated
@@ -79,6 +83,12 @@ class QueueStreams:
         self.consumer = consumer
         self.streams = keys.queue_streams(queue)
         self._band_index = {stream: index for index, stream in enumerate(self.streams)}
+        # ``dead_letters.lua`` lies beside ``jobgate.lua``; read now, so that a
+        # missing file stops the worker at start rather than at a dead letter.
+        dead_letters = find_script(proto_dir).with_name("dead_letters.lua")
+        self._dead_letters: Script = client.register_script(
+            dead_letters.read_text(encoding="utf-8")
+        )
 
     @property
     def client(self) -> redis.Redis:
@@ -229,7 +239,13 @@ class QueueStreams:
         return new_id
 
     def dead_letter(self, entry: Entry, reason: str, error: str = "") -> None:
-        """Copy ``entry`` to ``jobgate:dead:{<queue>}``, then acknowledge and delete it."""
+        """Bury ``entry`` in ``jobgate:dead:{<queue>}``, acknowledging and deleting it.
+
+        One call of ``dead_letters.lua`` ``bury``, on the queue's hash tag: the
+        dead letter and the acknowledgement happen together, and a job that has
+        a dead letter already gets no second one (two workers can both see a
+        job run out of attempts: one by ``retry``, one reclaiming its entry).
+        """
         fields: dict[str, str] = dict(entry.fields)
         fields["job_id"] = entry.job_id
         fields["reason"] = reason
@@ -238,12 +254,16 @@ class QueueStreams:
         fields["entry_id"] = entry.entry_id
         fields["stream"] = entry.stream
         fields["consumer"] = self.consumer
-        # The dead-letter stream shares the queue's hash tag: one atomic step.
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(keys.dead_letter_stream(self.queue), fields)  # type: ignore[arg-type]
-        pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
-        pipe.xdel(entry.stream, entry.entry_id)
-        pipe.execute()
+        pairs = [item for pair in fields.items() for item in pair]
+        self._dead_letters(
+            keys=[
+                keys.dead_letter_stream(self.queue),
+                keys.dead_letter_index(self.queue),
+                entry.stream,
+            ],
+            args=["bury", keys.CONSUMER_GROUP, entry.job_id, entry.entry_id, *pairs],
+            client=self.client,
+        )
 
     def server_time_ms(self) -> int:
         """The Redis clock, which every jobgate timestamp is taken from."""
