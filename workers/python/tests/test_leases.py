@@ -107,7 +107,9 @@ def test_the_renewer_does_not_outlive_a_killed_worker(gateway, spawn_worker):
 
 def test_a_killed_renewer_is_replaced_and_the_job_keeps_its_lease(gateway, spawn_worker):
     lease_ms = 2000
-    first = spawn_worker("--lease-ms", str(lease_ms), "--consumer", "first")
+    # One handler thread: while it is busy its own reclaim scans (which would
+    # also renew its idle entry) do not run; only the renewer renews.
+    first = spawn_worker("--lease-ms", str(lease_ms), "--consumer", "first", "--concurrency", "1")
     first.wait_started()
     job_id = gateway.submit("sleep", {"s": 5})
     gateway.wait_event(job_id, "started")
