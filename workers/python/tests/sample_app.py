@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -197,5 +198,5 @@ def hog_gil(ctx: JobContext, params: Any) -> Any:
     time.sleep(0.05)
     stop.set()
     thread.join()
-    gap = max(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
+    gap = max(later - earlier for earlier, later in itertools.pairwise(ticks))
     return {"n": n, "match_s": match_s, "probe_max_gap_s": gap, "attempt": ctx.attempt}

@@ -38,7 +38,7 @@ Key = tuple[str, str]
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class RenewerUnavailable(RuntimeError):
+class RenewerStartError(RuntimeError):
     """The renewer process could not be started."""
 
 
@@ -71,7 +71,7 @@ class LeaseRenewer:
         return process.pid if process is not None else None
 
     def start(self) -> None:
-        """Start the renewer and wait until it is ready; raises ``RenewerUnavailable``."""
+        """Start the renewer and wait until it is ready; raises ``RenewerStartError``."""
         with self._lock:
             self._process = self._spawn()
             self._broken = False
@@ -90,17 +90,19 @@ class LeaseRenewer:
             close_fds=True,
             env=env,
         )
-        assert process.stdin is not None and process.stdout is not None
+        stdin, stdout = process.stdin, process.stdout
+        if stdin is None or stdout is None:  # both are PIPE above: never
+            raise RenewerStartError("the lease renewer has no pipes")
         try:
-            process.stdin.write((self._config.to_line() + "\n").encode())
-            process.stdin.flush()
-            ready, _, _ = select.select([process.stdout], [], [], self._start_timeout_s)
-            answer = process.stdout.readline().decode().strip() if ready else ""
+            stdin.write((self._config.to_line() + "\n").encode())
+            stdin.flush()
+            ready, _, _ = select.select([stdout], [], [], self._start_timeout_s)
+            answer = stdout.readline().decode().strip() if ready else ""
         except OSError as error:
             answer = f"error: {error}"
         if answer != READY:
             self._end(process)
-            raise RenewerUnavailable(f"the lease renewer did not start (said {answer!r})")
+            raise RenewerStartError(f"the lease renewer did not start (said {answer!r})")
         return process
 
     def hold(self, key: Key) -> None:
@@ -147,7 +149,7 @@ class LeaseRenewer:
                 self._end(old)
             try:
                 self._process = self._spawn()
-            except (RenewerUnavailable, OSError):
+            except (RenewerStartError, OSError):
                 self._process = None
                 log.error("starting the lease renewer failed", exc_info=True)
                 return False
@@ -176,4 +178,3 @@ class LeaseRenewer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout_s)
-

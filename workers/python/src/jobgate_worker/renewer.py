@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+
 import redis
 
 from . import keys
