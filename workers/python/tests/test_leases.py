@@ -9,6 +9,7 @@ time over five kills (``benches/RESULTS.md``); one try by default.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -92,8 +93,13 @@ def test_the_renewer_does_not_outlive_a_killed_worker(gateway, spawn_worker):
     job_id = gateway.submit("sleep", {"s": 30})
     gateway.wait_event(job_id, "started")
     [renewer] = renewer_pids(worker.process.pid)
+    # A Ctrl-C or SIGTERM for the whole process group leaves the renewer to
+    # the worker's shutdown, which still needs the leases.
+    os.kill(renewer, signal.SIGINT)
+    os.kill(renewer, signal.SIGTERM)
     # Renewed while the worker lives: idle never reaches the lease.
     time.sleep(lease_ms / 1000 * 1.5)
+    assert not gone(renewer)
     assert all(idle < lease_ms for idle in pending_idle_ms(gateway))
 
     worker.kill9()
@@ -116,7 +122,7 @@ def test_a_killed_renewer_is_replaced_and_the_job_keeps_its_lease(gateway, spawn
     second = spawn_worker("--lease-ms", str(lease_ms), "--consumer", "second")
     second.wait_started()
     [renewer] = renewer_pids(first.process.pid)
-    os.kill(renewer, 9)
+    os.kill(renewer, signal.SIGKILL)
 
     events = gateway.wait_terminal(job_id, timeout=30)
     assert [e["event"] for e in events] == ["queued", "started", "completed"]

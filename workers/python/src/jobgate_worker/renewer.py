@@ -22,7 +22,10 @@ this consumer*, so it never takes back an entry another worker reclaimed.
 An entry found not pending twice in a row (acknowledged, deleted or taken
 over) is logged and forgotten.
 
-It exits when its stdin reaches end of file (the worker closed it, or the
+It ignores SIGINT and SIGTERM: a Ctrl-C or a service manager's SIGTERM
+reaches the whole process group, and the worker's graceful shutdown that
+follows needs its leases renewed until it closes the pipe. It exits when its
+stdin reaches end of file (the worker closed it, or the
 worker died: the kernel closes a dead process's pipes) or when its parent
 process is no longer the worker — checked before every renewal, so a killed
 worker's leases expire and its jobs are reclaimed.
@@ -34,6 +37,7 @@ import json
 import logging
 import os
 import select
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -229,6 +233,8 @@ def _read_first_line(fd: int) -> tuple[bytes, bytes]:
 
 
 def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin = sys.stdin.fileno()
     first, rest = _read_first_line(stdin)
     if not first:
