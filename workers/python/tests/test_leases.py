@@ -8,6 +8,7 @@ time over five kills (``benches/RESULTS.md``); one try by default.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from conftest import assert_contiguous
 from jobgate_worker import keys
+from jobgate_worker.renewer import Renewer, RenewerConfig, change_line
 
 RENEWER_MODULE = "jobgate_worker.renewer"
 
@@ -163,3 +165,37 @@ def test_recovery_after_a_worker_is_killed_at_default_settings(gateway, spawn_wo
         ", ".join(f"{figure:.2f}" for figure in figures),
         f"| max {max(figures):.2f}",
     )
+
+
+def test_renewal_touches_only_entries_still_pending_with_this_consumer(redis_server, caplog):
+    client = redis_server.client()
+    stream = keys.queue_stream("default", "normal")
+    client.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+    ours, taken = (client.xadd(stream, {"job_id": name}) for name in ("ours", "taken"))
+    client.xreadgroup(keys.CONSUMER_GROUP, "me", {stream: ">"}, count=2)
+    # Another worker reclaimed one of them after our lease lapsed.
+    client.xclaim(stream, keys.CONSUMER_GROUP, "other", 0, [taken], justid=True)
+    time.sleep(0.3)
+    config = RenewerConfig(redis_url=redis_server.url, consumer="me", interval_s=1, parent_pid=0)
+    renewer = Renewer(config, client)
+    renewer.take(change_line("hold", stream, ours) + change_line("hold", stream, taken))
+    assert renewer.held == {(stream, ours), (stream, taken)}
+
+    renewer.renew()
+    pending = {
+        p["message_id"]: p for p in client.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10)
+    }
+    assert pending[ours]["consumer"] == "me"
+    assert pending[ours]["time_since_delivered"] < 200
+    # Not taken back, and its idle time was left alone.
+    assert pending[taken]["consumer"] == "other"
+    assert pending[taken]["time_since_delivered"] >= 300
+    # Missing twice in a row: logged once and no longer renewed.
+    with caplog.at_level(logging.WARNING, logger="jobgate_worker.renewer"):
+        renewer.renew()
+    assert renewer.held == {(stream, ours)}
+    assert [r.getMessage() for r in caplog.records] == [
+        "a held entry is no longer pending (acknowledged or deleted elsewhere)"
+    ]
+    renewer.take(change_line("drop", stream, ours))
+    assert renewer.held == set()
