@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -158,3 +161,46 @@ def dask_squares(ctx: JobContext, params: Any) -> Any:
         ctx.progress(done, len(futures))
     ctx.logger.info("squares summed", extra={"total": total})
     return {"total": total, "traceparent": ctx.traceparent}
+
+
+def _catastrophic_match(n: int) -> float:
+    """Seconds one exponential-backtracking match over ``n`` characters holds the GIL."""
+    started = time.monotonic()
+    re.fullmatch(r"(a+)+$", "a" * n + "b")
+    return time.monotonic() - started
+
+
+@worker.job("hog_gil")
+def hog_gil(ctx: JobContext, params: Any) -> Any:
+    """Holds the GIL for about ``seconds`` in one C call (a regex that backtracks).
+
+    The match time doubles with every character, so it is calibrated here
+    first (and lengthened if a call fell short). A probe thread ticks every
+    5 ms meanwhile; its longest gap shows how long no other thread of this
+    process could run.
+    """
+    target = float(params["seconds"])
+    n = 14
+    while (took := _catastrophic_match(n)) < 0.02:
+        n += 1
+    n += max(round(math.log2(target / took)), 0)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=probe, name="gil-probe", daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    # The calibration may have run on a busier machine: lengthen until one
+    # call really lasted ``seconds``.
+    while (match_s := _catastrophic_match(n)) < target:
+        n += 1
+    time.sleep(0.05)
+    stop.set()
+    thread.join()
+    gap = max(later - earlier for earlier, later in itertools.pairwise(ticks))
+    return {"n": n, "match_s": match_s, "probe_max_gap_s": gap, "attempt": ctx.attempt}

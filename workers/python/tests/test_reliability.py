@@ -103,7 +103,7 @@ def _given_back(events):
 
 
 def test_sigterm_past_grace_gives_the_job_back_without_charging_an_attempt(gateway, spawn_worker):
-    # The default lease (30 s) is far longer than this test: the job can run
+    # The default lease (10 s) is far longer than this test: the job can run
     # again this soon only because it was given back, not reclaimed.
     first = spawn_worker("--grace-s", "0.3", "--consumer", "first")
     first.wait_started()

@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--consumer", help="consumer name in the group (default hostname-pid)")
     parser.add_argument("--queue", help="consume this queue instead of the Worker's own")
     parser.add_argument(
-        "--lease-ms", type=int, help="lease in ms (default 30000, $JOBGATE_LEASE_MS)"
+        "--lease-ms", type=int, help="lease in ms (default 10000, $JOBGATE_LEASE_MS)"
     )
     parser.add_argument(
         "--grace-s", type=float, help="shutdown grace in s (default 30, $JOBGATE_GRACE_S)"

@@ -1,10 +1,10 @@
 """Background duties of a worker process besides running jobs.
 
-- ``LeaseKeeper``: every ``lease/3`` renews the entries this consumer holds
-  (``XCLAIM … 0 <ids> JUSTID``) and reads each running job's record: a job
-  whose attempt moved on (taken over) is abandoned, one with
-  ``cancel_requested`` is cancelled (the fallback when a pub/sub ``cancel``
-  message was missed).
+- ``LeaseKeeper``: every ``lease/3`` makes sure the lease renewer process
+  runs (``renewal.py``; it renews the held entries, out of reach of this
+  process's GIL) and reads each running job's record: a job whose attempt
+  moved on (taken over) is abandoned, one with ``cancel_requested`` is
+  cancelled (the fallback when a pub/sub ``cancel`` message was missed).
 - ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds``.
 - ``ControlListener``: the one pub/sub thread per process, ``PSUBSCRIBE
   jobgate:control:*``; a ``cancel`` message stops the job if it runs here.
@@ -23,40 +23,33 @@ import redis
 from . import keys
 from .inflight import InFlight, Run
 from .job_record import JobRecords
+from .renewal import LeaseRenewer
 from .streams import QueueStreams
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews held entries; ``stop(run, reason)`` ends an attempt that must not go on."""
+    """Keeps the renewer running; ``stop(run, reason)`` ends an attempt that must not go on."""
 
     def __init__(
         self,
-        streams: QueueStreams,
+        renewer: LeaseRenewer,
         inflight: InFlight,
         records: JobRecords,
         stop: Callable[[Run, str], None],
     ) -> None:
-        self.streams = streams
+        self.renewer = renewer
         self.inflight = inflight
         self.records = records
         self._stop_run = stop
 
-    def renew(self) -> None:
+    def check(self) -> None:
+        self.renewer.ensure_running(self.inflight.replay)
         try:
             self._check_runs()
-            gone = self.streams.renew(entry.key for entry in self.inflight.held())
         except redis.RedisError:
-            log.warning("lease renewal failed", exc_info=True)
-            return
-        for stream, entry_id in gone:
-            if not self.inflight.is_held((stream, entry_id)):
-                continue  # finished while the renewal was under way
-            log.warning(
-                "a held entry is no longer pending (acknowledged or deleted elsewhere)",
-                extra={"stream": stream, "entry_id": entry_id},
-            )
+            log.warning("checking the running jobs failed", exc_info=True)
 
     def _check_runs(self) -> None:
         runs = [run for run in self.inflight.runs() if run.started is not None and not run.finished]

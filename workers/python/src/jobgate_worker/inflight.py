@@ -3,15 +3,17 @@
 ``Run`` is one attempt of one job; ``InFlight`` indexes the runs by job id
 (so a cancel message finds its job) and the queue entries this consumer
 holds — running, waiting out a retry delay, or fetched but not yet started —
-whose leases the renewal keeps alive.
+whose leases the renewal keeps alive. A ``HeldObserver`` (the lease
+renewer) hears of every entry held and let go, in order, under the lock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 
@@ -58,21 +60,39 @@ class Run:
             return True
 
 
+class HeldObserver(Protocol):
+    """Told of every entry this consumer starts and stops holding."""
+
+    def hold(self, key: tuple[str, str]) -> None: ...
+
+    def drop(self, key: tuple[str, str]) -> None: ...
+
+
 class InFlight:
     """Entries this consumer holds (renewed) and attempts it runs (cancellable)."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: HeldObserver | None = None) -> None:
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Entry] = {}
         self._runs: dict[str, Run] = {}
+        self.observer = observer
 
     def hold(self, entry: Entry) -> None:
         with self._lock:
             self._held[entry.key] = entry
+            if self.observer is not None:
+                self.observer.hold(entry.key)
 
     def release(self, entry: Entry) -> None:
         with self._lock:
-            self._held.pop(entry.key, None)
+            if self._held.pop(entry.key, None) is not None and self.observer is not None:
+                self.observer.drop(entry.key)
+
+    def replay(self, hold: Callable[[tuple[str, str]], None]) -> None:
+        """Call ``hold`` for every entry held, under the lock (a new renewer's start)."""
+        with self._lock:
+            for key in self._held:
+                hold(key)
 
     def is_held(self, key: tuple[str, str]) -> bool:
         with self._lock:

@@ -3,9 +3,10 @@
 One thread (the caller of ``run``) owns the consumer-group reads: it waits
 for a free handler slot, reclaims idle entries when a reclaim is due, reads
 at most as many new entries as there are free slots (highest band first)
-and hands them to a fixed pool of handler threads. Timers, lease renewal
-and kind registration run on the scheduler thread; cancel messages arrive
-on the control thread.
+and hands them to a fixed pool of handler threads. Timers, the running
+jobs' checks and kind registration run on the scheduler thread; cancel
+messages arrive on the control thread. Leases are renewed by a child
+process (``renewal.py``), which no handler holding the GIL can starve.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop reading, let running jobs
 finish within ``grace_s`` (a second signal ends the wait), then give back
@@ -39,6 +40,7 @@ from .execution import JobExecutor
 from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
 from .inflight import InFlight
 from .job_record import JobRecords
+from .renewal import LeaseRenewer
 from .reporting import OutcomeReporter
 from .requeue import Requeuer
 from .scheduler import Scheduler
@@ -131,7 +133,13 @@ class Runtime:
         self.records = JobRecords(self.clients.current)
         self.scheduler = Scheduler()
         self.dask = DaskProvider(settings.dask_scheduler_address)
-        self.inflight = InFlight()
+        self.renewer = LeaseRenewer(
+            settings.redis_url,
+            self.consumer,
+            settings.lease_renew_interval_s,
+            log_level=settings.log_level,
+        )
+        self.inflight = InFlight(observer=self.renewer)
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
         reporter = OutcomeReporter(
@@ -156,7 +164,7 @@ class Runtime:
             spans=spans,
             reporter=reporter,
         )
-        self.leases = LeaseKeeper(self.streams, self.inflight, self.records, self.executor.stop)
+        self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
         self.control = ControlListener(self.redis, self._on_cancel)
         self.slots = Slots(settings.concurrency)
@@ -233,10 +241,11 @@ class Runtime:
         # Dask tasks run in this process record their spans with it.
         install(self.telemetry)
         self._wait_for_redis()
+        self.renewer.start()
         self.scheduler.start()
         self.kinds.register()
         self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
-        self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.renew, "leases")
+        self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.check, "leases")
         self.control.start()
         for index in range(settings.concurrency):
             thread = threading.Thread(
@@ -289,6 +298,7 @@ class Runtime:
             self._work.put(None)
         self.control.stop()
         self.scheduler.stop()
+        self.renewer.close()
         self.dask.close()
         self.clients.close()
         # Spans still queued for export leave now (bounded by the exporters' timeouts).

@@ -11,7 +11,7 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 | ``JOBGATE_QUEUE`` | the ``Worker``'s queue | queue override |
 | ``JOBGATE_CONSUMER`` | ``<hostname>-<pid>`` | consumer name in the group |
 | ``JOBGATE_CONCURRENCY`` | 4 | handler threads |
-| ``JOBGATE_LEASE_MS`` | 30000 | lease; entries idle longer are reclaimed |
+| ``JOBGATE_LEASE_MS`` | 10000 | lease; entries idle longer are reclaimed |
 | ``JOBGATE_GRACE_S`` | 30 | shutdown grace for running jobs |
 | ``JOBGATE_LOG_LEVEL`` | ``INFO`` | log level |
 | ``OTEL_EXPORTER_OTLP_ENDPOINT`` | unset: no OTLP | OTLP/HTTP base URL (``<url>/v1/traces``) |
@@ -19,6 +19,16 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 | ``JOBGATE_SPAN_FILE`` | unset | append every finished span to this file as a JSON line |
 | ``JOBGATE_FLUENTD_ADDR`` | unset: stderr only | ``host:port`` of a Fluentd Forward input |
 | ``JOBGATE_FLUENTD_BUFFER`` | 10000 | log records kept while Fluentd is away (oldest dropped) |
+
+Recovery time: a worker killed mid-job renewed its entry at most one
+renewal interval before; the entry becomes reclaimable ``lease_ms`` after
+that renewal, another worker's next reclaim scan (every
+``reclaim_interval_s``) takes it, ``start`` fences the lost attempt and the
+handler runs again. So a crashed worker's job completes within
+``lease_ms + reclaim_interval_s`` + one ``start`` + the handler's own time
+after the kill: 10 s + 1 s + a few ms + handler at the defaults (measured in
+``benches/RESULTS.md``). Renewal (every ``lease_ms / 3``, 3.3 s) costs one
+script call per band holding entries; a scan is one ``XAUTOCLAIM`` per band.
 """
 
 from __future__ import annotations
@@ -50,8 +60,9 @@ class Settings:
     consumer: str = field(default_factory=default_consumer)
     #: Handler threads: how many jobs run at once.
     concurrency: int = 4
-    #: An entry not renewed for this long is reclaimed by another worker.
-    lease_ms: int = 30_000
+    #: An entry not renewed for this long is reclaimed by another worker
+    #: (see "Recovery time" below for why 10 s).
+    lease_ms: int = 10_000
     #: On SIGTERM/SIGINT, how long running jobs may take to finish.
     grace_s: float = 30.0
     #: Longest a blocking XREADGROUP waits (also bounds how fast a stop is noticed).
@@ -72,11 +83,13 @@ class Settings:
 
     @property
     def lease_renew_interval_s(self) -> float:
+        """How often the renewer process renews held entries: three times a lease."""
         return self.lease_ms / 3000
 
     @property
     def reclaim_interval_s(self) -> float:
-        return min(max(self.lease_ms / 2000, 0.05), 5.0)
+        """How often the read loop looks for entries idle past the lease: a tenth of it."""
+        return min(max(self.lease_ms / 10_000, 0.05), 5.0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,16 +1,17 @@
-"""Queue streams and the consumer group: read, reclaim, renew, acknowledge.
+"""Queue streams and the consumer group: read, reclaim, acknowledge.
 
 Every Redis stream command of the worker lives here, together with the one
 recovery it needs: a ``NOGROUP`` error (Redis restarted without data, or the
 stream was deleted) re-creates the consumer group on all bands and the
-command is tried once more.
+command is tried once more. Renewing held entries is the renewer
+process's (``renewer.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -190,31 +191,6 @@ class QueueStreams:
                 if cursor == "0-0":
                     break
         return ReclaimResult(claimed, deleted)
-
-    def renew(self, held: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Reset the idle time of entries this consumer holds (``XCLAIM … JUSTID``).
-
-        Returns the entries Redis no longer has pending (acknowledged or deleted
-        by someone else).
-        """
-        by_stream: dict[str, list[Any]] = {}
-        for stream, entry_id in held:
-            by_stream.setdefault(stream, []).append(entry_id)
-        if not by_stream:
-            return set()
-
-        def claim_all() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for stream, ids in by_stream.items():
-                pipe.xclaim(stream, keys.CONSUMER_GROUP, self.consumer, 0, ids, justid=True)
-            return pipe.execute()
-
-        replies = self._with_group(claim_all)
-        gone: set[tuple[str, str]] = set()
-        for (stream, ids), claimed in zip(by_stream.items(), replies, strict=True):
-            still = set(claimed or [])
-            gone.update((stream, entry_id) for entry_id in ids if entry_id not in still)
-        return gone
 
     def ack_delete(self, entry: Entry) -> None:
         """``XACK`` + ``XDEL`` atomically: the entry is done and leaves the backlog."""
