@@ -108,6 +108,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
             history_max: config.history_max,
         },
     );
+    store.keep_connected(shutdown.clone());
     let hub = EventHub::start(
         client,
         HubSettings {

@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
+    /// Redis is at its memory limit and refuses writes; nothing was
+    /// written. Retry after `Retry-After`.
+    RedisOutOfMemory,
     /// The connection did not read its events fast enough.
     SlowConsumer,
     /// The server is shutting down.
@@ -59,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -80,6 +83,7 @@ impl ErrorCode {
         Self::ForbiddenOrigin,
         Self::Forbidden,
         Self::RedisUnavailable,
+        Self::RedisOutOfMemory,
         Self::SlowConsumer,
         Self::ShuttingDown,
         Self::Internal,
@@ -108,6 +112,7 @@ impl ErrorCode {
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::Forbidden => "forbidden",
             Self::RedisUnavailable => "redis_unavailable",
+            Self::RedisOutOfMemory => "redis_out_of_memory",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",

@@ -14,6 +14,7 @@
 //! to name job ids and statuses.
 
 mod connect;
+mod connection;
 mod cursor;
 mod error;
 mod feed;
@@ -23,11 +24,12 @@ mod record;
 mod store;
 
 pub use connect::{check_url, open};
+pub use connection::{OOM_MEMORY, RedisHealth, WATCH_INTERVAL};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,
+    CancelOutcome, IdempotencyClaim, JobStore, NewJob, RedisMemory, StoreSettings, SubmitRate, Submitted,
     TraceContext,
 };

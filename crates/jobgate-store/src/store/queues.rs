@@ -21,7 +21,7 @@ impl JobStore {
         {
             return Ok(Some(queue.clone()));
         }
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let entry: Option<String> = redis::cmd("HGET")
             .arg(keys::KINDS)
             .arg(kind)
@@ -49,7 +49,7 @@ impl JobStore {
         {
             return Ok(*length);
         }
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let lengths: (u64, u64, u64) = redis::pipe()
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::High))
@@ -68,7 +68,7 @@ impl JobStore {
     /// bands) and the age in ms of its oldest entry (waiting or running:
     /// acknowledged entries are deleted).
     pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let registrations: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::KINDS)
             .query_async(&mut conn)

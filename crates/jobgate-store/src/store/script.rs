@@ -4,7 +4,7 @@
 //! The script's own header documents every operation.
 
 use jobgate_proto::JobId;
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::{JobStore, NewJob};
@@ -29,6 +29,15 @@ pub(super) fn load() -> Script {
     Script::new(SCRIPT)
 }
 
+/// The same script with the `allow-oom` flag: Redis runs it at `maxmemory`.
+/// Used only for `fail *` after a failed enqueue, a write of a few hundred
+/// bytes that must not be refused, or the record would claim a queued job
+/// that no worker will ever see. (Without flags, Redis refuses a script's
+/// first write at `maxmemory`, so a refused call changes nothing.)
+pub(super) fn load_allowing_oom() -> Script {
+    Script::new(&format!("#!lua flags=allow-oom\n{SCRIPT}"))
+}
+
 impl JobStore {
     /// Asks for a job to be cancelled.
     pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
@@ -49,7 +58,7 @@ impl JobStore {
     /// `create`: the record and its `queued` event (seq 1).
     pub(super) async fn create(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         job: &NewJob,
     ) -> Result<(), StoreError> {
         let request = &job.request;
@@ -79,16 +88,22 @@ impl JobStore {
     }
 
     /// `fail *`: fails the job whatever its attempt, so that a record whose
-    /// queue entry could not be written does not claim to be queued. Best
-    /// effort: the caller is already answering with the enqueue's error.
-    pub(super) async fn fail_unenqueued(&self, conn: &mut ConnectionManager, job_id: &JobId) {
-        let _: Result<Value, _> = self
-            .operation(job_id, "fail")
+    /// queue entry could not be written does not claim to be queued. Run
+    /// with `allow-oom`, so an enqueue refused at `maxmemory` is repaired
+    /// too. Best effort: the caller is already answering with the enqueue's
+    /// error.
+    pub(super) async fn fail_unenqueued(&self, conn: &mut Connection, job_id: &JobId) {
+        let mut invocation = self.repair_script.key(keys::job(job_id));
+        invocation.key(keys::events(job_id)).arg("fail");
+        let repaired: Result<Value, _> = invocation
             .arg("*")
             .arg("enqueue_failed")
             .arg("the job could not be enqueued")
             .invoke_async(conn)
             .await;
+        if let Err(error) = repaired {
+            tracing::error!(job_id = %job_id, %error, "a job that could not be enqueued could not be failed either");
+        }
     }
 
     /// A call of operation `op` on `job_id`'s two keys; its arguments follow.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use jobgate_proto::{JobId, SubmitRequest};
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 
 use super::{JobStore, unix_ms};
 use crate::StoreError;
@@ -102,7 +102,7 @@ impl JobStore {
     /// the job among its owner's recent jobs, in one round trip.
     async fn enqueue(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         job: &NewJob,
     ) -> Result<(), redis::RedisError> {
         let request = &job.request;
@@ -199,7 +199,7 @@ impl JobStore {
 /// `window` (shared by every gateway); returns the count so far and the
 /// seconds left in the window.
 async fn count_in_window(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     owner: &str,
     window: Duration,
 ) -> Result<(u64, u64), StoreError> {
