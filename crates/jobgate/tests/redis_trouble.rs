@@ -23,8 +23,7 @@ async fn the_first_request_after_a_redis_restart_is_served() {
 
     for restart in 0..RESTARTS {
         redis.kill();
-        // Long enough for the connection's own reconnect attempts to give up.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let readyz = http
             .get(gateway.url("/readyz"))
             .send()
@@ -33,7 +32,8 @@ async fn the_first_request_after_a_redis_restart_is_served() {
         assert_eq!(readyz.status(), 503, "not ready while Redis is down");
         let body: Value = readyz.json().await.expect("json");
         assert_eq!(body["code"], "redis_unavailable", "{body}");
-
+        // Long enough for every reconnect attempt made so far to give up.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         redis.restart();
         tokio::time::sleep(Duration::from_secs(3)).await;
         // One request, alternately a snapshot and a submission.
