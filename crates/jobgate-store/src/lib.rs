@@ -30,6 +30,6 @@ pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobStore, NewJob, RedisMemory, StoreSettings, SubmitRate, Submitted,
-    TraceContext,
+    CancelOutcome, IdempotencyClaim, JobStore, NewJob, RedisMemory, StoreSettings, SubmitRate,
+    Submitted, TraceContext,
 };

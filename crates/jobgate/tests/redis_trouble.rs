@@ -191,7 +191,11 @@ async fn a_completion_refused_at_maxmemory_is_reported_once_memory_is_freed() {
             .expect("events"),
     );
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{events:?}");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{events:?}"
+    );
     let last = events.last().expect("terminal");
     assert_eq!(last["event"], "completed", "{events:?}");
     assert_eq!(

@@ -91,7 +91,11 @@ impl JobStore {
     /// A handle on the shared, multiplexed connection, for writes: a
     /// request is tried again only when it never reached Redis.
     fn connection(&self) -> Connection {
-        Connection::new(self.redis.clone(), Arc::clone(&self.health), Retry::NeverSent)
+        Connection::new(
+            self.redis.clone(),
+            Arc::clone(&self.health),
+            Retry::NeverSent,
+        )
     }
 
     /// A handle on the shared connection for reads, which are also tried

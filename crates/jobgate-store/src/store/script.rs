@@ -3,8 +3,8 @@
 //! arguments in the order the script reads them, and how replies are read.
 //! The script's own header documents every operation.
 
-use jobgate_proto::JobId;
 use crate::connection::Connection;
+use jobgate_proto::JobId;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::{JobStore, NewJob};

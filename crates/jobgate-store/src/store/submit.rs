@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use jobgate_proto::{JobId, SubmitRequest};
 use crate::connection::Connection;
+use jobgate_proto::{JobId, SubmitRequest};
 
 use super::{JobStore, unix_ms};
 use crate::StoreError;
@@ -100,11 +100,7 @@ impl JobStore {
 
     /// Adds the queue entry (in the band of the job's priority) and indexes
     /// the job among its owner's recent jobs, in one round trip.
-    async fn enqueue(
-        &self,
-        conn: &mut Connection,
-        job: &NewJob,
-    ) -> Result<(), redis::RedisError> {
+    async fn enqueue(&self, conn: &mut Connection, job: &NewJob) -> Result<(), redis::RedisError> {
         let request = &job.request;
         let now_ms = unix_ms();
         let retention_ms = self.settings.retention.as_millis() as u64;
