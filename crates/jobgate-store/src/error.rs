@@ -73,3 +73,36 @@ pub(crate) fn is_out_of_memory(error: &RedisError) -> bool {
         .into_server_errors()
         .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == OOM_CODE))
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::*;
+
+    fn server_error(text: &'static str) -> RedisError {
+        // A reply as Redis sends it: `-OOM command not allowed …`.
+        let value = redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("reply");
+        match value {
+            redis::Value::ServerError(error) => error.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oom_refusal_is_out_of_memory_by_its_code() {
+        let oom = server_error("OOM command not allowed when used memory > 'maxmemory'.");
+        assert!(is_out_of_memory(&oom));
+        assert!(StoreError::from(oom).is_out_of_memory());
+    }
+
+    #[test]
+    fn other_errors_are_not_out_of_memory_even_when_they_mention_it() {
+        let other = server_error("ERR the job mentions OOM in its message");
+        assert!(!is_out_of_memory(&other));
+        assert!(!StoreError::from(other).is_out_of_memory());
+        let loading =
+            RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
+        assert!(StoreError::from(loading).is_unavailable());
+    }
+}

@@ -174,3 +174,20 @@ fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RedisMemory;
+
+    #[test]
+    fn redis_is_full_at_its_limit_and_never_without_one() {
+        let memory = |used_bytes, max_bytes| RedisMemory {
+            used_bytes,
+            max_bytes,
+        };
+        assert!(memory(100, 100).is_full());
+        assert!(memory(101, 100).is_full());
+        assert!(!memory(99, 100).is_full());
+        assert!(!memory(u64::MAX, 0).is_full(), "0 is no limit");
+    }
+}
