@@ -39,8 +39,8 @@ pub const OOM_MEMORY: Duration = Duration::from_secs(5);
 pub(crate) enum Retry {
     /// Only a request that never reached Redis (connection refused).
     NeverSent,
-    /// Also after a dropped connection or an I/O error: for reads, which
-    /// change nothing however often they run.
+    /// Also after a dropped connection: for reads, which change nothing
+    /// however often they run.
     Reads,
 }
 
@@ -113,12 +113,8 @@ impl Connection {
     fn may_retry(&self, error: &RedisError) -> bool {
         match self.retry {
             Retry::NeverSent => error.is_connection_refusal(),
-            Retry::Reads => {
-                error.is_connection_refusal()
-                    || error.is_connection_dropped()
-                    || error.is_io_error()
-                    || error.is_unrecoverable_error()
-            }
+            // Not after a timeout: Redis may be slow, not gone.
+            Retry::Reads => error.is_connection_refusal() || error.is_connection_dropped(),
         }
     }
 
@@ -137,7 +133,7 @@ impl ConnectionLike for Connection {
             if let Err(error) = &result
                 && self.may_retry(error)
             {
-                tracing::debug!(%error, "redis request failed before it could run; trying again");
+                tracing::debug!(%error, "redis request failed on a lost connection; trying it once more");
                 result = self.manager.send_packed_command(cmd).await;
             }
             self.settle(&result);
@@ -159,7 +155,7 @@ impl ConnectionLike for Connection {
             if let Err(error) = &result
                 && self.may_retry(error)
             {
-                tracing::debug!(%error, "redis pipeline failed before it could run; trying again");
+                tracing::debug!(%error, "redis pipeline failed on a lost connection; trying it once more");
                 result = self
                     .manager
                     .send_packed_commands(pipeline, offset, count)
