@@ -208,6 +208,49 @@ async fn a_completion_refused_at_maxmemory_is_reported_once_memory_is_freed() {
     );
 }
 
+#[tokio::test]
+async fn a_record_whose_enqueue_was_refused_is_failed_even_at_maxmemory() {
+    let redis = RedisServer::start();
+    let mut driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
+    let job_id = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b";
+    let created = driver
+        .op(
+            job_id,
+            &[
+                "create", job_id, "alice", "echo", "default", "{}", "5", "3", "0", "60", "100", "",
+                "", "",
+            ],
+        )
+        .await
+        .expect("create");
+    assert_eq!(created, "ok");
+    // As after `create` got through and the queue entry was refused.
+    redis.fill_memory().await;
+    let plain = driver
+        .op(job_id, &["fail", "*", "enqueue_failed", "refused"])
+        .await;
+    assert!(
+        plain.is_err(),
+        "without allow-oom the repair is refused: {plain:?}"
+    );
+
+    let (manager, _) = jobgate_store::open(&redis.url()).expect("open");
+    let store = jobgate_store::JobStore::new(manager, jobgate_store::StoreSettings::default());
+    store
+        .fail_unenqueued(&job_id.parse().expect("id"))
+        .await
+        .expect("the repair runs at maxmemory");
+    let record = store
+        .record(&job_id.parse().expect("id"))
+        .await
+        .expect("read")
+        .expect("a record");
+    let snapshot = record.snapshot;
+    assert_eq!(snapshot.status, jobgate_proto::JobStatus::Failed);
+    let error = serde_json::to_value(&snapshot.error).expect("json");
+    assert_eq!(error["code"], "enqueue_failed", "{error}");
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()

@@ -87,22 +87,24 @@ impl JobStore {
         }
     }
 
-    /// `fail *`: fails the job whatever its attempt, so that a record whose
-    /// queue entry could not be written does not claim to be queued. Run
-    /// with `allow-oom`, so an enqueue refused at `maxmemory` is repaired
-    /// too. Best effort: the caller is already answering with the enqueue's
-    /// error.
-    pub(super) async fn fail_unenqueued(&self, conn: &mut Connection, job_id: &JobId) {
+    /// `fail * enqueue_failed`: fails the job whatever its attempt, so that
+    /// a record whose queue entry could not be written does not claim to be
+    /// queued. Run with `allow-oom`, so that an enqueue refused at
+    /// `maxmemory` is repaired too. A job that already ended, or is gone,
+    /// is left as it is.
+    pub async fn fail_unenqueued(&self, job_id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.connection();
         let mut invocation = self.repair_script.key(keys::job(job_id));
         invocation.key(keys::events(job_id)).arg("fail");
-        let repaired: Result<Value, _> = invocation
+        let reply: Value = invocation
             .arg("*")
             .arg("enqueue_failed")
             .arg("the job could not be enqueued")
-            .invoke_async(conn)
-            .await;
-        if let Err(error) = repaired {
-            tracing::error!(job_id = %job_id, %error, "a job that could not be enqueued could not be failed either");
+            .invoke_async(&mut conn)
+            .await?;
+        match status_word(&reply)?.as_str() {
+            "ok" | "skip" | "missing" => Ok(()),
+            other => Err(StoreError::Protocol(format!("fail answered {other}"))),
         }
     }
 

@@ -92,7 +92,10 @@ impl JobStore {
         }
         self.create(&mut conn, job).await?;
         if let Err(error) = self.enqueue(&mut conn, job).await {
-            self.fail_unenqueued(&mut conn, &job.job_id).await;
+            // Best effort: the caller answers with the enqueue's error.
+            if let Err(repair) = self.fail_unenqueued(&job.job_id).await {
+                tracing::error!(job_id = %job.job_id, error = %repair, "a job that could not be enqueued could not be failed either");
+            }
             return Err(error.into());
         }
         Ok(Submitted::Created)
