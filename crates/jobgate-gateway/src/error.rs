@@ -26,11 +26,17 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::RedisUnavailable | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        ErrorCode::RedisOutOfMemory => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::NotRetryable => StatusCode::CONFLICT,
     }
 }
+
+/// How long a client should wait before retrying a write Redis refused for
+/// lack of memory: memory is freed by jobs expiring or an operator, not in
+/// a moment.
+const OUT_OF_MEMORY_RETRY_AFTER_S: u64 = 5;
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -92,7 +98,14 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if error.is_unavailable() {
+        if error.is_out_of_memory() {
+            tracing::warn!(%error, "redis refused a write: out of memory");
+            Self::new(
+                ErrorCode::RedisOutOfMemory,
+                "the job store is full; nothing was changed, try again later",
+            )
+            .retry_after(OUT_OF_MEMORY_RETRY_AFTER_S)
+        } else if error.is_unavailable() {
             tracing::warn!(%error, "redis unavailable");
             Self::new(
                 ErrorCode::RedisUnavailable,

@@ -113,6 +113,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
             owner_index_max: config.owner_index_max,
         },
     );
+    store.keep_connected(shutdown.clone());
     let hub = EventHub::start(
         client,
         HubSettings {

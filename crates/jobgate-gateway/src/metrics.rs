@@ -295,6 +295,35 @@ impl Metrics {
     }
 }
 
+/// Redis's side of `/metrics`: the `OOM` refusals this gateway saw, and
+/// Redis's `used_memory` and `maxmemory` read at scrape time (`memory` is
+/// `None` when Redis did not answer).
+pub(crate) fn render_redis(out: &mut String, oom_refusals: u64, memory: Option<(u64, u64)>) {
+    family(
+        out,
+        "jobgate_redis_oom_refusals_total",
+        "counter",
+        "Requests Redis refused because it was at maxmemory (OOM), seen by this gateway.",
+    );
+    let _ = writeln!(out, "jobgate_redis_oom_refusals_total {oom_refusals}");
+    if let Some((used, max)) = memory {
+        family(
+            out,
+            "jobgate_redis_used_memory_bytes",
+            "gauge",
+            "Redis's used_memory, read at scrape time.",
+        );
+        let _ = writeln!(out, "jobgate_redis_used_memory_bytes {used}");
+        family(
+            out,
+            "jobgate_redis_maxmemory_bytes",
+            "gauge",
+            "Redis's maxmemory (0: no limit), read at scrape time.",
+        );
+        let _ = writeln!(out, "jobgate_redis_maxmemory_bytes {max}");
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

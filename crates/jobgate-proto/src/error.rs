@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Redis cannot be reached; nothing was written.
     RedisUnavailable,
+    /// Redis is at its memory limit and refuses writes; nothing was
+    /// written. Retry after `Retry-After`.
+    RedisOutOfMemory,
     /// The connection did not read its events fast enough.
     SlowConsumer,
     /// The server is shutting down.
@@ -61,7 +64,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -82,6 +85,7 @@ impl ErrorCode {
         Self::ForbiddenOrigin,
         Self::Forbidden,
         Self::RedisUnavailable,
+        Self::RedisOutOfMemory,
         Self::SlowConsumer,
         Self::ShuttingDown,
         Self::Internal,
@@ -111,6 +115,7 @@ impl ErrorCode {
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::Forbidden => "forbidden",
             Self::RedisUnavailable => "redis_unavailable",
+            Self::RedisOutOfMemory => "redis_out_of_memory",
             Self::SlowConsumer => "slow_consumer",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",

@@ -9,6 +9,9 @@
 //! pooled connection, a health-check round trip and system calls of its
 //! own. The connection speaks RESP3 so that a dropped link is noticed (and
 //! rebuilt) as soon as the server goes, not by the next request failing.
+//! A rebuild that finds Redis still down gives up after a few attempts;
+//! `connection.rs` rebuilds it again once Redis is back (a watcher that
+//! pings every second) without a client's request failing.
 
 use std::time::Duration;
 

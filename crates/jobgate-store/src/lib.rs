@@ -18,6 +18,7 @@
 //! to name job ids and statuses.
 
 mod connect;
+mod connection;
 mod cursor;
 mod error;
 mod feed;
@@ -28,6 +29,7 @@ mod record;
 mod store;
 
 pub use connect::{check_url, open};
+pub use connection::{OOM_MEMORY, RedisHealth, WATCH_INTERVAL};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
@@ -35,6 +37,6 @@ pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
     BadCursor, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobPage, JobStore,
-    ListPosition, ListQuery, NewJob, RetryOutcome, StoreSettings, SubmitRate, Submitted,
-    TraceContext, parse_cursor,
+    ListPosition, ListQuery, NewJob, RedisMemory, RetryOutcome, StoreSettings, SubmitRate,
+    Submitted, TraceContext, parse_cursor,
 };

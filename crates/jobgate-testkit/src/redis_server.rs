@@ -97,6 +97,67 @@ impl RedisServer {
         panic!("no worker registered {kinds:?}");
     }
 
+    /// Puts Redis at its memory limit: a big key (`jobgate-test:filler`),
+    /// then `maxmemory` at half of what Redis then uses, so that with the
+    /// default `noeviction` policy every write that needs memory is refused
+    /// with `OOM`.
+    pub async fn fill_memory(&self) {
+        let mut conn = self.admin_connection().await;
+        let _: i64 = redis::cmd("SETRANGE")
+            .arg(FILLER)
+            .arg(8_000_000)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .expect("setrange");
+        let used = used_memory(&mut conn).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(used / 2)
+            .query_async(&mut conn)
+            .await
+            .expect("config set maxmemory");
+    }
+
+    /// Undoes [`RedisServer::fill_memory`]: the big key goes and the limit
+    /// is lifted.
+    pub async fn free_memory(&self) {
+        let mut conn = self.admin_connection().await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(FILLER)
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("config set maxmemory");
+    }
+
+    /// Every key, sorted, except [`RedisServer::fill_memory`]'s.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut conn = self.admin_connection().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        keys.retain(|key| key != FILLER);
+        keys.sort();
+        keys
+    }
+
+    async fn admin_connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
     /// `kill -9`: the server stops at once, without saving.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -173,6 +234,21 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The key [`RedisServer::fill_memory`] fills Redis with.
+const FILLER: &str = "jobgate-test:filler";
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .expect("info memory");
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("used_memory in INFO memory")
 }
 
 fn redis_server_binary() -> String {

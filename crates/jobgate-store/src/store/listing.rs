@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::connection::Connection;
 use jobgate_proto::{JobId, JobSnapshot, JobStatus};
-use redis::aio::ConnectionManager;
 
 use super::JobStore;
 use crate::{JobRecord, StoreError, keys};
@@ -116,7 +116,7 @@ pub struct JobPage {
 impl JobStore {
     /// A page of `owner`'s jobs, newest first.
     pub async fn list_jobs(&self, owner: &str, query: &ListQuery) -> Result<JobPage, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let index = keys::owner_jobs(owner);
         let mut jobs = Vec::new();
         let mut position = query.after;
@@ -164,7 +164,7 @@ impl JobStore {
 /// index may hold more. Entries that share the score of `after` and are
 /// not after it are skipped, page by page, however many there are.
 async fn read_index(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     index: &str,
     after: Option<ListPosition>,
     count: usize,
@@ -207,7 +207,7 @@ async fn read_index(
 
 /// The records of `entries`, in order, `None` where one has expired.
 async fn read_records(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     entries: &[ListPosition],
 ) -> Result<Vec<Option<JobRecord>>, StoreError> {
     if entries.is_empty() {

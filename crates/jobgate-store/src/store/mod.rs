@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
 
 pub use self::dead_letters::{BadCursor, DeadLetter, DeadLetterPage, RetryOutcome, parse_cursor};
 pub use self::listing::{JobPage, ListPosition, ListQuery};
@@ -33,6 +34,7 @@ pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};
 use crate::StoreError;
+use crate::connection::{self, Connection, RedisHealth, Retry};
 
 /// Settings the store applies to every job it creates.
 #[derive(Debug, Clone)]
@@ -60,11 +62,16 @@ impl Default for StoreSettings {
 #[derive(Clone)]
 pub struct JobStore {
     redis: ConnectionManager,
+    /// `OOM` refusals seen on the shared connection.
+    health: Arc<RedisHealth>,
     script: Arc<Script>,
     /// `proto-schemas/redis/delayed.lua`; see `delayed.rs`.
     delayed_script: Arc<Script>,
     /// Woken when this process adds a delayed job; see `delayed.rs`.
     delayed_added: Arc<tokio::sync::Notify>,
+    /// The same script flagged `allow-oom`, for the one repair that must
+    /// not be refused at `maxmemory`; see `script.rs`.
+    repair_script: Arc<Script>,
     settings: Arc<StoreSettings>,
     /// Kind → (queue, when it was read); see `queues.rs`.
     routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
@@ -84,9 +91,11 @@ impl JobStore {
     pub fn new(redis: ConnectionManager, settings: StoreSettings) -> Self {
         Self {
             redis,
+            health: Arc::default(),
             script: Arc::new(script::load()),
             delayed_script: Arc::new(delayed::load()),
             delayed_added: Arc::default(),
+            repair_script: Arc::new(script::load_allowing_oom()),
             settings: Arc::new(settings),
             routes: Arc::default(),
             depths: Arc::default(),
@@ -97,15 +106,72 @@ impl JobStore {
         &self.settings
     }
 
-    /// A handle on the shared, multiplexed connection.
-    fn connection(&self) -> ConnectionManager {
-        self.redis.clone()
+    /// A handle on the shared, multiplexed connection, for writes: a
+    /// request is tried again only when it never reached Redis.
+    fn connection(&self) -> Connection {
+        Connection::new(
+            self.redis.clone(),
+            Arc::clone(&self.health),
+            Retry::NeverSent,
+        )
+    }
+
+    /// A handle on the shared connection for reads, which are also tried
+    /// again after a dropped connection.
+    fn reader(&self) -> Connection {
+        Connection::new(self.redis.clone(), Arc::clone(&self.health), Retry::Reads)
+    }
+
+    /// What the store has seen of Redis (`OOM` refusals).
+    pub fn health(&self) -> &RedisHealth {
+        &self.health
+    }
+
+    /// Pings Redis every second until `shutdown`, so that the shared
+    /// connection is rebuilt as soon as Redis is back (see `connection.rs`).
+    pub fn keep_connected(&self, shutdown: CancellationToken) {
+        connection::watch(self.redis.clone(), shutdown);
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// Redis's memory: `used_memory` and `maxmemory` (0: no limit) from
+    /// `INFO memory`.
+    pub async fn memory(&self) -> Result<RedisMemory, StoreError> {
+        let mut conn = self.reader();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Protocol(format!("INFO memory has no {name}")))
+        };
+        Ok(RedisMemory {
+            used_bytes: field("used_memory")?,
+            max_bytes: field("maxmemory")?,
+        })
+    }
+}
+
+/// Redis's memory use against its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisMemory {
+    pub used_bytes: u64,
+    /// `maxmemory`; 0 when there is no limit.
+    pub max_bytes: u64,
+}
+
+impl RedisMemory {
+    /// At or over `maxmemory`: Redis refuses writes (with `noeviction`).
+    pub fn is_full(&self) -> bool {
+        self.max_bytes > 0 && self.used_bytes >= self.max_bytes
     }
 }
 
@@ -125,4 +191,21 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisMemory;
+
+    #[test]
+    fn redis_is_full_at_its_limit_and_never_without_one() {
+        let memory = |used_bytes, max_bytes| RedisMemory {
+            used_bytes,
+            max_bytes,
+        };
+        assert!(memory(100, 100).is_full());
+        assert!(memory(101, 100).is_full());
+        assert!(!memory(99, 100).is_full());
+        assert!(!memory(u64::MAX, 0).is_full(), "0 is no limit");
+    }
 }

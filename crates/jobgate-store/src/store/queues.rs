@@ -40,7 +40,7 @@ impl JobStore {
         {
             return Ok(Some(queue.clone()));
         }
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let entry: Option<String> = redis::cmd("HGET")
             .arg(keys::KINDS)
             .arg(kind)
@@ -68,7 +68,7 @@ impl JobStore {
         {
             return Ok(*length);
         }
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let lengths: (u64, u64, u64, u64) = redis::pipe()
             .cmd("XLEN")
             .arg(keys::queue(queue, Band::High))
@@ -90,7 +90,7 @@ impl JobStore {
     /// acknowledged entries are deleted).
     pub async fn queue_stats(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
         let queues = self.registered_queues().await?;
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let now = unix_ms();
         let mut stats = Vec::with_capacity(queues.len());
         for queue in queues {

@@ -30,7 +30,7 @@ pub(crate) struct HistoryRead {
 impl JobStore {
     /// The job record, or `None` when there is no such job.
     pub async fn record(&self, job_id: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::job(job_id))
             .query_async(&mut conn)
@@ -44,7 +44,7 @@ impl JobStore {
         job_id: &JobId,
         after: u64,
     ) -> Result<HistoryRead, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let (fields, entries): (HashMap<String, String>, Vec<HistoryEntry>) = redis::pipe()
             .cmd("HGETALL")
             .arg(keys::job(job_id))
@@ -79,7 +79,7 @@ impl JobStore {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(keys::owner_jobs(owner))
             .arg("+inf")

@@ -3,8 +3,8 @@
 //! arguments in the order the script reads them, and how replies are read.
 //! The script's own header documents every operation.
 
+use crate::connection::Connection;
 use jobgate_proto::JobId;
-use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::{JobStore, NewJob};
@@ -29,6 +29,15 @@ pub(super) fn load() -> Script {
     Script::new(SCRIPT)
 }
 
+/// The same script with the `allow-oom` flag: Redis runs it at `maxmemory`.
+/// Used only for `fail *` after a failed enqueue, a write of a few hundred
+/// bytes that must not be refused, or the record would claim a queued job
+/// that no worker will ever see. (Without flags, Redis refuses a script's
+/// first write at `maxmemory`, so a refused call changes nothing.)
+pub(super) fn load_allowing_oom() -> Script {
+    Script::new(&format!("#!lua flags=allow-oom\n{SCRIPT}"))
+}
+
 impl JobStore {
     /// Asks for a job to be cancelled.
     pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
@@ -51,7 +60,7 @@ impl JobStore {
     /// that is runnable now.
     pub(super) async fn create(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         job: &NewJob,
     ) -> Result<Option<u64>, StoreError> {
         let request = &job.request;
@@ -87,17 +96,25 @@ impl JobStore {
         }
     }
 
-    /// `fail *`: fails the job whatever its attempt, so that a record whose
-    /// queue entry could not be written does not claim to be queued. Best
-    /// effort: the caller is already answering with the enqueue's error.
-    pub(super) async fn fail_unenqueued(&self, conn: &mut ConnectionManager, job_id: &JobId) {
-        let _: Result<Value, _> = self
-            .operation(job_id, "fail")
+    /// `fail * enqueue_failed`: fails the job whatever its attempt, so that
+    /// a record whose queue entry could not be written does not claim to be
+    /// queued. Run with `allow-oom`, so that an enqueue refused at
+    /// `maxmemory` is repaired too. A job that already ended, or is gone,
+    /// is left as it is.
+    pub async fn fail_unenqueued(&self, job_id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.connection();
+        let mut invocation = self.repair_script.key(keys::job(job_id));
+        invocation.key(keys::events(job_id)).arg("fail");
+        let reply: Value = invocation
             .arg("*")
             .arg("enqueue_failed")
             .arg("the job could not be enqueued")
-            .invoke_async(conn)
-            .await;
+            .invoke_async(&mut conn)
+            .await?;
+        match status_word(&reply)?.as_str() {
+            "ok" | "skip" | "missing" => Ok(()),
+            other => Err(StoreError::Protocol(format!("fail answered {other}"))),
+        }
     }
 
     /// `revive`: a failed job back to `queued` with a fresh attempt budget

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use crate::connection::Connection;
 use jobgate_proto::{JobId, SubmitRequest};
-use redis::aio::ConnectionManager;
 
 use super::delayed::delayed_member;
 use super::{JobStore, unix_ms};
@@ -93,7 +93,10 @@ impl JobStore {
         }
         let due = self.create(&mut conn, job).await?;
         if let Err(error) = self.enqueue(&mut conn, job, due).await {
-            self.fail_unenqueued(&mut conn, &job.job_id).await;
+            // Best effort: the caller answers with the enqueue's error.
+            if let Err(repair) = self.fail_unenqueued(&job.job_id).await {
+                tracing::error!(job_id = %job.job_id, error = %repair, "a job that could not be enqueued could not be failed either");
+            }
             return Err(error.into());
         }
         if due.is_some() {
@@ -110,7 +113,7 @@ impl JobStore {
     /// retention period after its last write.
     async fn enqueue(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         job: &NewJob,
         due: Option<u64>,
     ) -> Result<(), redis::RedisError> {
@@ -219,7 +222,7 @@ impl JobStore {
 /// `window` (shared by every gateway); returns the count so far and the
 /// seconds left in the window.
 async fn count_in_window(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     owner: &str,
     window: Duration,
 ) -> Result<(u64, u64), StoreError> {

@@ -11,6 +11,11 @@ let go, or kept held for a delayed re-enqueue.
 Reporting follows PROTOCOL.md "Processing, in order": the terminal call and
 ``XACK`` + ``XDEL`` — except on ``stale``, when the entry belongs to whichever
 worker took the job over.
+
+A terminal call that Redis refuses for lack of memory (``OOM``, at
+``maxmemory``) is never dropped: the attempt keeps its entry (the lease keeper
+goes on renewing it) and the call is made again, with backoff, until Redis
+takes it (``with_oom_retries``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from .backoff import backoff_s
 from .inflight import InFlight, Run
 from .job_record import JobRecords
 from .outcomes import (
@@ -63,6 +69,36 @@ def with_quick_retries(operation: Callable[[], T]) -> T:
                 raise
             log.warning("redis call failed; trying again", exc_info=True)
     raise AssertionError("unreachable")
+
+
+#: Backoff between tries of a terminal call Redis refused for lack of memory.
+OOM_RETRY_BASE_S = 0.2
+OOM_RETRY_CAP_S = 5.0
+
+
+def with_oom_retries(
+    operation: Callable[[], T],
+    extra: dict[str, Any],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``with_quick_retries``, made again while Redis refuses it for lack of memory.
+
+    A refused script call changes nothing (Redis refuses a script's first
+    write), so trying it again is safe; it ends with Redis's answer or any
+    other error.
+    """
+    refusals = 0
+    while True:
+        try:
+            return with_quick_retries(operation)
+        except redis.exceptions.OutOfMemoryError:
+            refusals += 1
+            delay_s = backoff_s(refusals, OOM_RETRY_BASE_S, OOM_RETRY_CAP_S)
+            log.warning(
+                "redis is out of memory; the outcome will be reported again",
+                extra={**extra, "refusals": refusals, "retry_in_s": round(delay_s, 3)},
+            )
+            sleep(delay_s)
 
 
 class EntryFate(enum.Enum):
@@ -154,10 +190,14 @@ class OutcomeReporter:
         try:
             with self.spans.publish(run.span_context, run.job_id, outcome.name):
                 if self._lease_certainly_held(run.entry):
-                    reply = with_quick_retries(lambda: self._terminal_and_ack(run, operation))
+                    reply = with_oom_retries(
+                        lambda: self._terminal_and_ack(run, operation), run.extra
+                    )
                     acknowledged = True
                 else:
-                    reply = with_quick_retries(lambda: self.script.call(run.job_id, *operation))
+                    reply = with_oom_retries(
+                        lambda: self.script.call(run.job_id, *operation), run.extra
+                    )
                     acknowledged = False
         except redis.RedisError:
             log.exception(
