@@ -134,7 +134,10 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
             .collect();
         ids
     };
-    assert_eq!(list().await, [running.clone(), job_id.to_owned()]);
+    assert_eq!(
+        list().await,
+        [running.clone(), delayed_id.to_owned(), job_id.to_owned()]
+    );
     let mut admin = redis
         .client()
         .get_multiplexed_async_connection()
@@ -145,7 +148,7 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
         .query_async(&mut admin)
         .await
         .expect("expire a record");
-    assert_eq!(list().await, [running.as_str()]);
+    assert_eq!(list().await, [running.as_str(), delayed_id]);
     let indexed: Vec<String> = redis::cmd("ZRANGE")
         .arg("jobgate:owner:{local}:jobs")
         .arg(0)
@@ -153,7 +156,7 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
         .query_async(&mut admin)
         .await
         .expect("index");
-    assert_eq!(indexed, [running.as_str()]);
+    assert_eq!(indexed, [delayed_id, running.as_str()]);
 
     // Metrics read the queues; readiness holds.
     let metrics = http
