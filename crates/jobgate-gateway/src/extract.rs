@@ -113,7 +113,6 @@ impl FromRequestParts<AppState> for Principal {
 /// A principal with the admin scope ([`crate::auth::ADMIN_SCOPE`]); any
 /// other answers `403 forbidden` before the handler runs.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // until the admin routes use it
 pub(crate) struct Admin(pub Principal);
 
 impl FromRequestParts<AppState> for Admin {

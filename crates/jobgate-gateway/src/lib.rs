@@ -18,6 +18,7 @@ mod legacy;
 mod limits;
 pub mod metrics;
 mod push;
+mod queues;
 mod sse;
 pub mod state;
 mod submit;
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(dashboard::router())
         .merge(client_logs::router())
+        .merge(queues::router())
         .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -30,6 +30,16 @@ pub fn queue(queue: &str, band: Band) -> String {
     format!("{PREFIX}queue:{{{queue}}}:{}", band.as_str())
 }
 
+/// A queue's dead letters (stream), entries whose jobs ran out of attempts.
+pub fn dead_letters(queue: &str) -> String {
+    format!("{PREFIX}dead:{{{queue}}}")
+}
+
+/// Present while `queue` is paused: workers take no new entries from it.
+pub fn paused(queue: &str) -> String {
+    format!("{PREFIX}paused:{{{queue}}}")
+}
+
 /// An owner's job ids, scored by creation time.
 pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")

@@ -28,6 +28,6 @@ pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
 pub use store::{
-    CancelOutcome, IdempotencyClaim, JobStore, NewJob, StoreSettings, SubmitRate, Submitted,
-    TraceContext,
+    BandDepths, CancelOutcome, IdempotencyClaim, JobStore, NewJob, QueueOverview, StoreSettings,
+    SubmitRate, Submitted, TraceContext,
 };

@@ -6,9 +6,11 @@
 //! `submit.rs` (admission: the owner's rate, idempotency keys, create and
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `queues.rs` (kind → queue routes, queue lengths and stats) and
+//! `overview.rs` (what an operator sees of a queue; pause and resume),
 //! `script.rs` (each call of the script and how its reply is read). Here:
 //! the handle, its settings and what the others share.
 
+mod overview;
 mod queues;
 mod reads;
 mod script;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+pub use self::overview::{BandDepths, QueueOverview};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};

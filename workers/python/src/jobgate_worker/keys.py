@@ -43,6 +43,11 @@ def dead_letter_stream(queue: str) -> str:
     return f"{PREFIX}dead:{{{queue}}}"
 
 
+def paused_key(queue: str) -> str:
+    """Present while the queue is paused: workers take no new entries."""
+    return f"{PREFIX}paused:{{{queue}}}"
+
+
 def live_job_channel(job_id: str) -> str:
     """Pub/sub channel carrying every event of one job."""
     return f"{PREFIX}live:job:{job_id}"

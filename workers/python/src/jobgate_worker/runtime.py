@@ -320,6 +320,11 @@ class Runtime:
         while self._backlog and free > 0:
             self._dispatch(self._backlog.popleft())
             free -= 1
+        if free > 0 and self.streams.paused():
+            # Paused: take nothing new and reclaim nothing; running jobs
+            # finish and their leases keep being renewed. Look again in ~1 s.
+            self._stopping.wait(min(self.settings.block_ms, 1_000) / 1000)
+            return
         now = time.monotonic()
         if free > 0 and now >= self._next_reclaim:
             self._next_reclaim = now + self.settings.reclaim_interval_s
