@@ -95,7 +95,7 @@ done
 [ "$(redis-cli -p "$redis_port" hexists jobgate:kinds echo)" = "1" ] || {
   echo "api-fuzz: the worker registered no kinds" >&2; tail -20 "$work/worker.log" >&2; exit 1; }
 
-token="$("$JOBGATE_BIN" token --sub fuzz --ttl-s 3600)"
+token="$("$JOBGATE_BIN" token --sub fuzz --ttl-s 3600 --admin)"
 
 echo "api-fuzz: schemathesis $schemathesis_version against $base (seed $seed, $examples examples per operation)"
 # Run from the temporary folder: schemathesis keeps a cache of earlier
