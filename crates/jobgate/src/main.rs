@@ -1,5 +1,8 @@
 //! `jobgate`: config → telemetry → state → serve, with graceful shutdown.
-//! `jobgate token` mints a development token.
+//! `jobgate token` mints a development token; `jobgate queues` (in
+//! `queues.rs`) shows, pauses and resumes queues.
+
+mod queues;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +37,9 @@ enum Command {
     /// Print one job's narrative across services from the JSON-lines logs
     /// Fluentd wrote (see fluent/README.md).
     Trace(jobgate_trace::TraceArgs),
+    /// Show every queue (depth per band, oldest age, running, dead
+    /// letters, paused); pause or resume one.
+    Queues(queues::QueuesArgs),
     /// Print an HS256 token for JOBGATE_JWT_SECRET (development and tests).
     Token {
         /// The owner the token names (`sub`).
@@ -72,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             jobgate_trace::run(&args, &mut std::io::stdout().lock())?;
             Ok(())
         }
+        Some(Command::Queues(args)) => queues::run(args, &mut std::io::stdout().lock()),
         Some(Command::Token {
             sub,
             ttl_s,

@@ -176,3 +176,80 @@ async fn queue_admin_routes_answer_403_without_the_admin_scope_and_change_nothin
         .expect("exists");
     assert!(paused);
 }
+
+fn cli(redis_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"))
+        .arg("queues")
+        .args(args)
+        .env("JOBGATE_REDIS_URL", redis_url)
+        .output()
+        .expect("run jobgate queues")
+}
+
+#[tokio::test]
+async fn the_cli_lists_pauses_and_resumes_queues() {
+    let redis = RedisServer::start();
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("HSET")
+        .arg("jobgate:kinds")
+        .arg("echo")
+        .arg(r#"{"queue":"default","worker":"w","seen_at":1}"#)
+        .query_async(&mut conn)
+        .await
+        .expect("register");
+    let _: String = redis::cmd("XADD")
+        .arg("jobgate:queue:{default}:low")
+        .arg("*")
+        .arg("job_id")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+
+    let unknown = cli(&redis.url(), &["pause", "nowhere"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nowhere"));
+    let paused_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jobgate:paused:*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(paused_keys.is_empty(), "{paused_keys:?}");
+
+    let paused = cli(&redis.url(), &["pause", "default"]);
+    assert!(paused.status.success(), "{paused:?}");
+    assert_eq!(String::from_utf8_lossy(&paused.stdout), "default: paused\n");
+    let listing = cli(&redis.url(), &["--json"]);
+    assert!(listing.status.success(), "{listing:?}");
+    let listing: Value = serde_json::from_slice(&listing.stdout).expect("json");
+    let default = &listing["queues"][0];
+    assert_eq!(default["queue"], "default");
+    assert_eq!(default["paused"], true);
+    assert_eq!(default["bands"], json!({"high": 0, "normal": 0, "low": 1}));
+    let table = cli(&redis.url(), &[]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.starts_with("QUEUE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("default") && row.contains("yes")),
+        "{table}"
+    );
+
+    let resumed = cli(&redis.url(), &["resume", "default", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&resumed.stdout).expect("json"),
+        json!({"queue": "default", "paused": false})
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("jobgate:paused:{default}")
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!exists);
+}
