@@ -1,6 +1,7 @@
 //! The operator's view of queues (admin scope): `GET /v1/admin/queues`
 //! lists each queue's depth per band, oldest age, running entries, dead
-//! letters and paused flag; `POST /v1/admin/queues/{queue}/pause` and
+//! letters, paused flag and workers; `GET /v1/admin/workers` every worker
+//! across queues; `POST /v1/admin/queues/{queue}/pause` and
 //! `/resume` stop and restart workers taking new entries from a queue.
 
 use axum::Router;
@@ -18,6 +19,7 @@ use crate::state::AppState;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/queues", get(list))
+        .route("/v1/admin/workers", get(workers))
         .route("/v1/admin/queues/{queue}/pause", post(pause))
         .route("/v1/admin/queues/{queue}/resume", post(resume))
 }
@@ -25,6 +27,17 @@ pub(crate) fn router() -> Router<AppState> {
 async fn list(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let queues = state.store.queue_overviews().await?;
     Ok(axum::Json(json!({ "queues": queues })))
+}
+
+async fn workers(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let workers: Vec<_> = state
+        .store
+        .queue_overviews()
+        .await?
+        .into_iter()
+        .flat_map(|queue| queue.workers)
+        .collect();
+    Ok(axum::Json(json!({ "workers": workers })))
 }
 
 async fn pause(

@@ -40,6 +40,11 @@ pub fn paused(queue: &str) -> String {
     format!("{PREFIX}paused:{{{queue}}}")
 }
 
+/// A queue's worker heartbeats (hash): consumer → JSON record.
+pub fn workers(queue: &str) -> String {
+    format!("{PREFIX}workers:{{{queue}}}")
+}
+
 /// An owner's job ids, scored by creation time.
 pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")

@@ -29,5 +29,5 @@ pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use record::JobRecord;
 pub use store::{
     BandDepths, CancelOutcome, IdempotencyClaim, JobStore, NewJob, QueueOverview, StoreSettings,
-    SubmitRate, Submitted, TraceContext,
+    SubmitRate, Submitted, TraceContext, WorkerView,
 };

@@ -66,6 +66,7 @@ fn admin_token() -> String {
 /// The queue admin routes: (method, documented path, real path).
 const QUEUE_ADMIN: &[(&str, &str, &str)] = &[
     ("get", "/v1/admin/queues", "/v1/admin/queues"),
+    ("get", "/v1/admin/workers", "/v1/admin/workers"),
     (
         "post",
         "/v1/admin/queues/{queue}/pause",

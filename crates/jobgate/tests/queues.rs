@@ -253,3 +253,114 @@ async fn the_cli_lists_pauses_and_resumes_queues() {
         .expect("exists");
     assert!(!exists);
 }
+
+fn fault_app_worker(redis_url: &str, consumer: &str) -> PythonWorker {
+    let apps = jobgate_testkit::repo_root().join("crates/jobgate/tests/apps");
+    PythonWorker::start_app_with_env(
+        redis_url,
+        "fault_app:worker",
+        Some(&apps),
+        consumer,
+        &[],
+        &[
+            ("JOBGATE_CONCURRENCY", "2"),
+            ("JOBGATE_HEARTBEAT_S", "0.2"),
+            ("JOBGATE_LEASE_MS", "1500"),
+        ],
+    )
+}
+
+/// Polls `GET /v1/admin/workers` until `done` holds for the list.
+async fn workers_until(
+    gateway: &TestGateway,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = reqwest::get(gateway.url("/v1/admin/workers"))
+            .await
+            .expect("workers")
+            .json()
+            .await
+            .expect("json");
+        let workers = answer["workers"].as_array().expect("workers").clone();
+        if done(&workers) {
+            return workers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_gone_until_its_job_is_reclaimed() {
+    let redis = RedisServer::start();
+    let mut first = fault_app_worker(&redis.url(), "first");
+    redis.wait_for_kinds(&["sleep"]).await;
+    let gateway = TestGateway::start(&redis.url()).await;
+    let job_id = gateway
+        .submit(json!({"kind": "sleep", "params": {"s": 4}}))
+        .await;
+    let holding = |workers: &[Value]| {
+        workers.iter().any(|w| {
+            w["consumer"] == "first"
+                && w["in_hand"]
+                    .as_array()
+                    .is_some_and(|h| h.contains(&json!(job_id)))
+        })
+    };
+    let workers = workers_until(&gateway, "the worker holds the job", holding).await;
+    let worker = &workers[0];
+    assert_eq!(worker["state"], "live", "{worker}");
+    assert_eq!(worker["queue"], "default", "{worker}");
+    assert_eq!(worker["concurrency"], 2, "{worker}");
+    assert_eq!(worker["pid"], first.pid().expect("pid"), "{worker}");
+    assert!(
+        worker["kinds"]
+            .as_array()
+            .expect("kinds")
+            .contains(&json!("sleep")),
+        "{worker}"
+    );
+    let default = queues(&gateway).await["queues"][0].clone();
+    assert_eq!(default["running"], 1, "{default}");
+    assert_eq!(default["workers"][0]["consumer"], "first", "{default}");
+
+    first.kill();
+    let gone = |workers: &[Value]| {
+        workers
+            .iter()
+            .any(|w| w["consumer"] == "first" && w["state"] == "gone")
+    };
+    let workers = workers_until(&gateway, "the killed worker is gone", gone).await;
+    assert_eq!(workers[0]["pending"], 1, "{workers:?}");
+    assert_eq!(workers[0]["in_hand"], json!([job_id]), "{workers:?}");
+
+    let _second = fault_app_worker(&redis.url(), "second");
+    let reclaimed = |workers: &[Value]| {
+        workers.iter().all(|w| w["consumer"] != "first")
+            && workers.iter().any(|w| w["consumer"] == "second")
+    };
+    workers_until(
+        &gateway,
+        "the gone worker disappears after the reclaim",
+        reclaimed,
+    )
+    .await;
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let left: bool = redis::cmd("HEXISTS")
+        .arg("jobgate:workers:{default}")
+        .arg("first")
+        .query_async(&mut conn)
+        .await
+        .expect("hexists");
+    assert!(!left, "the gone worker's heartbeat is removed");
+}

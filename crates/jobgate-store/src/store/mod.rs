@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-pub use self::overview::{BandDepths, QueueOverview};
+pub use self::overview::{BandDepths, QueueOverview, WorkerView};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};

@@ -48,6 +48,11 @@ def paused_key(queue: str) -> str:
     return f"{PREFIX}paused:{{{queue}}}"
 
 
+def workers_key(queue: str) -> str:
+    """The queue's worker heartbeats: consumer → JSON record."""
+    return f"{PREFIX}workers:{{{queue}}}"
+
+
 def live_job_channel(job_id: str) -> str:
     """Pub/sub channel carrying every event of one job."""
     return f"{PREFIX}live:job:{job_id}"

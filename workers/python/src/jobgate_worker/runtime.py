@@ -36,6 +36,7 @@ import redis
 from .clients import RedisClients
 from .dask_support import DaskProvider
 from .execution import JobExecutor
+from .heartbeat import Heartbeat
 from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
 from .inflight import InFlight
 from .job_record import JobRecords
@@ -158,6 +159,15 @@ class Runtime:
         self.leases = LeaseKeeper(self.streams, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
         self.control = ControlListener(self.redis, self._on_cancel)
+        self.heartbeat = Heartbeat(
+            lambda: self.streams.client,
+            self.queue,
+            self.consumer,
+            sorted(worker.handlers),
+            settings.concurrency,
+            settings.heartbeat_s,
+            lambda: [entry.job_id for entry in self.inflight.held()],
+        )
         self.slots = Slots(settings.concurrency)
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -236,6 +246,8 @@ class Runtime:
         self.kinds.register()
         self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
         self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.renew, "leases")
+        self.heartbeat.beat()
+        self.scheduler.call_every(settings.heartbeat_s, self.heartbeat.beat, "heartbeat")
         self.control.start()
         for index in range(settings.concurrency):
             thread = threading.Thread(
@@ -288,6 +300,7 @@ class Runtime:
             self._work.put(None)
         self.control.stop()
         self.scheduler.stop()
+        self.heartbeat.remove()
         self.dask.close()
         self.clients.close()
         # Spans still queued for export leave now (bounded by the exporters' timeouts).
