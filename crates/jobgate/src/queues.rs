@@ -1,5 +1,5 @@
 //! `jobgate queues`: every queue as an operator sees it (depth per band,
-//! oldest age, running, dead letters, paused), and `jobgate queues pause
+//! oldest age, running, dead letters, paused, its workers live or gone), and `jobgate queues pause
 //! <queue>` / `resume <queue>`. Talks to Redis through the store directly,
 //! so it works without a running gateway.
 
@@ -86,6 +86,29 @@ fn write_table(queues: &[QueueOverview], out: &mut impl std::io::Write) -> std::
             oldest,
             queue.running,
             queue.dead_letters,
+        )?;
+    }
+    let workers: Vec<_> = queues.iter().flat_map(|queue| &queue.workers).collect();
+    if workers.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{:<20} {:<24} {:<6} {:<16} {:>8} {:>5} {:>7}  KINDS",
+        "QUEUE", "CONSUMER", "STATE", "HOST", "PID", "SLOTS", "IN_HAND"
+    )?;
+    for worker in workers {
+        writeln!(
+            out,
+            "{:<20} {:<24} {:<6} {:<16} {:>8} {:>5} {:>7}  {}",
+            worker.queue,
+            worker.consumer,
+            worker.state,
+            worker.host,
+            worker.pid,
+            worker.concurrency,
+            worker.in_hand.len(),
+            worker.kinds.join(","),
         )?;
     }
     Ok(())

@@ -210,6 +210,22 @@ async fn the_cli_lists_pauses_and_resumes_queues() {
         .await
         .expect("xadd");
 
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let heartbeat = json!({
+        "consumer": "w1", "host": "box", "pid": 7, "kinds": ["echo"], "concurrency": 4,
+        "in_hand": [], "started_at": now_ms, "seen_at": now_ms, "interval_ms": 60_000
+    });
+    let _: () = redis::cmd("HSET")
+        .arg("jobgate:workers:{default}")
+        .arg("w1")
+        .arg(heartbeat.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("heartbeat");
+
     let unknown = cli(&redis.url(), &["pause", "nowhere"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nowhere"));

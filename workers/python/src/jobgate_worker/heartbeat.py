@@ -31,6 +31,7 @@ class Heartbeat:
         client: Callable[[], redis.Redis],
         queue: str,
         consumer: str,
+        *,
         kinds: list[str],
         concurrency: int,
         interval_s: float,

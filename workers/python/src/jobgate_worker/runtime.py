@@ -163,10 +163,10 @@ class Runtime:
             lambda: self.streams.client,
             self.queue,
             self.consumer,
-            sorted(worker.handlers),
-            settings.concurrency,
-            settings.heartbeat_s,
-            lambda: [entry.job_id for entry in self.inflight.held()],
+            kinds=sorted(worker.handlers),
+            concurrency=settings.concurrency,
+            interval_s=settings.heartbeat_s,
+            in_hand=lambda: [entry.job_id for entry in self.inflight.held()],
         )
         self.slots = Slots(settings.concurrency)
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
