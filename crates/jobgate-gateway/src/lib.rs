@@ -20,6 +20,7 @@ mod legacy;
 mod limits;
 pub mod metrics;
 mod push;
+mod queues;
 mod sse;
 pub mod state;
 mod submit;
@@ -55,6 +56,7 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::router())
         .merge(client_logs::router())
         .merge(dead_letters::router())
+        .merge(queues::router())
         .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -48,6 +48,16 @@ pub fn dead_letter_index(queue: &str) -> String {
     format!("{PREFIX}dead:{{{queue}}}:jobs")
 }
 
+/// Present while `queue` is paused: workers take no new entries from it.
+pub fn paused(queue: &str) -> String {
+    format!("{PREFIX}paused:{{{queue}}}")
+}
+
+/// A queue's worker heartbeats (hash): consumer → JSON record.
+pub fn workers(queue: &str) -> String {
+    format!("{PREFIX}workers:{{{queue}}}")
+}
+
 /// An owner's job ids, scored by creation time.
 pub fn owner_jobs(owner: &str) -> String {
     format!("{PREFIX}owner:{{{owner}}}:jobs")

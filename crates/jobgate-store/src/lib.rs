@@ -36,7 +36,7 @@ pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
-    BadCursor, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobPage, JobStore,
-    ListPosition, ListQuery, NewJob, RedisMemory, RetryOutcome, StoreSettings, SubmitRate,
-    Submitted, TraceContext, parse_cursor,
+    BadCursor, BandDepths, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobPage,
+    JobStore, ListPosition, ListQuery, NewJob, QueueOverview, RedisMemory, RetryOutcome,
+    StoreSettings, SubmitRate, Submitted, TraceContext, WorkerView, parse_cursor,
 };

@@ -1,8 +1,10 @@
 //! `jobgate`: config → telemetry → state → serve, with graceful shutdown.
 //! `jobgate token` mints a development token; `jobgate dlq` (in `dlq.rs`)
-//! acts on dead letters.
+//! acts on dead letters; `jobgate queues` (in `queues.rs`) shows, pauses
+//! and resumes queues.
 
 mod dlq;
+mod queues;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +42,9 @@ enum Command {
     /// Dead letters: list, show, re-run and purge jobs that ran out of
     /// attempts (reads JOBGATE_REDIS_URL).
     Dlq(dlq::DlqArgs),
+    /// Show every queue (depth per band, oldest age, running, dead
+    /// letters, paused); pause or resume one.
+    Queues(queues::QueuesArgs),
     /// Print an HS256 token for JOBGATE_JWT_SECRET (development and tests).
     Token {
         /// The owner the token names (`sub`).
@@ -79,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Dlq(args)) => dlq::run(args),
+        Some(Command::Queues(args)) => queues::run(args, &mut std::io::stdout().lock()),
         Some(Command::Token {
             sub,
             ttl_s,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jobgate_gateway::Config;
-use jobgate_gateway::auth::mint_hs256;
+use jobgate_gateway::auth::{mint_hs256, mint_hs256_with_scope};
 use jobgate_gateway::config::AuthMode;
 use jobgate_testkit::{JobDriver, RedisServer, TestGateway, repo_root};
 use reqwest::header::HeaderMap;
@@ -62,6 +62,26 @@ fn document() -> Value {
 fn token(owner: &str) -> String {
     mint_hs256(SECRET, owner, 3600, None, None).expect("token")
 }
+
+fn admin_token() -> String {
+    mint_hs256_with_scope(SECRET, "ops", 3600, None, None, Some("jobgate:admin")).expect("token")
+}
+
+/// The queue admin routes: (method, documented path, real path).
+const QUEUE_ADMIN: &[(&str, &str, &str)] = &[
+    ("get", "/v1/admin/queues", "/v1/admin/queues"),
+    ("get", "/v1/admin/workers", "/v1/admin/workers"),
+    (
+        "post",
+        "/v1/admin/queues/{queue}/pause",
+        "/v1/admin/queues/default/pause",
+    ),
+    (
+        "post",
+        "/v1/admin/queues/{queue}/resume",
+        "/v1/admin/queues/default/resume",
+    ),
+];
 
 /// A real answer, with the body read unless it is an event stream.
 #[derive(Debug)]
@@ -501,6 +521,7 @@ async fn every_real_answer_agrees_with_the_document() {
     legacy(&mut api, &mut contract).await;
     crowded(&api, &mut contract).await;
     rate_limited(&api, &mut contract).await;
+    queue_admin(&api, &mut contract).await;
     internal_errors(&api, &mut contract).await;
     dead_letters::dead_letters(&mut api, &mut contract).await;
     redis_down(&mut api, &mut contract).await;
@@ -980,6 +1001,77 @@ async fn rate_limited(api: &Api, contract: &mut Contract) {
 
 /// Records, registrations and indexes Redis holds in a shape the gateway
 /// cannot read: a generic `500 internal`, with no internals in the body.
+async fn queue_admin(api: &Api, contract: &mut Contract) {
+    let admin = admin_token();
+    for &(method, path, real) in QUEUE_ADMIN {
+        let request = |bearer: Option<&str>| {
+            let request = api.http.request(
+                method.to_uppercase().parse().expect("method"),
+                api.gateway.url(real),
+            );
+            match bearer {
+                Some(bearer) => request.bearer_auth(bearer),
+                None => request,
+            }
+        };
+        let mut cases = vec![
+            (request(Some(&admin)), 200, None),
+            (request(None), 401, Some("unauthorized")),
+            (request(Some(&api.bearer)), 403, Some("forbidden")),
+        ];
+        if method == "post" {
+            let unknown = real.replace("default", "nowhere");
+            let unknown = api.http.post(api.gateway.url(&unknown)).bearer_auth(&admin);
+            cases.push((unknown, 404, Some("not_found")));
+        }
+        expect_all(contract, method, path, cases).await;
+    }
+    // A band stream of the wrong type: Redis refuses the read.
+    let mut redis = api.redis().await;
+    let band = "jobgate:queue:{default}:high";
+    let saved: Option<Vec<u8>> = redis::cmd("DUMP")
+        .arg(band)
+        .query_async(&mut redis)
+        .await
+        .expect("dump");
+    let _: () = redis::cmd("SET")
+        .arg(band)
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .expect("corrupt");
+    for &(method, path, real) in QUEUE_ADMIN {
+        let request = api
+            .http
+            .request(
+                method.to_uppercase().parse().expect("method"),
+                api.gateway.url(real),
+            )
+            .bearer_auth(&admin);
+        expect_all(
+            contract,
+            method,
+            path,
+            vec![(request, 500, Some("internal"))],
+        )
+        .await;
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(band)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    if let Some(saved) = saved {
+        let _: () = redis::cmd("RESTORE")
+            .arg(band)
+            .arg(0)
+            .arg(saved)
+            .query_async(&mut redis)
+            .await
+            .expect("restore");
+    }
+}
+
 async fn internal_errors(api: &Api, contract: &mut Contract) {
     let job_id = api.submit(contract).await;
     let mut redis = api.redis().await;
@@ -1091,6 +1183,19 @@ async fn redis_down(api: &mut Api, contract: &mut Contract) {
         ("get", "/v1/jobs", api.get("/v1/jobs")),
         ("get", "/readyz", api.http.get(api.gateway.url("/readyz"))),
     ];
+    let admin = admin_token();
+    let cases = cases
+        .into_iter()
+        .chain(QUEUE_ADMIN.iter().map(|&(method, path, real)| {
+            let request = api
+                .http
+                .request(
+                    method.to_uppercase().parse().expect("method"),
+                    api.gateway.url(real),
+                )
+                .bearer_auth(&admin);
+            (method, path, request)
+        }));
     for (method, path, request) in cases {
         let answer = send(request.timeout(Duration::from_secs(20))).await;
         let body = contract.check(method, path, &answer);

@@ -7,6 +7,7 @@
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `listing.rs` (a page of an owner's jobs, filtered, newest first),
 //! `queues.rs` (kind → queue routes, queue lengths and stats),
+//! `overview.rs` (what an operator sees of a queue; pause and resume),
 //! `script.rs` (each call of the script and how its reply is read),
 //! `delayed.rs` (delayed jobs' set members and moving the due ones) and
 //! `dead_letters.rs` (list, show, re-run and purge dead letters). Here:
@@ -15,6 +16,7 @@
 mod dead_letters;
 mod delayed;
 mod listing;
+mod overview;
 mod queues;
 mod reads;
 mod script;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::dead_letters::{BadCursor, DeadLetter, DeadLetterPage, RetryOutcome, parse_cursor};
 pub use self::listing::{JobPage, ListPosition, ListQuery};
+pub use self::overview::{BandDepths, QueueOverview, WorkerView};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};

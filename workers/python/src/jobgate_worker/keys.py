@@ -48,6 +48,16 @@ def dead_letter_index(queue: str) -> str:
     return f"{PREFIX}dead:{{{queue}}}:jobs"
 
 
+def paused_key(queue: str) -> str:
+    """Present while the queue is paused: workers take no new entries."""
+    return f"{PREFIX}paused:{{{queue}}}"
+
+
+def workers_key(queue: str) -> str:
+    """The queue's worker heartbeats: consumer → JSON record."""
+    return f"{PREFIX}workers:{{{queue}}}"
+
+
 def live_job_channel(job_id: str) -> str:
     """Pub/sub channel carrying every event of one job."""
     return f"{PREFIX}live:job:{job_id}"

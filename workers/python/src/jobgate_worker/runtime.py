@@ -37,6 +37,7 @@ import redis
 from .clients import RedisClients
 from .dask_support import DaskProvider
 from .execution import JobExecutor
+from .heartbeat import Heartbeat
 from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
 from .inflight import InFlight
 from .job_record import JobRecords
@@ -167,6 +168,15 @@ class Runtime:
         self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
         self.control = ControlListener(self.redis, self._on_cancel)
+        self.heartbeat = Heartbeat(
+            lambda: self.streams.client,
+            self.queue,
+            self.consumer,
+            kinds=sorted(worker.handlers),
+            concurrency=settings.concurrency,
+            interval_s=settings.heartbeat_s,
+            in_hand=lambda: [entry.job_id for entry in self.inflight.held()],
+        )
         self.slots = Slots(settings.concurrency)
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -246,6 +256,8 @@ class Runtime:
         self.kinds.register()
         self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
         self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.check, "leases")
+        self.heartbeat.beat()
+        self.scheduler.call_every(settings.heartbeat_s, self.heartbeat.beat, "heartbeat")
         self.control.start()
         for index in range(settings.concurrency):
             thread = threading.Thread(
@@ -298,6 +310,7 @@ class Runtime:
             self._work.put(None)
         self.control.stop()
         self.scheduler.stop()
+        self.heartbeat.remove()
         self.renewer.close()
         self.dask.close()
         self.clients.close()
@@ -331,6 +344,11 @@ class Runtime:
         while self._backlog and free > 0:
             self._dispatch(self._backlog.popleft())
             free -= 1
+        if free > 0 and self.streams.paused():
+            # Paused: take nothing new and reclaim nothing; running jobs
+            # finish and their leases keep being renewed. Look again in ~1 s.
+            self._stopping.wait(min(self.settings.block_ms, 1_000) / 1000)
+            return
         now = time.monotonic()
         if free > 0 and now >= self._next_reclaim:
             self._next_reclaim = now + self.settings.reclaim_interval_s

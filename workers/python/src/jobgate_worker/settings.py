@@ -69,6 +69,8 @@ class Settings:
     block_ms: int = 1_000
     #: How often the registered kinds are written to ``jobgate:kinds`` again.
     kinds_refresh_s: float = 30.0
+    #: How often the heartbeat (``jobgate:workers:{<queue>}``) is written.
+    heartbeat_s: float = 5.0
     dask_scheduler_address: str | None = None
     proto_dir: str | None = None
     log_level: str = "INFO"
@@ -114,6 +116,7 @@ class Settings:
         take("JOBGATE_CONCURRENCY", "concurrency", int)
         take("JOBGATE_LEASE_MS", "lease_ms", int)
         take("JOBGATE_GRACE_S", "grace_s", float)
+        take("JOBGATE_HEARTBEAT_S", "heartbeat_s", float)
         take("JOBGATE_LOG_LEVEL", "log_level")
         take(SPAN_FILE_ENV, "span_file")
         take("JOBGATE_FLUENTD_ADDR", "fluentd_address")
@@ -134,6 +137,8 @@ class Settings:
             raise SettingsError("lease_ms must be at least 100")
         if self.grace_s < 0:
             raise SettingsError("grace_s must not be negative")
+        if self.heartbeat_s <= 0:
+            raise SettingsError("heartbeat_s must be positive")
         if self.block_ms < 1:
             raise SettingsError("block_ms must be at least 1")
         if not self.consumer:

@@ -138,6 +138,10 @@ class QueueStreams:
             stream, keys.CONSUMER_GROUP, self.consumer, min_idle_ms, cursor, count=count
         )
 
+    def paused(self) -> bool:
+        """Whether an operator paused the queue (``jobgate:paused:{<queue>}``)."""
+        return bool(self.client.exists(keys.paused_key(self.queue)))
+
     def read(self, count: int, block_ms: int) -> list[Entry]:
         """Up to ``count`` new entries, highest band first, never more than asked
         unless several bands receive entries while a blocking read waits."""
