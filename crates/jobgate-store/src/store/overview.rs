@@ -182,11 +182,7 @@ impl JobStore {
     /// registered a kind for it (nothing is written), else whether it is
     /// paused now.
     pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<Option<bool>, StoreError> {
-        let known = self
-            .queue_stats()
-            .await?
-            .iter()
-            .any(|(name, ..)| name == queue);
+        let known = self.registered_queues().await?.iter().any(|q| q == queue);
         if !known {
             return Ok(None);
         }

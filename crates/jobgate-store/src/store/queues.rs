@@ -17,7 +17,7 @@ impl JobStore {
     /// queues the delayed-job mover looks at, `/metrics` reports and the
     /// dead-letter listing goes through).
     pub async fn registered_queues(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.reader();
         let registrations: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::KINDS)
             .query_async(&mut conn)
