@@ -182,7 +182,11 @@ impl JobStore {
     /// registered a kind for it (nothing is written), else whether it is
     /// paused now.
     pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<Option<bool>, StoreError> {
-        let known = self.registered_queues().await?.iter().any(|q| q == queue);
+        let known = self
+            .queue_stats()
+            .await?
+            .iter()
+            .any(|(name, ..)| name == queue);
         if !known {
             return Ok(None);
         }
