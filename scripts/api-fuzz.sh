@@ -122,12 +122,16 @@ status=0
 run_schemathesis || status=$?
 # A crash inside the tool itself (reported as "Runtime Error", e.g. a
 # Hypothesis FlakyFailure while it generates data) says nothing about the
-# API: run once more. The seed is fixed, so a real failure fails again.
-if [ "$status" -ne 0 ] && grep -q "Runtime Error" "$work/schemathesis.log"; then
-  echo "api-fuzz: schemathesis itself crashed (Runtime Error); running it once more" >&2
+# API: run again, at most twice more. The seed is fixed, so a real failure
+# fails every time.
+for _ in 1 2; do
+  if [ "$status" -eq 0 ] || ! grep -q "Runtime Error" "$work/schemathesis.log"; then
+    break
+  fi
+  echo "api-fuzz: schemathesis itself crashed (Runtime Error); running it again" >&2
   status=0
   run_schemathesis || status=$?
-fi
+done
 
 # The summary prints "Test cases:" and, on the next line, "N generated, N passed…".
 cases="$(grep -A1 '^Test cases:' "$work/schemathesis.log" | tail -1 | sed 's/^ *//' || true)"
