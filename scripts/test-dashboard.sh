@@ -80,9 +80,9 @@ export JOBGATE_AUTH=jwt
 JOBGATE_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')"
 export JOBGATE_JWT_SECRET
 
-"$gateway_bin" 2>"$work_dir/gateway.log" &
+"$gateway_bin" >"$work_dir/gateway.log" 2>&1 &
 pids+=("$!")
-"$worker_bin" --consumer dashboard-test-1 examples.pricing:worker 2>"$work_dir/worker.log" &
+"$worker_bin" --consumer dashboard-test-1 examples.pricing:worker >"$work_dir/worker.log" 2>&1 &
 pids+=("$!")
 wait_for "the gateway's /readyz" curl -fsS "http://$JOBGATE_LISTEN/readyz"
 wait_for "the worker registering kind fail" bash -c "[ -n \"\$(redis-cli -p $redis_port hget jobgate:kinds fail)\" ]"

@@ -84,7 +84,10 @@
       panels[key].hidden = !selected;
     }
     if (name === "queues") refreshQueues();
-    else loadDeadLetters(currentCursor());
+    else {
+      scheduleQueues(); // cancels the next queue read: the panel is closed
+      loadDeadLetters(currentCursor());
+    }
   }
   for (const [key, tab] of Object.entries(tabs)) {
     tab.addEventListener("click", () => open(key));
@@ -240,30 +243,37 @@
 
   async function retryAll() {
     if (!confirm("Re-run every dead letter (up to " + BULK_RETRY_LIMIT + ")? Each job gets a new attempt.")) return;
+    let done = "";
     try {
       const { results } = await api("POST", "/v1/admin/dead-letters/retry", { limit: BULK_RETRY_LIMIT });
       const requeued = results.filter((r) => r.outcome === "requeued").length;
-      deadStatus.className = "message";
-      deadStatus.textContent = "Re-ran " + requeued + " of " + results.length + " dead letters" +
+      done = "Re-ran " + requeued + " of " + results.length + " dead letters" +
         (results.length === BULK_RETRY_LIMIT ? "; more may remain." : ".");
     } catch (err) {
       showNotice("Could not re-run the dead letters — " + errorText(err));
     }
+    await reloadFirstPage(done);
+  }
+
+  // Shows the first page again, then says what was done (so what the
+  // message says is what the table shows).
+  async function reloadFirstPage(done) {
     cursors.splice(1);
-    loadDeadLetters(null);
+    await loadDeadLetters(null);
+    deadStatus.className = "message";
+    deadStatus.textContent = done;
   }
 
   async function purgeAll() {
     if (!confirm("Purge every dead letter? The jobs stay failed and can no longer be re-run from here.")) return;
+    let done = "";
     try {
       const { purged } = await api("POST", "/v1/admin/dead-letters/purge", {});
-      deadStatus.className = "message";
-      deadStatus.textContent = "Purged " + purged + " dead letters.";
+      done = "Purged " + purged + (purged === 1 ? " dead letter." : " dead letters.");
     } catch (err) {
       showNotice("Could not purge the dead letters — " + errorText(err));
     }
-    cursors.splice(1);
-    loadDeadLetters(null);
+    await reloadFirstPage(done);
   }
 
   // ---- start: show the section only to an admin ----

@@ -12,6 +12,8 @@ import { chromium } from "playwright-core";
 
 const { BASE_URL, ADMIN_TOKEN, USER_TOKEN, SCREENSHOT } = process.env;
 const STEP_TIMEOUT_MS = 20000;
+// A dead-lettering waits out the fail kind's retry backoff, which grows with the attempt.
+const DEAD_LETTER_TIMEOUT_MS = 30000;
 let passed = 0;
 let failed = 0;
 
@@ -55,7 +57,7 @@ async function scenario(browser) {
   check("a fail job is accepted", submitted.status === 202, JSON.stringify(submitted));
   const id = submitted.body.job_id;
   await until("the job to fail and be dead-lettered",
-    async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)));
+    async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)), DEAD_LETTER_TIMEOUT_MS);
 
   const page = await browser.newPage();
   const pageErrors = [];
@@ -102,7 +104,7 @@ async function scenario(browser) {
   check("the re-run job of the caller's own appears in Your jobs through the event stream", await mine.isVisible());
 
   await until("the re-run job to fail and be dead-lettered again",
-    async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)));
+    async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)), DEAD_LETTER_TIMEOUT_MS);
   check("the re-run job ended failed and dead-lettered again", true);
   await page.locator("#admin-panel-dead").getByRole("button", { name: "Refresh" }).click();
   await row.waitFor({ timeout: STEP_TIMEOUT_MS });
@@ -110,6 +112,18 @@ async function scenario(browser) {
 
   mkdirSync(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
+
+  // Re-run all and Purge ask first (confirm(), accepted above).
+  const dead = page.locator("#admin-panel-dead");
+  await dead.getByRole("button", { name: "Re-run all" }).click();
+  await dead.getByText("Re-ran 1 of 1 dead letters.").waitFor({ timeout: STEP_TIMEOUT_MS });
+  check("Re-run all re-runs the dead letter", (await row.count()) === 0);
+  await until("the job to be dead-lettered a third time",
+    async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)), DEAD_LETTER_TIMEOUT_MS);
+  await dead.getByRole("button", { name: "Purge" }).click();
+  await dead.getByText("Purged 1 dead letter.").waitFor({ timeout: STEP_TIMEOUT_MS });
+  check("Purge empties the panel and the dead letters",
+    (await row.count()) === 0 && (await dead.getByText("No dead letters.").isVisible()) && !(await isDeadLettered(id)));
   check("no script error on the admin page", pageErrors.length === 0, pageErrors.join("; "));
   await page.close();
 
