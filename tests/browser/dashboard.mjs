@@ -51,7 +51,7 @@ async function isDeadLettered(id) {
   return (await apiCall("GET", "/v1/admin/dead-letters/" + id, ADMIN_TOKEN)).status === 200;
 }
 
-async function scenario(browser) {
+async function scenario(context) {
   const submitted = await apiCall("POST", "/v1/jobs", ADMIN_TOKEN,
     { kind: "fail", params: { retryable: true }, max_attempts: 2 });
   check("a fail job is accepted", submitted.status === 202, JSON.stringify(submitted));
@@ -59,7 +59,7 @@ async function scenario(browser) {
   await until("the job to fail and be dead-lettered",
     async () => (await jobStatus(id)) === "failed" && (await isDeadLettered(id)), DEAD_LETTER_TIMEOUT_MS);
 
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const pageErrors = [];
   page.on("pageerror", (err) => pageErrors.push(String(err)));
   page.on("dialog", (dialog) => dialog.accept());
@@ -127,7 +127,7 @@ async function scenario(browser) {
   check("no script error on the admin page", pageErrors.length === 0, pageErrors.join("; "));
   await page.close();
 
-  const userPage = await browser.newPage();
+  const userPage = await context.newPage();
   const userErrors = [];
   userPage.on("pageerror", (err) => userErrors.push(String(err)));
   const adminProbe = userPage.waitForResponse((r) => r.url().includes("/v1/admin/dead-letters?limit=1"));
@@ -142,21 +142,21 @@ async function scenario(browser) {
 }
 
 const profile = mkdtempSync(join(tmpdir(), "jobgate-chromium-"));
-let browser;
+let context;
 try {
   // A persistent context is Playwright's way to give Chromium a fresh --user-data-dir.
-  browser = await chromium.launchPersistentContext(profile, {
+  context = await chromium.launchPersistentContext(profile, {
     executablePath: "/usr/bin/chromium",
     headless: true,
     viewport: { width: 1280, height: 1000 },
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
       "--disable-sync", "--no-first-run"],
   });
-  await scenario(browser);
+  await scenario(context);
 } catch (err) {
   check("the scenario ran to its end", false, err && err.stack ? err.stack : String(err));
 } finally {
-  if (browser) await browser.close();
+  if (context) await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
 console.log(`${passed} passed, ${failed} failed`);
