@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-api-fuzz test-fuzz bench bench-compare clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-dashboard test-api-fuzz test-fuzz bench bench-compare clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-rust test-python test-run test-api-fuzz test-fuzz
+test: deps lint test-rust test-dashboard test-python test-run test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -50,6 +50,12 @@ test-python: deps
 # the debug gateway that `cargo test` built, hence after test-rust.
 test-run: test-rust
 	scripts/test-run.sh
+
+# The dashboard in headless Chromium (scripts/test-dashboard.sh, installs
+# chromium and playwright-core when missing): the admin views against the
+# debug gateway that `cargo test` built, hence after test-rust.
+test-dashboard: test-rust
+	scripts/test-dashboard.sh
 
 # Property-based API fuzzing (schemathesis) against /openapi.json: no 5xx,
 # every answer as documented.

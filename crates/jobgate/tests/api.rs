@@ -487,4 +487,36 @@ async fn the_dashboard_is_served_at_the_root() {
         "the dashboard follows jobs by EventSource"
     );
     assert!(!page.contains("setInterval"), "the dashboard does not poll");
+    assert!(page.contains(r#"<script src="/dashboard/admin.js">"#));
+
+    let response = jobgate_gateway::app(h.state.clone())
+        .oneshot(
+            Request::get("/dashboard/admin.js")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/javascript")
+    );
+    let script = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let script = String::from_utf8_lossy(&script);
+    assert!(
+        script.contains("/v1/admin/dead-letters?limit=1"),
+        "the admin views ask whether the token is admin"
+    );
+    assert!(
+        !script.contains("innerHTML") && !script.contains("setInterval"),
+        "the admin views build text nodes and poll nothing on a fixed interval"
+    );
 }

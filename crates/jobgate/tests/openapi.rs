@@ -549,7 +549,13 @@ async fn public_routes(api: &Api, contract: &mut Contract) {
         served, contract.doc,
         "/openapi.json serves the document verbatim"
     );
-    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/",
+        "/dashboard/admin.js",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         let answer = send(anonymous.get(api.gateway.url(path))).await;
         assert_eq!(answer.status, 200, "{path}");
         contract.check("get", path, &answer);
