@@ -77,6 +77,29 @@ impl WsClient {
         Ok(reply)
     }
 
+    /// Collects every frame until (and with) the first `event` frame of
+    /// type `event`, e.g. `started`.
+    pub async fn frames_until_event(
+        &mut self,
+        event: &str,
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self
+                .next(left)
+                .await
+                .with_context(|| format!("frames so far: {frames:?}"))?;
+            let found = frame["event"] == event;
+            frames.push(frame);
+            if found {
+                return Ok(frames);
+            }
+        }
+    }
+
     /// Collects `event` frames of `job_id` until its terminal event.
     pub async fn events_until_terminal(
         &mut self,

@@ -61,6 +61,30 @@ impl Harness {
         .await
     }
 
+    /// A static file the gateway serves at `path`, checked for `200` and
+    /// its content type.
+    async fn static_file(&self, path: &str, content_type: &str) -> String {
+        let response = jobgate_gateway::app(self.state.clone())
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with(content_type),
+            "{path}"
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Request::get(path).body(Body::empty()).expect("request"))
             .await
@@ -464,24 +488,7 @@ async fn with_redis_down_submissions_get_503_and_nothing_is_half_written() {
 #[tokio::test]
 async fn the_dashboard_is_served_at_the_root() {
     let h = Harness::new().await;
-    let response = jobgate_gateway::app(h.state.clone())
-        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/html")
-    );
-    let page = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let page = String::from_utf8_lossy(&page);
+    let page = h.static_file("/", "text/html").await;
     assert!(
         page.contains("EventSource"),
         "the dashboard follows jobs by EventSource"
@@ -489,28 +496,9 @@ async fn the_dashboard_is_served_at_the_root() {
     assert!(!page.contains("setInterval"), "the dashboard does not poll");
     assert!(page.contains(r#"<script src="/dashboard/admin.js">"#));
 
-    let response = jobgate_gateway::app(h.state.clone())
-        .oneshot(
-            Request::get("/dashboard/admin.js")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/javascript")
-    );
-    let script = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let script = String::from_utf8_lossy(&script);
+    let script = h
+        .static_file("/dashboard/admin.js", "text/javascript")
+        .await;
     assert!(
         script.contains("/v1/admin/dead-letters?limit=1"),
         "the admin views ask whether the token is admin"

@@ -407,14 +407,10 @@ async fn cancel_of_a_queued_job_and_of_a_running_one() {
         .await
         .expect("accepted");
     let running = accepted["job_id"].as_str().expect("id").to_owned();
-    let mut events = Vec::new();
-    loop {
-        let event = ws.next(LONG).await.expect("event");
-        events.push(event.clone());
-        if event["event"] == "started" {
-            break;
-        }
-    }
+    let mut events = ws
+        .frames_until_event("started", LONG)
+        .await
+        .expect("started");
     ws.send(json!({"type": "cancel", "job_id": running}))
         .await
         .expect("cancel");

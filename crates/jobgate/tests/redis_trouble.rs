@@ -158,14 +158,10 @@ async fn a_completion_refused_at_maxmemory_is_reported_once_memory_is_freed() {
         .await
         .expect("accepted");
     let job_id = accepted["job_id"].as_str().expect("id").to_owned();
-    let mut events = Vec::new();
-    loop {
-        let event = ws.next(LONG).await.expect("event");
-        events.push(event.clone());
-        if event["event"] == "started" {
-            break;
-        }
-    }
+    let mut events = ws
+        .frames_until_event("started", LONG)
+        .await
+        .expect("started");
 
     redis.fill_memory().await;
     // The handler ends meanwhile; its completion is refused, again and
