@@ -57,6 +57,9 @@ log = logging.getLogger("jobgate_worker")
 #: Exit statuses of ``Runtime.run``: stopped as asked, or stopped by an error.
 EXIT_OK = 0
 EXIT_FAILED = 1
+#: How often the read loop asks whether the queue is paused. A pause takes
+#: effect within this plus one read.
+PAUSE_CHECK_INTERVAL_S = 0.25
 
 
 class Slots:
@@ -186,6 +189,8 @@ class Runtime:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._next_reclaim = 0.0
+        self._next_pause_check = 0.0
+        self._paused = False
         self._log_extra = {"queue": self.queue, "consumer": self.consumer}
 
     # -- lifecycle.
@@ -337,6 +342,15 @@ class Runtime:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _queue_paused(self) -> bool:
+        """Whether the queue is paused, asked of Redis at most every
+        ``PAUSE_CHECK_INTERVAL_S``: not one more round trip per read."""
+        now = time.monotonic()
+        if now >= self._next_pause_check:
+            self._next_pause_check = now + PAUSE_CHECK_INTERVAL_S
+            self._paused = self.streams.paused()
+        return self._paused
+
     def _step(self) -> None:
         free = self.slots.wait_free(self._stopping, timeout=1.0)
         if free <= 0 or self._stopping.is_set():
@@ -344,7 +358,7 @@ class Runtime:
         while self._backlog and free > 0:
             self._dispatch(self._backlog.popleft())
             free -= 1
-        if free > 0 and self.streams.paused():
+        if free > 0 and self._queue_paused():
             # Paused: take nothing new and reclaim nothing; running jobs
             # finish and their leases keep being renewed. Look again in ~1 s.
             self._stopping.wait(min(self.settings.block_ms, 1_000) / 1000)
