@@ -6,7 +6,7 @@ use std::time::Duration;
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::mint_hs256_with_scope;
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{PythonWorker, RedisServer, TestGateway};
+use jobgate_testkit::{JobDriver, PythonWorker, RedisServer, TestGateway};
 use serde_json::{Value, json};
 
 const SECRET: &str = "queue-admin-test-secret-of-enough-length";
@@ -125,13 +125,7 @@ async fn queue_admin_routes_answer_403_without_the_admin_scope_and_change_nothin
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: () = redis::cmd("HSET")
-        .arg("jobgate:kinds")
-        .arg("echo")
-        .arg(r#"{"queue":"default","worker":"w","seen_at":1}"#)
-        .query_async(&mut conn)
-        .await
-        .expect("register");
+    JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let mut config = Config::for_redis(redis.url());
     config.auth = Some(AuthMode::Jwt);
     config.jwt_secret = Some(SECRET.into());
@@ -194,13 +188,7 @@ async fn the_cli_lists_pauses_and_resumes_queues() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: () = redis::cmd("HSET")
-        .arg("jobgate:kinds")
-        .arg("echo")
-        .arg(r#"{"queue":"default","worker":"w","seen_at":1}"#)
-        .query_async(&mut conn)
-        .await
-        .expect("register");
+    JobDriver::with_kinds(&redis.url(), &["echo"]).await;
     let _: String = redis::cmd("XADD")
         .arg("jobgate:queue:{default}:low")
         .arg("*")
