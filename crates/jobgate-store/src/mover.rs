@@ -7,7 +7,7 @@
 //! or timer per job. It stops with the shutdown token; when Redis is away
 //! it logs and tries again after [`MAX_SLEEP`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,12 +16,17 @@ use crate::JobStore;
 
 /// The longest the mover sleeps between two looks at the delayed sets.
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// How long the mover keeps the list of registered queues before reading it
+/// again (it reads it at once when this gateway delays a job): a look every
+/// [`MAX_SLEEP`] costs one script call per queue, not a kinds read too.
+const QUEUES_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Starts the mover; it runs until `shutdown` fires.
 pub fn spawn_delayed_mover(store: JobStore, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut queues: Option<(Vec<String>, Instant)> = None;
         loop {
-            let sleep = match move_due(&store).await {
+            let sleep = match move_due(&store, &mut queues).await {
                 Ok(sleep) => sleep,
                 Err(error) => {
                     tracing::warn!(error = %error, "could not move due delayed jobs; retrying");
@@ -31,17 +36,28 @@ pub fn spawn_delayed_mover(store: JobStore, shutdown: CancellationToken) -> Join
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(sleep) => {}
-                () = store.delayed_job_added() => {}
+                // Its queue may be new: read the queues again.
+                () = store.delayed_job_added() => queues = None,
             }
         }
     })
 }
 
-/// One pass over every queue; returns how long to sleep.
-async fn move_due(store: &JobStore) -> Result<Duration, crate::StoreError> {
+/// One pass over every queue (`queues` is the list last read, and when);
+/// returns how long to sleep.
+async fn move_due(
+    store: &JobStore,
+    queues: &mut Option<(Vec<String>, Instant)>,
+) -> Result<Duration, crate::StoreError> {
+    let stale = queues
+        .as_ref()
+        .is_none_or(|(_, read_at)| read_at.elapsed() >= QUEUES_MAX_AGE);
+    if stale {
+        *queues = Some((store.registered_queues().await?, Instant::now()));
+    }
     let mut waits = Vec::new();
-    for queue in store.registered_queues().await? {
-        let (moved, wait_ms) = store.move_due_jobs(&queue).await?;
+    for queue in queues.iter().flat_map(|(names, _)| names) {
+        let (moved, wait_ms) = store.move_due_jobs(queue).await?;
         if moved > 0 {
             tracing::debug!(queue = %queue, moved, "delayed jobs are due: moved to their queue");
         }
