@@ -45,13 +45,8 @@ enum DlqCommand {
     },
     /// Re-run one job (a new attempt, same job id), or --all of them.
     Retry {
-        #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_job_id)]
-        job_id: Option<JobId>,
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this queue.
-        #[arg(long, requires = "all")]
-        queue: Option<String>,
+        #[command(flatten)]
+        which: Which,
         /// With --all: at most this many.
         #[arg(long, default_value_t = 100, requires = "all")]
         limit: usize,
@@ -61,14 +56,21 @@ enum DlqCommand {
     },
     /// Remove one job's dead letter, or --all of them (the jobs stay failed).
     Purge {
-        #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_job_id)]
-        job_id: Option<JobId>,
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this queue.
-        #[arg(long, requires = "all")]
-        queue: Option<String>,
+        #[command(flatten)]
+        which: Which,
     },
+}
+
+/// One job's dead letter, or `--all` of them (of one `--queue`).
+#[derive(Debug, Args)]
+struct Which {
+    #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_job_id)]
+    job_id: Option<JobId>,
+    #[arg(long)]
+    all: bool,
+    /// With --all: only this queue.
+    #[arg(long, requires = "all")]
+    queue: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -114,11 +116,9 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
             }
         }
         DlqCommand::Retry {
-            job_id,
-            queue,
+            which: Which { job_id, queue, .. },
             limit,
             by,
-            ..
         } => {
             let outcomes = match job_id {
                 Some(job_id) => vec![(
@@ -137,7 +137,9 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 bail!("the job was not re-run");
             }
         }
-        DlqCommand::Purge { job_id, queue, .. } => {
+        DlqCommand::Purge {
+            which: Which { job_id, queue, .. },
+        } => {
             let purged = match job_id {
                 Some(job_id) => {
                     if !store.remove_dead_letter(&job_id).await? {
