@@ -12,6 +12,11 @@ Reporting follows PROTOCOL.md "Processing, in order": the terminal call and
 ``XACK`` + ``XDEL`` — except on ``stale``, when the entry belongs to whichever
 worker took the job over.
 
+A ``Retry`` that keeps its code (a ``DaskError``) on the job's last attempt
+becomes a ``Failed`` with that code (``outcomes.last_attempt``): the ``fail``
+call, then the entry dead-lettered (``bury``, which acknowledges it) just as
+when the script answers a retry with ``failed`` ``max_attempts_exceeded``.
+
 A terminal call that Redis refuses for lack of memory (``OOM``, at
 ``maxmemory``) is never dropped: the attempt keeps its entry (the lease keeper
 goes on renewing it) and the call is made again, with backoff, until Redis
@@ -41,6 +46,7 @@ from .outcomes import (
     Outcome,
     Retry,
     Terminal,
+    last_attempt,
     span_outcome,
     terminal_call,
 )
@@ -145,6 +151,8 @@ class OutcomeReporter:
         dead-lettered); the caller then abandons the attempt (its entry stays
         pending, to be reclaimed).
         """
+        if isinstance(outcome, Retry) and run.started is not None:
+            outcome = last_attempt(outcome, run.attempt, run.started.max_attempts)
         if run.timeout_timer is not None:
             run.timeout_timer.cancel()
             run.timeout_timer = None
@@ -156,6 +164,8 @@ class OutcomeReporter:
         error = outcome.error if isinstance(outcome, Failed) else None
         AttemptSpans.outcome(run.span, name, code, error)
         match outcome:
+            case Failed(attempts_ran_out=True):
+                fate = self._fail_for_good(run, outcome)
             case Completed() | Failed() | Cancelled():
                 fate = self._report(run, outcome)
             case Retry():
@@ -249,6 +259,34 @@ class OutcomeReporter:
         else:
             log.info("job already ended elsewhere", extra={**extra, "status": reply.job_status})
         return EntryFate.LET_GO if acknowledged else EntryFate.ACKNOWLEDGE
+
+    def _fail_for_good(self, run: Run, outcome: Failed) -> EntryFate:
+        """Fail a job whose attempts ran out with its own code, then dead-letter it.
+
+        The entry is acknowledged by ``bury``, not before: a crash in between
+        leaves it pending, and whoever reclaims it finds the job failed with a
+        code that says its attempts ran out and buries it (``JobExecutor``).
+        """
+        operation = terminal_call(outcome, run.attempt)
+        try:
+            with self.spans.publish(run.span_context, run.job_id, outcome.name):
+                reply = with_oom_retries(
+                    lambda: self.script.call(run.job_id, *operation), run.extra
+                )
+        except redis.RedisError:
+            log.exception(
+                "could not report the outcome; the job will be reclaimed", extra=run.extra
+            )
+            return EntryFate.LET_GO
+        if not reply.ok:
+            return self._after_terminal(run, outcome.name, reply, acknowledged=False)
+        log.warning(
+            "job ran out of attempts; dead-lettered",
+            extra={**run.extra, "error_code": outcome.code},
+        )
+        error = {"code": outcome.code, "message": outcome.message}
+        self.streams.dead_letter(run.entry, "max_attempts_exceeded", json.dumps(error))
+        return EntryFate.LET_GO
 
     # -- a retryable error: queued again, re-enqueued after the delay.
 

@@ -35,7 +35,7 @@ from types import FrameType
 import redis
 
 from .clients import RedisClients
-from .dask_support import DaskProvider
+from .dask_provider import DaskProvider
 from .execution import JobExecutor
 from .heartbeat import Heartbeat
 from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
@@ -136,7 +136,7 @@ class Runtime:
         )
         self.records = JobRecords(self.clients.current)
         self.scheduler = Scheduler()
-        self.dask = DaskProvider(settings.dask_scheduler_address)
+        self.dask = DaskProvider(settings.dask_scheduler_address, settings.dask_timeouts)
         self.renewer = LeaseRenewer(
             settings.redis_url,
             self.consumer,
