@@ -305,12 +305,13 @@ def test_a_master_killed_while_a_job_runs_leaves_no_job_running(
         gateway.redis.close()
 
 
-def test_one_seed_is_enough_and_the_job_ids_do_not_matter(
+def test_one_seed_is_enough_for_jobs_on_every_master(
     cluster: RedisClusterNodes, gateway: Gateway
 ):
     queue = queue_on(cluster, cluster.master_ports()[1])
     one_seed = cluster.url.split(",")[2]
-    job_ids = [str(uuid.uuid4()) for _ in range(12)]
+    job_ids = [job_on(cluster, port) for port in cluster.master_ports()]
+    job_ids += [str(uuid.uuid4()) for _ in range(9)]
     with thread_worker(one_seed, sample_app.worker, queue=queue, concurrency=2):
         for job_id in job_ids:
             gateway.submit("echo", {"id": job_id}, queue=queue, job_id=job_id)
