@@ -219,25 +219,46 @@ class RedisClusterNodes:
         return sorted(port for port, process in self.processes.items() if process.poll() is None)
 
     def wait_ok(self, timeout: float = 30) -> None:
-        """Until every live node says ``cluster_state:ok`` and every replica is in sync."""
+        """Until every node says ``cluster_state:ok`` and every master has its
+        replicas attached and in sync (a replica still syncing would take
+        over with no data)."""
         deadline = time.monotonic() + timeout
         while True:
-            if all(self._node_ready(port) for port in self.live_ports()):
+            if all(self._node_ready(port, self.replicas) for port in self.live_ports()):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not become ready")
             time.sleep(0.05)
 
     @staticmethod
-    def _node_ready(port: int) -> bool:
+    def _node_ready(port: int, replicas: int | None = None) -> bool:
+        """``cluster_state:ok``; and, given ``replicas``, a master has that many
+        online and a replica's link is up."""
         client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
         try:
             if client.cluster("INFO").get("cluster_state") != "ok":
                 return False
+            if replicas is None:
+                return True
             replication = client.info("replication")
-            return replication["role"] == "master" or replication["master_link_status"] == "up"
+            if replication["role"] != "master":
+                return replication["master_link_status"] == "up"
+            online = [
+                replication.get(f"slave{index}", {}).get("state") == "online"
+                for index in range(replicas)
+            ]
+            return replication["connected_slaves"] == replicas and all(online)
         except redis.RedisError:
             return False
+        finally:
+            client.close()
+
+    def wait_replicated(self, port: int, timeout_ms: int = 5000) -> None:
+        """Until the master on ``port``'s writes so far reached its replica
+        (``WAIT``): what the test wrote before a kill is not lost with it."""
+        client = redis.Redis(port=port)
+        try:
+            assert client.execute_command("WAIT", 1, timeout_ms) >= 1, "replica behind"
         finally:
             client.close()
 
