@@ -117,7 +117,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     );
     store.keep_connected(shutdown.clone());
     let hub = EventHub::start(
-        client,
+        vec![client.get_connection_info().clone()],
         HubSettings {
             subscription_capacity: config.outbound_queue,
             ..HubSettings::default()
