@@ -33,6 +33,8 @@ const SNAPSHOT_FIELDS: &[&str] = &[
     "max_attempts",
     "timeout_s",
     "seq",
+    "epoch",
+    "epoch_seq",
     "progress",
     "result",
     "error",
