@@ -251,6 +251,6 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("used_memory in INFO memory")
 }
 
-fn redis_server_binary() -> String {
+pub(crate) fn redis_server_binary() -> String {
     std::env::var("JOBGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
