@@ -21,7 +21,7 @@ mod worker;
 use std::path::PathBuf;
 
 pub use clients::{SseClient, SseEvent, WsClient};
-pub use driver::JobDriver;
+pub use driver::{DriverConnection, JobDriver};
 pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
