@@ -280,6 +280,25 @@ impl RedisCluster {
         }
     }
 
+    /// Starts every node that was killed, on its own ports and from its
+    /// folder, and waits until every node reports `cluster_state:ok` (after
+    /// the whole cluster went down, no node can reach that state alone).
+    pub async fn restart_stopped(&mut self) {
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                node.spawn();
+            }
+        }
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while !(0..self.nodes.len()).all(|index| self.node_reports_ok(index)) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not come back to cluster_state:ok"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Moves `slot`, with its keys, to node `to` (a master): `SETSLOT
     /// IMPORTING` on the target, `SETSLOT MIGRATING` on the source,
     /// `MIGRATE` of its keys in batches, then `SETSLOT NODE` on both and on
