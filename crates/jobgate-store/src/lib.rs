@@ -7,8 +7,12 @@
 //!   script shared with the Python worker — an owner's jobs a page at a
 //!   time, kind routes and queue stats, and dead letters (list, show,
 //!   re-run, purge);
+//! - [`open`]: the command connection from `JOBGATE_REDIS_URL` (one server
+//!   or the seeds of a Redis Cluster, told apart on first contact), and
+//!   [`seeds`], the parsed seed list;
 //! - [`spawn_delayed_mover`]: the task that moves due delayed jobs into
-//!   their queues;
+//!   their queues; [`spawn_outcome_flusher`]: the task that writes this
+//!   gateway's job outcome counts;
 //! - [`EventHub`]: one pub/sub connection per process, multiplexed across
 //!   every client connection, re-established on its own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
@@ -28,15 +32,17 @@ mod mover;
 mod record;
 mod store;
 
-pub use connect::{check_url, open};
-pub use connection::{OOM_MEMORY, RedisHealth, WATCH_INTERVAL};
+pub use connect::{check_url, open, seeds};
+pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
-    BadCursor, BandDepths, CancelOutcome, DeadLetter, DeadLetterPage, IdempotencyClaim, JobPage,
-    JobStore, ListPosition, ListQuery, NewJob, QueueOverview, RedisMemory, RetryOutcome,
-    StoreSettings, SubmitRate, Submitted, TraceContext, WorkerView, parse_cursor,
+    BadCursor, BandDepths, CancelOutcome, ClusterNode, DeadLetter, DeadLetterPage,
+    IdempotencyClaim, JobPage, JobStore, LATENCY_BUCKETS_S, LatencyTotals, ListPosition, ListQuery,
+    NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals, QueueOverview, RedisMemory,
+    RedisStatus, RetryOutcome, StoreSettings, SubmitRate, Submitted, TraceContext, WorkerView,
+    parse_cursor, spawn_outcome_flusher,
 };
