@@ -106,7 +106,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 /// counts' writer (whose tasks run until `shutdown`). Nothing connects yet.
 pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     let auth = auth::Verifier::from_config(&config)?.map(std::sync::Arc::new);
-    let (redis, client) = jobgate_store::open(&config.redis_url)?;
+    let (redis, _) = jobgate_store::open(&config.redis_url)?;
     let store = JobStore::new(
         redis,
         StoreSettings {
@@ -117,7 +117,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     );
     store.keep_connected(shutdown.clone());
     let hub = EventHub::start(
-        vec![client.get_connection_info().clone()],
+        jobgate_store::seeds(&config.redis_url)?,
         HubSettings {
             subscription_capacity: config.outbound_queue,
             ..HubSettings::default()
