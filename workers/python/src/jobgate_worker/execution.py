@@ -3,7 +3,10 @@
 Steps follow PROTOCOL.md "Processing, in order": ``start``; ``skip``/``missing``
 acknowledge the entry; otherwise the handler runs and its attempt ends with
 one ``Outcome`` (``outcomes.py``), which ``OutcomeReporter.end``
-(``reporting.py``) reports.
+(``reporting.py``) reports. The job's control channel is subscribed before
+``start`` (waiting at most ``CONTROL_WAIT_S`` for Redis to confirm it) and
+unsubscribed once the entry is done with, so a cancel published while the
+job runs reaches this process (``control.py``).
 
 An attempt can end in three places: in the handler thread when the handler
 returns, on the timer thread when the job is cancelled, times out or its
@@ -27,6 +30,7 @@ import redis
 
 from .backoff import backoff_s
 from .context import JobContext, ProgressReporter
+from .control import ControlChannels
 from .dask_support import DaskProvider
 from .inflight import InFlight, Run
 from .job_record import JobRecords
@@ -44,6 +48,7 @@ from .reporting import EntryFate, OutcomeReporter
 from .scheduler import Scheduler
 from .script import JobScript, Reply, StartedJob
 from .spans import AttemptSpans
+from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
 from .tracing import SpanContext
 from .worker import Worker
@@ -54,6 +59,11 @@ log = logging.getLogger("jobgate_worker.job")
 _SEEN_LIMIT = 10_000
 #: At shutdown, how long to wait for attempts whose ``start`` is still under way.
 _START_WAIT_S = 2.0
+#: Longest a job waits for its control channel's subscription before ``start``.
+#: It is only this long when the job's node cannot be reached (and then
+#: ``start`` fails too); the periodic check of running jobs covers a cancel
+#: the subscription missed.
+CONTROL_WAIT_S = 1.0
 
 
 class JobExecutor:
@@ -73,6 +83,8 @@ class JobExecutor:
         inflight: InFlight,
         spans: AttemptSpans,
         reporter: OutcomeReporter,
+        control: ControlChannels | None = None,
+        counts: OutcomeCounts | None = None,
     ) -> None:
         self.worker = worker
         self.queue = queue
@@ -85,6 +97,8 @@ class JobExecutor:
         self.inflight = inflight
         self.spans = spans
         self.reporter = reporter
+        self.control = control
+        self.counts = counts
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._seen_lock = threading.Lock()
         #: Set at shutdown once running attempts are being given back.
@@ -108,7 +122,10 @@ class JobExecutor:
             return
         run = Run(entry, extra={"job_id": entry.job_id, "entry_id": entry.entry_id})
         self.inflight.add_run(run)
+        if self.control is not None:
+            self.control.watch(run.job_id)
         try:
+            self._watch_confirmed(run)
             self._execute(run)
         except Exception:
             # Redis failed (or a bug here): the entry stays pending, and after
@@ -117,9 +134,18 @@ class JobExecutor:
             run.claim_finish()
             self.reporter.end(run, Abandoned("internal_error"))
         finally:
+            if self.control is not None:
+                self.control.unwatch(run.job_id)
             self.inflight.remove_run(run)
             if run.ctx is not None:
                 run.ctx._finish_dask()
+
+    def _watch_confirmed(self, run: Run) -> None:
+        if self.control is not None and not self.control.wait_watching(run.job_id, CONTROL_WAIT_S):
+            log.warning(
+                "control channel not subscribed in time; a cancel is seen by the periodic check",
+                extra=run.extra,
+            )
 
     def _execute(self, run: Run) -> None:
         start_ns = time.time_ns()
@@ -285,6 +311,8 @@ class JobExecutor:
         message = "the queue entry of the job was deleted before the job finished"
         attempt: int | str = state.attempt if state.status == "running" else "*"
         reply = self.script.fail(job_id, attempt, "entry_deleted", message)
+        if reply.ok and self.counts is not None and state.kind:
+            self.counts.count("failed", state.kind, state.created_at)
         log.error(
             "a pending queue entry was deleted; job failed", extra={**extra, "reply": reply.status}
         )

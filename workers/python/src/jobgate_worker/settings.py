@@ -5,7 +5,7 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 
 | env var | default | meaning |
 |---|---|---|
-| ``JOBGATE_REDIS_URL`` | ``redis://127.0.0.1:6379`` | Redis to use |
+| ``JOBGATE_REDIS_URL`` | ``redis://127.0.0.1:6379`` | Redis: one URL, or cluster seeds (a,b,…) |
 | ``DASK_SCHEDULER_ADDRESS`` | unset: a local cluster | Dask scheduler to connect to |
 | ``JOBGATE_PROTO_DIR`` | found above the package | folder holding ``redis/jobgate.lua`` |
 | ``JOBGATE_QUEUE`` | the ``Worker``'s queue | queue override |
@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .clients import RedisSettingError, parse_seeds
 from .fluentd import parse_address
 from .tracing import OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, SPAN_FILE_ENV
 from .tracing import otlp_traces_endpoint as traces_endpoint_from
@@ -54,6 +55,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    #: One URL, or the comma-separated seed URLs of a Redis Cluster.
     redis_url: str = "redis://127.0.0.1:6379"
     #: Overrides the queue the ``Worker`` was declared with.
     queue: str | None = None
@@ -143,8 +145,10 @@ class Settings:
             raise SettingsError("block_ms must be at least 1")
         if not self.consumer:
             raise SettingsError("consumer must not be empty")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"redis_url {self.redis_url!r} is not a redis:// URL")
+        try:
+            parse_seeds(self.redis_url)
+        except RedisSettingError as error:
+            raise SettingsError(f"JOBGATE_REDIS_URL: {error}") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
         if self.otlp_traces_endpoint is not None and not self.otlp_traces_endpoint.startswith(
