@@ -350,12 +350,10 @@ async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
     let victim_job = jobs[0].clone();
     let victim = cluster.master_for_key(&job_key(&victim_job)).await;
     let victims: Vec<String> = by_master[&victim].clone();
-    let mut stream = SseClient::connect(
-        &gateway.url(&format!("/v1/jobs/{victim_job}/events")),
-        None,
-    )
-    .await
-    .expect("sse");
+    let mut stream =
+        SseClient::connect(&gateway.url(&format!("/v1/jobs/{victim_job}/events")), None)
+            .await
+            .expect("sse");
     wait_replicated(&cluster, victim).await;
 
     cluster.kill(victim);
@@ -390,7 +388,10 @@ async fn a_slot_moved_under_a_watched_job_is_followed_to_its_new_master() {
     }
     let moved = jobs[0].clone();
     let from = cluster.master_for_key(&job_key(&moved)).await;
-    let to = *by_master.keys().find(|m| **m != from).expect("another master");
+    let to = *by_master
+        .keys()
+        .find(|m| **m != from)
+        .expect("another master");
     let slot = cluster.slot_of(&job_key(&moved)).await;
 
     // The old master unsubscribes the gateway (`sunsubscribe`) as the slot
