@@ -441,3 +441,134 @@ async fn a_restarted_master_gets_every_channel_subscribed_again_one_by_one() {
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     assert!(nodes.iter().all(|node| node.linked), "{nodes:?}");
 }
+
+/// The owner stream (`GET /v1/events`, owner `local` without auth): each
+/// job's events as it received them, until `done` says it has enough.
+async fn owner_events_until(
+    stream: &mut SseClient,
+    seen: &mut HashMap<String, Vec<Position>>,
+    done: impl Fn(&HashMap<String, Vec<Position>>) -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = stream
+            .next(left)
+            .await
+            .unwrap_or_else(|error| panic!("{error}; seen: {seen:?}"))
+            .expect("the owner stream does not end");
+        let json = event.json();
+        let job_id = json["job_id"].as_str().expect("job id").to_owned();
+        seen.entry(job_id).or_default().push(position(&json));
+    }
+}
+
+/// Whether each of `jobs` got its terminal event (seq 5).
+fn all_ended(seen: &HashMap<String, Vec<Position>>, jobs: &[String]) -> bool {
+    jobs.iter().all(|job| {
+        seen.get(job)
+            .is_some_and(|events| events.last().map(|p| p.1) == Some(5))
+    })
+}
+
+#[tokio::test]
+async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master() {
+    let cluster = RedisCluster::start(3);
+    let mut driver = JobDriver::with_kinds(&cluster.url(), &["echo"]).await;
+    let gateway = TestGateway::start(&cluster.url()).await;
+    let before = jobs_on_every_master(&gateway, &cluster, 2).await;
+    let before: Vec<String> = before.values().flatten().cloned().collect();
+    // Half of them end before the stream opens, the others are running.
+    let (finished, running) = before.split_at(before.len() / 2);
+    for job_id in finished {
+        start_and_progress(&mut driver, job_id).await;
+        progress_and_complete(&mut driver, job_id).await;
+    }
+    for job_id in running {
+        start_and_progress(&mut driver, job_id).await;
+    }
+
+    let mut stream = SseClient::connect(&gateway.url("/v1/events"), None)
+        .await
+        .expect("sse");
+    assert_eq!(stream.status, 200);
+    let after = jobs_on_every_master(&gateway, &cluster, 2).await;
+    let after: Vec<String> = after.values().flatten().cloned().collect();
+    for job_id in running {
+        progress_and_complete(&mut driver, job_id).await;
+    }
+    for job_id in &after {
+        start_and_progress(&mut driver, job_id).await;
+        progress_and_complete(&mut driver, job_id).await;
+    }
+    let mut seen = HashMap::new();
+    let expected: Vec<String> = running.iter().chain(&after).cloned().collect();
+    owner_events_until(&mut stream, &mut seen, |seen| all_ended(seen, &expected)).await;
+    // A short wait for anything that should not come.
+    while let Ok(Some(event)) = stream.next(Duration::from_millis(300)).await {
+        let json = event.json();
+        let job_id = json["job_id"].as_str().expect("job id").to_owned();
+        seen.entry(job_id).or_default().push(position(&json));
+    }
+    for job_id in running {
+        assert_eq!(
+            seen[job_id],
+            [(1, 4), (1, 5)],
+            "from where it was: {job_id}"
+        );
+    }
+    for job_id in &after {
+        let history = history(driver.connection(), job_id).await;
+        assert_eq!(
+            seen[job_id], history,
+            "a new job from its first event: {job_id}"
+        );
+    }
+    for job_id in finished {
+        assert!(
+            !seen.contains_key(job_id),
+            "{job_id} ended before the stream opened"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_owner_stream_survives_the_failover_of_the_owners_master() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let mut driver = JobDriver::with_kinds(&cluster.url(), &["echo"]).await;
+    let gateway = TestGateway::start(&cluster.url()).await;
+    let mut stream = SseClient::connect(&gateway.url("/v1/events"), None)
+        .await
+        .expect("sse");
+    let first = gateway
+        .submit(json!({"kind": "echo", "params": {"n": 1}}))
+        .await;
+    start_and_progress(&mut driver, &first).await;
+    let mut seen = HashMap::new();
+    owner_events_until(&mut stream, &mut seen, |seen| {
+        seen.get(&first).is_some_and(|events| events.len() == 3)
+    })
+    .await;
+    let owners_master = cluster.master_for_key("jobgate:owner:{local}:jobs").await;
+    wait_replicated(&cluster, owners_master).await;
+
+    cluster.kill(owners_master);
+    cluster.wait_for_failover().await;
+    // New jobs, on every master, named on the owner's channel at its new
+    // master — perhaps before the gateway has subscribed there again: the
+    // owner's index is read again then.
+    let after = jobs_on_every_master(&gateway, &cluster, 2).await;
+    let after: Vec<String> = after.values().flatten().cloned().collect();
+    progress_and_complete(&mut driver, &first).await;
+    for job_id in &after {
+        start_and_progress(&mut driver, job_id).await;
+        progress_and_complete(&mut driver, job_id).await;
+    }
+    let mut expected = after.clone();
+    expected.push(first.clone());
+    owner_events_until(&mut stream, &mut seen, |seen| all_ended(seen, &expected)).await;
+    for job_id in &expected {
+        let history = history(driver.connection(), job_id).await;
+        assert_eq!(seen[job_id], history, "{job_id}");
+    }
+}
