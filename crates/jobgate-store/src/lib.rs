@@ -13,10 +13,13 @@
 //! - [`spawn_delayed_mover`]: the task that moves due delayed jobs into
 //!   their queues; [`spawn_outcome_flusher`]: the task that writes this
 //!   gateway's job outcome counts;
-//! - [`EventHub`]: one pub/sub connection per process, multiplexed across
-//!   every client connection, re-established on its own;
+//! - [`EventHub`]: sharded pub/sub, one connection per master (routed by
+//!   slot; a standalone Redis is one master owning every slot), multiplexed
+//!   across every client connection, re-established and re-routed on its
+//!   own;
 //! - [`Feed`]: subscribe-then-read for one client connection: history and
-//!   live events merged, ordered and de-duplicated by `(job_id, seq)`.
+//!   live events merged, ordered and de-duplicated by `(job_id, epoch,
+//!   seq)`.
 //!
 //! **This crate knows nothing of HTTP.** It depends on the wire types only
 //! to name job ids and statuses.
