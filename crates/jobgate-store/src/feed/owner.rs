@@ -31,6 +31,9 @@ use crate::{EventHub, HubMessage, JobStore, ListQuery, StoreError, Subscription,
 /// entries it reads when it opens (the owner's newest jobs): a stream's
 /// subscriptions and memory stay bounded however many jobs its owner runs.
 pub(crate) const OWNER_FEED_JOBS: usize = 1000;
+/// The most recent jobs a reconnecting stream replays from their first
+/// event (`Last-Event-ID`).
+const OWNER_REPLAY_JOBS: usize = 200;
 /// How far before the stream opened a re-read of the index looks, for
 /// index entries stamped by a gateway whose clock is behind this one's.
 const CLOCK_MARGIN_MS: u64 = 60_000;
@@ -77,9 +80,9 @@ impl Feed {
     /// A feed of every job of `owner`: the unfinished ones among its newest
     /// [`OWNER_FEED_JOBS`] from where they are now, then every new one from
     /// its first event. With `replay_since_ms` (a reconnect's
-    /// `Last-Event-ID`) its jobs indexed within the retention period before
-    /// it are also read from their first event; the caller drops the events
-    /// stamped before it.
+    /// `Last-Event-ID`) its newest [`OWNER_REPLAY_JOBS`] jobs indexed within
+    /// the retention period before it are also read from their first event;
+    /// the caller drops the events stamped before it.
     pub async fn for_owner(
         store: JobStore,
         hub: EventHub,
@@ -108,7 +111,7 @@ impl Feed {
             let window_start = since.saturating_sub(retention);
             for job_id in feed
                 .store
-                .owner_jobs_since(owner, window_start, OWNER_FEED_JOBS)
+                .owner_jobs_since(owner, window_start, OWNER_REPLAY_JOBS)
                 .await?
             {
                 plan.push((job_id, EventPosition::START));
