@@ -421,6 +421,16 @@ async fn queue_admin_and_dead_letters_work_across_slots() {
         assert_eq!(queue["bands"]["normal"], 0, "{queue}");
     }
 
+    // The command-line tools read the same through the cluster.
+    let dlq = cli(&h.cluster.url(), &["dlq", "list", "--json"]);
+    let queues = cli(&h.cluster.url(), &["queues", "--json"]);
+    for (_, _, job_id) in &jobs {
+        assert!(dlq.contains(job_id.as_str()), "{dlq}");
+    }
+    for queue in h.queues.values() {
+        assert!(queues.contains(&format!("\"{queue}\"")), "{queues}");
+    }
+
     // Listed a page at a time across the three queues, with each job's
     // owner and attempts read from its record.
     let mut seen = Vec::new();
@@ -705,6 +715,11 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
             "{metrics}"
         );
     }
+    // Memory: the fullest master's figures.
+    assert!(
+        metrics.contains("jobgate_redis_used_memory_bytes "),
+        "{metrics}"
+    );
 
     // A queue's slot moves to another master: the store follows.
     let queue = h.queues["render"].clone();
@@ -719,6 +734,21 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let (status, overview) = h.admin("GET", "/v1/admin/queues", None).await;
     assert_eq!(status, 200, "{overview}");
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// Runs `jobgate <args>` against `redis_url`; its stdout (it must succeed).
+fn cli(redis_url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"))
+        .args(args)
+        .env("JOBGATE_REDIS_URL", redis_url)
+        .output()
+        .expect("run jobgate");
+    assert!(
+        output.status.success(),
+        "jobgate {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `/readyz`: the status and the body.
@@ -874,4 +904,29 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     assert_eq!(body["redis_mode"], "cluster", "{body}");
     let accepted = submit().await.expect("submit");
     assert_eq!(accepted.status(), 202);
+
+    // The whole cluster restarts under a running gateway: it is served
+    // again once the nodes are back (from their append-only files).
+    for node in 0..cluster.len() {
+        cluster.kill(node);
+    }
+    assert_eq!(submit().await.expect("submit").status(), 503);
+    cluster.restart_stopped().await;
+    let back = Instant::now();
+    loop {
+        let status = submit().await.expect("submit").status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "not served 20 s after the cluster came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "served again {:?} after the cluster came back",
+        back.elapsed()
+    );
 }
