@@ -9,6 +9,10 @@
 //! kills the master serving a key and [`RedisCluster::wait_for_failover`]
 //! waits for a replica to take over, [`RedisCluster::migrate_slot`] moves a
 //! slot with the same steps as `redis-cli --cluster reshard`.
+//!
+//! [`RedisCluster::start_tls`] also opens a TLS port on every node (and runs
+//! the cluster bus over TLS): clients connecting there get the TLS ports in
+//! `CLUSTER SLOTS`, while the harness keeps using the plain ones.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,11 +42,22 @@ pub struct RedisCluster {
     dir: PathBuf,
 }
 
+/// PEM files for a cluster's TLS ports: the nodes' certificate and key,
+/// and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
 /// One `redis-server` of the cluster.
 #[derive(Debug)]
 struct ClusterNode {
     port: u16,
     bus_port: u16,
+    /// With TLS: the TLS client port and the files.
+    tls: Option<(u16, ClusterTls)>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -67,6 +82,17 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok` and every replica
     /// is attached to its master.
     pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        Self::start_nodes(masters, replicas, None)
+    }
+
+    /// Starts `masters` masters (no replicas) that also serve TLS clients on
+    /// a port of their own with `tls` (no client certificates asked), and
+    /// talk to each other over TLS. See [`RedisCluster::tls_url`].
+    pub fn start_tls(masters: usize, tls: &ClusterTls) -> Self {
+        Self::start_nodes(masters, 0, Some(tls))
+    }
+
+    fn start_nodes(masters: usize, replicas: usize, tls: Option<&ClusterTls>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-cluster-{}-{}",
@@ -84,6 +110,7 @@ impl RedisCluster {
             let mut node = ClusterNode {
                 port: 0,
                 bus_port: 0,
+                tls: tls.map(|files| (0, files.clone())),
                 dir: node_dir,
                 child: None,
             };
@@ -135,6 +162,19 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The comma-separated `rediss://` seed URLs of every node's TLS port
+    /// (a cluster started with [`RedisCluster::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let (port, _) = node.tls.as_ref().expect("a cluster started with TLS");
+                format!("rediss://127.0.0.1:{port}")
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -555,7 +595,15 @@ impl ClusterNode {
         loop {
             self.port = free_port();
             self.bus_port = free_port();
-            if self.port != self.bus_port && self.try_spawn() {
+            if let Some((tls_port, _)) = self.tls.as_mut() {
+                *tls_port = free_port();
+            }
+            let distinct = self.port != self.bus_port
+                && self
+                    .tls
+                    .as_ref()
+                    .is_none_or(|(tls_port, _)| ![self.port, self.bus_port].contains(tls_port));
+            if distinct && self.try_spawn() {
                 return;
             }
             assert!(
@@ -579,7 +627,18 @@ impl ClusterNode {
     }
 
     fn try_spawn(&mut self) -> bool {
-        let child = Command::new(redis_server_binary())
+        let mut command = Command::new(redis_server_binary());
+        if let Some((tls_port, files)) = &self.tls {
+            let path = |file: &PathBuf| file.to_str().expect("utf-8 path").to_owned();
+            command
+                .args(["--tls-port", &tls_port.to_string()])
+                .args(["--tls-cert-file", &path(&files.cert_file)])
+                .args(["--tls-key-file", &path(&files.key_file)])
+                .args(["--tls-ca-cert-file", &path(&files.ca_file)])
+                .args(["--tls-auth-clients", "no"])
+                .args(["--tls-cluster", "yes"]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--dir", self.dir.to_str().expect("utf-8 path")])
