@@ -668,6 +668,24 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
         )
         .await;
     assert_eq!(status, 202);
+    // So is a job failed because its queue entry could not be written
+    // (here: the band's key holds a string, so XADD is refused).
+    let band = format!("jobgate:queue:{{{}}}:normal", h.queues["render"]);
+    let _: () = redis::cmd("SET")
+        .arg(&band)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let (status, body) = h
+        .submit_as(&h.owners[1], json!({"kind": "render", "params": {}}))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&band)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
     for (field, count) in [
         ("outcome|completed|echo", 2),
         ("latency|echo|3", 2),
@@ -685,6 +703,8 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let expected = [
         r#"jobgate_job_outcomes_total{event="cancelled",kind="mail"} 1"#,
         r#"jobgate_job_duration_seconds_count{kind="mail"} 1"#,
+        r#"jobgate_job_outcomes_total{event="failed",kind="render"} 1"#,
+        r#"jobgate_job_duration_seconds_count{kind="render"} 1"#,
         r#"jobgate_job_outcomes_total{event="completed",kind="echo"} 2"#,
         r#"jobgate_job_duration_seconds_bucket{kind="echo",le="0.05"} 2"#,
         r#"jobgate_job_duration_seconds_sum{kind="echo"} 0.06"#,
