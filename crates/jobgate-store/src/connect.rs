@@ -1,5 +1,7 @@
-//! Opening Redis from `JOBGATE_REDIS_URL`: one seed URL or several,
-//! comma-separated (`redis://a:7000,redis://b:7001`). `rediss://` URLs use
+//! Reaching Redis from `JOBGATE_REDIS_URL`: one seed URL or several,
+//! comma-separated (`redis://a:7000,redis://b:7001`), read by [`seeds`];
+//! and first contact ([`detect`]), which builds the connection that
+//! `connection.rs`'s handle then carries. `rediss://` URLs use
 //! TLS (rustls), verifying the server against the system's trusted roots
 //! (`SSL_CERT_FILE` / `SSL_CERT_DIR` add a private CA); a user and password
 //! in the URL log in (every seed must carry the same ones).
@@ -27,13 +29,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
     ProtocolVersion, RedisError, ServerErrorKind,
 };
 
 use crate::StoreError;
-use crate::connection::{Connection, Mode};
 
 /// How long a request may wait for its reply before it fails (and the
 /// caller answers `503 redis_unavailable`); on a cluster, retries and
@@ -88,7 +90,7 @@ pub fn seeds(url: &str) -> Result<Vec<ConnectionInfo>, StoreError> {
     Ok(seeds)
 }
 
-fn is_tls(seed: &ConnectionInfo) -> bool {
+pub(crate) fn is_tls(seed: &ConnectionInfo) -> bool {
     matches!(seed.addr(), ConnectionAddr::TcpTls { .. })
 }
 
@@ -100,20 +102,11 @@ fn redact(seed: &str) -> String {
     }
 }
 
-/// Builds the command connection and the pub/sub client for `url` (the
-/// client is the first seed's). Nothing connects yet: the connection is
-/// made on first use, so a gateway starts (and answers `503
-/// redis_unavailable`) while Redis is down.
-pub fn open(url: &str) -> Result<(Connection, redis::Client), StoreError> {
-    let seeds = seeds(url)?;
-    if seeds.iter().any(is_tls) {
-        // rustls needs one process-wide crypto provider; a second install
-        // (another gateway in the same process) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let pubsub = redis::Client::open(seeds[0].clone())
-        .map_err(|e| StoreError::Protocol(format!("redis url: {e}")))?;
-    Ok((Connection::lazy(seeds), pubsub))
+/// The connection chosen on first contact.
+#[derive(Clone)]
+pub(crate) enum Mode {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// First contact: asks each seed in turn whether Redis is a cluster, and
@@ -214,9 +207,7 @@ fn single(seed: &ConnectionInfo) -> Result<ConnectionManager, RedisError> {
 
 /// The cluster connection over every seed (TLS, user and password from
 /// the seeds).
-async fn cluster(
-    seeds: &[ConnectionInfo],
-) -> Result<redis::cluster_async::ClusterConnection, RedisError> {
+async fn cluster(seeds: &[ConnectionInfo]) -> Result<ClusterConnection, RedisError> {
     ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT)

@@ -1,8 +1,10 @@
 //! [`Connection`]: the store's one handle on Redis for commands, and what
 //! keeps it honest across Redis restarts, failovers and memory pressure.
 //!
-//! Inside, one of two connections ([`Mode`]), chosen on first contact by
-//! asking the first reachable seed `INFO cluster` (see `connect.rs`):
+//! [`open`] makes one from `JOBGATE_REDIS_URL` (its seeds are read by
+//! `connect.rs`). Inside, one of two connections (`connect::Mode`), chosen
+//! on first contact by asking the first reachable seed `INFO cluster` (also
+//! `connect.rs`):
 //!
 //! - `Single`: redis-rs's `ConnectionManager` on one server — the path the
 //!   gateway always had, at the same cost per request;
@@ -44,14 +46,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
+use redis::aio::ConnectionLike;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::connect;
+use crate::StoreError;
+use crate::connect::{self, Mode};
 use crate::error::{OOM_CODE, is_out_of_memory};
 
 /// How often the watcher pings the shared connection.
@@ -137,13 +139,6 @@ impl RedisMode {
             Self::Cluster => "cluster",
         }
     }
-}
-
-/// The connection chosen on first contact.
-#[derive(Clone)]
-pub(crate) enum Mode {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
 }
 
 /// What every clone of a [`Connection`] shares.
@@ -413,6 +408,22 @@ async fn send_pipeline(
         Mode::Single(manager) => manager.send_packed_commands(pipeline, offset, count).await,
         Mode::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count).await,
     }
+}
+
+/// Builds the command connection and the pub/sub client for `url` (the
+/// client is the first seed's). Nothing connects yet: the connection is
+/// made on first use, so a gateway starts (and answers `503
+/// redis_unavailable`) while Redis is down.
+pub fn open(url: &str) -> Result<(Connection, redis::Client), StoreError> {
+    let seeds = connect::seeds(url)?;
+    if seeds.iter().any(connect::is_tls) {
+        // rustls needs one process-wide crypto provider; a second install
+        // (another gateway in the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let pubsub = redis::Client::open(seeds[0].clone())
+        .map_err(|e| StoreError::Protocol(format!("redis url: {e}")))?;
+    Ok((Connection::lazy(seeds), pubsub))
 }
 
 /// Pings through `conn` every [`WATCH_INTERVAL`] until `shutdown`: the first

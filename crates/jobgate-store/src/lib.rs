@@ -35,8 +35,8 @@ mod mover;
 mod record;
 mod store;
 
-pub use connect::{check_url, open, seeds};
-pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL};
+pub use connect::{check_url, seeds};
+pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL, open};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
 pub use hub::{EventHub, HubMessage, HubSettings, NodeState, Subscription};

@@ -26,7 +26,7 @@ pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
 pub use gateway::TestGateway;
-pub use redis_cluster::RedisCluster;
+pub use redis_cluster::{ClusterTls, RedisCluster};
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;
 pub use worker::PythonWorker;

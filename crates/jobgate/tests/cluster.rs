@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::mint_hs256_with_scope;
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{JobDriver, RedisCluster, SseClient, TestGateway};
+use jobgate_testkit::{ClusterTls, JobDriver, RedisCluster, SseClient, TestGateway};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-cluster-test-secret-long-enough-for-hs256";
@@ -421,6 +421,16 @@ async fn queue_admin_and_dead_letters_work_across_slots() {
         assert_eq!(queue["bands"]["normal"], 0, "{queue}");
     }
 
+    // The command-line tools read the same through the cluster.
+    let dlq = cli(&h.cluster.url(), &["dlq", "list", "--json"]);
+    let queues = cli(&h.cluster.url(), &["queues", "--json"]);
+    for (_, _, job_id) in &jobs {
+        assert!(dlq.contains(job_id.as_str()), "{dlq}");
+    }
+    for queue in h.queues.values() {
+        assert!(queues.contains(&format!("\"{queue}\"")), "{queues}");
+    }
+
     // Listed a page at a time across the three queues, with each job's
     // owner and attempts read from its record.
     let mut seen = Vec::new();
@@ -658,6 +668,24 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
         )
         .await;
     assert_eq!(status, 202);
+    // So is a job failed because its queue entry could not be written
+    // (here: the band's key holds a string, so XADD is refused).
+    let band = format!("jobgate:queue:{{{}}}:normal", h.queues["render"]);
+    let _: () = redis::cmd("SET")
+        .arg(&band)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let (status, body) = h
+        .submit_as(&h.owners[1], json!({"kind": "render", "params": {}}))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&band)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
     for (field, count) in [
         ("outcome|completed|echo", 2),
         ("latency|echo|3", 2),
@@ -675,6 +703,8 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let expected = [
         r#"jobgate_job_outcomes_total{event="cancelled",kind="mail"} 1"#,
         r#"jobgate_job_duration_seconds_count{kind="mail"} 1"#,
+        r#"jobgate_job_outcomes_total{event="failed",kind="render"} 1"#,
+        r#"jobgate_job_duration_seconds_count{kind="render"} 1"#,
         r#"jobgate_job_outcomes_total{event="completed",kind="echo"} 2"#,
         r#"jobgate_job_duration_seconds_bucket{kind="echo",le="0.05"} 2"#,
         r#"jobgate_job_duration_seconds_sum{kind="echo"} 0.06"#,
@@ -705,6 +735,11 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
             "{metrics}"
         );
     }
+    // Memory: the fullest master's figures.
+    assert!(
+        metrics.contains("jobgate_redis_used_memory_bytes "),
+        "{metrics}"
+    );
 
     // A queue's slot moves to another master: the store follows.
     let queue = h.queues["render"].clone();
@@ -719,6 +754,21 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let (status, overview) = h.admin("GET", "/v1/admin/queues", None).await;
     assert_eq!(status, 200, "{overview}");
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// Runs `jobgate <args>` against `redis_url`; its stdout (it must succeed).
+fn cli(redis_url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"))
+        .args(args)
+        .env("JOBGATE_REDIS_URL", redis_url)
+        .output()
+        .expect("run jobgate");
+    assert!(
+        output.status.success(),
+        "jobgate {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `/readyz`: the status and the body.
@@ -874,4 +924,183 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     assert_eq!(body["redis_mode"], "cluster", "{body}");
     let accepted = submit().await.expect("submit");
     assert_eq!(accepted.status(), 202);
+
+    // The whole cluster restarts under a running gateway: it is served
+    // again once the nodes are back (from their append-only files).
+    for node in 0..cluster.len() {
+        cluster.kill(node);
+    }
+    assert_eq!(submit().await.expect("submit").status(), 503);
+    cluster.restart_stopped().await;
+    let back = Instant::now();
+    loop {
+        let status = submit().await.expect("submit").status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "not served 20 s after the cluster came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "served again {:?} after the cluster came back",
+        back.elapsed()
+    );
+}
+
+/// A CA, and a certificate for `localhost`/`127.0.0.1` it signed, as PEM
+/// files in `dir`.
+fn certificates(dir: &std::path::Path) -> ClusterTls {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "jobgate cluster test CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path
+    };
+    ClusterTls {
+        ca_file: write("ca.pem", ca.pem()),
+        cert_file: write("server.pem", server.pem()),
+        key_file: write("server.key", server_key.serialize_pem()),
+    }
+}
+
+/// The `jobgate` binary on `redis_url`, trusting `ca_file` (if any) for
+/// Redis's TLS certificates; killed when dropped.
+struct GatewayProcess {
+    child: std::process::Child,
+    address: String,
+}
+
+impl GatewayProcess {
+    fn start(redis_url: &str, ca_file: Option<&std::path::Path>) -> Self {
+        let address = format!("127.0.0.1:{}", jobgate_testkit::free_port());
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"));
+        command
+            .env("JOBGATE_AUTH", "none")
+            .env("JOBGATE_LISTEN", &address)
+            .env("JOBGATE_REDIS_URL", redis_url)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(ca_file) = ca_file {
+            command.env("SSL_CERT_FILE", ca_file);
+        }
+        Self {
+            child: command.spawn().expect("start jobgate"),
+            address,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// `/readyz` once the gateway answers at all (waiting up to 10 s for
+    /// 200 when `until_ready`).
+    async fn readyz(&self, until_ready: bool) -> (u16, Value) {
+        let mut last = (0, Value::Null);
+        for _ in 0..100 {
+            if let Ok(answer) = reqwest::get(self.url("/readyz")).await {
+                let status = answer.status().as_u16();
+                last = (status, answer.json().await.unwrap_or(Value::Null));
+                if status == 200 || !until_ready {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() {
+    let dir = std::env::temp_dir().join(format!("jobgate-cluster-tls-{}", std::process::id()));
+    let tls = certificates(&dir);
+    let cluster = RedisCluster::start_tls(3, &tls);
+    let queues = cluster.tags_per_master("queue", 1).await;
+    let mut driver = JobDriver::connect(&cluster.url()).await.expect("driver");
+    let mut kinds = Vec::new();
+    for (index, found) in queues.values().enumerate() {
+        let kind = format!("kind{index}");
+        driver.register_kind(&kind, &found[0]).await.expect("kind");
+        kinds.push(kind);
+    }
+
+    let gateway = GatewayProcess::start(&cluster.tls_url(), Some(&tls.ca_file));
+    let (status, ready) = gateway.readyz(true).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["redis_mode"], "cluster", "{ready}");
+    let http = reqwest::Client::new();
+    let mut job_ids = Vec::new();
+    for round in 0..3 {
+        for kind in &kinds {
+            let body: Value = http
+                .post(gateway.url("/v1/jobs"))
+                .json(&json!({"kind": kind, "params": {"round": round}}))
+                .send()
+                .await
+                .expect("submit")
+                .json()
+                .await
+                .expect("json");
+            let job_id = body["job_id"].as_str().unwrap_or_else(|| panic!("{body}"));
+            job_ids.push(job_id.to_owned());
+        }
+    }
+    let page: Value = http
+        .get(gateway.url("/v1/jobs?limit=100"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["jobs"].as_array().expect("jobs").len(), 9, "{page}");
+    for job_id in &job_ids {
+        let snapshot: Value = http
+            .get(gateway.url(&format!("/v1/jobs/{job_id}")))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(snapshot["status"], "queued", "{snapshot}");
+    }
+
+    // A gateway that does not trust the CA refuses the nodes: after a few
+    // of its watcher's tries it has still not made contact.
+    let untrusting = GatewayProcess::start(&cluster.tls_url(), None);
+    untrusting.readyz(false).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = untrusting.readyz(false).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "redis_unavailable", "{body}");
+    assert_eq!(body["redis_mode"], Value::Null, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

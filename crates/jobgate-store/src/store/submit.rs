@@ -164,7 +164,7 @@ impl JobStore {
     /// and tell the owner's feeds about it: `SPUBLISH` of the id on the
     /// owner's channel, after the `ZADD`, so a feed that hears of the job
     /// finds it in the index. All on the owner's slot.
-    pub(super) fn index_for_owner(
+    fn index_for_owner(
         &self,
         owner: &str,
         job_id: &JobId,

@@ -9,27 +9,29 @@
 //! kills the master serving a key and [`RedisCluster::wait_for_failover`]
 //! waits for a replica to take over, [`RedisCluster::migrate_slot`] moves a
 //! slot with the same steps as `redis-cli --cluster reshard`.
+//!
+//! [`RedisCluster::start_tls`] also opens a TLS port on every node (and runs
+//! the cluster bus over TLS): clients connecting there get the TLS ports in
+//! `CLUSTER SLOTS`, while the harness keeps using the plain ones.
+
+mod migrate;
+mod node;
+mod slots;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
+use self::node::ClusterNode;
+use self::slots::{SlotRange, cluster_info_field, info_field, parse_slot_ranges};
 use crate::free_port;
-use crate::redis_server::redis_server_binary;
-
-/// How long a node may be silent before the others mark it failed: short,
-/// so a failover takes a couple of seconds.
-const NODE_TIMEOUT_MS: u64 = 1000;
 
 /// How long [`RedisCluster::start`] and [`RedisCluster::wait_for_failover`]
 /// wait for the cluster to settle before failing the test.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Keys moved per `MIGRATE` by [`RedisCluster::migrate_slot`].
-const MIGRATE_BATCH: usize = 100;
 
 /// A Redis Cluster of real `redis-server` children, killed when dropped.
 #[derive(Debug)]
@@ -38,21 +40,13 @@ pub struct RedisCluster {
     dir: PathBuf,
 }
 
-/// One `redis-server` of the cluster.
-#[derive(Debug)]
-struct ClusterNode {
-    port: u16,
-    bus_port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// What `CLUSTER SLOTS` says about one slot range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SlotRange {
-    first: u16,
-    last: u16,
-    master_port: u16,
+/// PEM files for a cluster's TLS ports: the nodes' certificate and key,
+/// and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 impl RedisCluster {
@@ -67,6 +61,17 @@ impl RedisCluster {
     /// waits until every node reports `cluster_state:ok` and every replica
     /// is attached to its master.
     pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        Self::start_nodes(masters, replicas, None)
+    }
+
+    /// Starts `masters` masters (no replicas) that also serve TLS clients on
+    /// a port of their own with `tls` (no client certificates asked), and
+    /// talk to each other over TLS. See [`RedisCluster::tls_url`].
+    pub fn start_tls(masters: usize, tls: &ClusterTls) -> Self {
+        Self::start_nodes(masters, 0, Some(tls))
+    }
+
+    fn start_nodes(masters: usize, replicas: usize, tls: Option<&ClusterTls>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-cluster-{}-{}",
@@ -81,12 +86,7 @@ impl RedisCluster {
         for index in 0..masters * (1 + replicas) {
             let node_dir = cluster.dir.join(format!("node-{index}"));
             std::fs::create_dir_all(&node_dir).expect("create a node folder");
-            let mut node = ClusterNode {
-                port: 0,
-                bus_port: 0,
-                dir: node_dir,
-                child: None,
-            };
+            let mut node = ClusterNode::new(node_dir, tls);
             node.spawn_on_free_ports();
             cluster.nodes.push(node);
         }
@@ -135,6 +135,19 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The comma-separated `rediss://` seed URLs of every node's TLS port
+    /// (a cluster started with [`RedisCluster::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let (port, _) = node.tls.as_ref().expect("a cluster started with TLS");
+                format!("rediss://127.0.0.1:{port}")
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -299,63 +312,6 @@ impl RedisCluster {
         }
     }
 
-    /// Moves `slot`, with its keys, to node `to` (a master): `SETSLOT
-    /// IMPORTING` on the target, `SETSLOT MIGRATING` on the source,
-    /// `MIGRATE` of its keys in batches, then `SETSLOT NODE` on both and on
-    /// every other master. Returns once every live master maps the slot to
-    /// `to`.
-    pub async fn migrate_slot(&self, slot: u16, to: usize) {
-        let from = self.master_for_slot(slot).await;
-        if from == to {
-            return;
-        }
-        let mut source = self.node_connection(from).await;
-        let mut target = self.node_connection(to).await;
-        let source_id = node_id(&mut source).await;
-        let target_id = node_id(&mut target).await;
-        set_slot(&mut target, slot, "IMPORTING", &source_id).await;
-        set_slot(&mut source, slot, "MIGRATING", &target_id).await;
-        loop {
-            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(MIGRATE_BATCH)
-                .query_async(&mut source)
-                .await
-                .expect("cluster getkeysinslot");
-            if keys.is_empty() {
-                break;
-            }
-            let _: redis::Value = redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(self.nodes[to].port)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&keys)
-                .query_async(&mut source)
-                .await
-                .expect("migrate");
-        }
-        set_slot(&mut target, slot, "NODE", &target_id).await;
-        set_slot(&mut source, slot, "NODE", &target_id).await;
-        for index in self.masters().await {
-            if index != from && index != to && self.nodes[index].is_running() {
-                let mut conn = self.node_connection(index).await;
-                set_slot(&mut conn, slot, "NODE", &target_id).await;
-            }
-        }
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while !self.every_live_node_maps(slot, self.nodes[to].port).await {
-            assert!(
-                Instant::now() < deadline,
-                "the nodes did not learn that slot {slot} moved"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Every key on every live master, sorted.
     pub async fn keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
@@ -448,35 +404,6 @@ impl RedisCluster {
         true
     }
 
-    async fn every_live_node_maps(&self, slot: u16, port: u16) -> bool {
-        for (index, node) in self.nodes.iter().enumerate() {
-            if !node.is_running() {
-                continue;
-            }
-            let Ok(mut conn) = self
-                .node_client(index)
-                .get_multiplexed_async_connection()
-                .await
-            else {
-                return false;
-            };
-            let Ok(reply) = redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<redis::Value>(&mut conn)
-                .await
-            else {
-                return false;
-            };
-            let maps = parse_slot_ranges(&reply).iter().any(|range| {
-                range.first <= slot && slot <= range.last && range.master_port == port
-            });
-            if !maps {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Whether node `index` answers `CLUSTER INFO` with `cluster_state:ok`.
     fn node_reports_ok(&self, index: usize) -> bool {
         cluster_info_field(&self.node_client(index), "cluster_state").as_deref() == Some("ok")
@@ -534,165 +461,6 @@ impl Drop for RedisCluster {
             node.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl ClusterNode {
-    fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Spawns on fresh free ports until one pair is really free.
-    fn spawn_on_free_ports(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.port = free_port();
-            self.bus_port = free_port();
-            if self.port != self.bus_port && self.try_spawn() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start in cluster mode"
-            );
-        }
-    }
-
-    /// Spawns on the node's own ports (a restart).
-    fn spawn(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.try_spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn try_spawn(&mut self) -> bool {
-        let child = Command::new(redis_server_binary())
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().expect("utf-8 path")])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-            // A replica may take over however long it was cut off: tests
-            // kill masters right after writing.
-            .args(["--cluster-replica-validity-factor", "0"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make test installs it)");
-        self.child = Some(child);
-        if self.wait_answering(Duration::from_secs(5)) {
-            return true;
-        }
-        self.kill();
-        false
-    }
-
-    fn wait_answering(&mut self, within: Duration) -> bool {
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("redis url");
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                return false;
-            }
-            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-async fn node_id(conn: &mut MultiplexedConnection) -> String {
-    redis::cmd("CLUSTER")
-        .arg("MYID")
-        .query_async(conn)
-        .await
-        .expect("cluster myid")
-}
-
-async fn set_slot(conn: &mut MultiplexedConnection, slot: u16, state: &str, node_id: &str) {
-    let _: () = redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg(state)
-        .arg(node_id)
-        .query_async(conn)
-        .await
-        .unwrap_or_else(|error| panic!("cluster setslot {slot} {state}: {error}"));
-}
-
-/// A field of `CLUSTER INFO` from `client`'s node; `None` if it does not
-/// answer.
-fn cluster_info_field(client: &redis::Client, field: &str) -> Option<String> {
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
-    let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()?;
-    info_field(&info, field).map(str::to_owned)
-}
-
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines().find_map(|line| {
-        line.strip_prefix(field)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
-/// The ranges of a `CLUSTER SLOTS` reply: `[[first, last, [host, port,
-/// id, ...], replicas...], ...]`.
-fn parse_slot_ranges(reply: &redis::Value) -> Vec<SlotRange> {
-    let redis::Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    ranges
-        .iter()
-        .filter_map(|range| {
-            let redis::Value::Array(fields) = range else {
-                return None;
-            };
-            let first = as_int(fields.first()?)?;
-            let last = as_int(fields.get(1)?)?;
-            let redis::Value::Array(master) = fields.get(2)? else {
-                return None;
-            };
-            let master_port = as_int(master.get(1)?)?;
-            Some(SlotRange {
-                first: u16::try_from(first).ok()?,
-                last: u16::try_from(last).ok()?,
-                master_port: u16::try_from(master_port).ok()?,
-            })
-        })
-        .collect()
-}
-
-fn as_int(value: &redis::Value) -> Option<i64> {
-    match value {
-        redis::Value::Int(number) => Some(*number),
-        _ => None,
     }
 }
 
