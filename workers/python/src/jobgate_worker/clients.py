@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.connection import Connection, SSLConnection, parse_url
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,93 @@ def fixed_client(client: Client) -> Callable[[], Client]:
 
 class RedisSettingError(ValueError):
     """The Redis URL setting cannot be used."""
+
+
+class ClusterUnavailableError(redis.ConnectionError):
+    """The cluster cannot serve a command now: a slot has no master, or its
+    slot map could not be read (a failover under way). Ridden out like a lost
+    connection."""
+
+
+def _transient(error: RedisClusterException) -> bool:
+    # redis-py raises these outside its RedisError tree; the plain class is
+    # what reading the slot map raises when no node answers or agrees.
+    return isinstance(error, SlotNotCoveredError) or type(error) is RedisClusterException
+
+
+def _word(arg: Any) -> str:
+    return (arg.decode() if isinstance(arg, bytes) else str(arg)).upper()
+
+
+def _keys_of(args: tuple[Any, ...]) -> list[Any] | None:
+    """The keys of the worker's commands whose keys redis-py would otherwise
+    ask a node for (``COMMAND GETKEYS``: a round trip per command, to a node
+    that may be the one just lost); None for any other command."""
+    command = _word(args[0])
+    if command in ("EVAL", "EVALSHA") and len(args) > 2:
+        return list(args[3 : 3 + int(args[2])])
+    if command == "XREADGROUP":
+        names = [_word(arg) for arg in args]
+        if "STREAMS" in names:
+            rest = args[names.index("STREAMS") + 1 :]
+            return list(rest[: len(rest) // 2])
+    return None
+
+
+class _KnownKeys:
+    """Finds the keys of ``EVAL``/``EVALSHA``/``XREADGROUP`` without asking a node."""
+
+    def _get_command_keys(self, *args: Any) -> Any:
+        keys = _keys_of(args)
+        if keys is not None:
+            return keys
+        find: Any = super()._get_command_keys  # type: ignore[misc]  # the client's own
+        return find(*args)
+
+
+class _Pipeline(_KnownKeys, ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            result: list[Any] = super().execute(raise_on_error)
+        except RedisClusterException as error:
+            if _transient(error):
+                raise ClusterUnavailableError(str(error)) from error
+            raise
+        return result
+
+
+class WorkerCluster(_KnownKeys, RedisCluster):
+    """``RedisCluster`` whose failures while the cluster reorganises are
+    ``redis.ConnectionError``s, which every caller in the worker rides out,
+    and which routes its scripts and stream reads without a round trip."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        execute: Any = super().execute_command  # not annotated upstream
+        try:
+            return execute(*args, **kwargs)
+        except RedisClusterException as error:
+            if _transient(error):
+                raise ClusterUnavailableError(str(error)) from error
+            raise
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is not supported in cluster mode")
+        return _Pipeline(
+            nodes_manager=self.nodes_manager,
+            commands_parser=self.commands_parser,
+            # As RedisCluster.pipeline passes it (annotated as a list upstream).
+            startup_nodes=self.nodes_manager.startup_nodes,  # type: ignore[arg-type]
+            result_callbacks=self.result_callbacks,
+            cluster_response_callbacks=self.cluster_response_callbacks,
+            read_from_replicas=self.read_from_replicas,
+            load_balancing_strategy=self.load_balancing_strategy,
+            reinitialize_steps=self.reinitialize_steps,
+            retry=self.retry,
+            lock=self._lock,
+            transaction=transaction,
+            event_dispatcher=self._event_dispatcher,
+        )
 
 
 def parse_seeds(setting: str) -> tuple[str, ...]:
@@ -188,7 +275,7 @@ def _open_cluster(seeds: tuple[str, ...], socket_timeout: float) -> RedisCluster
         parts = urlsplit(seed)
         startup_nodes.append(_cluster_node(parts.hostname or "127.0.0.1", parts.port or 6379))
     try:
-        return RedisCluster(
+        return WorkerCluster(
             startup_nodes=startup_nodes,
             socket_timeout=socket_timeout,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
@@ -198,7 +285,7 @@ def _open_cluster(seeds: tuple[str, ...], socket_timeout: float) -> RedisCluster
         )
     except RedisClusterException as error:
         # The cluster answered but cannot serve yet (slots not all covered).
-        raise redis.ConnectionError(f"the Redis Cluster is not ready: {error}") from error
+        raise ClusterUnavailableError(f"the Redis Cluster is not ready: {error}") from error
 
 
 class Nodes:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,9 +114,11 @@ class ControlChannels:
         #: Channels whose wanted state changed since the thread last looked.
         self._touched: set[str] = set()
         self._stopping = threading.Event()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        # A socket pair rather than a pipe: once closed, a late wake-up fails
+        # instead of writing to whatever file reused the descriptor.
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="jobgate-control", daemon=True)
         # -- the control thread's own state.
         self._links: dict[str, _Link] = {}
@@ -144,9 +146,8 @@ class ControlChannels:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        for descriptor in (self._wake_read, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(descriptor)
+        self._wake_write.close()
+        self._wake_read.close()
 
     def watch(self, *job_ids: str) -> None:
         """Subscribe the jobs' control channels (the thread does it at once)."""
@@ -185,8 +186,8 @@ class ControlChannels:
             return sum(1 for confirmed in self._wanted.values() if confirmed.is_set())
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_write, b"w")
+        with contextlib.suppress(OSError):  # full (a wake-up is pending), or closed
+            self._wake_write.send(b"w")
 
     # -- the control thread.
 
@@ -410,7 +411,7 @@ class ControlChannels:
                 self._on_resync()
 
     def _wait(self) -> None:
-        descriptors = [self._wake_read]
+        descriptors = [self._wake_read.fileno()]
         for link in self._links.values():
             descriptor = link.fileno()
             if descriptor is not None:
@@ -423,7 +424,7 @@ class ControlChannels:
         except (OSError, ValueError):
             # A link's socket closed under us: the next read finds out.
             return
-        if self._wake_read in ready:
-            with contextlib.suppress(BlockingIOError, OSError):
-                while os.read(self._wake_read, 4096):
+        if descriptors[0] in ready:
+            with contextlib.suppress(OSError):  # drained
+                while self._wake_read.recv(4096):
                     pass

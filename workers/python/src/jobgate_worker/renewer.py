@@ -180,7 +180,10 @@ class Renewer:
             for stream, ids in by_stream.items():
                 # EVAL rather than EVALSHA: a few hundred bytes every few seconds,
                 # and no script cache to miss after a Redis restart.
-                pipe.eval(RENEW_SCRIPT, 1, stream, keys.CONSUMER_GROUP, self.config.consumer, *ids)
+                # (A cluster pipeline has no ``eval``: the command is spelt out.)
+                pipe.execute_command(
+                    "EVAL", RENEW_SCRIPT, 1, stream, keys.CONSUMER_GROUP, self.config.consumer, *ids
+                )
             replies = pipe.execute()
         except redis.RedisError:
             log.warning("lease renewal failed", exc_info=True)
