@@ -164,12 +164,7 @@ impl JobStore {
     /// and tell the owner's feeds about it: `SPUBLISH` of the id on the
     /// owner's channel, after the `ZADD`, so a feed that hears of the job
     /// finds it in the index. All on the owner's slot.
-    fn index_for_owner(
-        &self,
-        owner: &str,
-        job_id: &JobId,
-        now_ms: u64,
-    ) -> Vec<(String, Cmd)> {
+    fn index_for_owner(&self, owner: &str, job_id: &JobId, now_ms: u64) -> Vec<(String, Cmd)> {
         let retention_ms = self.settings.retention.as_millis() as u64;
         let owner_jobs = keys::owner_jobs(owner);
         let mut add = redis::cmd("ZADD");
