@@ -37,7 +37,7 @@ async fn healthz() -> impl IntoResponse {
 /// when `INFO memory` shows it at `maxmemory` or it refused a write for
 /// lack of memory within the last few seconds.
 ///
-/// On a Redis Cluster, Redis "answers" while any node does: one node is
+/// On a Redis Cluster, Redis "answers" (and pub/sub is up) while any node does: one node is
 /// asked `CLUSTER INFO` and `CLUSTER NODES`, and the answer reports the
 /// cluster's state and every node's (the failing ones listed), so that a
 /// shard failing over makes the jobs of its slots fail for a few seconds
@@ -51,7 +51,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .as_ref()
         .is_some_and(|s| s.mode == Some(RedisMode::Cluster));
     let out_of_memory = redis && redis_out_of_memory(&state, cluster).await;
-    let pubsub = state.hub.is_connected();
+    // On a cluster, like Redis itself, pub/sub counts as up while any
+    // master's link is: the watchers of a shard failing over are resynced
+    // once its replica takes over, and the gateway keeps serving the rest.
+    let links = state.hub.nodes();
+    let pubsub = if cluster {
+        links.iter().any(|node| node.linked)
+    } else {
+        state.hub.is_connected()
+    };
     let shutting_down = state.shutdown.is_cancelled();
     let ready = redis && !out_of_memory && pubsub && !shutting_down;
     let mode = status
@@ -73,10 +81,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .filter(|node| node.is_failing())
             .map(|node| node.address.as_str())
             .collect();
+        let pubsub_links: Vec<_> = links
+            .iter()
+            .map(
+                |node| json!({"node": node.node, "linked": node.linked, "channels": node.channels}),
+            )
+            .collect();
         body["cluster"] = json!({
             "state": status.cluster_state,
             "nodes": status.nodes,
             "failing_nodes": failing,
+            "pubsub_links": pubsub_links,
         });
     }
     if ready {
