@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+
 import sample_app
 from jobgate_worker import Settings
 from jobgate_worker.settings import SettingsError
