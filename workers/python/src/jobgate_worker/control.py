@@ -3,9 +3,22 @@
 A client's cancel of a running job reaches its worker as ``cancel`` on
 ``jobgate:control:{<job_id>}``, SPUBLISHed by ``jobgate.lua`` in the job's
 slot. ``ControlChannels`` keeps one thread that SSUBSCRIBEs the channel of
-each job this process runs — before its ``start``, so a cancel made once the
-job is running cannot pass unheard — and SUNSUBSCRIBEs it when the attempt
-ends. On a Redis Cluster a sharded channel is served by the master of its
+each job this process runs and SUNSUBSCRIBEs it when the attempt ends.
+
+Most jobs are short, and a cancel of a job that ends within a fraction of a
+second is moot; subscribing every job would cost each one a round trip and
+the control thread's work. So a job's channel is subscribed only once its
+attempt has run for ``after_s`` (``watch_later``; ``JOBGATE_CONTROL_AFTER_S``,
+0.25 s by default): a job that ends sooner is never subscribed at all. The
+delay is the same for every job, so the jobs waiting for it are a FIFO that
+the control thread serves by its own timer (no thread or timer per job). Once
+such a subscription is confirmed, ``on_watching`` lets the runtime read those
+jobs' records once: a cancel made between ``start`` and the subscription is
+seen there (subscribe, then read — nothing falls in between). With
+``after_s`` = 0 the channel is subscribed before ``start`` instead
+(``watch``, then ``wait_watching``).
+
+On a Redis Cluster a sharded channel is served by the master of its
 slot only, so the thread keeps one pub/sub connection of its own per master
 (``clients.Nodes``; a single Redis is one node owning every slot) and
 subscribes each channel on its slot's master.
@@ -20,7 +33,7 @@ check of running jobs (``housekeeping.LeaseKeeper``, every ``lease/3``)
 stays the safety net: a cancel is never unnoticed for longer than that.
 
 All pub/sub I/O happens on the control thread; other threads only ask
-(``watch``/``unwatch``) and wake it through a pipe, so no connection is used
+(``watch``/``watch_later``/``unwatch``) and wake it through a pipe, so no connection is used
 by two threads.
 """
 
@@ -32,6 +45,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,6 +65,10 @@ PLACE_RETRY_MAX_S = 2.0
 #: How often subscribed channels are checked against the client's slot map,
 #: which the command path refreshes whenever it meets a moved slot.
 RECONCILE_S = 1.0
+#: Shortest sleep of the control thread while jobs wait for their deferred
+#: subscription: jobs due within it are subscribed together, so the thread
+#: wakes at most this often however many jobs start.
+DEFERRED_TICK_S = 0.01
 #: A link holding subscriptions is PINGed this often; one whose PING stays
 #: unanswered this long is taken for lost (a node gone without closing).
 PING_INTERVAL_S = 2.0
@@ -99,18 +117,30 @@ class ControlChannels:
         nodes: Callable[[], Nodes],
         on_cancel: Callable[[str], None],
         on_resync: Callable[[], None],
+        *,
+        on_watching: Callable[[list[str]], None] | None = None,
+        after_s: float = 0.0,
         poll_s: float = POLL_S,
     ) -> None:
         """``nodes`` gives the slot map (it raises ``redis.ConnectionError`` while
-        Redis cannot be reached); ``on_cancel(job_id)`` and ``on_resync()`` run
-        on the control thread and must be short."""
+        Redis cannot be reached); ``on_cancel(job_id)``, ``on_resync()`` and
+        ``on_watching(job_ids)`` (the deferred subscriptions just confirmed)
+        run on the control thread and must be short. ``after_s``: how long a
+        job passed to ``watch_later`` runs before its channel is subscribed."""
         self._nodes = nodes
         self._on_cancel = on_cancel
         self._on_resync = on_resync
+        self._on_watching = on_watching
+        self.after_s = after_s
         self._poll_s = poll_s
         self._lock = threading.Lock()
         #: Channel -> set once its subscription is confirmed (any thread).
         self._wanted: dict[str, threading.Event] = {}
+        #: ``watch_later`` requests in the order they fall due: (due, channel).
+        #: One that ended meanwhile stays until due but is no longer in
+        #: ``_deferred_wanted``.
+        self._deferred: deque[tuple[float, str]] = deque()
+        self._deferred_wanted: set[str] = set()
         #: Channels whose wanted state changed since the thread last looked.
         self._touched: set[str] = set()
         self._stopping = threading.Event()
@@ -129,6 +159,10 @@ class ControlChannels:
         self._unplaced: set[str] = set()
         #: Channels lost with a link and not yet confirmed again.
         self._resyncing: set[str] = set()
+        #: Deferred channels whose first confirmation is awaited, and the jobs
+        #: of those confirmed in this step (for ``on_watching``).
+        self._check_on_confirm: set[str] = set()
+        self._confirmed_jobs: list[str] = []
         #: Commands to write per node at the end of this step (one write each).
         self._outbox: dict[str, list[tuple[str, ...]]] = {}
         self._refresh_needed = False
@@ -162,6 +196,18 @@ class ControlChannels:
         if added:
             self._wake()
 
+    def watch_later(self, job_id: str) -> None:
+        """Subscribe the job's control channel once ``after_s`` has passed,
+        unless ``unwatch`` comes first; once confirmed, ``on_watching`` names it."""
+        channel = keys.control_channel(job_id)
+        with self._lock:
+            self._deferred.append((time.monotonic() + self.after_s, channel))
+            self._deferred_wanted.add(channel)
+            first = len(self._deferred) == 1
+        # Otherwise the thread already sleeps no longer than until an earlier due.
+        if first:
+            self._wake()
+
     def wait_watching(self, job_id: str, timeout_s: float) -> bool:
         """True once the job's channel is subscribed (False after ``timeout_s``)."""
         with self._lock:
@@ -177,6 +223,7 @@ class ControlChannels:
         """
         channel = keys.control_channel(job_id)
         with self._lock:
+            self._deferred_wanted.discard(channel)
             if self._wanted.pop(channel, None) is not None:
                 self._touched.add(channel)
 
@@ -214,10 +261,15 @@ class ControlChannels:
         self._ping_links(now)
         self._send_outbox()
         self._read_links()
+        if self._confirmed_jobs:
+            confirmed, self._confirmed_jobs = self._confirmed_jobs, []
+            if self._on_watching is not None:
+                self._on_watching(confirmed)
         self._wait()
 
     def _apply_changes(self) -> None:
         with self._lock:
+            self._take_due_locked(time.monotonic())
             touched, self._touched = self._touched, set()
             wanted = {channel: self._wanted.get(channel) for channel in touched}
         for channel, confirmed in wanted.items():
@@ -227,6 +279,17 @@ class ControlChannels:
                 confirmed.set()
             elif channel not in self._placed and channel not in self._unplaced:
                 self._place(channel)
+
+    def _take_due_locked(self, now: float) -> None:
+        """Deferred channels now due (and still wanted) become wanted."""
+        while self._deferred and self._deferred[0][0] <= now:
+            _, channel = self._deferred.popleft()
+            if channel in self._deferred_wanted:
+                self._deferred_wanted.discard(channel)
+                if channel not in self._wanted:
+                    self._wanted[channel] = threading.Event()
+                    self._touched.add(channel)
+                    self._check_on_confirm.add(channel)
 
     def _queue(self, link: _Link, *command: str) -> None:
         self._outbox.setdefault(link.node, []).append(command)
@@ -243,6 +306,7 @@ class ControlChannels:
                 self._lose_link(node, error)
 
     def _forget(self, channel: str) -> None:
+        self._check_on_confirm.discard(channel)
         self._unplaced.discard(channel)
         self._resyncing.discard(channel)
         self._confirmed.discard(channel)
@@ -404,6 +468,11 @@ class ControlChannels:
             return
         self._confirmed.add(channel)
         confirmed.set()
+        if channel in self._check_on_confirm:
+            self._check_on_confirm.discard(channel)
+            job_id = keys.job_of_control_channel(channel)
+            if job_id is not None:
+                self._confirmed_jobs.append(job_id)
         if channel in self._resyncing:
             self._resyncing.discard(channel)
             if not self._resyncing:
@@ -417,8 +486,13 @@ class ControlChannels:
             if descriptor is not None:
                 descriptors.append(descriptor)
         timeout = self._poll_s
+        now = time.monotonic()
         if self._unplaced:
-            timeout = min(timeout, max(self._next_place - time.monotonic(), 0.0))
+            timeout = min(timeout, max(self._next_place - now, 0.0))
+        with self._lock:
+            next_due = self._deferred[0][0] if self._deferred else None
+        if next_due is not None:
+            timeout = min(timeout, max(next_due - now, DEFERRED_TICK_S))
         try:
             ready, _, _ = select.select(descriptors, [], [], timeout)
         except (OSError, ValueError):

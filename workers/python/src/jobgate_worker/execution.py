@@ -3,10 +3,12 @@
 Steps follow PROTOCOL.md "Processing, in order": ``start``; ``skip``/``missing``
 acknowledge the entry; otherwise the handler runs and its attempt ends with
 one ``Outcome`` (``outcomes.py``), which ``OutcomeReporter.end``
-(``reporting.py``) reports. The job's control channel is subscribed before
-``start`` (waiting at most ``CONTROL_WAIT_S`` for Redis to confirm it) and
-unsubscribed once the entry is done with, so a cancel published while the
-job runs reaches this process (``control.py``).
+(``reporting.py``) reports. So that a cancel published while the job runs
+reaches this process, the job's control channel is subscribed once the
+attempt has run for ``control.after_s`` (``watch_later`` after ``start``;
+a job that ends sooner never subscribes) — or, when that is 0, before
+``start``, waiting at most ``CONTROL_WAIT_S`` for Redis to confirm it — and
+unsubscribed once the entry is done with (``control.py``).
 
 An attempt can end in three places: in the handler thread when the handler
 returns, on the timer thread when the job is cancelled, times out, its lease
@@ -130,10 +132,12 @@ class JobExecutor:
             return
         run = Run(entry, extra={"job_id": entry.job_id, "entry_id": entry.entry_id})
         self.inflight.add_run(run)
-        if self.control is not None:
+        subscribe_first = self.control is not None and self.control.after_s <= 0
+        if subscribe_first and self.control is not None:
             self.control.watch(run.job_id)
         try:
-            self._watch_confirmed(run)
+            if subscribe_first:
+                self._watch_confirmed(run)
             self._execute(run)
         except Exception:
             # Redis failed (or a bug here): the entry stays pending, and after
@@ -176,6 +180,9 @@ class JobExecutor:
             run.started = started
             run.ctx = ctx
             cancel_seen = run.cancel_seen
+        if self.control is not None and self.control.after_s > 0:
+            # Unless the attempt ends first (``execute`` unwatches it).
+            self.control.watch_later(run.job_id)
         log.debug("job started", extra=run.extra)
 
         handler = self.worker.handlers.get(started.kind)

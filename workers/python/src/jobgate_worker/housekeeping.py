@@ -5,7 +5,8 @@
   process's GIL) and reads each running job's record: a job whose attempt
   moved on (taken over) is abandoned, one with ``cancel_requested`` is
   cancelled (the safety net when a ``cancel`` message on the job's control
-  channel was missed, ``control.py``).
+  channel was missed, ``control.py``). The same check runs at once for the
+  jobs whose control channel was just subscribed (or subscribed again).
 - ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds:v2``.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import redis
 
@@ -45,15 +46,19 @@ class LeaseKeeper:
         self.renewer.ensure_running(self.inflight.replay)
         self.check_runs()
 
-    def check_runs(self) -> None:
-        """Read the running jobs' records now; stop those taken over or cancelled."""
+    def check_runs(self, job_ids: Collection[str] | None = None) -> None:
+        """Read the running jobs' records now (only ``job_ids``' when given);
+        stop those taken over or cancelled."""
         try:
-            self._check_runs()
+            self._check_runs(job_ids)
         except redis.RedisError:
             log.warning("checking the running jobs failed", exc_info=True)
 
-    def _check_runs(self) -> None:
+    def _check_runs(self, job_ids: Collection[str] | None) -> None:
         runs = [run for run in self.inflight.runs() if run.started is not None and not run.finished]
+        if job_ids is not None:
+            wanted = set(job_ids)
+            runs = [run for run in runs if run.job_id in wanted]
         if not runs:
             return
         states = self.records.states([run.job_id for run in runs])

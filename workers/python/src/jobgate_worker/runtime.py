@@ -150,7 +150,11 @@ class Runtime:
         self.inflight = InFlight(observer=self.renewer)
         self.counts = OutcomeCounts(self.queue)
         self.control = ControlChannels(
-            lambda: self.clients.nodes, self._on_cancel, self._on_control_resync
+            lambda: self.clients.nodes,
+            self._on_cancel,
+            self._on_control_resync,
+            on_watching=self._on_control_watching,
+            after_s=settings.control_after_s,
         )
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
@@ -386,9 +390,10 @@ class Runtime:
             max(int((self._next_reclaim - time.monotonic()) * 1000), 1),
         )
         entries = self.streams.read(free, block_ms)
-        # One wake-up of the control thread for the whole read; each handler
-        # thread then waits (if at all) for its own job's subscription.
-        self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
+        if self.control.after_s <= 0:
+            # Subscribed before ``start``: one wake-up of the control thread
+            # for the whole read; each handler thread then waits for its own.
+            self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
         for entry in entries[:free]:
             self._dispatch(entry)
         for entry in entries[free:]:
@@ -443,6 +448,11 @@ class Runtime:
         """Control channels were subscribed again after a lost link: a cancel
         published meanwhile is in the records; read them now."""
         self.scheduler.call_later(0, self.leases.check_runs, "control resync")
+
+    def _on_control_watching(self, job_ids: list[str]) -> None:
+        """These jobs' control channels were just subscribed, a while after
+        their ``start``: a cancel made before that is in their records."""
+        self.scheduler.call_later(0, lambda: self.leases.check_runs(job_ids), "control subscribed")
 
     def _on_cancel(self, job_id: str) -> None:
         run = self.inflight.run_for(job_id)

@@ -17,6 +17,7 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 | ``JOBGATE_CONCURRENCY`` | 4 | handler threads |
 | ``JOBGATE_LEASE_MS`` | 10000 | lease; entries idle longer are reclaimed |
 | ``JOBGATE_GRACE_S`` | 30 | shutdown grace for running jobs |
+| ``JOBGATE_CONTROL_AFTER_S`` | 0.25 | a job runs this long before its cancels are subscribed |
 | ``JOBGATE_LOG_LEVEL`` | ``INFO`` | log level |
 | ``OTEL_EXPORTER_OTLP_ENDPOINT`` | unset: no OTLP | OTLP/HTTP base URL (``<url>/v1/traces``) |
 | ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` | unset | full OTLP/HTTP traces URL (wins) |
@@ -75,6 +76,10 @@ class Settings:
     lease_ms: int = 10_000
     #: On SIGTERM/SIGINT, how long running jobs may take to finish.
     grace_s: float = 30.0
+    #: A running job's control channel (its cancels) is subscribed once the
+    #: attempt has run this long; a job that ends sooner never subscribes.
+    #: 0: before ``start``. A cancel is seen within about this plus a round trip.
+    control_after_s: float = 0.25
     #: Longest a blocking XREADGROUP waits (also bounds how fast a stop is noticed).
     block_ms: int = 1_000
     #: How often the registered kinds are written to ``jobgate:kinds`` again.
@@ -145,6 +150,7 @@ class Settings:
         take("JOBGATE_CONCURRENCY", "concurrency", int)
         take("JOBGATE_LEASE_MS", "lease_ms", int)
         take("JOBGATE_GRACE_S", "grace_s", float)
+        take("JOBGATE_CONTROL_AFTER_S", "control_after_s", float)
         take("JOBGATE_HEARTBEAT_S", "heartbeat_s", float)
         take("JOBGATE_LOG_LEVEL", "log_level")
         take(SPAN_FILE_ENV, "span_file")
@@ -164,12 +170,7 @@ class Settings:
             raise SettingsError("concurrency must be at least 1")
         if self.lease_ms < 100:
             raise SettingsError("lease_ms must be at least 100")
-        if self.grace_s < 0:
-            raise SettingsError("grace_s must not be negative")
-        if self.heartbeat_s <= 0:
-            raise SettingsError("heartbeat_s must be positive")
-        if self.block_ms < 1:
-            raise SettingsError("block_ms must be at least 1")
+        self._validate_durations()
         if not self.consumer:
             raise SettingsError("consumer must not be empty")
         try:
@@ -194,6 +195,16 @@ class Settings:
         if self.fluentd_buffer < 1:
             raise SettingsError("fluentd_buffer must be at least 1")
         return self
+
+    def _validate_durations(self) -> None:
+        if self.grace_s < 0:
+            raise SettingsError("grace_s must not be negative")
+        if not self.control_after_s >= 0:
+            raise SettingsError("control_after_s must not be negative")
+        if self.heartbeat_s <= 0:
+            raise SettingsError("heartbeat_s must be positive")
+        if self.block_ms < 1:
+            raise SettingsError("block_ms must be at least 1")
 
     def _validate_dask(self) -> None:
         for name in (
