@@ -50,8 +50,11 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504, 599})
 SUBMIT_DEADLINE_S = 30.0
 CONNECT_TIMEOUT_S = 2.0
-#: A session whose pings go unanswered this long is given up and connected again.
-PING_INTERVAL_S = 2.0
+#: Each session sends `ping` this often; a session that has received nothing
+#: (no pong, no event) for SILENCE_S is given up and connected again: what a
+#: client does to notice a link that drops packets without closing.
+PING_INTERVAL_S = 1.0
+SILENCE_S = 3.0
 HISTORY_READERS = 16
 
 
@@ -83,25 +86,34 @@ class Session:
         self.connection = 0
         self.conn: WebSocketClientConnection | None = None
         self.served_by: str | None = None
-        self.on_first_endpoint = False
+        self.endpoint_index = 0
+        self.requested_close = False
+        self.went_silent = False
+        self.last_message_at = 0.0
         self.closes: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
 
     async def run(self) -> None:
+        first = 0
         while not self.driver.stopping:
-            conn = await self._connect()
+            conn = await self._connect(first)
             if conn is None:
                 return
             self.conn = conn
             self.connection += 1
             self.subscribed = set()
+            self.requested_close = False
+            self.last_message_at = time.monotonic()
             for job_id in sorted(self.jobs):
                 self._subscribe(job_id)
+            watchdog = asyncio.create_task(self._watchdog(conn))
             while True:
                 message = await conn.read_message()
                 if message is None:
                     break
+                self.last_message_at = time.monotonic()
                 self._on_message(message)
+            watchdog.cancel()
             self.conn = None
             self.closes.append(
                 {
@@ -109,13 +121,36 @@ class Session:
                     "session": self.name,
                     "served_by": self.served_by,
                     "code": conn.close_code,
-                    "reason": conn.close_reason,
+                    "reason": conn.close_reason or ("silent" if self.went_silent else None),
                 }
             )
+            # A connection the lab closed starts again from the first URL; a
+            # lost one from the next, as a client would not retry a dead
+            # gateway first.
+            first = 0 if self.requested_close else (self.endpoint_index + 1) % len(self.endpoints)
 
-    async def _connect(self) -> WebSocketClientConnection | None:
+    async def _watchdog(self, conn: WebSocketClientConnection) -> None:
+        self.went_silent = False
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            if time.monotonic() - self.last_message_at > SILENCE_S:
+                self.went_silent = True
+                # Not conn.close(): that waits up to 5 s for the server's
+                # close frame, which a dead link never delivers.
+                conn.protocol.stream.close()  # type: ignore[union-attr]
+                return
+            try:
+                await asyncio.wait_for(conn.write_message('{"type":"ping"}'), PING_INTERVAL_S)
+            except TimeoutError:
+                continue
+            except WebSocketClosedError:
+                return
+
+    async def _connect(self, first: int) -> WebSocketClientConnection | None:
+        count = len(self.endpoints)
         while not self.driver.stopping:
-            for index, (name, url) in enumerate(self.endpoints):
+            for index in [(first + offset) % count for offset in range(count)]:
+                name, url = self.endpoints[index]
                 request = HTTPRequest(
                     url.replace("http://", "ws://", 1) + "/v1/ws",
                     headers={"Authorization": f"Bearer {self.driver.token}"},
@@ -123,13 +158,11 @@ class Session:
                     request_timeout=CONNECT_TIMEOUT_S,
                 )
                 try:
-                    conn = await websocket_connect(
-                        request, ping_interval=PING_INTERVAL_S, ping_timeout=PING_INTERVAL_S
-                    )
+                    conn = await websocket_connect(request)
                 except (TimeoutError, OSError, HTTPClientError):
                     continue
                 self.served_by = conn.headers.get("X-Served-By") or name
-                self.on_first_endpoint = index == 0
+                self.endpoint_index = index
                 return conn
             await asyncio.sleep(0.2)
         return None
@@ -137,6 +170,7 @@ class Session:
     def reconnect(self) -> None:
         """Close the connection (normally); ``run`` connects again, first URL first."""
         if self.conn is not None:
+            self.requested_close = True
             self.conn.close(1000, "lab: reconnect")
 
     def watch(self, job_id: str) -> None:
@@ -292,7 +326,7 @@ class Driver:
         for sessions in self.sessions.values():
             for session in sessions:
                 behind_balancer = len(session.endpoints) == 1
-                if behind_balancer or not session.on_first_endpoint:
+                if behind_balancer or session.endpoint_index != 0:
                     session.reconnect()
         self.submitting = True
         log(f"scenario {name}: submitting {self.args.rate}/s")
@@ -389,8 +423,8 @@ class Driver:
         errors = []
         for sessions in self.sessions.values():
             for session in sessions:
-                closes += [close for close in session.closes if close["at"] >= since]
-                errors += [error for error in session.errors if error["at"] >= since]
+                closes += [dict(close) for close in session.closes if close["at"] >= since]
+                errors += [dict(error) for error in session.errors if error["at"] >= since]
         for entry in closes + errors:
             entry["at"] = round(entry["at"] - since, 3)
         return {"closes": closes, "error_frames": errors[:20], "error_frame_count": len(errors)}

@@ -39,6 +39,8 @@
 #   gateway-sigterm       SIGTERM gw1 (sessions through HAProxy get 1001 and
 #                         resume on gw2); gw1 started again
 #   dask-scheduler-kill   kill -9 the Dask scheduler; started again after 3 s
+#                         (the Dask workers, which exit without it, run under
+#                         deploy/lab/keep-running.sh)
 #   worker-kill           kill -9 jobgate worker wk1; its jobs are reclaimed
 #                         by wk2 after the lease (10 s); wk1 started again
 set -euo pipefail
@@ -62,6 +64,12 @@ venv="$root/.venv"
 started_s=$SECONDS
 say() { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { say "error: $*"; exit 1; }
+# nap <seconds>: sleeps, but a Ctrl-C or SIGTERM stops the lab at once (bash
+# runs a trap only after the foreground command, so the sleep is waited for).
+nap() {
+  sleep "$1" &
+  wait $!
+}
 # pick <normal> <short>: the phase length for this run.
 pick() { if [ "$short" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 
@@ -315,7 +323,7 @@ finish() {
 scenario_two-gateways() {
   cpu_snapshot "$out/sizing-before.json"
   begin two-gateways
-  sleep "$(pick 15 6)"
+  nap "$(pick 15 6)"
   finish two-gateways
   cpu_snapshot "$out/sizing-after.json"
 }
@@ -323,7 +331,7 @@ scenario_two-gateways() {
 scenario_redis-master-kill() {
   local slot victim slots killed_at failover_s rejoin_s
   begin redis-master-kill
-  sleep "$steady_s"
+  nap "$steady_s"
   slot=$(running_slot) || fail "no running job to aim at"
   victim=$(master_of "$slot") || fail "no master found for slot $slot"
   slots=$(slots_of "$victim")
@@ -335,7 +343,7 @@ scenario_redis-master-kill() {
   wait_for 30 "a replica's promotion for slot $slot" promoted "$slot" "$victim"
   failover_s=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   say "slot $slot is served by $(master_of "$slot") after ${failover_s} s"
-  sleep "$(pick 8 4)"
+  nap "$(pick 8 4)"
   restart "$victim"
   wait_for 30 "$victim rejoining as a replica" is_replica "$victim"
   rejoin_s=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
@@ -353,7 +361,7 @@ promoted() {
 scenario_slot-migration() {
   local slot source target source_id target_id host keys moved=0 started_at migrate_s
   begin slot-migration
-  sleep "$steady_s"
+  nap "$steady_s"
   slot=$(running_slot) || fail "no running job to aim at"
   source=$(master_of "$slot")
   for host in "${redis_hosts[@]}"; do
@@ -387,27 +395,27 @@ scenario_slot-migration() {
   migrate_s=$(awk -v a="$started_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   say "slot $slot moved ($moved keys) in ${migrate_s} s"
   lab_note slot-migration "{\"slot\": $slot, \"from\": \"$source\", \"to\": \"$target\", \"keys\": $moved, \"migrate_s\": $migrate_s}"
-  sleep "$(pick 8 4)"
+  nap "$(pick 8 4)"
   finish slot-migration
 }
 
 scenario_gateway-link-cut() {
   begin gateway-link-cut
-  sleep "$steady_s"
+  nap "$steady_s"
   say "cutting gw2's link for 15 s"
   tell_driver 'fault {"kind": "gateway", "gateway": "gw2"}'
   link_down gw2
-  sleep 15
+  nap 15
   link_up gw2
   say "gw2's link is back"
-  sleep "$(pick 5 3)"
+  nap "$(pick 5 3)"
   finish gateway-link-cut
 }
 
 scenario_gateway-sigterm() {
   local stopped_at stop_s
   begin gateway-sigterm
-  sleep "$steady_s"
+  nap "$steady_s"
   say "SIGTERM to gw1"
   tell_driver 'fault {"kind": "gateway", "gateway": "gw1", "submissions": true, "expect_close": 1001}'
   stopped_at=$SECONDS
@@ -415,48 +423,40 @@ scenario_gateway-sigterm() {
   wait "${pid_of[gw1]}" 2>/dev/null || true
   stop_s=$((SECONDS - stopped_at))
   say "gw1 stopped after ~${stop_s} s"
-  sleep "$(pick 6 3)"
+  nap "$(pick 6 3)"
   restart gw1
   wait_for 30 "gw1 ready again" gateway_ready gw1
   say "gw1 is back"
   lab_note gateway-sigterm "{\"stop_s\": $stop_s}"
-  sleep "$(pick 4 2)"
+  nap "$(pick 4 2)"
   finish gateway-sigterm
 }
 
 scenario_dask-scheduler-kill() {
-  local component
   begin dask-scheduler-kill
-  sleep "$steady_s"
+  nap "$steady_s"
   say "kill -9 the Dask scheduler"
   tell_driver 'fault {"kind": "started_after"}'
   kill -KILL "${pid_of[dask-sched]}"
   wait "${pid_of[dask-sched]}" 2>/dev/null || true
-  sleep 3
+  nap 3
   restart dask-sched
-  say "Dask scheduler started again"
-  sleep "$(pick 10 5)"
-  for component in daskw1 daskw2; do
-    if ! alive "$component"; then
-      say "$component exited after losing the scheduler; starting it again"
-      restart "$component"
-    fi
-  done
-  sleep 2
+  say "Dask scheduler started again (the Dask workers restart on their own)"
+  nap "$(pick 12 6)"
   finish dask-scheduler-kill 60
 }
 
 scenario_worker-kill() {
   begin worker-kill
-  sleep "$steady_s"
+  nap "$steady_s"
   say "kill -9 jobgate worker wk1"
   tell_driver 'fault {"kind": "worker", "worker": "wk1"}'
   kill -KILL "${pid_of[wk1]}"
   wait "${pid_of[wk1]}" 2>/dev/null || true
-  sleep 5
+  nap 5
   restart wk1
   say "wk1 started again"
-  sleep "$(pick 8 4)"
+  nap "$(pick 8 4)"
   finish worker-kill 60
 }
 
@@ -500,7 +500,7 @@ export PYTHONPATH="$root:$root/deploy/lab"
 start dask-sched dask-sched "$venv/bin/dask" scheduler --host "$(addr dask-sched)" --port 8786 \
   --no-dashboard
 for host in daskw1 daskw2; do
-  start "$host" "$host" "$venv/bin/dask" worker "tcp://$(addr dask-sched):8786" \
+  start "$host" "$host" "$root/deploy/lab/keep-running.sh" "$venv/bin/dask" worker "tcp://$(addr dask-sched):8786" \
     --host "$(addr "$host")" --name "$host" --nthreads 4 --no-nanny --no-dashboard \
     --preload jobgate_worker.dask_preload
 done
