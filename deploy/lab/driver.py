@@ -161,7 +161,8 @@ class Session:
                     conn = await websocket_connect(request)
                 except (TimeoutError, OSError, HTTPClientError):
                     continue
-                self.served_by = conn.headers.get("X-Served-By") or name
+                headers = conn.headers
+                self.served_by = (headers.get("X-Served-By") if headers else None) or name
                 self.endpoint_index = index
                 return conn
             await asyncio.sleep(0.2)
@@ -267,9 +268,8 @@ class Driver:
                 response = await self.http.fetch(request)
             except HTTPClientError as error:
                 if error.code not in RETRYABLE_STATUS:
-                    log(
-                        f"submission refused: {error.code} {error.response and error.response.body!r}"
-                    )
+                    body = error.response.body if error.response is not None else b""
+                    log(f"submission refused: {error.code} {body!r}")
                     break
             except (TimeoutError, OSError):
                 pass
@@ -388,17 +388,17 @@ class Driver:
         result = figures(
             name,
             jobs,
-            self.ledger.watchers,
-            histories,
-            self.fault,
-            self.submission_started,
-            self.submit_failures.get(name, 0),
+            watchers=self.ledger.watchers,
+            histories=histories,
+            fault=self.fault,
+            submission_started=self.submission_started,
+            submit_failures=self.submit_failures.get(name, 0),
         )
         record = asdict(result)
         record["passed"] = result.passed()
         record.update(self.session_report(name))
         if self.fault_spec.get("expect_close") is not None and self.fault is not None:
-            record.update(self.expected_closes(int(self.fault_spec["expect_close"])))
+            record.update(self.expected_closes(self.fault, int(self.fault_spec["expect_close"])))
             if record["sessions_without_expected_close"]:
                 record["passed"] = False
         record["rate"] = self.args.rate
@@ -429,9 +429,8 @@ class Driver:
             entry["at"] = round(entry["at"] - since, 3)
         return {"closes": closes, "error_frames": errors[:20], "error_frame_count": len(errors)}
 
-    def expected_closes(self, code: int) -> dict[str, Any]:
-        assert self.fault is not None
-        fault_at = self.fault.at
+    def expected_closes(self, fault: Fault, code: int) -> dict[str, Any]:
+        fault_at = fault.at
         got = {
             close["session"]
             for sessions in self.sessions.values()
@@ -439,10 +438,10 @@ class Driver:
             for close in session.closes
             if close["at"] >= fault_at and close["code"] == code
         }
-        missing = sorted(self.fault.sessions - got)
+        missing = sorted(fault.sessions - got)
         return {
             "expected_close": code,
-            "sessions_on_fault": sorted(self.fault.sessions),
+            "sessions_on_fault": sorted(fault.sessions),
             "sessions_without_expected_close": missing,
         }
 

@@ -106,8 +106,8 @@ cleanup() {
   trap - EXIT INT TERM
   exec 7>&-
   say "stopping everything and removing the namespaces"
-  lab_net_down 3
-  wait 2>/dev/null || true
+  # (bash would report each process killed after the grace period)
+  { lab_net_down 3; wait; } 2>/dev/null || true
   if [ -n "$(lab_namespaces)" ]; then
     say "some namespaces could not be removed: $(lab_namespaces | tr '\n' ' ')"
   fi

@@ -25,6 +25,7 @@ event JSON without ``epoch`` is epoch 1.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,16 +204,21 @@ def recovery(fault: Fault, jobs: list[Job], submission_started: dict[str, float]
     raise ValueError(f"unknown fault kind {fault.kind!r}")
 
 
-def _first_completed(jobs: list[Job], affected: Any, fault: Fault) -> float | None:
+def _first_completed(
+    jobs: list[Job], affected: Callable[[Job], bool], fault: Fault
+) -> float | None:
     first: float | None = None
     for job in jobs:
         if not affected(job):
             continue
         for watch in job.watches.values():
             for delivery in watch.deliveries:
-                if delivery.event == "completed" and delivery.at >= fault.at:
-                    if first is None or delivery.at < first:
-                        first = delivery.at
+                if (
+                    delivery.event == "completed"
+                    and delivery.at >= fault.at
+                    and (first is None or delivery.at < first)
+                ):
+                    first = delivery.at
     return None if first is None else first - fault.at
 
 
@@ -264,6 +270,7 @@ class Figures:
 def figures(
     scenario: str,
     jobs: list[Job],
+    *,
     watchers: list[str],
     histories: dict[str, list[dict[str, Any]] | None],
     fault: Fault | None,

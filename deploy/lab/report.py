@@ -32,10 +32,10 @@ def sizing(out: Path, scenarios: dict[str, Any]) -> dict[str, Any] | None:
     jobs = steady["completed"]
 
     def used(section: str, names: list[str]) -> float:
-        return sum(after[section].get(n, 0.0) - before[section].get(n, 0.0) for n in names)
+        return sum(float(after[section].get(n, 0.0) - before[section].get(n, 0.0)) for n in names)
 
     def per_job(seconds: float) -> float:
-        return round(seconds * 1000 / jobs, 3)
+        return round(seconds * 1000 / float(jobs), 3)
 
     masters = sorted(set(before["redis_masters"]) & set(after["redis_masters"]))
     return {
@@ -60,8 +60,11 @@ def sizing(out: Path, scenarios: dict[str, Any]) -> dict[str, Any] | None:
 
 def git(*args: str) -> str:
     try:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True
+        return subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", *args],  # noqa: S607 - git from PATH, as make does
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
@@ -135,21 +138,22 @@ def main() -> int:
 
     size = sizing(out, results)
     if size is not None:
+        masters = size["redis_cpu_ms_per_job_by_master"]
+        by_master = ", ".join(f"{name} {ms}" for name, ms in masters.items())
         print(
             f"\nCPU per job ({size['jobs_completed']} jobs, two-gateways): "
-            f"Redis {size['redis_cpu_ms_per_job']} ms over {len(size['redis_cpu_ms_per_job_by_master'])} "
-            f"masters ({', '.join(f'{k} {v}' for k, v in size['redis_cpu_ms_per_job_by_master'].items())}), "
-            f"gateways {size['gateway_cpu_ms_per_job']} ms, workers {size['worker_cpu_ms_per_job']} ms, "
-            f"Dask {size['dask_cpu_ms_per_job']} ms, HAProxy {size['haproxy_cpu_ms_per_job']} ms"
+            f"Redis {size['redis_cpu_ms_per_job']} ms over {len(masters)} master(s) "
+            f"({by_master}), gateways {size['gateway_cpu_ms_per_job']} ms, "
+            f"workers {size['worker_cpu_ms_per_job']} ms, Dask {size['dask_cpu_ms_per_job']} ms, "
+            f"HAProxy {size['haproxy_cpu_ms_per_job']} ms"
         )
     for name, r in results.items():
         notes = []
         if r.get("lab"):
             notes.append(json.dumps(r["lab"]))
         if r.get("sessions_without_expected_close"):
-            notes.append(
-                f"no close {r['expected_close']} for {', '.join(r['sessions_without_expected_close'])}"
-            )
+            sessions = ", ".join(r["sessions_without_expected_close"])
+            notes.append(f"no close {r['expected_close']} for {sessions}")
         if r.get("examples"):
             notes.append("; ".join(r["examples"][:3]))
         if notes:
