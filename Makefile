@@ -51,9 +51,10 @@ test-python: deps
 test-run: test-rust
 	scripts/test-run.sh
 
-# The short lab (deploy/lab/lab.sh, ~1 min, needs root): its Python checked
-# and the ledger's unit tests run, then a Redis master killed and a gateway stopped under load, in a
-# multi-host deployment built from network namespaces (deploy/README.md, "The lab").
+# The short lab (deploy/lab/lab.sh, ~1 min, needs root): a Redis master
+# killed and a gateway stopped under load in a multi-host deployment made of
+# network namespaces (deploy/README.md, "The lab"); first ruff on the lab's
+# Python and the unit tests of its accounting.
 test-lab: deps build
 	$(VENV)/bin/ruff check deploy/lab
 	$(VENV)/bin/ruff format --check deploy/lab
