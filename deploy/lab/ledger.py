@@ -8,6 +8,7 @@ scenario's figures follow:
 - lost events: an event of the history (by ``(epoch, seq)``) never delivered
   to a watcher, summed over watchers;
 - duplicates: an ``(epoch, seq)`` delivered to the same watcher more than once;
+- out of order: delivered after an event that comes later in the job's order;
 - void: delivered, but not in the final history (an older epoch's events
   that a Redis failover dropped; the client is told by the newer epoch);
 - lost jobs: accepted jobs whose history has no terminal event (or no history);
@@ -61,6 +62,8 @@ class Watch:
     deliveries: list[Delivery] = field(default_factory=list)
     seen: set[Position] = field(default_factory=set)
     duplicates: int = 0
+    #: Delivered after a later event (by ``(epoch, seq)``) had been.
+    out_of_order: int = 0
     last: Position = (0, 0)
     terminal_at: float | None = None
 
@@ -145,6 +148,8 @@ class Ledger:
             watch.duplicates += 1
             return False
         watch.seen.add((epoch, seq))
+        if (epoch, seq) < watch.last:
+            watch.out_of_order += 1
         watch.last = max(watch.last, (epoch, seq))
         if name == "started":
             data = event.get("data") or {}
@@ -252,6 +257,7 @@ class Figures:
     lost_events: int = 0
     duplicates: int = 0
     void_events: int = 0
+    out_of_order: int = 0
     unfinished_watches: int = 0
     max_wait_s: float = 0.0
     max_wait_job: str | None = None
@@ -308,6 +314,7 @@ def figures(
                 example(f"{job.job_id}: {name} missed {sorted(missing)[:5]}")
             result.void_events += len(watch.seen - expected)
             result.duplicates += watch.duplicates
+            result.out_of_order += watch.out_of_order
             if watch.duplicates:
                 example(f"{job.job_id}: {name} got {watch.duplicates} duplicate(s)")
             if watch.terminal_at is None:

@@ -151,6 +151,8 @@ def main() -> int:
         notes = []
         if r.get("lab"):
             notes.append(json.dumps(r["lab"]))
+        if "sessions_on_fault" in r and not r["sessions_on_fault"]:
+            notes.append("no session was on the stopped gateway: nothing was checked")
         if r.get("sessions_without_expected_close"):
             sessions = ", ".join(r["sessions_without_expected_close"])
             notes.append(f"no close {r['expected_close']} for {sessions}")
