@@ -523,6 +523,8 @@ done
 start lb lb env JOBGATE_LB_BIND="$(addr lb):8080" JOBGATE_GATEWAY_1="$(addr gw1):8080" \
   JOBGATE_GATEWAY_2="$(addr gw2):8080" haproxy -W -db -f "$root/deploy/haproxy/jobgate.cfg"
 wait_for 20 "HAProxy passing requests" gateway_ready lb
+start readyz load "$root/deploy/lab/watch-readyz.sh" "gw1=http://$(addr gw1):8080" \
+  "gw2=http://$(addr gw2):8080"
 
 # Commands go to the driver through a FIFO held open read-write here (so
 # neither side blocks opening it).
