@@ -261,6 +261,8 @@ class Figures:
     unfinished_watches: int = 0
     max_wait_s: float = 0.0
     max_wait_job: str | None = None
+    #: That watch's deliveries: [event, epoch, seq, s after the submission's answer].
+    max_wait_timeline: list[tuple[str, int, int, float]] = field(default_factory=list)
     recovery_s: float | None = None
     examples: list[str] = field(default_factory=list)
 
@@ -323,6 +325,10 @@ def figures(
             if wait > result.max_wait_s:
                 result.max_wait_s = wait
                 result.max_wait_job = f"{job.job_id} ({name})"
+                result.max_wait_timeline = [
+                    (d.event, d.epoch, d.seq, round(d.at - job.accepted_at, 3))
+                    for d in watch.deliveries
+                ]
     if fault is not None:
         result.recovery_s = recovery(fault, jobs, submission_started)
     return result
