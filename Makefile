@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz bench bench-compare lab clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare lab clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-rust test-dashboard test-python test-run test-lab test-api-fuzz test-fuzz
+test: deps lint test-k8s test-rust test-dashboard test-python test-run test-lab test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -75,6 +75,13 @@ test-api-fuzz: deps
 # A short cargo-fuzz run of each parser target (corpus in fuzz/corpus).
 test-fuzz:
 	scripts/fuzz-smoke.sh
+
+# The Kubernetes manifests in deploy/k8s, offline (scripts/test-k8s.sh, a few
+# seconds once its pinned validators are in .venv-k8s): strict schemas for the
+# built-in kinds and the DaskCluster's CRD, the rules schemas cannot state,
+# and broken copies that must be refused.
+test-k8s:
+	scripts/test-k8s.sh
 
 clean:
 	cargo clean

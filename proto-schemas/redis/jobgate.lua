@@ -9,10 +9,22 @@
 --   ARGV[1]  operation name; the remaining ARGV depend on the operation.
 --
 -- Each state change does, atomically: update the job hash, append one event
--- to the history stream, and PUBLISH the same event JSON to
---   <prefix>live:job:<job_id>      (watchers of one job)
---   <prefix>live:owner:<owner>     (a dashboard watching all of an owner's jobs)
--- PUBLISH names no key, so it does not break the one-slot rule.
+-- to the history stream, and SPUBLISH the same event JSON to
+--   <prefix>live:job:{<job_id>}    (watchers of the job)
+-- a sharded channel in the job's own slot, so on Redis Cluster the message
+-- goes to the job's shard only. Cancelling a running job also SPUBLISHes
+-- `cancel` to <prefix>control:{<job_id>}. Nothing is published to a channel
+-- outside the job's slot (the owner feed and the outcome counters are kept
+-- by the gateway and the workers, on the owner's and the queue's tags).
+--
+-- Epochs: Redis replicates asynchronously, so a failover (or a restart
+-- from an older append-only file) can lose writes that were acknowledged
+-- and published, and hand their `seq` out again. Every write records the
+-- `master_replid` it ran under; the first write of a job under another
+-- replication id starts a new epoch (`epoch` + 1, `epoch_seq` = that
+-- write's seq). Events carry their epoch; a job's events are ordered by
+-- (epoch, seq), and a consumer that sees a higher epoch knows that the
+-- events it holds from seq `epoch_seq` on belong to a lost past.
 --
 -- Replies are arrays whose first element is a status word:
 --   {'ok', ...}        the change was made (details per operation)
@@ -46,24 +58,24 @@ local function is_terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
 end
 
--- Outcomes also go, tersely, to <prefix>stats ("<event> <kind> <ms since
--- created>"), which gateways count for their metrics.
-local outcomes = { retrying = true, completed = true, failed = true, cancelled = true }
+-- The replication id of the node running this call (read once per call).
+local replid_now
+local function current_replid()
+  if replid_now == nil then
+    replid_now = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+  end
+  return replid_now
+end
 
 -- Append event `seq` to the history, publish it, and return its JSON.
 -- `data` must already be a JSON text; it is embedded verbatim so that numbers
 -- in results keep their exact spelling.
 local function emit(job, seq, event, data, now)
   local json = string.format(
-    '{"type":"event","job_id":%s,"seq":%d,"event":"%s","data":%s,"ts":%d,"trace_id":"%s"}',
-    cjson.encode(job.job_id), seq, event, data, now, job.trace_id)
+    '{"type":"event","job_id":%s,"seq":%d,"epoch":%d,"event":"%s","data":%s,"ts":%d,"trace_id":"%s"}',
+    cjson.encode(job.job_id), seq, job.epoch, event, data, now, job.trace_id)
   redis.call('XADD', events_key, 'MAXLEN', job.history_max, string.format('%d-0', seq), 'e', json)
-  redis.call('PUBLISH', prefix .. 'live:job:' .. job.job_id, json)
-  redis.call('PUBLISH', prefix .. 'live:owner:' .. job.owner, json)
-  if outcomes[event] and job.kind then
-    local age = now - (tonumber(job.created_at) or now)
-    redis.call('PUBLISH', prefix .. 'stats', string.format('%s %s %d', event, job.kind, age))
-  end
+  redis.call('SPUBLISH', prefix .. 'live:job:{' .. job.job_id .. '}', json)
   return json
 end
 
@@ -72,16 +84,33 @@ end
 -- The hash's `seq` is the last event's. Returns the new seq.
 local function change(job, event, data, now, ...)
   local seq = (tonumber(job.seq) or 0) + 1
+  local fields = { 'seq', seq, 'updated_at', now, ... }
+  local epoch = tonumber(job.epoch) or 1
+  local replid = current_replid()
+  if job.replid ~= replid then
+    fields[#fields + 1] = 'replid'
+    fields[#fields + 1] = replid
+    -- A record written before epochs existed has no replid: it keeps epoch 1.
+    if job.replid then
+      epoch = epoch + 1
+      fields[#fields + 1] = 'epoch'
+      fields[#fields + 1] = epoch
+      fields[#fields + 1] = 'epoch_seq'
+      fields[#fields + 1] = seq
+    end
+  end
   job.seq = seq
-  redis.call('HSET', job_key, 'seq', seq, 'updated_at', now, ...)
+  job.epoch = epoch
+  redis.call('HSET', job_key, unpack(fields))
   emit(job, seq, event, data, now)
   return seq
 end
 
+-- Reads `fields` of the job, and always its epoch and replication id.
 local function load(fields)
-  local values = redis.call('HMGET', job_key, unpack(fields))
-  local job = {}
-  for i, name in ipairs(fields) do job[name] = values[i] end
+  local values = redis.call('HMGET', job_key, 'epoch', 'replid', unpack(fields))
+  local job = { epoch = values[1], replid = values[2] }
+  for i, name in ipairs(fields) do job[name] = values[i + 2] end
   return job
 end
 
@@ -115,7 +144,7 @@ local function create()
     params = ARGV[6], priority = ARGV[7], max_attempts = ARGV[8],
     timeout_s = ARGV[9], retention_s = ARGV[10], history_max = ARGV[11],
     traceparent = ARGV[12], tracestate = ARGV[13], trace_id = ARGV[14],
-    created_at = now,
+    created_at = now, epoch = 1,
   }
   redis.call('HSET', job_key,
     'job_id', job.job_id, 'owner', job.owner, 'kind', job.kind, 'queue', job.queue,
@@ -123,7 +152,8 @@ local function create()
     'timeout_s', job.timeout_s, 'retention_s', job.retention_s,
     'history_max', job.history_max, 'traceparent', job.traceparent,
     'tracestate', job.tracestate, 'trace_id', job.trace_id,
-    'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now)
+    'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now,
+    'epoch', 1, 'epoch_seq', 1, 'replid', current_replid())
   local legacy_trace_id = ARGV[15]
   if legacy_trace_id ~= nil and legacy_trace_id ~= '' then
     redis.call('HSET', job_key, 'legacy_trace_id', legacy_trace_id)
@@ -147,11 +177,11 @@ end
 -- reclaimed): that attempt is recorded as `retrying`, then the new one starts,
 -- unless max_attempts is used up, in which case the job fails.
 -- Reply: {'ok', attempt, kind, params, timeout_s, max_attempts, traceparent,
---         tracestate, trace_id, owner} or {'skip'|'missing', ...}.
+--         tracestate, trace_id, owner, created_at, queue} or {'skip'|'missing', ...}.
 local function start()
   local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
                      'retention_s', 'history_max', 'kind', 'created_at', 'params', 'timeout_s',
-                     'traceparent', 'tracestate', 'cancel_requested', 'seq' })
+                     'traceparent', 'tracestate', 'cancel_requested', 'seq', 'queue' })
   if job.status == false then return { 'missing' } end
   if is_terminal(job.status) then return { 'skip', job.status } end
   local now = now_ms()
@@ -179,7 +209,7 @@ local function start()
   change(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt, cjson.encode(ARGV[2])),
     now, 'status', 'running', 'attempt', attempt, 'worker', ARGV[2], 'started_at', now)
   return { 'ok', attempt, job.kind, job.params, job.timeout_s, job.max_attempts,
-           job.traceparent, job.tracestate, job.trace_id, job.owner }
+           job.traceparent, job.tracestate, job.trace_id, job.owner, job.created_at, job.queue }
 end
 
 -- Load the job for a change made by the worker running `attempt` (ARGV[2]):
@@ -263,20 +293,23 @@ end
 -- cancel: (no arguments) — asked by a client.
 -- A queued job ends `cancelled` at once (a worker that later reads its entry
 -- skips it); a running one is flagged and its worker stops it.
+-- Reply: {'ok', seq, kind, queue, created_at} (the caller counts the
+-- outcome) or {'requested'} or {'skip', status} or {'missing'}.
 local function cancel()
-  local job = load(common)
+  local job = load({ 'job_id', 'owner', 'trace_id', 'status', 'attempt', 'max_attempts',
+                     'retention_s', 'history_max', 'kind', 'created_at', 'seq', 'queue' })
   if job.status == false then return { 'missing' } end
   if is_terminal(job.status) then return { 'skip', job.status } end
   local now = now_ms()
   if job.status == 'running' then
     redis.call('HSET', job_key, 'cancel_requested', '1', 'updated_at', now)
-    redis.call('PUBLISH', prefix .. 'control:' .. job.job_id, 'cancel')
+    redis.call('SPUBLISH', prefix .. 'control:{' .. job.job_id .. '}', 'cancel')
     return { 'requested' }
   end
   local seq = change(job, 'cancelled', '{"reason":"requested"}', now,
     'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now)
   expire_later(job)
-  return { 'ok', seq }
+  return { 'ok', seq, job.kind, job.queue, job.created_at }
 end
 
 -- cancelled: attempt — the worker stopped a running job on request.

@@ -73,14 +73,16 @@ pub fn submit_rate(owner: &str, window: u64) -> String {
     format!("{PREFIX}rate:{{{owner}}}:{window}")
 }
 
-/// Live events of one job.
+/// Live events of one job: a sharded channel (SPUBLISH by the job script),
+/// in the job's slot.
 pub fn job_channel(job_id: &JobId) -> String {
-    format!("{PREFIX}live:job:{job_id}")
+    format!("{PREFIX}live:job:{{{job_id}}}")
 }
 
-/// Live events of all of an owner's jobs.
+/// New jobs of an owner: a sharded channel in the owner's slot, where the
+/// gateway that creates (or re-runs) a job publishes its id.
 pub fn owner_channel(owner: &str) -> String {
-    format!("{PREFIX}live:owner:{owner}")
+    format!("{PREFIX}live:owner:{{{owner}}}")
 }
 
 /// The priority bands of a queue, highest first.
