@@ -253,6 +253,8 @@ class Figures:
     submitted: int = 0
     completed: int = 0
     failed: int = 0
+    #: Error code → jobs that ended failed (or cancelled) with it.
+    failures: dict[str, int] = field(default_factory=dict)
     lost_jobs: int = 0
     lost_events: int = 0
     duplicates: int = 0
@@ -304,6 +306,9 @@ def figures(
             result.completed += 1
         elif final in TERMINAL:
             result.failed += 1
+            data = history[-1].get("data") or {}
+            code = str((data.get("error") or {}).get("code", final))
+            result.failures[code] = result.failures.get(code, 0) + 1
         else:
             result.lost_jobs += 1
             example(f"{job.job_id}: not terminal (last event {final})")

@@ -78,6 +78,23 @@ def cell(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def notes_of(r: dict[str, Any]) -> list[str]:
+    """What to say under the table about one scenario."""
+    notes = []
+    if r.get("lab"):
+        notes.append(json.dumps(r["lab"]))
+    if r.get("failures"):
+        notes.append(f"failed: {json.dumps(r['failures'])}")
+    if "sessions_on_fault" in r and not r["sessions_on_fault"]:
+        notes.append("no session was on the stopped gateway: nothing was checked")
+    if r.get("sessions_without_expected_close"):
+        sessions = ", ".join(r["sessions_without_expected_close"])
+        notes.append(f"no close {r['expected_close']} for {sessions}")
+    if r.get("examples"):
+        notes.append("; ".join(r["examples"][:3]))
+    return notes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -148,16 +165,7 @@ def main() -> int:
             f"HAProxy {size['haproxy_cpu_ms_per_job']} ms"
         )
     for name, r in results.items():
-        notes = []
-        if r.get("lab"):
-            notes.append(json.dumps(r["lab"]))
-        if "sessions_on_fault" in r and not r["sessions_on_fault"]:
-            notes.append("no session was on the stopped gateway: nothing was checked")
-        if r.get("sessions_without_expected_close"):
-            sessions = ", ".join(r["sessions_without_expected_close"])
-            notes.append(f"no close {r['expected_close']} for {sessions}")
-        if r.get("examples"):
-            notes.append("; ".join(r["examples"][:3]))
+        notes = notes_of(r)
         if notes:
             print(f"  {name}: {' | '.join(notes)}")
     print(f"\n{args.elapsed_s} s in all; figures in {out / 'latest.json'}")
