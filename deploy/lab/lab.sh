@@ -103,7 +103,9 @@ declare -A command_of=() # component → its command line, for restarts
 
 cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  # A second Ctrl-C must not leave processes and namespaces behind.
+  trap - EXIT
+  trap '' INT TERM
   exec 7>&-
   say "stopping everything and removing the namespaces"
   # (bash would report each process killed after the grace period)
