@@ -85,14 +85,14 @@ pids+=("$!")
 "$worker_bin" --consumer dashboard-test-1 examples.pricing:worker >"$work_dir/worker.log" 2>&1 &
 pids+=("$!")
 wait_for "the gateway's /readyz" curl -fsS "http://$JOBGATE_LISTEN/readyz"
-wait_for "the worker registering kind fail" bash -c "[ -n \"\$(redis-cli -p $redis_port hget jobgate:kinds fail)\" ]"
+wait_for "the worker registering kind fail" bash -c "[ -n \"\$(redis-cli -p $redis_port hget jobgate:kinds:v2 fail)\" ]"
 
 admin_token="$("$gateway_bin" token --sub dashboard-admin --admin)"
 user_token="$("$gateway_bin" token --sub dashboard-user)"
 
 # --- The browser scenario ------------------------------------------------------
 status=0
-BASE_URL="http://$JOBGATE_LISTEN" ADMIN_TOKEN="$admin_token" USER_TOKEN="$user_token" \
+BASE_URL="http://$JOBGATE_LISTEN" ADMIN_TOKEN="$admin_token" USER_TOKEN="$user_token" REDIS_PORT="$redis_port" \
   SCREENSHOT="$PWD/target/dashboard/admin.png" \
   timeout --kill-after=5 "$run_timeout_s" node tests/browser/dashboard.mjs || status=$?
 if [ "$status" -ne 0 ]; then

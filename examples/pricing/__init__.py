@@ -30,7 +30,11 @@ Kinds:
   out retries and dead letters.
 
 Importing this module starts nothing: Dask starts when the first pricing job
-touches ``ctx.dask``.
+touches ``ctx.dask``. With ``DASK_SCHEDULER_ADDRESS`` the chunks run on that
+cluster's workers (started with ``--preload jobgate_worker.dask_preload``);
+the handler catches nothing of Dask's: a scheduler lost mid-job, or a cluster
+left without workers, retries the job with a ``dask_*`` code (the SDK
+README's "Dask" section).
 """
 
 from __future__ import annotations

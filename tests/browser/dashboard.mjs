@@ -4,13 +4,17 @@
 // dead-lettered, listed in the Dead letters panel, re-run from it and
 // dead-lettered again; a token without the admin scope sees no admin section;
 // where the gateway has GET /v1/admin/queues, the Queues panel shows the
-// worker's queue with a live worker. Prints "N passed, M failed".
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+// worker's queue with a live worker. A job driven here with the job script
+// (redis-cli on REDIS_PORT) through a lost write, as a failover leaves one,
+// shows its new epoch's events although their seqs repeat. Prints
+// "N passed, M failed".
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
-const { BASE_URL, ADMIN_TOKEN, USER_TOKEN, SCREENSHOT } = process.env;
+const { BASE_URL, ADMIN_TOKEN, USER_TOKEN, SCREENSHOT, REDIS_PORT } = process.env;
 const STEP_TIMEOUT_MS = 20000;
 // A dead-lettering waits out the fail kind's retry backoff, which grows with the attempt.
 const DEAD_LETTER_TIMEOUT_MS = 30000;
@@ -141,6 +145,55 @@ async function scenario(context) {
   await userPage.close();
 }
 
+function redis(...args) {
+  return execFileSync("redis-cli", ["-p", REDIS_PORT, ...args], { encoding: "utf8" }).trim();
+}
+
+// Undoes a job's last write as a failover can: the history loses its last
+// event, the record's seq goes back by one and was last written under another
+// replication id, so the script's next write starts epoch 2 at the lost seq.
+const LOSE_LAST_WRITE = `
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local kept = redis.call('XRANGE', KEYS[2], '-', (seq - 1) .. '-0')
+redis.call('DEL', KEYS[2])
+for _, entry in ipairs(kept) do redis.call('XADD', KEYS[2], entry[1], unpack(entry[2])) end
+redis.call('HSET', KEYS[1], 'seq', seq - 1, 'replid', '0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c')
+return seq - 1`;
+
+// A job of a kind no worker serves, its events made here with the job script.
+async function epochScenario(context) {
+  redis("HSET", "jobgate:kinds:v2", "held",
+    JSON.stringify({ queue: "held", worker: "dashboard-test", seen_at: 0 }));
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (err) => pageErrors.push(String(err)));
+  await page.goto(BASE_URL + "/?access_token=" + encodeURIComponent(ADMIN_TOKEN));
+  await page.locator("#conn[data-state=connected]").waitFor({ timeout: STEP_TIMEOUT_MS });
+
+  const submitted = await apiCall("POST", "/v1/jobs", ADMIN_TOKEN, { kind: "held", params: {} });
+  check("a job of a kind no worker serves is accepted", submitted.status === 202, JSON.stringify(submitted));
+  const id = submitted.body.job_id;
+  const script = readFileSync("proto-schemas/redis/jobgate.lua", "utf8");
+  const keys = ["2", "jobgate:job:{" + id + "}", "jobgate:events:{" + id + "}"];
+  const op = (...args) => redis("EVAL", script, ...keys, ...args);
+  const row = page.locator(`#jobs tr[data-job-id="${id}"]`);
+  op("start", "dashboard-test");
+  op("progress", "1", JSON.stringify({ done: 1, total: 2 }));
+  await row.getByText("1/2").waitFor({ timeout: STEP_TIMEOUT_MS });
+  check("the page shows the job at (1, 3): progress 1/2", true);
+
+  check("the last write is lost", redis("EVAL", LOSE_LAST_WRITE, ...keys) === "2");
+  op("progress", "1", JSON.stringify({ done: 2, total: 2 }));
+  op("complete", "1", JSON.stringify({ n: 1 }));
+  const after = (await apiCall("GET", "/v1/jobs/" + id, ADMIN_TOKEN)).body;
+  check("the job went on in epoch 2", after.epoch === 2 && after.seq === 4, JSON.stringify(after));
+  await row.locator('.status[data-status="completed"]').waitFor({ timeout: STEP_TIMEOUT_MS });
+  const text = await row.innerText();
+  check("the page applied (2, 3), whose seq it had seen, and (2, 4)", text.includes("2/2"), text);
+  check("no script error on the page", pageErrors.length === 0, pageErrors.join("; "));
+  await page.close();
+}
+
 const profile = mkdtempSync(join(tmpdir(), "jobgate-chromium-"));
 let context;
 try {
@@ -153,6 +206,7 @@ try {
       "--disable-sync", "--no-first-run"],
   });
   await scenario(context);
+  await epochScenario(context);
 } catch (err) {
   check("the scenario ran to its end", false, err && err.stack ? err.stack : String(err));
 } finally {

@@ -188,8 +188,8 @@ fn hub_fanout(c: &mut Criterion) {
         subscription_capacity: 4096,
         ..HubSettings::default()
     };
-    let hub =
-        runtime.block_on(async { EventHub::start(client.clone(), settings, shutdown.clone()) });
+    let seeds = vec![client.get_connection_info().clone()];
+    let hub = runtime.block_on(async { EventHub::start(seeds, settings, shutdown.clone()) });
     let mut publisher = runtime
         .block_on(client.get_multiplexed_async_connection())
         .expect("publisher connection");
@@ -214,7 +214,7 @@ fn hub_fanout(c: &mut Criterion) {
                 runtime.block_on(async {
                     let started = Instant::now();
                     for _ in 0..iterations {
-                        let _: i64 = redis::cmd("PUBLISH")
+                        let _: i64 = redis::cmd("SPUBLISH")
                             .arg(&channel)
                             .arg(&event)
                             .query_async(&mut publisher)

@@ -24,7 +24,10 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL (`redis://` or `rediss://`, optionally with user and password).
+    /// Redis URL (`redis://` or `rediss://`, optionally with user and
+    /// password), or several comma-separated seed URLs of a Redis Cluster
+    /// (same scheme, user and password). Whether Redis is a cluster is
+    /// asked of the first seed that answers (`INFO cluster`).
     #[arg(
         long,
         env = "JOBGATE_REDIS_URL",
@@ -189,8 +192,15 @@ impl Config {
     /// Checks what clap cannot: ranges and the shape of the Redis URL.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: &str| Err(ConfigError(message.to_owned()));
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
-            return fail("JOBGATE_REDIS_URL must start with redis:// or rediss://");
+        let schemes_ok = self
+            .redis_url
+            .split(',')
+            .map(str::trim)
+            .all(|seed| seed.starts_with("redis://") || seed.starts_with("rediss://"));
+        if !schemes_ok {
+            return fail(
+                "JOBGATE_REDIS_URL must start with redis:// or rediss:// (every seed, when several are listed)",
+            );
         }
         if let Err(error) = jobgate_store::check_url(&self.redis_url) {
             return Err(ConfigError(format!("JOBGATE_REDIS_URL: {error}")));

@@ -102,11 +102,11 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
 }
 
 /// Builds the state for `config`: the Redis connection, the store, the token
-/// verifier, the event hub and the delayed-job mover (whose tasks run until
-/// `shutdown`). Nothing connects yet.
+/// verifier, the event hub, the delayed-job mover and the job outcome
+/// counts' writer (whose tasks run until `shutdown`). Nothing connects yet.
 pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     let auth = auth::Verifier::from_config(&config)?.map(std::sync::Arc::new);
-    let (redis, client) = jobgate_store::open(&config.redis_url)?;
+    let (redis, _) = jobgate_store::open(&config.redis_url)?;
     let store = JobStore::new(
         redis,
         StoreSettings {
@@ -117,7 +117,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     );
     store.keep_connected(shutdown.clone());
     let hub = EventHub::start(
-        client,
+        jobgate_store::seeds(&config.redis_url)?,
         HubSettings {
             subscription_capacity: config.outbound_queue,
             ..HubSettings::default()
@@ -126,8 +126,8 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     );
     jobgate_store::spawn_delayed_mover(store.clone(), shutdown.clone());
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    jobgate_store::spawn_outcome_flusher(store.clone(), shutdown.clone());
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
-    metrics.follow_outcomes(hub.clone(), shutdown.clone());
     Ok(AppState {
         client_logs: None,
         metrics,
@@ -142,18 +142,29 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
 }
 
 /// Serves `state` on `listener` until `shutdown` fires, then lets in-flight
-/// requests finish (sessions and streams end on the same signal).
+/// requests finish (sessions and streams end on the same signal) and writes
+/// the job outcome counts they made.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let shutdown = state.shutdown.clone();
+    let store = state.store.clone();
     // Events are small frames sent as they happen: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app(state))
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    let flushed = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, store.flush_outcomes()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("the last job outcome counts could not be written");
+    }
+    served
 }
+
+/// How long `serve` waits, once every request has finished, to write the
+/// job outcome counts they made.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

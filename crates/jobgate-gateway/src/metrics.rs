@@ -2,40 +2,29 @@
 //! format for `/metrics` (the route is `health`'s).
 //!
 //! Counted here: submissions (by kind), connections, events pushed,
-//! slow-consumer closes. Job outcomes and submit-to-finish latency come from
-//! the `jobgate:stats` channel, where the job script reports every
-//! `retrying`, `completed`, `failed` and `cancelled` event: every gateway
-//! counts all of them since it started, so take one gateway's figures (or
-//! `max` over gateways), not their sum. Queue depth and the age of the oldest
-//! entry are read from Redis at scrape time.
+//! slow-consumer closes. Job outcomes and submit-to-finish latency are
+//! counted in Redis, per queue (`jobgate:stats:{<queue>}`), by whoever ends
+//! a job — workers, and gateways for the cancels and enqueue failures they
+//! make — and read through the store at scrape time (at most once a
+//! second): every gateway reports the same cluster-wide counts, so take one
+//! gateway's figures (or `max` over gateways), not their sum. Queue depth
+//! and the age of the oldest entry are read from Redis at scrape time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use jobgate_store::{EventHub, HubMessage, keys};
-use tokio_util::sync::CancellationToken;
+use jobgate_store::OutcomeTotals;
 
-/// Upper bounds (seconds) of the submit-to-finish latency buckets.
-const LATENCY_BUCKETS_S: [f64; 16] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-    3600.0,
-];
-
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS_S.len()],
-    count: u64,
-    sum_s: f64,
-}
+/// Upper bounds (seconds) of the submit-to-finish latency buckets: the
+/// store's, which counts ages into them (as the Python worker does).
+pub use jobgate_store::LATENCY_BUCKETS_S;
 
 /// Counters and gauges of one gateway.
 #[derive(Debug, Default)]
 pub struct Metrics {
     submitted: Mutex<BTreeMap<String, u64>>,
-    outcomes: Mutex<BTreeMap<(String, String), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
     pub(crate) websocket_sessions: AtomicI64,
     pub(crate) sse_streams: AtomicI64,
     pub(crate) events_pushed: AtomicU64,
@@ -94,66 +83,15 @@ impl Metrics {
         *lock(&self.submitted).entry(kind.to_owned()).or_default() += 1;
     }
 
-    /// Counts one `"<event> <kind> <ms since created>"` stats message.
-    fn outcome(&self, message: &str) {
-        let mut parts = message.split(' ');
-        let (Some(event), Some(kind), Some(age_ms)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        *lock(&self.outcomes)
-            .entry((event.to_owned(), kind.to_owned()))
-            .or_default() += 1;
-        if event == "retrying" {
-            return;
-        }
-        let Ok(age_ms) = age_ms.parse::<u64>() else {
-            return;
-        };
-        let seconds = age_ms as f64 / 1000.0;
-        let mut latency = lock(&self.latency);
-        let histogram = latency.entry(kind.to_owned()).or_default();
-        for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS_S) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum_s += seconds;
-    }
-
-    /// Follows `jobgate:stats` until `shutdown`.
-    pub(crate) fn follow_outcomes(self: &Arc<Self>, hub: EventHub, shutdown: CancellationToken) {
-        let metrics = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut subscription = hub.subscription();
-            let channel = keys::STATS_CHANNEL;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    watched = hub.watch(&mut subscription, channel) => {
-                        if watched.is_ok() { break; }
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            loop {
-                let message = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    message = subscription.recv() => message,
-                };
-                match message {
-                    Some(HubMessage::Event(payload)) => {
-                        metrics.outcome(&String::from_utf8_lossy(&payload))
-                    }
-                    Some(HubMessage::Resync) => {}
-                    None => return,
-                }
-            }
-        });
-    }
-
-    pub(crate) fn render(&self, out: &mut String, queues: &[(String, u64, Option<u64>)]) {
+    /// Renders every family: this gateway's counters, `outcomes` (the
+    /// stats hashes' totals) and `queues` (name, length, oldest entry's
+    /// age in ms).
+    pub(crate) fn render(
+        &self,
+        out: &mut String,
+        queues: &[(String, u64, Option<u64>)],
+        outcomes: &OutcomeTotals,
+    ) {
         family(
             out,
             "jobgate_jobs_submitted_total",
@@ -171,9 +109,9 @@ impl Metrics {
             out,
             "jobgate_job_outcomes_total",
             "counter",
-            "Retries and final outcomes of every job, from the job script (cluster-wide).",
+            "Retries and final outcomes of every job, counted in Redis by whoever ended it (cluster-wide).",
         );
-        for ((event, kind), count) in lock(&self.outcomes).iter() {
+        for ((event, kind), count) in &outcomes.outcomes {
             let _ = writeln!(
                 out,
                 "jobgate_job_outcomes_total{{event=\"{}\",kind=\"{}\"}} {count}",
@@ -187,9 +125,9 @@ impl Metrics {
             "histogram",
             "From submission to the final event, by kind (cluster-wide).",
         );
-        for (kind, histogram) in lock(&self.latency).iter() {
+        for (kind, histogram) in &outcomes.latency {
             let kind = escape(kind);
-            for (count, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS_S) {
+            for (count, bound) in histogram.cumulative().iter().zip(LATENCY_BUCKETS_S) {
                 let _ = writeln!(
                     out,
                     "jobgate_job_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}"
@@ -203,7 +141,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "jobgate_job_duration_seconds_sum{{kind=\"{kind}\"}} {}",
-                histogram.sum_s
+                histogram.sum_ms as f64 / 1000.0
             );
             let _ = writeln!(
                 out,
@@ -344,16 +282,29 @@ mod tests {
     fn renders_outcomes_and_latency() {
         let metrics = Metrics::default();
         metrics.submitted("echo");
-        metrics.outcome("completed echo 30");
-        metrics.outcome("retrying echo 10");
-        metrics.outcome("nonsense");
+        let mut outcomes = OutcomeTotals::default();
+        outcomes
+            .outcomes
+            .insert(("completed".into(), "echo".into()), 1);
+        outcomes
+            .outcomes
+            .insert(("retrying".into(), "echo".into()), 1);
+        let mut echo = jobgate_store::LatencyTotals::default();
+        echo.buckets[3] = 1; // 30 ms: at or under 0.05 s
+        echo.count = 1;
+        echo.sum_ms = 30;
+        outcomes.latency.insert("echo".into(), echo);
         let mut out = String::new();
-        metrics.render(&mut out, &[("default".into(), 3, Some(1500))]);
+        metrics.render(&mut out, &[("default".into(), 3, Some(1500))], &outcomes);
         assert!(out.contains("jobgate_jobs_submitted_total{kind=\"echo\"} 1"));
         assert!(out.contains("jobgate_job_outcomes_total{event=\"completed\",kind=\"echo\"} 1"));
         assert!(out.contains("jobgate_job_outcomes_total{event=\"retrying\",kind=\"echo\"} 1"));
         assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"0.05\"} 1"));
         assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"0.025\"} 0"));
+        assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"3600\"} 1"));
+        assert!(out.contains("jobgate_job_duration_seconds_bucket{kind=\"echo\",le=\"+Inf\"} 1"));
+        assert!(out.contains("jobgate_job_duration_seconds_sum{kind=\"echo\"} 0.03"));
+        assert!(out.contains("jobgate_job_duration_seconds_count{kind=\"echo\"} 1"));
         assert!(out.contains("jobgate_queue_oldest_age_seconds{queue=\"default\"} 1.5"));
     }
 }

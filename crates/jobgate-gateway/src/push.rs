@@ -32,6 +32,7 @@ mod tests {
         FeedEvent {
             job_id: JobId::new(),
             seq: 3,
+            epoch: 1,
             event: EventType::Progress,
             ts: 1,
             json: bytes::Bytes::from_static(json),

@@ -1,5 +1,8 @@
 //! Server-Sent Events: one job's events (`/v1/jobs/{id}/events`) and all of
-//! the caller's (`/v1/events`). Both resume from `Last-Event-ID`.
+//! the caller's (`/v1/events`). Both resume from `Last-Event-ID`: a job
+//! stream's ids are the event's position (`<seq>` in the job's first epoch,
+//! `<epoch>:<seq>` after a failover started another), the owner stream's
+//! the event's `ts`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
-use jobgate_proto::{ErrorCode, JobId};
+use jobgate_proto::{ErrorCode, EventPosition, JobId};
 use jobgate_store::{Feed, FeedEvent, FeedItem, JobRecord};
 use serde::Deserialize;
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -24,9 +27,6 @@ use crate::extract::{JobPath, Query};
 use crate::metrics::Gauge;
 use crate::push;
 use crate::state::AppState;
-
-/// Most recent jobs whose events `/v1/events` replays after a reconnect.
-const OWNER_REPLAY_JOBS: usize = 200;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -43,21 +43,49 @@ struct AfterQuery {
     access_token: Option<String>,
 }
 
-/// The cursor to resume from: `Last-Event-ID` wins over `?after=`.
-fn resume_point(headers: &HeaderMap, query: &AfterQuery) -> Result<u64, ApiError> {
-    match headers.get("last-event-id") {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "Last-Event-ID must be an integer",
-                )
-            }),
+/// Where a job stream resumes: `Last-Event-ID` (`<seq>` or
+/// `<epoch>:<seq>`) wins over `?after=` (a seq of the first epoch).
+fn resume_position(headers: &HeaderMap, query: &AfterQuery) -> Result<EventPosition, ApiError> {
+    match last_event_id(headers)? {
+        Some(id) => id.parse().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Last-Event-ID must be <seq> or <epoch>:<seq>",
+            )
+        }),
+        None => Ok(EventPosition::new(
+            jobgate_proto::FIRST_EPOCH,
+            query.after.unwrap_or(0),
+        )),
+    }
+}
+
+/// Where the owner stream resumes: `Last-Event-ID` (an event's `ts`) wins
+/// over `?after=`; 0 for a stream that does not resume.
+fn resume_ts(headers: &HeaderMap, query: &AfterQuery) -> Result<u64, ApiError> {
+    match last_event_id(headers)? {
+        Some(id) => id.parse().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Last-Event-ID must be an integer",
+            )
+        }),
         None => Ok(query.after.unwrap_or(0)),
     }
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|value| {
+            value.to_str().map(str::trim).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "Last-Event-ID must be printable ASCII",
+                )
+            })
+        })
+        .transpose()
 }
 
 async fn job_events(
@@ -67,7 +95,7 @@ async fn job_events(
     Query(query): Query<AfterQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let after = resume_point(&headers, &query)?;
+    let after = resume_position(&headers, &query)?;
     let permit = state.connection_permit(&principal)?;
     let mut feed = state.feed();
     let start = feed.watch(job_id, after).await?;
@@ -76,13 +104,13 @@ async fn job_events(
         Some(_) => return Err(ApiError::not_found()),
         None => return Err(ApiError::missing_job(&job_id, state.config.retention())),
     };
-    if record.snapshot.status.is_terminal() && record.snapshot.seq <= after {
+    if record.snapshot.status.is_terminal() && record.position() <= after {
         // Nothing can follow: 204 tells EventSource to stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let mut lead = VecDeque::new();
     if let Some(first_seq) = start.truncated_from {
-        lead.push_back(truncated_event(job_id, after, first_seq, &record));
+        lead.push_back(truncated_event(job_id, after.seq, first_seq, &record));
     }
     let events = EventStream {
         feed,
@@ -115,23 +143,19 @@ async fn owner_events(
     Query(query): Query<AfterQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let since_ts = resume_point(&headers, &query)?;
+    let since_ts = resume_ts(&headers, &query)?;
     let permit = state.connection_permit(&principal)?;
-    let mut feed =
-        Feed::for_owner(state.store.clone(), state.hub.clone(), &principal.owner).await?;
-    if since_ts > 0 {
-        // Replay what the caller may have missed: events of its recent jobs
-        // stamped at or after the cursor (the client de-duplicates by
-        // `(job_id, seq)`, so replaying one event too many is harmless).
-        let window_start = since_ts.saturating_sub(state.config.retention().as_millis() as u64);
-        let jobs = state
-            .store
-            .owner_jobs_since(&principal.owner, window_start, OWNER_REPLAY_JOBS)
-            .await?;
-        for job_id in jobs {
-            feed.replay(job_id, 0).await?;
-        }
-    }
+    // After a reconnect, the caller's recent jobs are read from their start
+    // and what is stamped before the cursor is dropped below: replaying one
+    // event too many is harmless, the client de-duplicates by
+    // `(job_id, epoch, seq)`.
+    let feed = Feed::for_owner(
+        state.store.clone(),
+        state.hub.clone(),
+        &principal.owner,
+        (since_ts > 0).then_some(since_ts),
+    )
+    .await?;
     let events = EventStream {
         feed,
         lead: VecDeque::new(),
@@ -167,7 +191,8 @@ struct EventStream {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// A one-job stream ends after the job's terminal event.
     ends_after_terminal: bool,
-    /// `/v1/events` uses the event's `ts` as its id, a job stream its `seq`.
+    /// `/v1/events` uses the event's `ts` as its id, a job stream its
+    /// position.
     id_is_ts: bool,
     /// Events stamped before this are not sent (replay after a reconnect).
     since_ts: u64,
@@ -218,9 +243,13 @@ impl EventStream {
     }
 
     fn to_sse(&self, event: &FeedEvent) -> Event {
-        let id = if self.id_is_ts { event.ts } else { event.seq };
+        let id = if self.id_is_ts {
+            event.ts.to_string()
+        } else {
+            event.position().to_string()
+        };
         Event::default()
-            .id(id.to_string())
+            .id(id)
             .event(event.event.as_str())
             .data(push::event_text(&self.metrics, event).as_str())
     }

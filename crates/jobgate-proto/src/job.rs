@@ -301,6 +301,10 @@ pub struct JobSnapshot {
     pub timeout_s: u64,
     /// The seq of the job's last event.
     pub seq: u64,
+    /// The epoch of the job's last event (see [`crate::EventPosition`]);
+    /// 1 unless a failover made the job start another.
+    #[serde(default = "crate::event::first_epoch")]
+    pub epoch: u64,
     pub progress: Option<Box<RawValue>>,
     pub result: Option<Box<RawValue>>,
     pub error: Option<Box<RawValue>>,
@@ -315,6 +319,13 @@ pub struct JobSnapshot {
     /// absent for a job submitted without `delay_ms` or `run_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<u64>,
+}
+
+impl JobSnapshot {
+    /// Where the job's last event stands in its order.
+    pub fn position(&self) -> crate::EventPosition {
+        crate::EventPosition::new(self.epoch, self.seq)
+    }
 }
 
 /// `GET /v1/jobs`: a page of the caller's jobs, newest first.

@@ -15,7 +15,7 @@ pub mod legacy;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use event::{EventHeader, EventType};
+pub use event::{EventHeader, EventPosition, EventType, FIRST_EPOCH, InvalidEventPosition};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, JobId, JobLinks, JobList, JobSnapshot, JobStatus,
     MAX_DELAY_MS, MAX_KIND_LEN, Progress, SubmitRequest, SubmitResponse, ValidationError,

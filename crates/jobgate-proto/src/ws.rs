@@ -3,17 +3,18 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{ErrorCode, JobId, SubmitRequest};
+use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, SubmitRequest};
 
 /// A frame from the client.
 #[derive(Debug, Clone)]
 pub enum ClientMessage {
     /// Submit a job; the session is subscribed to it.
     Submit(SubmitFrame),
-    /// Watch a job: its history after `after` (default 0: all), then live.
+    /// Watch a job: its history after `after` (default: all of it), then
+    /// live. The frame's `after` and `after_epoch` (default 1).
     Subscribe {
         job_id: JobId,
-        after: u64,
+        after: EventPosition,
     },
     Unsubscribe {
         job_id: JobId,
@@ -56,6 +57,8 @@ struct JobFrame {
     job_id: String,
     #[serde(default)]
     after: Option<u64>,
+    #[serde(default)]
+    after_epoch: Option<u64>,
     #[serde(default)]
     request_id: Option<String>,
 }
@@ -131,12 +134,17 @@ impl ClientMessage {
             }
             "subscribe" | "unsubscribe" | "cancel" => {
                 let frame: JobFrame = serde_json::from_str(text).map_err(invalid)?;
+                let position_field = frame
+                    .after
+                    .is_some()
+                    .then_some("after")
+                    .or(frame.after_epoch.is_some().then_some("after_epoch"));
                 let misplaced = match kind {
                     "subscribe" => frame.request_id.is_some().then_some("request_id"),
                     "unsubscribe" => (frame.request_id.is_some())
                         .then_some("request_id")
-                        .or(frame.after.is_some().then_some("after")),
-                    _ => frame.after.is_some().then_some("after"),
+                        .or(position_field),
+                    _ => position_field,
                 };
                 if let Some(field) = misplaced {
                     return Err(fail(
@@ -151,10 +159,19 @@ impl ClientMessage {
                     )
                 })?;
                 match kind {
-                    "subscribe" => Self::Subscribe {
-                        job_id,
-                        after: frame.after.unwrap_or(0),
-                    },
+                    "subscribe" => {
+                        let epoch = frame.after_epoch.unwrap_or(FIRST_EPOCH);
+                        if epoch < FIRST_EPOCH {
+                            return Err(fail(
+                                ErrorCode::InvalidRequest,
+                                "after_epoch must be at least 1".into(),
+                            ));
+                        }
+                        Self::Subscribe {
+                            job_id,
+                            after: EventPosition::new(epoch, frame.after.unwrap_or(0)),
+                        }
+                    }
                     "unsubscribe" => Self::Unsubscribe { job_id },
                     _ => Self::Cancel {
                         job_id,
@@ -273,6 +290,38 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"type":"submit","request_id":"r","job":{"kind":"echo","params":3}}"#),
+            Err(ErrorCode::InvalidRequest)
+        );
+    }
+
+    #[test]
+    fn a_subscribe_names_where_to_resume_with_its_epoch() {
+        let job = "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b";
+        let after = |text: &str| match ClientMessage::parse(text) {
+            Ok(ClientMessage::Subscribe { after, .. }) => Ok(after),
+            Ok(other) => panic!("not a subscribe: {other:?}"),
+            Err(error) => Err(error.code),
+        };
+        let frame = |fields: &str| format!(r#"{{"type":"subscribe","job_id":"{job}"{fields}}}"#);
+        assert_eq!(after(&frame("")), Ok(EventPosition::START));
+        assert_eq!(after(&frame(r#","after":4"#)), Ok(EventPosition::new(1, 4)));
+        assert_eq!(
+            after(&frame(r#","after":4,"after_epoch":2"#)),
+            Ok(EventPosition::new(2, 4))
+        );
+        assert_eq!(
+            after(&frame(r#","after":4,"after_epoch":0"#)),
+            Err(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            after(&frame(r#","after_epoch":-1"#)),
+            Err(ErrorCode::InvalidRequest)
+        );
+        let unsubscribe = format!(r#"{{"type":"unsubscribe","job_id":"{job}","after_epoch":2}}"#);
+        assert_eq!(
+            ClientMessage::parse(&unsubscribe)
+                .map(|_| ())
+                .map_err(|e| e.code),
             Err(ErrorCode::InvalidRequest)
         );
     }

@@ -4,8 +4,10 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis cannot be reached (refused, dropped, timed out, loading, down).
-    /// Callers answer `503 redis_unavailable`.
+    /// Redis cannot be reached (refused, dropped, timed out, loading, down;
+    /// on a cluster also: the slot's master is failing over or moving, so
+    /// the library's retries still found no node to answer). Callers answer
+    /// `503 redis_unavailable`.
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
     /// Redis refused a write for lack of memory (`OOM`, at `maxmemory`):
@@ -32,13 +34,19 @@ impl From<RedisError> for StoreError {
             || error.is_unrecoverable_error()
             || matches!(
                 error.kind(),
-                ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ReadOnly
-                )
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                            // Still redirected once the cluster
+                            // connection's retries ran out: a failover
+                            // or a slot migration in progress.
+                            | ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
+                    )
             );
         if unavailable {
             Self::Unavailable(error.to_string())
@@ -104,5 +112,22 @@ mod tests {
         let loading =
             RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
         assert!(StoreError::from(loading).is_unavailable());
+    }
+
+    #[test]
+    fn a_cluster_reconfiguring_is_unavailable_but_a_cross_slot_call_is_a_bug() {
+        for reply in [
+            "MOVED 10786 127.0.0.1:30001",
+            "ASK 10786 127.0.0.1:30001",
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+        ] {
+            assert!(
+                StoreError::from(server_error(reply)).is_unavailable(),
+                "{reply}"
+            );
+        }
+        let cross = server_error("CROSSSLOT Keys in request don't hash to the same slot");
+        assert!(!StoreError::from(cross).is_unavailable());
     }
 }

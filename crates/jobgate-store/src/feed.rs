@@ -3,29 +3,35 @@
 //!
 //! Subscribe-then-read: [`Feed::watch`] first subscribes to the job's live
 //! channel (confirmed by Redis), then reads the history after the client's
-//! `after`. Live events that arrive meanwhile wait in the subscription's
-//! queue; the per-job position (the last seq handed out) drops whatever the
-//! history already gave. A live event that skips a seq, or a
-//! [`HubMessage::Resync`] after the pub/sub link came back, makes the feed
-//! read the missing events from the history, so no event falls between.
+//! position. Live events that arrive meanwhile wait in the subscription's
+//! queue; the per-job position (the last `(epoch, seq)` handed out) drops
+//! whatever the history already gave. A live event that skips a seq or
+//! opens a new epoch, or a [`HubMessage::Resync`] naming the job's channel
+//! after its delivery was interrupted, makes the feed read the missing
+//! events from the history, so no event falls between.
 //!
 //! Those decisions are the cursor's (`cursor.rs`, Redis-free and unit-tested
 //! there); this module is the I/O around it: it subscribes, makes the
 //! history reads the cursor asks for, and turns replies into its inputs.
+//! An owner's stream (`GET /v1/events`) follows the owner's jobs one by one
+//! the same way (`feed/owner.rs`).
+
+mod owner;
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use jobgate_proto::{EventHeader, EventType, JobId};
+use jobgate_proto::{EventHeader, EventPosition, EventType, JobId};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use self::owner::OwnerFollow;
 use crate::cursor::{self, FeedCursor, Live, Reread};
 use crate::keys;
 use crate::store::StoredEvent;
 use crate::{EventHub, HubMessage, JobRecord, JobStore, StoreError, Subscription};
 
-/// Pause before re-reading histories after Redis could not be read.
+/// Pause before reading histories again after Redis could not be read.
 const RESYNC_PAUSE: Duration = Duration::from_millis(500);
 
 /// One event ready to send, with the fields the transport needs.
@@ -33,10 +39,19 @@ const RESYNC_PAUSE: Duration = Duration::from_millis(500);
 pub struct FeedEvent {
     pub job_id: JobId,
     pub seq: u64,
+    /// The job's epoch when the event was written.
+    pub epoch: u64,
     pub event: EventType,
     pub ts: u64,
     /// The event JSON, verbatim.
     pub json: Bytes,
+}
+
+impl FeedEvent {
+    /// Where the event stands in its job's order.
+    pub fn position(&self) -> EventPosition {
+        EventPosition::new(self.epoch, self.seq)
+    }
 }
 
 /// What [`Feed::next`] yields.
@@ -56,7 +71,7 @@ pub struct WatchStart {
     /// The job now (after subscribing), or `None` when there is no such job.
     pub record: Option<JobRecord>,
     /// The first seq the history still holds, when events after the
-    /// client's `after` were cut from it.
+    /// client's position were cut from it.
     pub truncated_from: Option<u64>,
 }
 
@@ -71,53 +86,47 @@ pub struct Feed {
     /// Fires when the hub cut the subscription off. Made once: a fresh wait
     /// per event would register and unregister a waiter each time.
     overflowed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// An owner stream's own part: the owner's channel and its jobs.
+    owner: Option<OwnerFollow>,
+    /// A read failed: pause before trying again.
+    pause_before_retry: bool,
 }
 
 impl Feed {
     /// A feed of explicitly watched jobs (a WebSocket session, one SSE stream).
     pub fn new(store: JobStore, hub: EventHub) -> Self {
-        Self::with_cursor(store, hub, FeedCursor::for_jobs())
-    }
-
-    /// A feed of every job of `owner` (the dashboard stream).
-    pub async fn for_owner(
-        store: JobStore,
-        hub: EventHub,
-        owner: &str,
-    ) -> Result<Self, StoreError> {
-        let mut feed = Self::with_cursor(store, hub, FeedCursor::for_owner());
-        feed.hub
-            .watch(&mut feed.subscription, &keys::owner_channel(owner))
-            .await?;
-        Ok(feed)
-    }
-
-    fn with_cursor(store: JobStore, hub: EventHub, cursor: FeedCursor) -> Self {
         let subscription = hub.subscription();
         let overflowed = Box::pin(subscription.overflowed().clone().cancelled_owned());
         Self {
             store,
             hub,
             subscription,
-            cursor,
+            cursor: FeedCursor::new(),
             overflowed,
+            owner: None,
+            pause_before_retry: false,
         }
     }
 
-    /// Starts watching `job_id` after `after`; the history after `after` is
-    /// queued for [`Feed::next`]. The caller checks the record's owner and
-    /// calls [`Feed::unwatch`] when the job is not the client's.
-    pub async fn watch(&mut self, job_id: JobId, after: u64) -> Result<WatchStart, StoreError> {
+    /// Starts watching `job_id` after `after`; the history after it is
+    /// queued for [`Feed::next`] (from the start of the job's current epoch,
+    /// when that is later than `after`'s). The caller checks the record's
+    /// owner and calls [`Feed::unwatch`] when the job is not the client's.
+    pub async fn watch(
+        &mut self,
+        job_id: JobId,
+        after: EventPosition,
+    ) -> Result<WatchStart, StoreError> {
         self.hub
             .watch(&mut self.subscription, &keys::job_channel(&job_id))
             .await?;
-        let read = self.store.history_after(&job_id, after).await?;
+        let read = read_after(&self.store, &job_id, after).await?;
         let truncated_from = cursor::truncated_from(
-            after,
+            read.after,
             read.record.as_ref().map(|record| record.snapshot.seq),
             read.events.first().map(|first| first.seq),
         );
-        // Watching a job again starts over from the new `after`.
+        // Watching a job again starts over from the new position.
         self.cursor.watch(job_id, after);
         self.cursor.history(history_events(job_id, read.events));
         Ok(WatchStart {
@@ -127,11 +136,11 @@ impl Feed {
     }
 
     /// Starts watching a job that does not exist yet (a WebSocket submit
-    /// watches its job before creating it): expects its events from seq 1,
-    /// without reading a history that cannot exist. The job is watched at
-    /// once; the returned future resolves when Redis has confirmed the
-    /// subscription, and the job must not be created before it does. It
-    /// borrows nothing, so the session can go on meanwhile.
+    /// watches its job before creating it): expects its events from the
+    /// first, without reading a history that cannot exist. The job is
+    /// watched at once; the returned future resolves when Redis has
+    /// confirmed the subscription, and the job must not be created before
+    /// it does. It borrows nothing, so the session can go on meanwhile.
     pub fn expect(
         &mut self,
         job_id: JobId,
@@ -139,7 +148,7 @@ impl Feed {
         let subscribed = self
             .hub
             .watch(&mut self.subscription, &keys::job_channel(&job_id));
-        self.cursor.watch(job_id, 0);
+        self.cursor.watch(job_id, EventPosition::START);
         subscribed
     }
 
@@ -159,57 +168,75 @@ impl Feed {
         self.cursor.is_watching(job_id)
     }
 
-    /// Seeds an owner feed with the events of `job_id` after `after` (used
-    /// to replay after a reconnect), without subscribing to the job's channel.
-    pub async fn replay(
-        &mut self,
-        job_id: JobId,
-        after: u64,
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let read = self.store.history_after(&job_id, after).await?;
-        self.cursor.seed(job_id, after);
-        self.cursor.history(history_events(job_id, read.events));
-        Ok(read.record)
-    }
-
-    /// The next event, in seq order per job, each once. `None` once the
-    /// event hub has stopped. After [`FeedItem::Unavailable`] the feed
-    /// keeps trying to read what it missed, pausing between tries.
+    /// The next event, in `(epoch, seq)` order per job, each once. `None`
+    /// once the event hub has stopped. After [`FeedItem::Unavailable`] the
+    /// feed keeps trying to read what it missed, pausing between tries.
     pub async fn next(&mut self) -> Option<FeedItem> {
         loop {
             if let Some(event) = self.cursor.pop() {
+                if event.event.is_terminal() && self.owner.is_some() {
+                    self.followed_job_ended(&event);
+                }
                 return Some(FeedItem::Event(event));
             }
-            if self.cursor.resync_pending() {
-                tokio::time::sleep(RESYNC_PAUSE).await;
-                if let Err(error) = self.resync().await {
+            if self.cursor.resync_pending() || self.owner_has_work() {
+                if self.pause_before_retry {
+                    tokio::time::sleep(RESYNC_PAUSE).await;
+                }
+                if let Err(error) = self.catch_up().await {
+                    self.pause_before_retry = true;
                     return Some(FeedItem::Unavailable(error));
                 }
+                self.pause_before_retry = false;
                 continue;
             }
-            let message = tokio::select! {
+            let Self {
+                subscription,
+                overflowed,
+                owner,
+                ..
+            } = self;
+            let received = tokio::select! {
                 biased;
-                () = self.overflowed.as_mut() => return Some(FeedItem::Overflowed),
-                message = self.subscription.recv() => message,
+                () = overflowed.as_mut() => return Some(FeedItem::Overflowed),
+                message = subscription.recv() => Received::Job(message?),
+                waited = owner::wait(owner) => match waited {
+                    owner::Waited::Overflowed => return Some(FeedItem::Overflowed),
+                    owner::Waited::Message(notice) => Received::Owner(notice?),
+                },
             };
-            let outcome = match message? {
-                HubMessage::Event(json) => self.accept_live(json).await,
-                HubMessage::Resync => self.resync().await,
-            };
-            if let Err(error) = outcome {
-                self.cursor.read_failed();
-                return Some(FeedItem::Unavailable(error));
+            match received {
+                Received::Job(HubMessage::Event(json)) => {
+                    if let Err(error) = self.accept_live(json).await {
+                        self.pause_before_retry = true;
+                        return Some(FeedItem::Unavailable(error));
+                    }
+                }
+                Received::Job(HubMessage::Resync) => self.channels_interrupted(),
+                Received::Owner(message) => self.owner_message(message),
             }
         }
     }
 
-    /// Re-reads every watched job's history after its position.
-    async fn resync(&mut self) -> Result<(), StoreError> {
-        for reread in self.cursor.resync() {
+    /// Reads again what the cursor and the owner's part still need.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        for reread in self.cursor.rereads() {
             self.reread(reread).await?;
+            self.cursor.reread_done(&reread.job_id);
         }
-        self.cursor.resynced();
-        Ok(())
+        self.owner_catch_up().await
+    }
+
+    /// The hub says some channels' delivery was interrupted: their jobs are
+    /// re-read after their positions.
+    fn channels_interrupted(&mut self) {
+        let jobs: Vec<JobId> = self
+            .subscription
+            .take_stale()
+            .iter()
+            .filter_map(|channel| job_of_channel(channel))
+            .collect();
+        self.cursor.resync(jobs);
     }
 
     async fn accept_live(&mut self, json: Bytes) -> Result<(), StoreError> {
@@ -217,20 +244,65 @@ impl Feed {
             return Ok(());
         };
         match self.cursor.live(event) {
-            Live::Gap(reread) => self.reread(reread).await,
+            Live::Gap(reread) => self.reread(reread).await.inspect_err(|_| {
+                self.cursor.read_failed(reread.job_id);
+            }),
             Live::Deliver | Live::Duplicate | Live::Unwatched => Ok(()),
         }
     }
 
     async fn reread(&mut self, reread: Reread) -> Result<(), StoreError> {
-        let read = self
-            .store
-            .history_after(&reread.job_id, reread.after)
-            .await?;
+        let read = read_after(&self.store, &reread.job_id, reread.after).await?;
         self.cursor
             .history(history_events(reread.job_id, read.events));
         Ok(())
     }
+}
+
+/// What a feed's wait ended with.
+enum Received {
+    Job(HubMessage),
+    Owner(HubMessage),
+}
+
+/// A job's record and its history after a seq.
+struct Read {
+    record: Option<JobRecord>,
+    events: Vec<StoredEvent>,
+    /// The seq the events follow.
+    after: u64,
+}
+
+/// `job_id`'s record and history after `after`, read from the start of the
+/// job's current epoch instead when the record is in a later epoch than
+/// `after` and that epoch began at or before `after.seq` (a second read,
+/// only then).
+async fn read_after(
+    store: &JobStore,
+    job_id: &JobId,
+    after: EventPosition,
+) -> Result<Read, StoreError> {
+    let read = store.history_after(job_id, after.seq).await?;
+    let restart = read
+        .record
+        .as_ref()
+        .and_then(|record| cursor::epoch_restart(after, record.snapshot.epoch, record.epoch_seq));
+    let (read, after) = match restart {
+        None => (read, after.seq),
+        Some(from) => (store.history_after(job_id, from).await?, from),
+    };
+    Ok(Read {
+        record: read.record,
+        events: read.events,
+        after,
+    })
+}
+
+/// The job whose live channel `channel` is.
+fn job_of_channel(channel: &str) -> Option<JobId> {
+    let (_, tagged) = channel.split_once('{')?;
+    let job_id: JobId = tagged.strip_suffix('}')?.parse().ok()?;
+    (keys::job_channel(&job_id) == channel).then_some(job_id)
 }
 
 /// A live event's header read from its JSON; `None` for something that is
@@ -241,10 +313,11 @@ fn live_event(json: Bytes) -> Option<FeedEvent> {
         return None;
     };
     let job_id = header.job_id.parse::<JobId>().ok()?;
-    let (seq, event, ts) = (header.seq, header.event, header.ts);
+    let (seq, epoch, event, ts) = (header.seq, header.epoch, header.event, header.ts);
     Some(FeedEvent {
         job_id,
         seq,
+        epoch,
         event,
         ts,
         json,
@@ -256,13 +329,27 @@ fn live_event(json: Bytes) -> Option<FeedEvent> {
 fn history_events(job_id: JobId, events: Vec<StoredEvent>) -> impl Iterator<Item = FeedEvent> {
     events.into_iter().filter_map(move |stored| {
         let header = EventHeader::parse(&stored.json).ok()?;
-        let (event, ts) = (header.event, header.ts);
+        let (epoch, event, ts) = (header.epoch, header.event, header.ts);
         Some(FeedEvent {
             job_id,
             seq: stored.seq,
+            epoch,
             event,
             ts,
             json: stored.json,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_channel_names_its_job() {
+        let id = JobId::new();
+        assert_eq!(job_of_channel(&keys::job_channel(&id)), Some(id));
+        assert_eq!(job_of_channel(&keys::owner_channel("alice")), None);
+        assert_eq!(job_of_channel("jobgate:live:job:{not-a-job}"), None);
+    }
 }

@@ -8,12 +8,11 @@ use jobgate_proto::JobId;
 pub const PREFIX: &str = "jobgate:";
 /// The consumer group every worker reads queues through.
 pub const CONSUMER_GROUP: &str = "jobgate-workers";
-/// Job kind → `{"queue", "worker", "seen_at"}`, written by workers.
-pub const KINDS: &str = "jobgate:kinds";
-/// The channel the job script reports outcomes to: `"<event> <kind> <ms
-/// since created>"` for every `retrying`, `completed`, `failed` and
-/// `cancelled` event, what gateways count for `/metrics`.
-pub const STATS_CHANNEL: &str = "jobgate:stats";
+/// Job kind → `{"queue", "worker", "seen_at"}`, written by workers of
+/// protocol 2 (protocol 1's `jobgate:kinds` is neither read nor written, so
+/// a kind only old workers serve is refused at submission: see
+/// `proto-schemas/PROTOCOL.md`).
+pub const KINDS: &str = "jobgate:kinds:v2";
 
 /// The job record (hash).
 pub fn job(job_id: &JobId) -> String {
@@ -56,6 +55,12 @@ pub fn paused(queue: &str) -> String {
 /// A queue's worker heartbeats (hash): consumer → JSON record.
 pub fn workers(queue: &str) -> String {
     format!("{PREFIX}workers:{{{queue}}}")
+}
+
+/// A queue's job outcome counts (hash, fields in `store/outcomes.rs`),
+/// written by workers and gateways, read for `/metrics`.
+pub fn stats(queue: &str) -> String {
+    format!("{PREFIX}stats:{{{queue}}}")
 }
 
 /// An owner's job ids, scored by creation time.
@@ -136,11 +141,12 @@ mod tests {
         assert_eq!(Band::for_priority(0), Band::Low);
     }
 
-    /// Every channel the job script publishes to, as `prefix .. '<rest>'`
-    /// (the script takes the prefix from its job key).
+    /// Every channel the job script publishes to (all sharded: SPUBLISH),
+    /// as `prefix .. '<rest>'` (the script takes the prefix from its job
+    /// key).
     fn channels_published_by_the_script() -> Vec<&'static str> {
         let script = include_str!("../../../proto-schemas/redis/jobgate.lua");
-        let publish = "redis.call('PUBLISH', prefix .. '";
+        let publish = "redis.call('SPUBLISH', prefix .. '";
         script
             .match_indices(publish)
             .filter_map(|(at, _)| {
@@ -159,11 +165,13 @@ mod tests {
             Some(PREFIX)
         );
         let published = channels_published_by_the_script();
-        assert!(published.contains(&"stats"), "{published:?}");
-        assert_eq!(STATS_CHANNEL, format!("{PREFIX}stats"));
-        assert!(published.contains(&"live:job:"), "{published:?}");
-        assert_eq!(job_channel(&id), format!("{PREFIX}live:job:{id}"));
-        assert!(published.contains(&"live:owner:"), "{published:?}");
-        assert_eq!(owner_channel("alice"), format!("{PREFIX}live:owner:alice"));
+        assert_eq!(published, ["live:job:{", "control:{"], "{published:?}");
+        assert_eq!(job_channel(&id), format!("{PREFIX}live:job:{{{id}}}"));
+        // Nothing outside the job's slot: no owner channel, no stats.
+        let script = include_str!("../../../proto-schemas/redis/jobgate.lua");
+        assert!(!script.contains("redis.call('PUBLISH'"));
+        assert_eq!(owner_channel("alice"), "jobgate:live:owner:{alice}");
+        assert_eq!(stats("default"), "jobgate:stats:{default}");
+        assert_eq!(KINDS, "jobgate:kinds:v2");
     }
 }

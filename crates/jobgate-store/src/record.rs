@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use jobgate_proto::{JobId, JobSnapshot, JobStatus};
+use jobgate_proto::{EventPosition, FIRST_EPOCH, JobId, JobSnapshot, JobStatus};
 use serde_json::value::RawValue;
 
 use crate::StoreError;
@@ -14,6 +14,9 @@ pub struct JobRecord {
     /// The old API's free-form trace id; `None` for every other job (the
     /// field is absent, or empty in records of earlier versions).
     pub legacy_trace_id: Option<String>,
+    /// The seq of the first event of the job's current epoch (1 for a job
+    /// that never changed epoch, and for records written before epochs).
+    pub epoch_seq: u64,
     pub snapshot: JobSnapshot,
 }
 
@@ -53,6 +56,9 @@ impl JobRecord {
                 .unwrap_or(jobgate_proto::DEFAULT_MAX_ATTEMPTS),
             timeout_s: number(take("timeout_s")).unwrap_or(0),
             seq: number(take("seq")).unwrap_or(0),
+            epoch: number(take("epoch"))
+                .filter(|epoch| *epoch >= FIRST_EPOCH)
+                .unwrap_or(FIRST_EPOCH),
             progress: json(take("progress")),
             result: json(take("result")),
             error: json(take("error")),
@@ -68,8 +74,16 @@ impl JobRecord {
         Ok(Some(Self {
             owner: take("owner").ok_or_else(|| bad("owner"))?,
             legacy_trace_id: take("legacy_trace_id"),
+            epoch_seq: number(take("epoch_seq")).unwrap_or(1),
             snapshot,
         }))
+    }
+}
+
+impl JobRecord {
+    /// Where the job's last event stands in its order.
+    pub fn position(&self) -> EventPosition {
+        self.snapshot.position()
     }
 }
 
@@ -112,6 +126,16 @@ mod tests {
                 .as_deref(),
             Some("ios-1234")
         );
+    }
+
+    #[test]
+    fn a_record_without_an_epoch_is_in_the_first_from_seq_1() {
+        let record = record_with(&[("seq", "4")]);
+        assert_eq!(record.position(), EventPosition::new(1, 4));
+        assert_eq!(record.epoch_seq, 1);
+        let record = record_with(&[("seq", "9"), ("epoch", "3"), ("epoch_seq", "7")]);
+        assert_eq!(record.position(), EventPosition::new(3, 9));
+        assert_eq!(record.epoch_seq, 7);
     }
 
     #[test]

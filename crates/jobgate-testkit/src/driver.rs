@@ -1,17 +1,68 @@
 //! Drives jobs through the state machine script the way a worker does, for
 //! tests that need exact control over when each event happens. It runs the
-//! same `proto-schemas/redis/jobgate.lua` as the Python worker, on a real
-//! Redis.
+//! same `proto-schemas/redis/jobgate.lua` (and `dead_letters.lua`'s `bury`)
+//! as the Python worker, on a real Redis: one server, or a Redis Cluster
+//! when given several comma-separated seed URLs (each call goes to the
+//! node of its keys' slot).
 
-use redis::aio::MultiplexedConnection;
-use redis::{Script, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::repo_root;
 
+/// The consumer group workers read queues through.
+const CONSUMER_GROUP: &str = "jobgate-workers";
+
+/// The driver's connection: to one server, or to a cluster.
+#[derive(Clone)]
+pub enum DriverConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for DriverConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "DriverConnection::Single",
+            Self::Cluster(_) => "DriverConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for DriverConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
 /// A hand-driven worker.
 pub struct JobDriver {
-    conn: MultiplexedConnection,
+    conn: DriverConnection,
     script: Script,
+    dead_letters: Script,
 }
 
 impl std::fmt::Debug for JobDriver {
@@ -21,13 +72,27 @@ impl std::fmt::Debug for JobDriver {
 }
 
 impl JobDriver {
+    /// Connects to `redis_url`: one server, or a cluster when it lists
+    /// several comma-separated seeds.
     pub async fn connect(redis_url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
-        let source = std::fs::read_to_string(repo_root().join("proto-schemas/redis/jobgate.lua"))?;
+        let conn = if redis_url.contains(',') {
+            let seeds: Vec<&str> = redis_url.split(',').map(str::trim).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                .connection_timeout(std::time::Duration::from_secs(1))
+                .response_timeout(std::time::Duration::from_secs(5))
+                .build()?;
+            DriverConnection::Cluster(client.get_async_connection().await?)
+        } else {
+            let client = redis::Client::open(redis_url)?;
+            DriverConnection::Single(client.get_multiplexed_async_connection().await?)
+        };
+        let scripts = repo_root().join("proto-schemas/redis");
+        let source = std::fs::read_to_string(scripts.join("jobgate.lua"))?;
+        let dead_letters = std::fs::read_to_string(scripts.join("dead_letters.lua"))?;
         Ok(Self {
             conn,
             script: Script::new(&source),
+            dead_letters: Script::new(&dead_letters),
         })
     }
 
@@ -44,12 +109,13 @@ impl JobDriver {
         driver
     }
 
-    /// Registers `kind` on `queue`, as a starting worker does.
+    /// Registers `kind` on `queue`, as a starting worker does (in the kinds
+    /// registry, `jobgate:kinds:v2`).
     pub async fn register_kind(&mut self, kind: &str, queue: &str) -> anyhow::Result<()> {
         let registration =
             serde_json::json!({"queue": queue, "worker": "test-driver", "seen_at": 0});
         let _: i64 = redis::cmd("HSET")
-            .arg("jobgate:kinds")
+            .arg("jobgate:kinds:v2")
             .arg(kind)
             .arg(registration.to_string())
             .query_async(&mut self.conn)
@@ -59,19 +125,35 @@ impl JobDriver {
 
     /// Runs one script operation on `job_id`; returns the status word.
     pub async fn op(&mut self, job_id: &str, args: &[&str]) -> anyhow::Result<String> {
+        let reply = self.op_reply(job_id, args).await?;
+        Ok(reply.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs one script operation on `job_id`; returns the whole reply, its
+    /// elements as text.
+    pub async fn op_reply(&mut self, job_id: &str, args: &[&str]) -> anyhow::Result<Vec<String>> {
         let mut invocation = self.script.key(format!("jobgate:job:{{{job_id}}}"));
         invocation.key(format!("jobgate:events:{{{job_id}}}"));
         for arg in args {
             invocation.arg(*arg);
         }
         let reply: Value = invocation.invoke_async(&mut self.conn).await?;
-        match reply {
-            Value::Array(items) => match items.first() {
-                Some(Value::BulkString(word)) => Ok(String::from_utf8_lossy(word).into_owned()),
-                other => anyhow::bail!("unexpected reply {other:?}"),
-            },
-            other => anyhow::bail!("unexpected reply {other:?}"),
+        let Value::Array(items) = reply else {
+            anyhow::bail!("unexpected reply {reply:?}");
+        };
+        let words = items
+            .into_iter()
+            .map(|item| match item {
+                Value::BulkString(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                Value::SimpleString(text) => Ok(text),
+                Value::Int(number) => Ok(number.to_string()),
+                other => anyhow::bail!("unexpected reply element {other:?}"),
+            })
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        if words.is_empty() {
+            anyhow::bail!("an empty reply");
         }
+        Ok(words)
     }
 
     pub async fn start(&mut self, job_id: &str) -> anyhow::Result<String> {
@@ -100,8 +182,88 @@ impl JobDriver {
             .await
     }
 
+    /// Takes the next entry of `queue`'s `band` stream as consumer
+    /// `test-driver` (creating the consumer group if needed), as a worker's
+    /// read does: `(entry id, job id)`, or `None` when the band is empty.
+    pub async fn take_entry(
+        &mut self,
+        queue: &str,
+        band: &str,
+    ) -> anyhow::Result<Option<(String, String)>> {
+        let stream = format!("jobgate:queue:{{{queue}}}:{band}");
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(CONSUMER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        if let Err(error) = created
+            && error.code() != Some("BUSYGROUP")
+        {
+            return Err(error.into());
+        }
+        type Entries = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+        let read: Option<Entries> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(CONSUMER_GROUP)
+            .arg("test-driver")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await?;
+        let entry = read
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, entries)| entries)
+            .next();
+        Ok(entry.and_then(|(id, fields)| {
+            let job_id = fields.into_iter().find(|(name, _)| name == "job_id")?.1;
+            Some((id, job_id))
+        }))
+    }
+
+    /// Buries `job_id` (whose entry `entry_id` this driver took from
+    /// `queue`'s `band`) in the queue's dead letters, as a worker does after
+    /// the job ran out of attempts (`dead_letters.lua` `bury`).
+    pub async fn bury(
+        &mut self,
+        queue: &str,
+        band: &str,
+        job_id: &str,
+        entry_id: &str,
+        kind: &str,
+    ) -> anyhow::Result<String> {
+        let reply: Vec<String> = self
+            .dead_letters
+            .key(format!("jobgate:dead:{{{queue}}}"))
+            .key(format!("jobgate:dead:{{{queue}}}:jobs"))
+            .key(format!("jobgate:queue:{{{queue}}}:{band}"))
+            .arg("bury")
+            .arg(CONSUMER_GROUP)
+            .arg(job_id)
+            .arg(entry_id)
+            .arg("job_id")
+            .arg(job_id)
+            .arg("kind")
+            .arg(kind)
+            .arg("reason")
+            .arg("max_attempts_exceeded")
+            .arg("error")
+            .arg(r#"{"code":"boom","message":"failed on purpose"}"#)
+            .arg("consumer")
+            .arg("test-driver")
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(reply.into_iter().next().unwrap_or_default())
+    }
+
     /// A raw command on the driver's connection.
-    pub fn connection(&mut self) -> &mut MultiplexedConnection {
+    pub fn connection(&mut self) -> &mut DriverConnection {
         &mut self.conn
     }
 }

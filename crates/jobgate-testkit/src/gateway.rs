@@ -29,18 +29,30 @@ impl TestGateway {
 
     /// Serves a gateway with a state built by the caller.
     pub async fn serve(state: AppState) -> Self {
+        let gateway = Self::serve_unready(state).await;
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Serves a gateway with `config` without waiting for `/readyz` (for a
+    /// gateway started while Redis is down).
+    pub async fn start_unready(config: Config) -> Self {
+        config.validate().expect("valid test config");
+        let state = jobgate_gateway::build_state(config, CancellationToken::new()).expect("state");
+        Self::serve_unready(state).await
+    }
+
+    async fn serve_unready(state: AppState) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(jobgate_gateway::serve(listener, state.clone()));
-        let gateway = Self {
+        Self {
             addr,
             state,
             server: Some(server),
-        };
-        gateway.wait_ready().await;
-        gateway
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

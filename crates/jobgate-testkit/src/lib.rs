@@ -2,7 +2,9 @@
 //!
 //! Everything here is real: [`RedisServer`] runs `redis-server` on an
 //! ephemeral port (and can kill and restart it, with its AOF, for fault
-//! injection); [`TestGateway`] serves the real app on port 0;
+//! injection); [`RedisCluster`] runs a Redis Cluster of such servers (and
+//! can kill a master, wait for its replica's promotion, move a slot);
+//! [`TestGateway`] serves the real app on port 0;
 //! [`PythonWorker`] runs the real `jobgate-worker` from the repo's `.venv`;
 //! [`WsClient`] and [`SseClient`] are real WebSocket and SSE clients;
 //! [`Schemas`] validates messages against `proto-schemas/schemas`.
@@ -11,6 +13,7 @@ mod clients;
 mod driver;
 mod forward_receiver;
 mod gateway;
+mod redis_cluster;
 mod redis_server;
 mod schemas;
 mod worker;
@@ -18,11 +21,12 @@ mod worker;
 use std::path::PathBuf;
 
 pub use clients::{SseClient, SseEvent, WsClient};
-pub use driver::JobDriver;
+pub use driver::{DriverConnection, JobDriver};
 pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
 pub use gateway::TestGateway;
+pub use redis_cluster::{ClusterTls, RedisCluster};
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;
 pub use worker::PythonWorker;

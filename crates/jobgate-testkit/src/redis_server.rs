@@ -76,7 +76,8 @@ impl RedisServer {
         redis::Client::open(url).expect("redis url")
     }
 
-    /// Waits until workers have registered every one of `kinds`.
+    /// Waits until workers have registered every one of `kinds` (in the
+    /// kinds registry, `jobgate:kinds:v2`).
     pub async fn wait_for_kinds(&self, kinds: &[&str]) {
         let mut conn = self
             .client()
@@ -85,7 +86,7 @@ impl RedisServer {
             .expect("redis connection");
         for _ in 0..600 {
             let registered: Vec<String> = redis::cmd("HKEYS")
-                .arg("jobgate:kinds")
+                .arg("jobgate:kinds:v2")
                 .query_async(&mut conn)
                 .await
                 .unwrap_or_default();
@@ -251,6 +252,6 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("used_memory in INFO memory")
 }
 
-fn redis_server_binary() -> String {
+pub(crate) fn redis_server_binary() -> String {
     std::env::var("JOBGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }

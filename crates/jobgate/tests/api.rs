@@ -103,7 +103,7 @@ impl Harness {
             .query_async(&mut conn)
             .await
             .expect("keys");
-        keys.retain(|k| k != "jobgate:kinds");
+        keys.retain(|k| k != "jobgate:kinds:v2");
         keys.sort();
         keys
     }

@@ -167,7 +167,7 @@ async fn everything(redis: &RedisServer) -> BTreeMap<String, String> {
         .await
         .expect("keys");
     let mut all = BTreeMap::new();
-    for name in names.into_iter().filter(|k| k != "jobgate:kinds") {
+    for name in names.into_iter().filter(|k| k != "jobgate:kinds:v2") {
         let kind: String = redis::cmd("TYPE")
             .arg(&name)
             .query_async(&mut conn)

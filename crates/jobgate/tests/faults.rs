@@ -550,8 +550,8 @@ async fn a_client_on_one_gateway_sees_every_event_of_a_job_submitted_through_ano
         .await
         .expect("conn");
     let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("jobgate:live:job:{job_b}"))
+        .arg("SHARDNUMSUB")
+        .arg(format!("jobgate:live:job:{{{job_b}}}"))
         .query_async(&mut conn)
         .await
         .expect("numsub");

@@ -1090,7 +1090,7 @@ async fn internal_errors(api: &Api, contract: &mut Contract) {
         ],
         vec![
             "HSET".into(),
-            "jobgate:kinds".into(),
+            "jobgate:kinds:v2".into(),
             "garbled".into(),
             "not json".into(),
         ],

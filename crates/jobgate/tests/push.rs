@@ -508,7 +508,11 @@ async fn an_idle_pub_sub_link_answers_its_probes_and_stays_up() {
         ..HubSettings::default()
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let hub = EventHub::start(redis.client(), settings, shutdown.clone());
+    let hub = EventHub::start(
+        vec![redis.client().get_connection_info().clone()],
+        settings,
+        shutdown.clone(),
+    );
     let mut subscription = hub.subscription();
     hub.watch(&mut subscription, "jobgate:live:job:probe-test")
         .await
@@ -523,7 +527,7 @@ async fn an_idle_pub_sub_link_answers_its_probes_and_stays_up() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: i64 = redis::cmd("PUBLISH")
+    let _: i64 = redis::cmd("SPUBLISH")
         .arg("jobgate:live:job:probe-test")
         .arg("hello")
         .query_async(&mut conn)

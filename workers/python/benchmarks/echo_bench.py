@@ -1,9 +1,11 @@
 """Echo jobs through one worker process: throughput and sequential latency.
 
 Starts its own redis-server and ``jobgate-worker examples.pricing:worker``,
-creates jobs the way the gateway does (``create`` + ``XADD``) and waits for
-their ``completed`` events on the owner's live pub/sub channel, as the
-gateway would. Run from the repository root:
+creates jobs the way the gateway does (``create`` + ``XADD``). Throughput
+waits until the band is empty (the worker deletes each entry once its
+outcome is written); latency waits for each job's ``completed`` event on its
+own live channel, subscribed (``SSUBSCRIBE``) before the job is created, as
+the gateway's WebSocket submit does. Run from the repository root:
 
     .venv/bin/python workers/python/benchmarks/echo_bench.py [--jobs 5000] [--latency 500]
 
@@ -100,23 +102,24 @@ def next_event(pubsub: Any, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=deadline - time.monotonic())
-        if message is not None:
+        if message is not None and message["type"] == "smessage":
             event: dict[str, Any] = json.loads(message["data"])
             return event
     raise SystemExit("no event within the timeout: stalled")
 
 
-def throughput(client: redis.Redis, script: JobScript, pubsub: Any, jobs: int) -> None:
+def throughput(client: redis.Redis, script: JobScript, jobs: int) -> None:
     started = time.perf_counter()
     pipe = client.pipeline(transaction=False)
     for _ in range(jobs):
         submit(pipe, script, str(uuid.uuid4()))
     pipe.execute()
     enqueued = time.perf_counter() - started
-    done = 0
-    while done < jobs:
-        if next_event(pubsub, 10)["event"] == "completed":
-            done += 1
+    deadline = time.monotonic() + 10 + jobs / 100
+    while client.xlen(STREAM):
+        if time.monotonic() > deadline:
+            raise SystemExit("the jobs did not finish in time: stalled")
+        time.sleep(0.002)
     elapsed = time.perf_counter() - started
     rate = jobs / elapsed
     print(f"throughput: {jobs} echo jobs in {elapsed:.2f} s = {rate:.0f} jobs/s")
@@ -127,7 +130,11 @@ def latency(client: redis.Redis, script: JobScript, pubsub: Any, jobs: int) -> N
     samples = []
     for _ in range(jobs):
         job_id = str(uuid.uuid4())
+        channel = keys.live_job_channel(job_id)
         started = time.perf_counter()
+        pubsub.ssubscribe(channel)
+        while (message := pubsub.get_message(timeout=5)) is None or message["type"] != "ssubscribe":
+            pass
         pipe = client.pipeline(transaction=False)
         submit(pipe, script, job_id)
         pipe.execute()
@@ -135,6 +142,7 @@ def latency(client: redis.Redis, script: JobScript, pubsub: Any, jobs: int) -> N
             event = next_event(pubsub, 5)
             if event["job_id"] == job_id and event["event"] == "completed":
                 break
+        pubsub.sunsubscribe(channel)
         samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
     median = statistics.median(samples)
@@ -158,9 +166,8 @@ def main() -> None:
         with worker_process(port, args.concurrency):
             while not client.hexists(keys.KINDS_KEY, "echo"):
                 time.sleep(0.05)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(f"jobgate:live:owner:{OWNER}")
-            throughput(client, script, pubsub, args.jobs)
+            throughput(client, script, args.jobs)
+            pubsub = client.pubsub()
             latency(client, script, pubsub, args.latency)
 
 

@@ -1,9 +1,13 @@
-"""Test helpers: a real redis-server per test, a gateway stand-in, worker runners.
+"""Test helpers: a real redis-server per test, a real Redis Cluster, a gateway
+stand-in, worker runners.
 
 ``RedisServer`` starts ``redis-server`` on a free port in a temp dir (no
 persistence) and kills it at teardown; tests can kill or restart it for
-fault injection. ``Gateway`` creates jobs the way the gateway does (the
-``create`` op, then ``XADD`` of the queue entry) and reads the history.
+fault injection. ``RedisClusterNodes`` starts the processes of a Redis
+Cluster (``cluster-enabled yes``, ``redis-cli --cluster create``), and can
+kill a master and wait for its replica to take over. ``Gateway`` creates
+jobs the way the gateway does (the ``create`` op, then ``XADD`` of the queue
+entry) and reads the history, through a single Redis or a cluster client.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from gateway_script import GatewayScript, band_for_priority
 from jobgate_worker import Settings, Worker, keys
@@ -125,12 +130,204 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterNodes:
+    """The redis-server processes of one Redis Cluster, owned by a test (or module).
+
+    ``masters`` masters, each with ``replicas`` replicas; ``node_timeout_ms``
+    is how long a master may be silent before its replica takes over.
+    """
+
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000
+    ) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The worker's setting: every node's URL, comma-separated (the seeds)."""
+        return ",".join(f"redis://127.0.0.1:{port}" for port in sorted(self.processes))
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        for _ in range(self.masters * (1 + self.replicas)):
+            port = free_cluster_port()
+            node_dir = self.directory / f"node-{port}"
+            node_dir.mkdir(parents=True)
+            self.processes[port] = subprocess.Popen(
+                [
+                    binary,
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(node_dir),
+                    "--daemonize", "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        for port in self.processes:
+            self._wait_answers(port)
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        addresses = [f"127.0.0.1:{port}" for port in self.processes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    def _wait_answers(self, port: int) -> None:
+        client = redis.Redis(port=port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise RuntimeError(f"cluster node {port} did not start")
+
+    def live_ports(self) -> list[int]:
+        return sorted(port for port, process in self.processes.items() if process.poll() is None)
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every node says ``cluster_state:ok`` and every master has its
+        replicas attached and in sync (a replica still syncing would take
+        over with no data)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(self._node_ready(port, self.replicas) for port in self.live_ports()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not become ready")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _node_ready(port: int, replicas: int | None = None) -> bool:
+        """``cluster_state:ok``; and, given ``replicas``, a master has that many
+        online and a replica's link is up."""
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+        try:
+            if client.cluster("INFO").get("cluster_state") != "ok":
+                return False
+            if replicas is None:
+                return True
+            replication = client.info("replication")
+            if replication["role"] != "master":
+                return replication["master_link_status"] == "up"
+            online = [
+                replication.get(f"slave{index}", {}).get("state") == "online"
+                for index in range(replicas)
+            ]
+            return replication["connected_slaves"] == replicas and all(online)
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def wait_replicated(self, port: int, timeout_ms: int = 5000) -> None:
+        """Until the master on ``port``'s writes so far reached its replica
+        (``WAIT``): what the test wrote before a kill is not lost with it."""
+        client = redis.Redis(port=port)
+        try:
+            assert client.execute_command("WAIT", 1, timeout_ms) >= 1, "replica behind"
+        finally:
+            client.close()
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", port) for port in self.live_ports()],
+            decode_responses=True,
+            protocol=2,
+        )
+
+    def master_port_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot now."""
+        port = self.live_ports()[0]
+        client = redis.Redis(port=port, decode_responses=True)
+        try:
+            slot = int(client.cluster("KEYSLOT", key))
+            for start, end, master, *_ in client.cluster("SLOTS"):
+                if int(start) <= slot <= int(end):
+                    return int(master[1])
+        finally:
+            client.close()
+        raise AssertionError(f"no master serves {key}")
+
+    def master_ports(self) -> list[int]:
+        ports = set()
+        client = redis.Redis(port=self.live_ports()[0], decode_responses=True)
+        try:
+            for _, _, master, *_ in client.cluster("SLOTS"):
+                ports.add(int(master[1]))
+        finally:
+            client.close()
+        return sorted(ports)
+
+    def kill(self, port: int) -> None:
+        process = self.processes[port]
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+    def wait_promoted(self, killed_port: int, timeout: float = 30) -> None:
+        """Until a replica serves the killed master's slots and the cluster is ok."""
+        deadline = time.monotonic() + timeout
+        while killed_port in self.master_ports() or not all(
+            self._node_ready(port) for port in self.live_ports()
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {killed_port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+
+
+def key_on(cluster: RedisClusterNodes, port: int, make_key: Callable[[str], str]) -> str:
+    """A fresh name (a UUID) whose key (``make_key(name)``) the master on ``port`` serves."""
+    for _ in range(1000):
+        name = str(uuid.uuid4())
+        if cluster.master_port_of(make_key(name)) == port:
+            return name
+    raise AssertionError(f"no name lands on {port}")
+
+
 class Gateway:
     """Does what the gateway does to Redis, and reads what workers wrote."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer | RedisClusterNodes) -> None:
         self.server = server
-        self.redis = server.client()
+        self.redis: Any = server.client()
         self.script = GatewayScript.load(self.redis)
 
     def submit(
@@ -267,17 +464,23 @@ class ThreadWorker:
         assert self.status == EXIT_OK, "a runtime stopped as asked exits with 0"
 
 
+def thread_worker(
+    redis_url: str, worker: Worker, telemetry: Telemetry | None = None, **overrides: Any
+) -> ThreadWorker:
+    defaults: dict[str, Any] = {
+        "redis_url": redis_url,
+        "consumer": f"test-{uuid.uuid4().hex[:6]}",
+        "block_ms": 100,
+        "concurrency": 4,
+    }
+    defaults.update(overrides)
+    return ThreadWorker(Runtime(worker, Settings(**defaults).validated(), telemetry))
+
+
 @pytest.fixture
 def run_worker(redis_server: RedisServer) -> Callable[..., ThreadWorker]:
     def make(worker: Worker, telemetry: Telemetry | None = None, **overrides: Any) -> ThreadWorker:
-        defaults: dict[str, Any] = {
-            "redis_url": redis_server.url,
-            "consumer": f"test-{uuid.uuid4().hex[:6]}",
-            "block_ms": 100,
-            "concurrency": 4,
-        }
-        defaults.update(overrides)
-        return ThreadWorker(Runtime(worker, Settings(**defaults).validated(), telemetry))
+        return thread_worker(redis_server.url, worker, telemetry, **overrides)
 
     return make
 

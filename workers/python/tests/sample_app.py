@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from jobgate_worker import JobContext, RetryableError, Worker
@@ -134,6 +135,34 @@ def dask_sleepers(ctx: JobContext, params: Any) -> Any:
         ctx.raise_if_cancelled()
         ctx.progress(done, len(futures))
     return "done"
+
+
+def _where(seconds: float, marker_dir: str) -> dict[str, Any]:
+    """A Dask task: leaves a file named after its process, sleeps, says where it ran."""
+    from distributed import get_worker  # noqa: PLC0415 - only inside a Dask worker
+
+    if marker_dir:
+        Path(marker_dir, str(os.getpid())).touch()
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "worker": get_worker().address}
+
+
+@worker.job("dask_where")
+def dask_where(ctx: JobContext, params: Any) -> Any:
+    """Runs ``n`` Dask tasks of ``s`` seconds each; returns the process and worker of each.
+
+    With ``marker_dir`` each task first creates a file there named after the
+    pid of the process running it (so a test knows whom to kill).
+    """
+    n = int(params.get("n", 1))
+    seconds = [float(params.get("s", 0.1))] * n
+    markers = [str(params.get("marker_dir", ""))] * n
+    futures = ctx.dask.map(_where, seconds, markers, pure=False)
+    places = []
+    for done, future in enumerate(ctx.dask.as_completed(futures), 1):
+        places.append(future.result())
+        ctx.progress(done, n)
+    return {"attempt": ctx.attempt, "places": places}
 
 
 #: Job ids in the order the ``record_order`` handler ran them.

@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use jobgate_proto::ws::{ClientMessage, ServerMessage, SubmitFrame};
-use jobgate_proto::{ErrorCode, JobId};
+use jobgate_proto::{ErrorCode, EventPosition, JobId};
 use jobgate_store::{Feed, FeedEvent, FeedItem};
 
 use crate::auth::{Principal, unauthorized};
@@ -313,12 +313,12 @@ impl Session {
         if accepted.replayed {
             // The job exists from an earlier submit: follow it from the start.
             self.feed.unwatch(&job_id);
-            return self.subscribe(accepted.job_id, 0).await;
+            return self.subscribe(accepted.job_id, EventPosition::START).await;
         }
         held.into_iter().try_for_each(|event| self.deliver(event))
     }
 
-    async fn subscribe(&mut self, id: JobId, after: u64) -> Result<(), End> {
+    async fn subscribe(&mut self, id: JobId, after: EventPosition) -> Result<(), End> {
         let job_id = id.to_string();
         let job_id = Some(job_id.as_str());
         if !self.feed.is_watching(&id)
@@ -346,12 +346,12 @@ impl Session {
                 .map_err(|_| End::Close(CLOSE_INTERNAL_ERROR, "internal error"))?;
             self.reply(&ServerMessage::HistoryTruncated {
                 job_id: id,
-                after,
+                after: after.seq,
                 first_seq,
                 snapshot,
             })?;
         }
-        if record.snapshot.status.is_terminal() && record.snapshot.seq <= after {
+        if record.snapshot.status.is_terminal() && record.position() <= after {
             self.feed.unwatch(&id);
         }
         Ok(())

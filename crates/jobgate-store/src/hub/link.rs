@@ -1,154 +1,340 @@
-//! The hub's task: the one pub/sub connection to Redis.
+//! One master's link: the hub's own pub/sub connection to it.
 //!
-//! It connects (with backoff), SUBSCRIBEs to every channel the registry
-//! holds, then serves the link until it drops or stops answering its probe:
-//! it dispatches each message, SUBSCRIBEs to what `watch` asks for (in
-//! batches, one request at a time, so an unsubscribe never overtakes a
-//! later subscribe) and UNSUBSCRIBEs, now and then, from channels nobody
-//! watches. After a reconnect every subscription is told to resync. The
-//! bookkeeping itself is the registry's (`registry.rs`).
+//! The connection speaks RESP3, so Redis's `smessage`, `ssubscribe` and
+//! `sunsubscribe` arrive as pushes, handed to [`PushHandler`] by redis-rs's
+//! connection task in the order Redis sent them: messages are dispatched to
+//! subscriptions at once (a `try_send` each, no queue in between), and the
+//! registry learns from the confirmations which channels the connection
+//! delivers. The task itself connects (with backoff), SSUBSCRIBEs to what
+//! the registry queues for this master, probes the link and, now and then,
+//! SUNSUBSCRIBEs from channels nobody watches.
+//!
+//! redis-rs takes the first push that confirms a subscription as the reply
+//! to the command in flight, whichever it is. So each SSUBSCRIBE and
+//! SUNSUBSCRIBE names one channel (a batch is a pipeline of them), and each
+//! reply is checked to be the confirmation expected: anything else — an
+//! unasked `sunsubscribe` taken for a reply, say — means replies and
+//! commands no longer match, and the connection is dropped and made again.
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
-use tokio::sync::mpsc;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, ServerErrorKind, Value};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+use super::registry::LinkId;
+use super::slots::NodeName;
 
-/// The most channels one SUBSCRIBE names. Watches that pile up while the
-/// link is busy (a burst of new sessions, or every channel after a
-/// reconnect) go out in batches: one command per channel would cost a round
-/// trip each, one command for all of them an unbounded request and reply.
+/// The most channels one pipeline of SSUBSCRIBEs names. Watches that pile
+/// up while the link is busy (a burst of new sessions, or every channel
+/// after a reconnect) go out in batches: one round trip each would be
+/// slow, one pipeline for all of them an unbounded request and reply.
 const SUBSCRIBE_BATCH: usize = 512;
-/// The first pause before reconnecting; it doubles up to
+/// The first pause before connecting again; it doubles up to
 /// [`MAX_RECONNECT_BACKOFF`] while connecting fails.
 const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
-/// How often channels whose last watcher left are UNSUBSCRIBEd, in one
-/// command rather than one by one as they are left; a channel watched
-/// again meanwhile stays subscribed.
+/// How often channels whose last watcher left are SUNSUBSCRIBEd, together
+/// rather than one by one as they are left; a channel watched again
+/// meanwhile stays subscribed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs the link until `shutdown` fires. `commands` carries the names of
-/// channels to SUBSCRIBE to.
+/// Why a connection ended.
+enum Ended {
+    /// The link was told to stop.
+    Stopped,
+    /// The connection failed; the reason, for the log.
+    Broken(String),
+}
+
+/// Runs `node`'s link until `stop` fires. `info` is where the master is
+/// reached.
 pub(super) async fn run(
-    client: redis::Client,
+    node: NodeName,
+    info: redis::ConnectionInfo,
     hub: Arc<Inner>,
-    mut commands: mpsc::Receiver<String>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
+    let Some(wake) = hub.lock().wake_of(&node) else {
+        return;
+    };
     let mut backoff = MIN_RECONNECT_BACKOFF;
     let mut reconnecting = false;
     loop {
-        let linked = tokio::select! {
-            () = shutdown.cancelled() => return,
-            linked = tokio::time::timeout(hub.settings.io_timeout, client.get_async_pubsub()) => linked,
+        let link = hub
+            .next_link
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dropped = CancellationToken::new();
+        let handler = PushHandler {
+            hub: Arc::clone(&hub),
+            node: node.clone(),
+            link,
+            dropped: dropped.clone(),
         };
-        let pubsub = match linked {
-            Ok(Ok(pubsub)) => pubsub,
-            failed => {
-                let reason = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                tracing::warn!(error = %reason, backoff_ms = backoff.as_millis() as u64, "pub/sub connect failed");
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            connected = connect(&info, hub.settings.io_timeout, handler) => connected,
+        };
+        let mut conn = match connected {
+            Ok(conn) => conn,
+            Err(reason) => {
+                tracing::warn!(node = %node, error = %reason, backoff_ms = backoff.as_millis() as u64, "pub/sub connect failed");
+                hub.lock().link_down(&node, None);
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
-        let all = hub.lock().channel_names();
-        if subscribe(&hub, &mut sink, &all).await.is_err() {
-            continue;
-        }
         backoff = MIN_RECONNECT_BACKOFF;
-        hub.connected.store(true, Ordering::Release);
+        hub.lock().link_up(&node, link);
         if reconnecting {
-            tracing::info!(channels = all.len(), "pub/sub link re-established");
-            hub.lock().resync_all();
+            tracing::info!(node = %node, "pub/sub link re-established");
+        } else {
+            tracing::debug!(node = %node, "pub/sub link up");
         }
         reconnecting = true;
-
-        let mut probe = tokio::time::interval(hub.settings.probe_interval);
-        probe.tick().await;
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    hub.connected.store(false, Ordering::Release);
-                    return;
-                }
-                message = stream.next() => {
-                    let Some(message) = message else {
-                        tracing::warn!("pub/sub link dropped");
-                        break;
-                    };
-                    let channel = message.get_channel_name().to_owned();
-                    hub.lock().dispatch(&channel, Bytes::copy_from_slice(message.get_payload_bytes()));
-                }
-                Some(first) = commands.recv() => {
-                    let mut names = vec![first];
-                    while names.len() < SUBSCRIBE_BATCH {
-                        match commands.try_recv() {
-                            Ok(name) => names.push(name),
-                            Err(_) => break,
-                        }
-                    }
-                    if subscribe(&hub, &mut sink, &names).await.is_err() {
-                        break;
-                    }
-                }
-                _ = probe.tick() => {
-                    // A subscribed connection answers PING with an array,
-                    // not a status: any reply proves the link is alive.
-                    let pong = tokio::time::timeout(hub.settings.io_timeout, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        tracing::warn!("pub/sub link did not answer its probe");
-                        break;
-                    }
-                }
-                _ = sweep.tick() => {
-                    let unwatched = hub.lock().take_unwatched();
-                    if !unwatched.is_empty() {
-                        let done = tokio::time::timeout(hub.settings.io_timeout, sink.unsubscribe(&unwatched)).await;
-                        if !matches!(done, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                }
+        let ended = serve(&mut conn, &hub, &node, link, &wake, &dropped, &stop).await;
+        hub.lock().link_down(&node, Some(link));
+        match ended {
+            Ended::Stopped => return,
+            Ended::Broken(reason) => {
+                tracing::warn!(node = %node, error = %reason, "pub/sub link dropped");
             }
         }
-        hub.connected.store(false, Ordering::Release);
-        hub.lock().link_lost();
     }
 }
 
-/// SUBSCRIBEs to `names` (those still wanted), [`SUBSCRIBE_BATCH`] at a
-/// time, and confirms them.
-async fn subscribe(hub: &Inner, sink: &mut PubSubSink, names: &[String]) -> Result<(), ()> {
-    let wanted = hub.lock().still_wanted(names);
-    for batch in wanted.chunks(SUBSCRIBE_BATCH) {
-        match tokio::time::timeout(hub.settings.io_timeout, sink.subscribe(batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "SUBSCRIBE failed");
-                return Err(());
-            }
-            Err(_) => {
-                tracing::warn!("SUBSCRIBE timed out");
-                return Err(());
+/// Opens a RESP3 connection whose pushes go to `handler`.
+async fn connect(
+    info: &redis::ConnectionInfo,
+    io_timeout: Duration,
+    handler: PushHandler,
+) -> Result<MultiplexedConnection, String> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.clone().set_redis_settings(settings))
+        .map_err(|e| e.to_string())?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(io_timeout))
+        .set_response_timeout(Some(io_timeout))
+        .set_push_sender(move |push: PushInfo| -> Result<(), Infallible> {
+            handler.handle(push);
+            Ok(())
+        });
+    match tokio::time::timeout(
+        io_timeout,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// Serves one connection until it fails or the link is stopped.
+async fn serve(
+    conn: &mut MultiplexedConnection,
+    hub: &Inner,
+    node: &NodeName,
+    link: LinkId,
+    wake: &Notify,
+    dropped: &CancellationToken,
+    stop: &CancellationToken,
+) -> Ended {
+    let mut probe = tokio::time::interval(hub.settings.probe_interval);
+    probe.tick().await;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.tick().await;
+    loop {
+        let step = tokio::select! {
+            () = stop.cancelled() => return Ended::Stopped,
+            () = dropped.cancelled() => Err("the connection closed".to_owned()),
+            () = wake.notified() => subscribe_pending(conn, hub, node).await,
+            _ = probe.tick() => probe_link(conn, hub).await,
+            _ = sweep.tick() => unsubscribe_unwatched(conn, hub, node, link).await,
+        };
+        if let Err(reason) = step {
+            return Ended::Broken(reason);
+        }
+    }
+}
+
+/// SSUBSCRIBEs to every channel queued for this master, a batch at a time.
+/// Confirmations reach the registry as pushes before the replies come back;
+/// a channel refused because the slot map is stale goes back to wait for a
+/// fresh one.
+async fn subscribe_pending(
+    conn: &mut MultiplexedConnection,
+    hub: &Inner,
+    node: &NodeName,
+) -> Result<(), String> {
+    loop {
+        let batch = hub.lock().take_pending(node, SUBSCRIBE_BATCH);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let replies = one_per_channel(conn, hub, "SSUBSCRIBE", &batch).await?;
+        for (channel, reply) in batch.iter().zip(replies) {
+            match reply {
+                Value::Push {
+                    kind: PushKind::SSubscribe,
+                    data,
+                } if names(&data, channel) => {}
+                Value::ServerError(error) if is_topology_error(error.kind()) => {
+                    tracing::info!(node = %node, channel, error = %error.code(), "SSUBSCRIBE refused; reading the slot map again");
+                    hub.lock().misrouted(channel, node);
+                }
+                other => return Err(format!("SSUBSCRIBE {channel} answered {other:?}")),
             }
         }
     }
-    hub.lock().confirm(&wanted);
+}
+
+/// SUNSUBSCRIBEs from the channels of this master nobody watches any more.
+async fn unsubscribe_unwatched(
+    conn: &mut MultiplexedConnection,
+    hub: &Inner,
+    node: &NodeName,
+    link: LinkId,
+) -> Result<(), String> {
+    let unwatched = hub.lock().take_unwatched(node, link);
+    for batch in unwatched.chunks(SUBSCRIBE_BATCH) {
+        let replies = one_per_channel(conn, hub, "SUNSUBSCRIBE", batch).await?;
+        for (channel, reply) in batch.iter().zip(replies) {
+            match reply {
+                Value::Push {
+                    kind: PushKind::SUnsubscribe,
+                    data,
+                } if names(&data, channel) => {}
+                other => return Err(format!("SUNSUBSCRIBE {channel} answered {other:?}")),
+            }
+        }
+    }
     Ok(())
+}
+
+/// Sends `command` once per channel, in one pipeline, and returns each
+/// reply (errors included, as values).
+async fn one_per_channel(
+    conn: &mut MultiplexedConnection,
+    hub: &Inner,
+    command: &str,
+    channels: &[String],
+) -> Result<Vec<Value>, String> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for channel in channels {
+        pipe.cmd(command).arg(channel);
+    }
+    match tokio::time::timeout(
+        hub.settings.io_timeout,
+        pipe.query_async::<Vec<Value>>(conn),
+    )
+    .await
+    {
+        Ok(Ok(replies)) if replies.len() == channels.len() => Ok(replies),
+        Ok(Ok(replies)) => Err(format!(
+            "{command}: {} replies for {} channels",
+            replies.len(),
+            channels.len()
+        )),
+        Ok(Err(error)) => Err(format!("{command}: {error}")),
+        Err(_) => Err(format!("{command} timed out")),
+    }
+}
+
+/// PING: a RESP3 connection answers `PONG` even while subscribed.
+async fn probe_link(conn: &mut MultiplexedConnection, hub: &Inner) -> Result<(), String> {
+    let pong = tokio::time::timeout(
+        hub.settings.io_timeout,
+        redis::cmd("PING").query_async::<Value>(conn),
+    )
+    .await;
+    match pong {
+        Ok(Ok(Value::SimpleString(pong))) if pong == "PONG" => Ok(()),
+        Ok(Ok(other)) => Err(format!("PING answered {other:?}")),
+        Ok(Err(error)) => Err(format!("PING: {error}")),
+        Err(_) => Err("the link did not answer its probe".to_owned()),
+    }
+}
+
+/// Errors that say this master does not (or not now) serve the channel's
+/// slot: the slot map must be read again.
+fn is_topology_error(kind: Option<ServerErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+        )
+    )
+}
+
+/// Whether a push's data starts with `channel`.
+fn names(data: &[Value], channel: &str) -> bool {
+    data.first()
+        .and_then(channel_name)
+        .is_some_and(|name| name == channel)
+}
+
+fn channel_name(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// Takes one connection's pushes, in the order Redis sent them.
+struct PushHandler {
+    hub: Arc<Inner>,
+    node: NodeName,
+    link: LinkId,
+    /// Fired when redis-rs reports the connection closed.
+    dropped: CancellationToken,
+}
+
+impl PushHandler {
+    fn handle(&self, push: PushInfo) {
+        let PushInfo { kind, data } = push;
+        match kind {
+            PushKind::SMessage | PushKind::Message => {
+                let mut data = data.into_iter();
+                let (Some(channel), Some(Value::BulkString(payload))) = (data.next(), data.next())
+                else {
+                    return;
+                };
+                if let Some(channel) = channel_name(&channel) {
+                    self.hub.lock().dispatch(channel, Bytes::from(payload));
+                }
+            }
+            PushKind::SSubscribe => {
+                if let Some(channel) = data.first().and_then(channel_name) {
+                    self.hub.lock().confirmed(channel, &self.node, self.link);
+                }
+            }
+            PushKind::SUnsubscribe => {
+                if let Some(channel) = data.first().and_then(channel_name) {
+                    self.hub.lock().unsubscribed(channel, self.link);
+                }
+            }
+            PushKind::Disconnection => self.dropped.cancel(),
+            _ => {}
+        }
+    }
 }

@@ -1,51 +1,59 @@
-//! [`EventHub`]: one Redis pub/sub connection per process, shared by every
-//! client connection.
+//! [`EventHub`]: the process's sharded pub/sub, shared by every client
+//! connection.
+//!
+//! Events are published with SPUBLISH on sharded channels, each delivered
+//! only by the master that owns its hash tag's slot. The hub keeps one
+//! connection per master ([`link`]), none shared with commands; it learns
+//! which master owns which slot from `CLUSTER SLOTS` (a standalone Redis is
+//! one node owning every slot) and reads the map again when a link drops,
+//! a SSUBSCRIBE is answered MOVED, or Redis pushes `sunsubscribe` because a
+//! slot moved away ([`topology`]).
 //!
 //! A connection gets a [`Subscription`] (a bounded queue of its own) and
 //! adds channels to it with [`EventHub::watch`], whose future resolves only
-//! once Redis has confirmed the SUBSCRIBE — the "subscribe" half of
-//! subscribe-then-read. The hub's task owns the pub/sub connection: it
-//! serialises SUBSCRIBE/UNSUBSCRIBE (so an unsubscribe can never overtake a
-//! later subscribe to the same channel), dispatches messages with
-//! `try_send`, and reconnects with backoff when the link drops or stops
-//! answering its probe. After a reconnect every subscription gets
-//! [`HubMessage::Resync`], because events published while the link was down
-//! were never delivered and must be read from the history instead.
+//! once Redis has confirmed the SSUBSCRIBE — the "subscribe" half of
+//! subscribe-then-read. When a channel's delivery was interrupted (its
+//! master's link dropped, or the slot moved) the channel is subscribed to
+//! again, at its new master if it has one, and only then are the
+//! subscriptions watching it sent [`HubMessage::Resync`]: events published
+//! meanwhile were never delivered and must be read from the history
+//! ([`Subscription::take_stale`] names the channels). Subscriptions of
+//! channels on other masters hear nothing of it.
 //!
 //! A subscription whose queue is full is cut off: its `overflowed` token
 //! fires and it receives nothing more. Memory per connection is bounded by
 //! its queue capacity.
 //!
 //! This file holds the handles ([`EventHub`], [`Subscription`]); who
-//! watches what is `registry.rs` (pure bookkeeping, unit-tested), and the
-//! connection task is `link.rs`.
+//! watches what and which master serves it is `registry.rs` (pure
+//! bookkeeping, unit-tested), the slot map `slots.rs`.
 
 mod link;
 mod registry;
+mod slots;
+mod topology;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use self::registry::{Joined, Member, Registry};
 use crate::StoreError;
 
-/// How many channel names may wait for the hub's task to SUBSCRIBE to them.
-/// Not a limit on watches: past it, `watch` hands the name over from a task
-/// of its own instead of at once.
-const PENDING_SUBSCRIBES: usize = 4096;
-
 /// What a subscription receives.
 #[derive(Debug, Clone)]
 pub enum HubMessage {
-    /// A published event JSON.
+    /// A published message: an event JSON on a job's channel, a job id on
+    /// an owner's channel.
     Event(Bytes),
-    /// The pub/sub link was re-established: anything may have been missed.
+    /// Some of the subscription's channels may have missed messages while
+    /// their delivery was interrupted; they are delivered again now.
+    /// [`Subscription::take_stale`] names them.
     Resync,
 }
 
@@ -54,12 +62,12 @@ pub enum HubMessage {
 pub struct HubSettings {
     /// Capacity of each subscription's queue.
     pub subscription_capacity: usize,
-    /// How often the link is probed with PING.
+    /// How often each master's link is probed with PING.
     pub probe_interval: Duration,
-    /// How long a probe, connect, SUBSCRIBE or UNSUBSCRIBE may take before
-    /// the link is considered dead.
+    /// How long a probe, connect, SSUBSCRIBE, SUNSUBSCRIBE or slot map read
+    /// may take before the link (or the node asked) is considered dead.
     pub io_timeout: Duration,
-    /// How long `watch` waits for the link to confirm a subscription.
+    /// How long `watch` waits for Redis to confirm a subscription.
     pub watch_timeout: Duration,
 }
 
@@ -74,14 +82,28 @@ impl Default for HubSettings {
     }
 }
 
-/// What the handles and the hub's task share.
+/// One master as the hub sees it (for readiness reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// `host:port`.
+    pub node: String,
+    /// Its pub/sub link is up.
+    pub linked: bool,
+    /// Channels it serves for this gateway.
+    pub channels: usize,
+}
+
+/// What the handles and the hub's tasks share.
 struct Inner {
     registry: Mutex<Registry>,
-    /// Names of channels to SUBSCRIBE to, for the hub's task.
-    commands: mpsc::Sender<String>,
-    connected: AtomicBool,
+    /// Wakes the topology task: the slot map should be read again.
+    refresh: Arc<Notify>,
     next_id: AtomicU64,
+    /// Numbers each connection a link makes.
+    next_link: AtomicU64,
     settings: HubSettings,
+    /// The hub stops when this fires.
+    shutdown: CancellationToken,
 }
 
 /// Handle to the hub; cheap to clone.
@@ -116,27 +138,39 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl EventHub {
-    /// Starts the hub's task; it runs until `shutdown` fires.
+    /// Starts the hub's tasks; they run until `shutdown` fires. `seeds` are
+    /// the addresses to learn the topology from (one for a standalone
+    /// Redis; any nodes of a cluster): every master's connection is made
+    /// from the first seed's settings (TLS, user, password) with the
+    /// master's host and port.
     pub fn start(
-        client: redis::Client,
+        seeds: Vec<redis::ConnectionInfo>,
         settings: HubSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        let (commands, command_rx) = mpsc::channel(PENDING_SUBSCRIBES);
+        let refresh = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            registry: Mutex::default(),
-            commands,
-            connected: AtomicBool::new(false),
+            registry: Mutex::new(Registry::new(Arc::clone(&refresh))),
+            refresh,
             next_id: AtomicU64::new(1),
+            next_link: AtomicU64::new(1),
             settings,
+            shutdown,
         });
-        tokio::spawn(link::run(client, Arc::clone(&inner), command_rx, shutdown));
+        tokio::spawn(topology::run(seeds, Arc::clone(&inner)));
         Self { inner }
     }
 
-    /// Whether the pub/sub link is up (for readiness).
+    /// Whether events can be delivered (for readiness): the topology is
+    /// known, and every master serving channels has its link up (with
+    /// none watched, at least one link is up).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Acquire)
+        self.inner.lock().is_connected()
+    }
+
+    /// Each master and the state of its link.
+    pub fn nodes(&self) -> Vec<NodeState> {
+        self.inner.lock().node_states()
     }
 
     /// A new, empty subscription.
@@ -159,7 +193,7 @@ impl EventHub {
     /// Adds `channel` to the subscription now and returns what resolves once
     /// Redis delivers the channel's messages to it. The returned future
     /// borrows nothing, so the connection can go on with other work while
-    /// it waits; dropping it does not undo the subscription (the SUBSCRIBE
+    /// it waits; dropping it does not undo the subscription (the SSUBSCRIBE
     /// is already on its way).
     pub fn watch(
         &self,
@@ -172,37 +206,13 @@ impl EventHub {
             .lock()
             .join(channel, &subscription.member, already_member);
         subscription.channels.insert(channel.to_owned());
-        let mut stopped = false;
-        let confirmed = match joined {
-            Joined::Confirmed => None,
-            Joined::Waiting {
-                confirmed,
-                ask_to_subscribe,
-            } => {
-                if ask_to_subscribe {
-                    // The first waiter asks for the SUBSCRIBE, here rather
-                    // than in the future: were it dropped unpolled, later
-                    // waiters would wait for a confirmation nobody asked for.
-                    match self.inner.commands.try_send(channel.to_owned()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(channel)) => {
-                            let inner = Arc::clone(&self.inner);
-                            tokio::spawn(async move {
-                                let _ = inner.commands.send(channel).await;
-                            });
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => stopped = true,
-                    }
-                }
-                Some(confirmed)
-            }
-        };
+        let stopped = self.inner.shutdown.is_cancelled();
         let watch_timeout = self.inner.settings.watch_timeout;
         async move {
             if stopped {
                 return Err(StoreError::Unavailable("the event hub has stopped".into()));
             }
-            let Some(confirmed) = confirmed else {
+            let Joined::Waiting(confirmed) = joined else {
                 return Ok(());
             };
             match tokio::time::timeout(watch_timeout, confirmed).await {
@@ -233,6 +243,14 @@ impl Subscription {
 
     pub fn is_watching(&self, channel: &str) -> bool {
         self.channels.contains(channel)
+    }
+
+    /// The channels that may have missed messages since the last call (what
+    /// a [`HubMessage::Resync`] is about), among those still watched.
+    pub fn take_stale(&mut self) -> Vec<String> {
+        let mut stale = self.hub.lock().take_stale(self.member.id);
+        stale.retain(|channel| self.channels.contains(channel));
+        stale
     }
 
     fn leave(&mut self, channel: &str) {

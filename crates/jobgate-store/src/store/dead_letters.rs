@@ -170,8 +170,8 @@ impl JobStore {
             ("ok" | "queued", [kind, _queue, priority, traceparent, tracestate]) => {
                 let band = Band::for_priority(priority.parse().unwrap_or(5));
                 let mut conn = self.connection();
-                let reply: Vec<String> = SCRIPT
-                    .key(keys::dead_letters(&letter.queue))
+                let mut requeue = SCRIPT.key(keys::dead_letters(&letter.queue));
+                requeue
                     .key(keys::dead_letter_index(&letter.queue))
                     .key(keys::queue(&letter.queue, band))
                     .arg("requeue")
@@ -185,9 +185,28 @@ impl JobStore {
                     .arg("tracestate")
                     .arg(tracestate)
                     .arg("enqueued_at")
-                    .arg(super::unix_ms())
-                    .invoke_async(&mut conn)
-                    .await?;
+                    .arg(super::unix_ms());
+                // The owner's feeds hear of the re-run as of a new job (its
+                // `retrying` event is in the history already), at the same
+                // time as the entry is added: the owner's slot is another.
+                let mut notice_conn = self.connection();
+                let notice = async {
+                    match &letter.owner {
+                        Some(owner) => redis::cmd("SPUBLISH")
+                            .arg(keys::owner_channel(owner))
+                            .arg(job_id.to_string())
+                            .query_async::<i64>(&mut notice_conn)
+                            .await
+                            .map(drop),
+                        None => Ok(()),
+                    }
+                };
+                let (reply, notice) =
+                    tokio::join!(requeue.invoke_async::<Vec<String>>(&mut conn), notice);
+                let reply = reply?;
+                if let Err(error) = notice {
+                    tracing::warn!(job_id = %job_id, %error, "the owner's feeds were not told of the re-run");
+                }
                 // `missing`: another operator's re-run enqueued it meanwhile.
                 let requeued = reply.first().map(String::as_str);
                 tracing::info!(job_id = %job_id, queue = %letter.queue, requested_by, reply = ?requeued, "dead letter re-run");
@@ -259,23 +278,27 @@ impl JobStore {
         Ok(purged)
     }
 
-    /// Fills in each dead letter's owner and attempts from its job record.
+    /// Fills in each dead letter's owner and attempts from its job record
+    /// (one pipeline on a single server; one per slot on a cluster).
     async fn add_job_details(&self, items: &mut [DeadLetter]) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for item in items.iter() {
-            // A malformed id names no record: ask the index, which has no such fields.
-            let key = match item.job_id.parse::<JobId>() {
-                Ok(job_id) => keys::job(&job_id),
-                Err(_) => keys::dead_letter_index(&item.queue),
-            };
-            pipe.cmd("HMGET").arg(key).arg("owner").arg("attempt");
-        }
-        let mut conn = self.connection();
-        let details: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
-        for (item, (owner, attempt)) in items.iter_mut().zip(details) {
+        let commands = items
+            .iter()
+            .map(|item| {
+                // A malformed id names no record: ask the index, which has
+                // no such fields.
+                let key = match item.job_id.parse::<JobId>() {
+                    Ok(job_id) => keys::job(&job_id),
+                    Err(_) => keys::dead_letter_index(&item.queue),
+                };
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key).arg("owner").arg("attempt");
+                (key, cmd)
+            })
+            .collect();
+        let replies = self.reader().query_by_slot(commands).await?;
+        for (item, reply) in items.iter_mut().zip(replies) {
+            let (owner, attempt): (Option<String>, Option<String>) = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::Protocol(format!("dead letter's job: {e}")))?;
             item.owner = owner;
             item.attempts = attempt.and_then(|a| a.parse().ok());
         }

@@ -1,6 +1,7 @@
 //! Listing an owner's jobs, newest first (`GET /v1/jobs`): the owner's index
 //! (`jobgate:owner:{<owner>}:jobs`) read page by page, the records of each
-//! page read in one pipeline, filtered by status and kind.
+//! page read in one pipeline (one per slot on a cluster), filtered by
+//! status and kind.
 //!
 //! Pagination is by position, not by offset: a [`ListPosition`] is the index
 //! entry (score and job id) a page ended at, and the next page starts just
@@ -33,6 +34,8 @@ const SNAPSHOT_FIELDS: &[&str] = &[
     "max_attempts",
     "timeout_s",
     "seq",
+    "epoch",
+    "epoch_seq",
     "progress",
     "result",
     "error",
@@ -205,24 +208,28 @@ async fn read_index(
     }
 }
 
-/// The records of `entries`, in order, `None` where one has expired.
+/// The records of `entries`, in order, `None` where one has expired: one
+/// pipeline of `HMGET`s on a single server; on a cluster, where each job is
+/// on its own slot, one per slot, concurrently.
 async fn read_records(
     conn: &mut Connection,
     entries: &[ListPosition],
 ) -> Result<Vec<Option<JobRecord>>, StoreError> {
-    if entries.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for entry in entries {
-        pipe.cmd("HMGET")
-            .arg(keys::job(&entry.job_id))
-            .arg(SNAPSHOT_FIELDS);
-    }
-    let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await?;
+    let commands = entries
+        .iter()
+        .map(|entry| {
+            let key = keys::job(&entry.job_id);
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&key).arg(SNAPSHOT_FIELDS);
+            (key, cmd)
+        })
+        .collect();
+    let replies = conn.query_by_slot(commands).await?;
     replies
         .into_iter()
-        .map(|values| {
+        .map(|reply| {
+            let values: Vec<Option<String>> = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::Protocol(format!("job record: {e}")))?;
             let fields: HashMap<String, String> = SNAPSHOT_FIELDS
                 .iter()
                 .zip(values)

@@ -9,17 +9,30 @@
 //! `queues.rs` (kind → queue routes, queue lengths and stats),
 //! `overview.rs` (what an operator sees of a queue; pause and resume),
 //! `script.rs` (each call of the script and how its reply is read),
-//! `delayed.rs` (delayed jobs' set members and moving the due ones) and
-//! `dead_letters.rs` (list, show, re-run and purge dead letters). Here:
-//! the handle, its settings and what the others share.
+//! `delayed.rs` (delayed jobs' set members and moving the due ones),
+//! `dead_letters.rs` (list, show, re-run and purge dead letters),
+//! `outcomes.rs` and `stats.rs` (job outcome counts: the gateway's own,
+//! written once a second, and the totals `/metrics` reads) and `health.rs`
+//! (what `/readyz` asks: a ping, memory, a cluster's nodes). Here: the
+//! handle, its settings and what the others share.
+//!
+//! **One slot per call.** On Redis Cluster every command, script call and
+//! pipeline must touch keys of one slot (one hash tag). Calls that gather
+//! keys of several tags — the queue entry and the owner's index at
+//! submission, the records of a page of jobs — go through
+//! `Connection::query_by_slot`: one pipeline on a single server (no extra
+//! round trip), one per slot, concurrently, on a cluster.
 
 mod dead_letters;
 mod delayed;
+mod health;
 mod listing;
+mod outcomes;
 mod overview;
 mod queues;
 mod reads;
 mod script;
+mod stats;
 mod submit;
 
 use std::collections::HashMap;
@@ -27,17 +40,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 pub use self::dead_letters::{BadCursor, DeadLetter, DeadLetterPage, RetryOutcome, parse_cursor};
+pub use self::health::{ClusterNode, RedisMemory, RedisStatus};
 pub use self::listing::{JobPage, ListPosition, ListQuery};
+use self::outcomes::PendingOutcomes;
+pub use self::outcomes::{LATENCY_BUCKETS_S, LatencyTotals, OUTCOME_EVENTS, OutcomeTotals};
 pub use self::overview::{BandDepths, QueueOverview, WorkerView};
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
+pub use self::stats::{OUTCOME_FLUSH_INTERVAL, spawn_outcome_flusher};
 pub use self::submit::{IdempotencyClaim, NewJob, SubmitRate, Submitted, TraceContext};
-use crate::StoreError;
-use crate::connection::{self, Connection, RedisHealth, Retry};
+use crate::connection::{self, Connection, RedisHealth, RedisMode, Retry};
 
 /// Settings the store applies to every job it creates.
 #[derive(Debug, Clone)]
@@ -64,9 +79,9 @@ impl Default for StoreSettings {
 /// Cheap to clone: a handle on the shared connection and shared caches.
 #[derive(Clone)]
 pub struct JobStore {
-    redis: ConnectionManager,
-    /// `OOM` refusals seen on the shared connection.
-    health: Arc<RedisHealth>,
+    /// The shared connection (single server or cluster), with what it has
+    /// seen of Redis (`OOM` refusals).
+    redis: Connection,
     script: Arc<Script>,
     /// `proto-schemas/redis/delayed.lua`; see `delayed.rs`.
     delayed_script: Arc<Script>,
@@ -80,6 +95,10 @@ pub struct JobStore {
     routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     /// Queue → (length, when it was read); see `queues.rs`.
     depths: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
+    /// Outcomes this gateway wrote, not yet counted in Redis; see `stats.rs`.
+    pending_outcomes: Arc<Mutex<PendingOutcomes>>,
+    /// The outcome totals last read, and when; see `stats.rs`.
+    outcome_totals: Arc<Mutex<Option<(OutcomeTotals, Instant)>>>,
 }
 
 impl std::fmt::Debug for JobStore {
@@ -91,10 +110,10 @@ impl std::fmt::Debug for JobStore {
 }
 
 impl JobStore {
-    pub fn new(redis: ConnectionManager, settings: StoreSettings) -> Self {
+    /// The store over `redis` (from [`crate::open`]).
+    pub fn new(redis: Connection, settings: StoreSettings) -> Self {
         Self {
             redis,
-            health: Arc::default(),
             script: Arc::new(script::load()),
             delayed_script: Arc::new(delayed::load()),
             delayed_added: Arc::default(),
@@ -102,6 +121,8 @@ impl JobStore {
             settings: Arc::new(settings),
             routes: Arc::default(),
             depths: Arc::default(),
+            pending_outcomes: Arc::default(),
+            outcome_totals: Arc::default(),
         }
     }
 
@@ -109,72 +130,34 @@ impl JobStore {
         &self.settings
     }
 
-    /// A handle on the shared, multiplexed connection, for writes: a
-    /// request is tried again only when it never reached Redis.
+    /// A handle on the shared connection, for writes: a request is tried
+    /// again only when it never reached Redis.
     fn connection(&self) -> Connection {
-        Connection::new(
-            self.redis.clone(),
-            Arc::clone(&self.health),
-            Retry::NeverSent,
-        )
+        self.redis.with_retry(Retry::NeverSent)
     }
 
     /// A handle on the shared connection for reads, which are also tried
     /// again after a dropped connection.
     fn reader(&self) -> Connection {
-        Connection::new(self.redis.clone(), Arc::clone(&self.health), Retry::Reads)
+        self.redis.with_retry(Retry::Reads)
     }
 
     /// What the store has seen of Redis (`OOM` refusals).
     pub fn health(&self) -> &RedisHealth {
-        &self.health
+        self.redis.health()
+    }
+
+    /// Whether Redis is a single server or a cluster; `None` until it has
+    /// answered once.
+    pub fn redis_mode(&self) -> Option<RedisMode> {
+        self.redis.mode()
     }
 
     /// Pings Redis every second until `shutdown`, so that the shared
-    /// connection is rebuilt as soon as Redis is back (see `connection.rs`).
+    /// connection is made (and Redis's mode learnt) at once, and rebuilt as
+    /// soon as Redis is back (see `connection.rs`).
     pub fn keep_connected(&self, shutdown: CancellationToken) {
         connection::watch(self.redis.clone(), shutdown);
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.reader();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Redis's memory: `used_memory` and `maxmemory` (0: no limit) from
-    /// `INFO memory`.
-    pub async fn memory(&self) -> Result<RedisMemory, StoreError> {
-        let mut conn = self.reader();
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .ok_or_else(|| StoreError::Protocol(format!("INFO memory has no {name}")))
-        };
-        Ok(RedisMemory {
-            used_bytes: field("used_memory")?,
-            max_bytes: field("maxmemory")?,
-        })
-    }
-}
-
-/// Redis's memory use against its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RedisMemory {
-    pub used_bytes: u64,
-    /// `maxmemory`; 0 when there is no limit.
-    pub max_bytes: u64,
-}
-
-impl RedisMemory {
-    /// At or over `maxmemory`: Redis refuses writes (with `noeviction`).
-    pub fn is_full(&self) -> bool {
-        self.max_bytes > 0 && self.used_bytes >= self.max_bytes
     }
 }
 
@@ -194,21 +177,4 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RedisMemory;
-
-    #[test]
-    fn redis_is_full_at_its_limit_and_never_without_one() {
-        let memory = |used_bytes, max_bytes| RedisMemory {
-            used_bytes,
-            max_bytes,
-        };
-        assert!(memory(100, 100).is_full());
-        assert!(memory(101, 100).is_full());
-        assert!(!memory(99, 100).is_full());
-        assert!(!memory(u64::MAX, 0).is_full(), "0 is no limit");
-    }
 }

@@ -1,5 +1,5 @@
 //! Queues as the gateway sees them: which queue a kind goes to (workers
-//! register kinds in `jobgate:kinds`), how long a queue is (for admission)
+//! register kinds in `jobgate:kinds:v2`), how long a queue is (for admission)
 //! and every queue's length and oldest entry (for `/metrics`).
 
 use std::collections::HashMap;

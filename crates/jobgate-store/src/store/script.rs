@@ -7,7 +7,8 @@ use crate::connection::Connection;
 use jobgate_proto::JobId;
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{JobStore, NewJob};
+use super::stats::reply_words;
+use super::{JobStore, NewJob, unix_ms};
 use crate::{StoreError, keys};
 
 /// The job state machine, shared with the Python worker.
@@ -39,7 +40,9 @@ pub(super) fn load_allowing_oom() -> Script {
 }
 
 impl JobStore {
-    /// Asks for a job to be cancelled.
+    /// Asks for a job to be cancelled. A queued job cancelled here is
+    /// counted among the job outcomes (the script's reply names its kind,
+    /// queue and creation time).
     pub async fn cancel(&self, job_id: &JobId) -> Result<CancelOutcome, StoreError> {
         let mut conn = self.connection();
         let reply: Value = self
@@ -47,7 +50,14 @@ impl JobStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(match status_word(&reply)?.as_str() {
-            "ok" => CancelOutcome::Cancelled,
+            "ok" => {
+                // {'ok', seq, kind, queue, created_at}
+                if let [_, _, kind, queue, created_at] = reply_words(&reply).as_slice() {
+                    let created_at = created_at.parse().unwrap_or_else(|_| unix_ms());
+                    self.count_outcome(queue, "cancelled", kind, created_at);
+                }
+                CancelOutcome::Cancelled
+            }
             "requested" => CancelOutcome::Requested,
             "skip" => CancelOutcome::AlreadyTerminal,
             "missing" => CancelOutcome::NotFound,
@@ -100,8 +110,8 @@ impl JobStore {
     /// a record whose queue entry could not be written does not claim to be
     /// queued. Run with `allow-oom`, so that an enqueue refused at
     /// `maxmemory` is repaired too. A job that already ended, or is gone,
-    /// is left as it is.
-    pub async fn fail_unenqueued(&self, job_id: &JobId) -> Result<(), StoreError> {
+    /// is left as it is. True when this call failed the job.
+    pub async fn fail_unenqueued(&self, job_id: &JobId) -> Result<bool, StoreError> {
         let mut conn = self.connection();
         let mut invocation = self.repair_script.key(keys::job(job_id));
         invocation.key(keys::events(job_id)).arg("fail");
@@ -112,7 +122,8 @@ impl JobStore {
             .invoke_async(&mut conn)
             .await?;
         match status_word(&reply)?.as_str() {
-            "ok" | "skip" | "missing" => Ok(()),
+            "ok" => Ok(true),
+            "skip" | "missing" => Ok(false),
             other => Err(StoreError::Protocol(format!("fail answered {other}"))),
         }
     }

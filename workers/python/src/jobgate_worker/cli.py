@@ -56,7 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--grace-s", type=float, help="shutdown grace in s (default 30, $JOBGATE_GRACE_S)"
     )
     parser.add_argument(
-        "--redis-url", help="Redis URL (default $JOBGATE_REDIS_URL or redis://127.0.0.1:6379)"
+        "--redis-url",
+        help="Redis URL, or comma-separated seed URLs of a Redis Cluster"
+        " (default $JOBGATE_REDIS_URL or redis://127.0.0.1:6379)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return parser.parse_args(argv)

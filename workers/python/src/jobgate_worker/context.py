@@ -17,14 +17,17 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from .dask_support import DaskProvider, JobDask
-from .errors import JobCancelled
+from .dask_provider import DaskProvider
+from .dask_support import JobDask
+from .errors import DaskError, JobCancelled
 from .logs import CONTEXT_ATTRIBUTE, LogContext
 from .scheduler import Scheduler, Timer
 from .tracing import SpanContext
 
 #: Sends one progress JSON; returns False when the job no longer accepts it.
 ProgressSender = Callable[[str], bool]
+#: Ends the attempt with a retry once Dask cannot finish the job's tasks.
+DaskLostHandler = Callable[[DaskError], None]
 
 Number = int | float
 
@@ -118,6 +121,7 @@ class JobContext:
         progress: ProgressReporter,
         dask_provider: DaskProvider,
         logger: logging.Logger,
+        on_dask_lost: DaskLostHandler | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -130,6 +134,7 @@ class JobContext:
         self.timeout_s = timeout_s
         self._progress = progress
         self._dask_provider = dask_provider
+        self._on_dask_lost = on_dask_lost
         self._dask: JobDask | None = None
         self._dask_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -162,6 +167,7 @@ class JobContext:
                         self.attempt,
                         self.span.traceparent,
                         self.tracestate,
+                        on_lost=self._on_dask_lost,
                     )
         return self._dask
 
@@ -184,8 +190,10 @@ class JobContext:
     def stop_reason(self) -> str:
         """Why the job is being stopped, or ``""``.
 
-        ``cancelled``, ``timeout``, ``lease_lost`` (another worker took it over)
-        or ``shutdown`` (this worker is stopping and gave the job back).
+        ``cancelled``, ``timeout``, ``lease_lost`` (another worker took it over),
+        ``shutdown`` (this worker is stopping and gave the job back), or the
+        ``DaskError`` code that ends the attempt with a retry because Dask
+        cannot finish its tasks (``dask_unavailable``, ``dask_no_workers``).
         """
         return self._stop_reason
 
@@ -206,6 +214,12 @@ class JobContext:
             self._stopped.set()
         if self._dask is not None:
             self._dask.cancel_all()
+
+    def _dask_error_for(self, error: BaseException) -> DaskError | None:
+        """The ``DaskError`` the handler's exception stands for, if the job used Dask."""
+        if self._dask is None:
+            return None
+        return self._dask_provider.dask_error_for(error)
 
     def _finish_dask(self) -> None:
         if self._dask is not None:

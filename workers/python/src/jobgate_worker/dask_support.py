@@ -1,13 +1,10 @@
-"""The Dask side: one lazily started client per process, one view of it per job.
+"""The Dask side of a job: its view of the process's client, and its tasks.
 
-``DaskProvider`` connects to ``DASK_SCHEDULER_ADDRESS`` or starts a small
-``LocalCluster`` the first time any handler touches ``ctx.dask`` — a worker
-whose jobs never use Dask never pays for it (``distributed`` is not even
-imported).
-
-``JobDask`` is what a handler sees as ``ctx.dask``: it speaks the
-``dask.distributed.Client`` API (``submit``, ``map``, ``compute``, ``persist``,
-``scatter``, ``gather``, …; anything else is forwarded to the client) and
+The client itself (started on first use, replaced once lost, watched) is
+``dask_provider.DaskProvider``'s. ``JobDask`` is what a handler sees as
+``ctx.dask``: it speaks the ``dask.distributed.Client`` API (``submit``,
+``map``, ``compute``, ``persist``, ``scatter``, ``gather``, …; anything else
+is forwarded to the client) and
 remembers the futures the job created, so that a cancel or a timeout can
 cancel exactly that job's tasks. Submitted functions are wrapped
 (``TracedCall``) so that identical pure calls of two different jobs get
@@ -20,6 +17,11 @@ task on; there the wrapper opens the span and binds the job's log context,
 so the task's log lines carry the job's ``trace_id``, ``job_id``, the task's
 ``span_id`` and its ``task_key``.
 
+While the job has unfinished futures, its ``JobDask`` is watched by the
+provider; when Dask cannot finish them (the scheduler is lost or has no
+workers, see ``dask_health``) the provider calls ``lost``, which ends the
+attempt with a retry through the context's callback.
+
 Dask worker *processes* (``JOBGATE_DASK_PROCESSES=true``, or a remote
 cluster started with ``--preload jobgate_worker.dask_preload``) set up JSON
 logs, Fluentd forwarding and span export from the same environment variables
@@ -28,10 +30,7 @@ as the worker.
 
 from __future__ import annotations
 
-import contextvars
-import importlib
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -39,102 +38,20 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry.trace import SpanKind
 
-from .logs import LogContext, adopt_library_loggers, bound, current_context
+from .dask_provider import DaskProvider, distributed_module
+from .errors import DaskError
+from .logs import LogContext, bound, current_context
 from .tracing import Attributes, process_telemetry, remote_parent
 
 if TYPE_CHECKING:
-    from distributed import Client, Future, LocalCluster
+    from distributed import Client, Future
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The Dask preload module that sets a Dask worker process up like the worker.
-PRELOAD = "jobgate_worker.dask_preload"
-
-
-def _distributed() -> Any:
-    """``dask.distributed``, imported on first use (it is heavy and logs at import).
-
-    Typed as ``Any``: parts of its API carry no annotations.
-    """
-    return importlib.import_module("distributed")
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
-
-
-class DaskProvider:
-    """Creates the process's Dask client on first use and closes it at exit."""
-
-    def __init__(self, scheduler_address: str | None = None) -> None:
-        self.scheduler_address = scheduler_address
-        self._lock = threading.Lock()
-        self._client: Client | None = None
-        self._cluster: LocalCluster | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._client is not None
-
-    def client(self) -> Client:
-        client = self._client
-        if client is not None:
-            return client
-        with self._lock:
-            if self._client is None:
-                # A fresh context: Dask's threads must not inherit the trace of
-                # the job that happened to start them.
-                self._client = contextvars.Context().run(self._connect)
-            return self._client
-
-    def _connect(self) -> Client:
-        distributed = _distributed()
-        adopt_library_loggers()
-        if self.scheduler_address:
-            log.info("connecting to Dask", extra={"dask_scheduler": self.scheduler_address})
-            client: Client = distributed.Client(self.scheduler_address)
-            return client
-        # A small in-process cluster: threads share the worker's memory, start in
-        # well under a second and need no ports. Larger setups run a real
-        # scheduler and set DASK_SCHEDULER_ADDRESS.
-        workers = _env_int("JOBGATE_DASK_WORKERS", 1)
-        threads = _env_int("JOBGATE_DASK_THREADS", min(os.cpu_count() or 1, 4))
-        processes = os.environ.get("JOBGATE_DASK_PROCESSES", "").lower() in ("1", "true", "yes")
-        log.info(
-            "starting a local Dask cluster",
-            extra={"dask_workers": workers, "dask_threads": threads, "dask_processes": processes},
-        )
-        extra: dict[str, Any] = {}
-        if processes:
-            # Worker processes log, forward and export spans like this one.
-            extra = {"preload": [PRELOAD]}
-        self._cluster = distributed.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
-            processes=processes,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-            **extra,
-        )
-        adopt_library_loggers()
-        local_client: Client = distributed.Client(self._cluster)
-        return local_client
-
-    def close(self) -> None:
-        with self._lock:
-            client: Any = self._client
-            cluster: Any = self._cluster
-            self._client = self._cluster = None
-        try:
-            if client is not None:
-                client.close(timeout=5)
-            if cluster is not None:
-                cluster.close(timeout=5)
-        except Exception:
-            log.warning("closing Dask failed", exc_info=True)
+#: Future statuses that need nothing more from Dask.
+_SETTLED = frozenset(("finished", "error"))
 
 
 def current_task_key() -> str | None:
@@ -216,6 +133,21 @@ class TracedCall(Generic[T]):
         )
 
 
+def _cancel(futures: list[Future[Any]]) -> None:
+    """Cancel futures through the clients they belong to, if those are still connected.
+
+    A lost client's futures were cancelled by Dask already; asking the
+    provider for a client here could block on a reconnect.
+    """
+    by_client: dict[int, tuple[Any, list[Future[Any]]]] = {}
+    for future in futures:
+        client: Any = future.client
+        by_client.setdefault(id(client), (client, []))[1].append(future)
+    for client, own in by_client.values():
+        if client is not None and client.status == "running":
+            client.cancel(own)
+
+
 def _is_done(future: Any) -> bool:
     return bool(future.done())
 
@@ -230,12 +162,15 @@ class JobDask:
         attempt: int,
         traceparent: str,
         tracestate: str = "",
+        *,
+        on_lost: Callable[[DaskError], None] | None = None,
     ) -> None:
         self._provider = provider
         self._job_id = job_id
         self._attempt = attempt
         self._traceparent = traceparent
         self._tracestate = tracestate
+        self._on_lost = on_lost
         self._lock = threading.Lock()
         self._futures: list[Future[Any]] = []
         self._closed = False
@@ -254,7 +189,7 @@ class JobDask:
         return TracedCall(func, self._job_id, self._attempt, self._traceparent, self._tracestate)
 
     def _track(self, result: Any) -> None:
-        found: list[Future[Any]] = _distributed().futures_of(result)
+        found: list[Future[Any]] = distributed_module().futures_of(result)
         cancel_now = False
         with self._lock:
             if self._closed:
@@ -263,7 +198,9 @@ class JobDask:
                 self._futures.extend(found)
         if cancel_now and found:
             # The job already ended (cancel, timeout): do not let late work run.
-            self._untyped.cancel(found)
+            _cancel(found)
+        elif found:
+            self._provider.watch(self)
 
     def submit(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = self.client.submit(self._wrap(func), *args, **kwargs)
@@ -294,9 +231,14 @@ class JobDask:
         return self._untyped.gather(futures, *args, **kwargs)
 
     def as_completed(self, futures: Iterable[Future[T]]) -> Iterator[Future[T]]:
-        """``distributed.as_completed``: the futures in the order they finish."""
-        loop = self._untyped.loop
-        iterator: Iterator[Future[T]] = _distributed().as_completed(futures, loop=loop)
+        """``distributed.as_completed``: the futures in the order they finish.
+
+        On the loop of the client the futures belong to (the current client
+        may be a newer one, connected after that one was lost).
+        """
+        futures = list(futures)
+        owner: Any = futures[0].client if futures else self._untyped
+        iterator: Iterator[Future[T]] = distributed_module().as_completed(futures, loop=owner.loop)
         return iterator
 
     def __getattr__(self, name: str) -> Any:
@@ -308,15 +250,32 @@ class JobDask:
         with self._lock:
             return list(self._futures)
 
+    @property
+    def waiting(self) -> bool:
+        """The job has futures Dask has not settled (finished or failed) yet."""
+        with self._lock:
+            futures = list(self._futures)
+        return any(future.status not in _SETTLED for future in futures)
+
+    def lost(self, error: DaskError) -> None:
+        """Dask cannot finish this job's tasks: end the attempt with ``error`` (a retry)."""
+        log.warning(
+            "Dask cannot finish the job's tasks",
+            extra={"job_id": self._job_id, "error_code": error.code, "error": error.message},
+        )
+        if self._on_lost is not None:
+            self._on_lost(error)
+
     def cancel_all(self) -> int:
         """Cancel the job's unfinished futures; later submissions are cancelled too."""
         with self._lock:
             self._closed = True
             futures, self._futures = self._futures, []
+        self._provider.unwatch(self)
         pending = [future for future in futures if not _is_done(future)]
-        if pending and self._provider.started:
+        if pending:
             try:
-                self._untyped.cancel(pending)
+                _cancel(pending)
             except Exception:
                 log.warning("cancelling Dask futures failed", exc_info=True)
         return len(pending)
@@ -325,3 +284,4 @@ class JobDask:
         """Forget the futures of a finished job (no cancellation)."""
         with self._lock:
             self._futures = []
+        self._provider.unwatch(self)

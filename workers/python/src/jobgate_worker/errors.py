@@ -6,6 +6,8 @@ job cannot succeed" with :class:`JobFailed` and a code of its own (such as
 ``handler_error``. :class:`JobCancelled` is
 raised by ``ctx.raise_if_cancelled()`` once the job was cancelled, timed out or
 lost its lease; the SDK has then already reported the outcome.
+:class:`DaskError` is the retryable error the SDK itself raises (or reports)
+when Dask cannot run a job's tasks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,29 @@ class RetryableError(Exception):
         self.code = code
         self.message = message
         self.delay_s = delay_s
+
+
+class DaskError(RetryableError):
+    """Dask could not run the job's tasks: the attempt is retried.
+
+    ``code`` says why, one of :attr:`CODES`: the scheduler could not be
+    reached or its connection was lost (``dask_unavailable``), it had no
+    workers for too long while the job waited for its tasks
+    (``dask_no_workers``), or the workers running one of the job's tasks died
+    as often as Dask allows (``dask_worker_lost``). Unlike other retryable
+    errors, once the job's attempts are used up it fails with this same code
+    (and is dead-lettered), not with ``max_attempts_exceeded``.
+    """
+
+    UNAVAILABLE = "dask_unavailable"
+    NO_WORKERS = "dask_no_workers"
+    WORKER_LOST = "dask_worker_lost"
+    CODES = frozenset((UNAVAILABLE, NO_WORKERS, WORKER_LOST))
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in self.CODES:
+            raise ValueError(f"unknown Dask error code {code!r}")
+        super().__init__(message, code=code)
 
 
 class JobFailed(Exception):  # noqa: N818 - reads as the outcome it reports

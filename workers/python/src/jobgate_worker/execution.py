@@ -3,15 +3,23 @@
 Steps follow PROTOCOL.md "Processing, in order": ``start``; ``skip``/``missing``
 acknowledge the entry; otherwise the handler runs and its attempt ends with
 one ``Outcome`` (``outcomes.py``), which ``OutcomeReporter.end``
-(``reporting.py``) reports.
+(``reporting.py``) reports. The job's control channel is subscribed before
+``start`` (waiting at most ``CONTROL_WAIT_S`` for Redis to confirm it) and
+unsubscribed once the entry is done with, so a cancel published while the
+job runs reaches this process (``control.py``).
 
 An attempt can end in three places: in the handler thread when the handler
-returns, on the timer thread when the job is cancelled, times out or its
-lease is lost, or — at shutdown — on the runtime's thread, which gives the
-job back (``release``) when the grace runs out. ``Run.claim_finish`` decides
-which one ends it; the other one's outcome is dropped. A handler that
-ignores cancellation keeps its thread until it returns (Python cannot stop
-a thread), but the job's state and its Dask tasks are settled at once.
+returns, on the timer thread when the job is cancelled, times out, its lease
+is lost or Dask cannot finish its tasks (``dask_lost``), or — at shutdown —
+on the runtime's thread, which gives the job back (``release``) when the
+grace runs out. ``Run.claim_finish`` decides which one ends it; the other
+one's outcome is dropped. A handler that ignores cancellation keeps its
+thread until it returns (Python cannot stop a thread), but the job's state
+and its Dask tasks are settled at once.
+
+A handler's exception that means Dask failed the job — its scheduler lost,
+a task's workers dead (``dask_health``) — becomes that ``DaskError``, a
+retryable error, whatever the handler let escape.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import redis
 
 from .backoff import backoff_s
 from .context import JobContext, ProgressReporter
-from .dask_support import DaskProvider
+from .control import ControlChannels
+from .dask_provider import DaskProvider
+from .errors import DaskError, JobCancelled, JobFailed, RetryableError
 from .inflight import InFlight, Run
 from .job_record import JobRecords
 from .logs import bound
@@ -37,16 +47,19 @@ from .outcomes import (
     Failed,
     GivenBack,
     Outcome,
+    attempts_ran_out,
     handler_outcome,
+    retry_outcome,
     stop_outcome,
 )
 from .reporting import EntryFate, OutcomeReporter
 from .scheduler import Scheduler
 from .script import JobScript, Reply, StartedJob
 from .spans import AttemptSpans
+from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
 from .tracing import SpanContext
-from .worker import Worker
+from .worker import Handler, Worker
 
 log = logging.getLogger("jobgate_worker.job")
 
@@ -54,6 +67,11 @@ log = logging.getLogger("jobgate_worker.job")
 _SEEN_LIMIT = 10_000
 #: At shutdown, how long to wait for attempts whose ``start`` is still under way.
 _START_WAIT_S = 2.0
+#: Longest a job waits for its control channel's subscription before ``start``.
+#: It is only this long when the job's node cannot be reached (and then
+#: ``start`` fails too); the periodic check of running jobs covers a cancel
+#: the subscription missed.
+CONTROL_WAIT_S = 1.0
 
 
 class JobExecutor:
@@ -73,6 +91,8 @@ class JobExecutor:
         inflight: InFlight,
         spans: AttemptSpans,
         reporter: OutcomeReporter,
+        control: ControlChannels | None = None,
+        counts: OutcomeCounts | None = None,
     ) -> None:
         self.worker = worker
         self.queue = queue
@@ -85,6 +105,8 @@ class JobExecutor:
         self.inflight = inflight
         self.spans = spans
         self.reporter = reporter
+        self.control = control
+        self.counts = counts
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._seen_lock = threading.Lock()
         #: Set at shutdown once running attempts are being given back.
@@ -108,7 +130,10 @@ class JobExecutor:
             return
         run = Run(entry, extra={"job_id": entry.job_id, "entry_id": entry.entry_id})
         self.inflight.add_run(run)
+        if self.control is not None:
+            self.control.watch(run.job_id)
         try:
+            self._watch_confirmed(run)
             self._execute(run)
         except Exception:
             # Redis failed (or a bug here): the entry stays pending, and after
@@ -117,9 +142,18 @@ class JobExecutor:
             run.claim_finish()
             self.reporter.end(run, Abandoned("internal_error"))
         finally:
+            if self.control is not None:
+                self.control.unwatch(run.job_id)
             self.inflight.remove_run(run)
             if run.ctx is not None:
                 run.ctx._finish_dask()
+
+    def _watch_confirmed(self, run: Run) -> None:
+        if self.control is not None and not self.control.wait_watching(run.job_id, CONTROL_WAIT_S):
+            log.warning(
+                "control channel not subscribed in time; a cancel is seen by the periodic check",
+                extra=run.extra,
+            )
 
     def _execute(self, run: Run) -> None:
         start_ns = time.time_ns()
@@ -163,7 +197,8 @@ class JobExecutor:
             )
         with bound(ctx.log_context):
             outcome = handler_outcome(
-                lambda: handler(ctx, params), lambda: self._backoff_s(run.attempt)
+                lambda: _call_handler(handler, ctx, params),
+                lambda: self._backoff_s(run.attempt),
             )
             self._finish(run, outcome)
 
@@ -209,7 +244,12 @@ class JobExecutor:
             progress=run.progress,
             dask_provider=self.dask,
             logger=logging.getLogger(f"jobgate_worker.handler.{started.kind}"),
+            on_dask_lost=lambda error: self._dask_lost_later(run, error),
         )
+
+    def _dask_lost_later(self, run: Run, error: DaskError) -> None:
+        # On the timer thread, like every other stop from outside.
+        self.scheduler.call_later(0, lambda: self.dask_lost(run, error), "dask_lost")
 
     def _send_progress(self, run: Run, payload: str) -> bool:
         try:
@@ -229,7 +269,7 @@ class JobExecutor:
         extra = {**run.extra, "reply": reply.status, "status": reply.job_status}
         if reply.status == "skip" and reply.job_status == "failed" and entry.reclaimed:
             error = self.records.error(run.job_id)
-            if error.get("code") == "max_attempts_exceeded":
+            if attempts_ran_out(error.get("code")):
                 log.warning("job ran out of attempts; dead-lettered", extra=extra)
                 self.streams.dead_letter(entry, "max_attempts_exceeded", json.dumps(error))
                 self.reporter.settle(entry, EntryFate.LET_GO)
@@ -255,6 +295,25 @@ class JobExecutor:
         ctx._stop(reason)
         timeout_s = run.started.timeout_s if run.started is not None else 0
         self.reporter.end(run, stop_outcome(reason, timeout_s))
+
+    def dask_lost(self, run: Run, error: DaskError) -> None:
+        """End the attempt now with a retry: Dask cannot finish the job's tasks.
+
+        The handler sees ``ctx.cancelled`` (``ctx.stop_reason`` is the
+        error's code) and its futures are cancelled; what it returns later is
+        dropped.
+        """
+        with run.lock:
+            ctx = run.ctx
+        if ctx is None or not run.claim_finish():
+            return
+        ctx._stop(error.code)
+        try:
+            self.reporter.end(run, retry_outcome(error, lambda: self._backoff_s(run.attempt)))
+        except Exception:
+            # As in ``execute``: the entry stays pending, to be reclaimed.
+            log.exception("reporting the retry failed; leaving it to be reclaimed", extra=run.extra)
+            self.reporter.end(run, Abandoned("internal_error"))
 
     # -- entries deleted under our feet.
 
@@ -285,6 +344,8 @@ class JobExecutor:
         message = "the queue entry of the job was deleted before the job finished"
         attempt: int | str = state.attempt if state.status == "running" else "*"
         reply = self.script.fail(job_id, attempt, "entry_deleted", message)
+        if reply.ok and self.counts is not None and state.kind:
+            self.counts.count("failed", state.kind, state.created_at)
         log.error(
             "a pending queue entry was deleted; job failed", extra={**extra, "reply": reply.status}
         )
@@ -327,3 +388,20 @@ class JobExecutor:
                     )
                 return
             time.sleep(0.01)
+
+
+def _call_handler(handler: Handler, ctx: JobContext, params: Any) -> Any:
+    """Run the handler; an exception that means Dask failed the job raises its ``DaskError``.
+
+    What the handler decided itself (``JobFailed``, ``RetryableError``,
+    ``JobCancelled``) is left as it is.
+    """
+    try:
+        return handler(ctx, params)
+    except (JobFailed, RetryableError, JobCancelled):
+        raise
+    except Exception as error:
+        dask_error = ctx._dask_error_for(error)
+        if dask_error is None:
+            raise
+        raise dask_error from error

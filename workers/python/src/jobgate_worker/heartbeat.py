@@ -19,6 +19,7 @@ from collections.abc import Callable
 import redis
 
 from . import keys
+from .clients import Client
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        client: Callable[[], redis.Redis],
+        client: Callable[[], Client],
         queue: str,
         consumer: str,
         *,
@@ -36,8 +37,11 @@ class Heartbeat:
         concurrency: int,
         interval_s: float,
         in_hand: Callable[[], list[str]],
+        on_server_time: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_server_time(ms)`` hears Redis's clock as each beat reads it."""
         self._client = client
+        self._on_server_time = on_server_time
         self._key = keys.workers_key(queue)
         self._consumer = consumer
         self._in_hand = in_hand
@@ -68,6 +72,8 @@ class Heartbeat:
             client = self._client()
             seconds, micros = client.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
+            if self._on_server_time is not None:
+                self._on_server_time(now_ms)
             text = json.dumps(self.record(now_ms), separators=(",", ":"))
             client.hset(self._key, self._consumer, text)
         except redis.RedisError:

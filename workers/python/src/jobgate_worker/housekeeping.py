@@ -4,19 +4,16 @@
   runs (``renewal.py``; it renews the held entries, out of reach of this
   process's GIL) and reads each running job's record: a job whose attempt
   moved on (taken over) is abandoned, one with ``cancel_requested`` is
-  cancelled (the fallback when a pub/sub ``cancel`` message was missed).
-- ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds``.
-- ``ControlListener``: the one pub/sub thread per process, ``PSUBSCRIBE
-  jobgate:control:*``; a ``cancel`` message stops the job if it runs here.
+  cancelled (the safety net when a ``cancel`` message on the job's control
+  channel was missed, ``control.py``).
+- ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds:v2``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
@@ -46,6 +43,10 @@ class LeaseKeeper:
 
     def check(self) -> None:
         self.renewer.ensure_running(self.inflight.replay)
+        self.check_runs()
+
+    def check_runs(self) -> None:
+        """Read the running jobs' records now; stop those taken over or cancelled."""
         try:
             self._check_runs()
         except redis.RedisError:
@@ -104,58 +105,3 @@ class KindRegistry:
                 "job kind was registered for another queue; routing it here now",
                 extra={"kind": kind, "previous_queue": queue, "queue": self.streams.queue},
             )
-
-
-class ControlListener:
-    """Receives ``cancel`` messages on ``jobgate:control:<job_id>``."""
-
-    def __init__(
-        self, client: redis.Redis, on_cancel: Callable[[str], None], poll_s: float = 0.2
-    ) -> None:
-        self.client = client
-        self.on_cancel = on_cancel
-        self.poll_s = poll_s
-        self._stopping = threading.Event()
-        self._subscribed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobgate-control", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wait_subscribed(self, timeout: float) -> bool:
-        return self._subscribed.wait(timeout)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(self.poll_s + 2)
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            open_pubsub: Any = self.client.pubsub  # not annotated upstream
-            pubsub: Any = open_pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.psubscribe(keys.CONTROL_PATTERN)
-                self._subscribed.set()
-                backoff = 0.1
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=self.poll_s)
-                    if message is not None and message.get("type") == "pmessage":
-                        self._handle(str(message["channel"]), str(message["data"]))
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._subscribed.clear()
-                log.warning("control subscription lost; reconnecting", exc_info=True)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                pubsub.close()
-
-    def _handle(self, channel: str, data: str) -> None:
-        if not channel.startswith(keys.CONTROL_CHANNEL_PREFIX):
-            return
-        job_id = channel[len(keys.CONTROL_CHANNEL_PREFIX) :]
-        if data == "cancel":
-            self.on_cancel(job_id)
-        else:
-            log.debug("unknown control message", extra={"job_id": job_id, "control": data})

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from . import keys
+from .clients import Client
 
-_STATE_FIELDS = ("status", "attempt", "cancel_requested")
+_STATE_FIELDS = ("status", "attempt", "cancel_requested", "kind", "created_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,28 +30,33 @@ class JobState:
     #: The current attempt (the fencing token); None without a record.
     attempt: int | None
     cancel_requested: bool
+    kind: str = ""
+    #: ms, Redis's clock; 0 when unknown.
+    created_at: int = 0
 
 
 def _state(values: Sequence[Any]) -> JobState:
-    status, attempt, cancel_requested = values
+    status, attempt, cancel_requested, kind, created_at = values
     return JobState(
         status=status if isinstance(status, str) else None,
         attempt=int(attempt) if isinstance(attempt, str) and attempt.isdigit() else None,
         cancel_requested=cancel_requested == "1",
+        kind=kind if isinstance(kind, str) else "",
+        created_at=int(created_at) if isinstance(created_at, str) and created_at.isdigit() else 0,
     )
 
 
 class JobRecords:
     """Reads job records; ``current`` picks the calling thread's client (``clients.py``)."""
 
-    def __init__(self, current: Callable[[], redis.Redis]) -> None:
+    def __init__(self, current: Callable[[], Client]) -> None:
         self._current = current
 
     def state(self, job_id: str) -> JobState:
         return _state(self._current().hmget(keys.job_key(job_id), _STATE_FIELDS))
 
     def states(self, job_ids: Sequence[str]) -> list[JobState]:
-        """The state of each job, in one round trip."""
+        """The state of each job, in one round trip (one per node on a cluster)."""
         pipe = self._current().pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(keys.job_key(job_id), _STATE_FIELDS)

@@ -10,9 +10,10 @@ from typing import Final
 
 PREFIX: Final = "jobgate:"
 CONSUMER_GROUP: Final = "jobgate-workers"
-KINDS_KEY: Final = f"{PREFIX}kinds"
-CONTROL_PATTERN: Final = f"{PREFIX}control:*"
-CONTROL_CHANNEL_PREFIX: Final = f"{PREFIX}control:"
+#: Job kind -> ``{"queue", "worker", "seen_at"}``. Protocol 2 moved the registry
+#: here from ``jobgate:kinds``: a gateway routes a kind only to workers that
+#: speak its protocol.
+KINDS_KEY: Final = f"{PREFIX}kinds:v2"
 
 #: Priority bands in the order a worker runs them: higher bands first.
 BANDS: Final = ("high", "normal", "low")
@@ -58,6 +59,26 @@ def workers_key(queue: str) -> str:
     return f"{PREFIX}workers:{{{queue}}}"
 
 
+def stats_key(queue: str) -> str:
+    """The queue's job outcome counters (hash; see ``stats.py`` for its fields)."""
+    return f"{PREFIX}stats:{{{queue}}}"
+
+
 def live_job_channel(job_id: str) -> str:
-    """Pub/sub channel carrying every event of one job."""
-    return f"{PREFIX}live:job:{job_id}"
+    """Sharded channel carrying every event of one job (SPUBLISH, the job's slot)."""
+    return f"{PREFIX}live:job:{{{job_id}}}"
+
+
+_CONTROL_PREFIX: Final = f"{PREFIX}control:{{"
+
+
+def control_channel(job_id: str) -> str:
+    """Sharded channel on which ``cancel`` reaches the worker running the job (job's slot)."""
+    return f"{_CONTROL_PREFIX}{job_id}}}"
+
+
+def job_of_control_channel(channel: str) -> str | None:
+    """The job id a control channel belongs to; None for any other channel."""
+    if channel.startswith(_CONTROL_PREFIX) and channel.endswith("}"):
+        return channel[len(_CONTROL_PREFIX) : -1]
+    return None

@@ -6,7 +6,8 @@ one ``Outcome``:
 - ``Completed``, ``Failed``, ``Cancelled``: reported to the script as the
   job's terminal event (``complete``, ``fail``, ``cancelled``);
 - ``Retry``: the job goes back to ``queued`` and its entry is re-enqueued
-  after the delay;
+  after the delay (on the last attempt, a ``Retry`` that keeps its code —
+  a ``DaskError`` — becomes a ``Failed`` with that code: ``last_attempt``);
 - ``Abandoned``: the attempt stops here and its entry stays pending, to be
   reclaimed (the lease was lost, or Redis failed mid-way);
 - ``GivenBack``: at shutdown, ``release``d and re-enqueued at once.
@@ -25,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import JobCancelled, JobFailed, RetryableError
+from .errors import DaskError, JobCancelled, JobFailed, RetryableError
 
 #: Longest error message stored in a job's record and events.
 MESSAGE_LIMIT = 4000
 #: Job error codes as proto-schemas/schemas/common.json allows them.
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: The code the script fails a job with when a retryable error finds no attempt left.
+MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,8 @@ class Failed:
     message: str
     #: The handler's exception: logged with its traceback, recorded on the span.
     error: BaseException | None = field(default=None, compare=False)
+    #: The job's attempts ran out (``last_attempt``): it is dead-lettered too.
+    attempts_ran_out: bool = False
     name: ClassVar[str] = "failed"
 
 
@@ -66,6 +71,8 @@ class Retry:
     code: str
     message: str
     delay_s: float
+    #: With no attempt left, fail with ``code`` rather than ``max_attempts_exceeded``.
+    keep_code: bool = False
     name: ClassVar[str] = "retry"
 
     @property
@@ -118,7 +125,28 @@ def retry_outcome(error: RetryableError, default_delay_s: Callable[[], float]) -
     """
     delay_s = error.delay_s if error.delay_s is not None else default_delay_s()
     code = error.code if _ERROR_CODE.match(error.code) else "retryable_error"
-    return Retry(code, error.message[:MESSAGE_LIMIT], delay_s)
+    keep_code = isinstance(error, DaskError)
+    return Retry(code, error.message[:MESSAGE_LIMIT], delay_s, keep_code=keep_code)
+
+
+def last_attempt(outcome: Retry, attempt: int, max_attempts: int) -> Retry | Failed:
+    """What a ``Retry`` becomes on ``attempt`` of ``max_attempts``.
+
+    A retry that keeps its code (a ``DaskError``) and finds no attempt left
+    fails the job with that code, its message worded like the script's
+    ``max_attempts_exceeded`` one, and marked for the dead letters; any other
+    ``Retry`` is left to the script (which fails it with
+    ``max_attempts_exceeded`` when no attempt is left).
+    """
+    if not outcome.keep_code or attempt < max_attempts:
+        return outcome
+    message = f"attempt {attempt} of {max_attempts} failed: {outcome.message}"
+    return Failed(outcome.code, message[:MESSAGE_LIMIT], attempts_ran_out=True)
+
+
+def attempts_ran_out(error_code: object) -> bool:
+    """Whether a failed job's error code says its attempts ran out (it is dead-lettered)."""
+    return error_code == MAX_ATTEMPTS_EXCEEDED or error_code in DaskError.CODES
 
 
 def handler_outcome(call: Callable[[], Any], default_delay_s: Callable[[], float]) -> Outcome:

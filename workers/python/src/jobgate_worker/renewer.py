@@ -10,7 +10,9 @@ stdin which entries it holds:
 
 - first line: the configuration, a JSON object (``redis_url``, ``consumer``,
   ``interval_s``, ``parent_pid``, ``log_level``) — on stdin rather than on
-  the command line, so a password in the URL is not shown by ``ps``;
+  the command line, so a password in the URL is not shown by ``ps``; the
+  renewer connects through the worker's own factory (``clients.py``), so a
+  list of cluster seeds gives it a cluster client too;
 - then one JSON line per change: ``{"op": "hold"|"drop", "stream", "entry_id"}``,
   or ``{"op": "renew"}``: renew now (sent after a new renewer was told
   what an exited one held, whose last renewal may be a while ago).
@@ -19,6 +21,8 @@ It answers ``ready`` on stdout once connected, then every ``interval_s``
 renews every entry it was told to hold and not told to drop, with
 ``RENEW_SCRIPT``: atomically per stream, and only entries still pending *with
 this consumer*, so it never takes back an entry another worker reclaimed.
+Each call names one stream (one slot); the calls for the bands of a queue
+share a pipeline, which a cluster client sends to the queue's node.
 An entry found not pending twice in a row (acknowledged, deleted or taken
 over) is logged and forgotten.
 
@@ -40,12 +44,14 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
+from redis.cluster import RedisCluster
 
 from . import keys
+from .clients import Client, RedisClients, fixed_client
 from .logs import configure_logging
 
 log = logging.getLogger("jobgate_worker.renewer")
@@ -110,9 +116,13 @@ RENEW_NOW_LINE = b'{"op": "renew"}\n'
 class Renewer:
     """The held set and the renewal of it; ``run`` is the process's loop."""
 
-    def __init__(self, config: RenewerConfig, client: redis.Redis) -> None:
+    def __init__(self, config: RenewerConfig, client: Client | Callable[[], Client]) -> None:
+        """``client`` is a client, or gives one (it may raise ``redis.ConnectionError``
+        while Redis cannot be reached: that renewal is then skipped)."""
         self.config = config
-        self.client = client
+        self._client = (
+            fixed_client(client) if isinstance(client, redis.Redis | RedisCluster) else client
+        )
         self.held: set[tuple[str, str]] = set()
         #: Entries found not pending at the last renewal.
         self._missing: set[tuple[str, str]] = set()
@@ -165,12 +175,15 @@ class Renewer:
             by_stream.setdefault(stream, []).append(entry_id)
         if not by_stream:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            # EVAL rather than EVALSHA: a few hundred bytes every few seconds,
-            # and no script cache to miss after a Redis restart.
-            pipe.eval(RENEW_SCRIPT, 1, stream, keys.CONSUMER_GROUP, self.config.consumer, *ids)
         try:
+            pipe = self._client().pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                # EVAL rather than EVALSHA: a few hundred bytes every few seconds,
+                # and no script cache to miss after a Redis restart.
+                # (A cluster pipeline has no ``eval``: the command is spelt out.)
+                pipe.execute_command(
+                    "EVAL", RENEW_SCRIPT, 1, stream, keys.CONSUMER_GROUP, self.config.consumer, *ids
+                )
             replies = pipe.execute()
         except redis.RedisError:
             log.warning("lease renewal failed", exc_info=True)
@@ -209,15 +222,8 @@ class Renewer:
                 next_renewal = time.monotonic() + interval
 
 
-def _connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        protocol=2,
-        socket_timeout=5.0,
-        socket_connect_timeout=5.0,
-        single_connection_client=True,
-    )
+#: Read timeout of the renewer's Redis calls.
+_SOCKET_TIMEOUT_S = 5.0
 
 
 def _read_first_line(fd: int) -> tuple[bytes, bytes]:
@@ -241,19 +247,19 @@ def main() -> int:
         return 0
     config = RenewerConfig.from_line(first.decode())
     configure_logging(config.log_level)
-    client = _connect(config.redis_url)
+    clients = RedisClients(config.redis_url, socket_timeout=_SOCKET_TIMEOUT_S)
     try:
-        client.ping()
+        clients.current().ping()
     except redis.RedisError:
         log.warning("redis unreachable; the lease renewer retries at each renewal", exc_info=True)
-    renewer = Renewer(config, client)
+    renewer = Renewer(config, clients.current)
     renewer.take(rest)
     sys.stdout.write(READY + "\n")
     sys.stdout.flush()
     try:
         return renewer.run(stdin)
     finally:
-        client.close()
+        clients.close()
 
 
 if __name__ == "__main__":

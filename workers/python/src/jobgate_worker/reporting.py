@@ -10,7 +10,19 @@ let go, or kept held for a delayed re-enqueue.
 
 Reporting follows PROTOCOL.md "Processing, in order": the terminal call and
 ``XACK`` + ``XDEL`` — except on ``stale``, when the entry belongs to whichever
-worker took the job over.
+worker took the job over. On a single Redis both share one pipeline when the
+lease is certainly still held. On a Redis Cluster the job and the queue live
+on different nodes: the terminal call is made first, then the entry is
+acknowledged, so that a node that fails in between can only leave an entry
+to be reclaimed, never a ``running`` job whose entry is gone.
+
+Each outcome Redis took is counted for the queue's outcome metrics
+(``stats.py``).
+
+A ``Retry`` that keeps its code (a ``DaskError``) on the job's last attempt
+becomes a ``Failed`` with that code (``outcomes.last_attempt``): the ``fail``
+call, then the entry dead-lettered (``bury``, which acknowledges it) just as
+when the script answers a retry with ``failed`` ``max_attempts_exceeded``.
 
 A terminal call that Redis refuses for lack of memory (``OOM``, at
 ``maxmemory``) is never dropped: the attempt keeps its entry (the lease keeper
@@ -28,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from .backoff import backoff_s
 from .inflight import InFlight, Run
@@ -41,12 +54,14 @@ from .outcomes import (
     Outcome,
     Retry,
     Terminal,
+    last_attempt,
     span_outcome,
     terminal_call,
 )
 from .requeue import Requeuer
 from .script import JobScript, Reply, parse_reply
 from .spans import AttemptSpans
+from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
 
 log = logging.getLogger("jobgate_worker.job")
@@ -126,6 +141,7 @@ class OutcomeReporter:
         requeuer: Requeuer,
         spans: AttemptSpans,
         lease_ms: int,
+        counts: OutcomeCounts | None = None,
     ) -> None:
         self.script = script
         self.streams = streams
@@ -134,6 +150,7 @@ class OutcomeReporter:
         self.requeuer = requeuer
         self.spans = spans
         self.lease_ms = lease_ms
+        self.counts = counts
         #: Set at shutdown once a ``release`` found Redis unreachable: the
         #: attempts given back after it leave their entries pending untried.
         self._unreachable_at_shutdown = False
@@ -145,6 +162,8 @@ class OutcomeReporter:
         dead-lettered); the caller then abandons the attempt (its entry stays
         pending, to be reclaimed).
         """
+        if isinstance(outcome, Retry) and run.started is not None:
+            outcome = last_attempt(outcome, run.attempt, run.started.max_attempts)
         if run.timeout_timer is not None:
             run.timeout_timer.cancel()
             run.timeout_timer = None
@@ -156,6 +175,8 @@ class OutcomeReporter:
         error = outcome.error if isinstance(outcome, Failed) else None
         AttemptSpans.outcome(run.span, name, code, error)
         match outcome:
+            case Failed(attempts_ran_out=True):
+                fate = self._fail_for_good(run, outcome)
             case Completed() | Failed() | Cancelled():
                 fate = self._report(run, outcome)
             case Retry():
@@ -189,7 +210,7 @@ class OutcomeReporter:
         operation = terminal_call(outcome, run.attempt)
         try:
             with self.spans.publish(run.span_context, run.job_id, outcome.name):
-                if self._lease_certainly_held(run.entry):
+                if self._lease_certainly_held(run.entry) and not self._on_cluster():
                     reply = with_oom_retries(
                         lambda: self._terminal_and_ack(run, operation), run.extra
                     )
@@ -204,7 +225,18 @@ class OutcomeReporter:
                 "could not report the outcome; the job will be reclaimed", extra=run.extra
             )
             return EntryFate.LET_GO
+        if reply.ok:
+            self._count(run, outcome.name)
         return self._after_terminal(run, outcome.name, reply, acknowledged)
+
+    def _count(self, run: Run, event: str) -> None:
+        started = run.started
+        if self.counts is not None and started is not None:
+            self.counts.count(event, started.kind, started.created_at)
+
+    def _on_cluster(self) -> bool:
+        """Whether the job and its queue entry may be on two nodes."""
+        return isinstance(self.streams.client, RedisCluster)
 
     def _lease_certainly_held(self, entry: Entry) -> bool:
         """True while no worker can have claimed the entry from us.
@@ -250,6 +282,34 @@ class OutcomeReporter:
             log.info("job already ended elsewhere", extra={**extra, "status": reply.job_status})
         return EntryFate.LET_GO if acknowledged else EntryFate.ACKNOWLEDGE
 
+    def _fail_for_good(self, run: Run, outcome: Failed) -> EntryFate:
+        """Fail a job whose attempts ran out with its own code, then dead-letter it.
+
+        The entry is acknowledged by ``bury``, not before: a crash in between
+        leaves it pending, and whoever reclaims it finds the job failed with a
+        code that says its attempts ran out and buries it (``JobExecutor``).
+        """
+        operation = terminal_call(outcome, run.attempt)
+        try:
+            with self.spans.publish(run.span_context, run.job_id, outcome.name):
+                reply = with_oom_retries(
+                    lambda: self.script.call(run.job_id, *operation), run.extra
+                )
+        except redis.RedisError:
+            log.exception(
+                "could not report the outcome; the job will be reclaimed", extra=run.extra
+            )
+            return EntryFate.LET_GO
+        if not reply.ok:
+            return self._after_terminal(run, outcome.name, reply, acknowledged=False)
+        log.warning(
+            "job ran out of attempts; dead-lettered",
+            extra={**run.extra, "error_code": outcome.code},
+        )
+        error = {"code": outcome.code, "message": outcome.message}
+        self.streams.dead_letter(run.entry, "max_attempts_exceeded", json.dumps(error))
+        return EntryFate.LET_GO
+
     # -- a retryable error: queued again, re-enqueued after the delay.
 
     def _retry(self, run: Run, outcome: Retry) -> EntryFate:
@@ -261,10 +321,12 @@ class OutcomeReporter:
             )
         extra = {**run.extra, "error_code": outcome.code, "delay_ms": outcome.delay_ms}
         if reply.ok:
+            self._count(run, "retrying")
             log.info("job will be retried", extra=extra)
             self.requeuer.requeue_later(run.entry, outcome.delay_s)
             return EntryFate.KEEP
         if reply.status == "failed":
+            self._count(run, "failed")
             log.warning("job ran out of attempts; dead-lettered", extra=extra)
             error = self.records.error(run.job_id)
             self.streams.dead_letter(run.entry, "max_attempts_exceeded", json.dumps(error))
@@ -319,6 +381,7 @@ class OutcomeReporter:
     def _after_release(self, run: Run, reply: Reply) -> EntryFate:
         extra: dict[str, Any] = {**run.extra, "reply": reply.status}
         if reply.ok:
+            self._count(run, "retrying")
             try:
                 self.requeuer.requeue_now(run.entry)
             except redis.RedisError:

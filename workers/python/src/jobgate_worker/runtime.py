@@ -4,9 +4,11 @@ One thread (the caller of ``run``) owns the consumer-group reads: it waits
 for a free handler slot, reclaims idle entries when a reclaim is due, reads
 at most as many new entries as there are free slots (highest band first)
 and hands them to a fixed pool of handler threads. Timers, the running
-jobs' checks and kind registration run on the scheduler thread; cancel
-messages arrive on the control thread. Leases are renewed by a child
-process (``renewal.py``), which no handler holding the GIL can starve.
+jobs' checks, kind registration and the outcome counters' flush run on the
+scheduler thread; cancel messages arrive on the control thread
+(``control.py``). Leases are renewed by a child process (``renewal.py``),
+which no handler holding the GIL can starve. Redis is a single server or a
+Redis Cluster, whichever ``redis_url`` names (``clients.py``).
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): stop reading, let running jobs
 finish within ``grace_s`` (a second signal ends the wait), then give back
@@ -35,10 +37,11 @@ from types import FrameType
 import redis
 
 from .clients import RedisClients
-from .dask_support import DaskProvider
+from .control import ControlChannels
+from .dask_provider import DaskProvider
 from .execution import JobExecutor
 from .heartbeat import Heartbeat
-from .housekeeping import ControlListener, KindRegistry, LeaseKeeper
+from .housekeeping import KindRegistry, LeaseKeeper
 from .inflight import InFlight
 from .job_record import JobRecords
 from .renewal import LeaseRenewer
@@ -48,6 +51,7 @@ from .scheduler import Scheduler
 from .script import JobScript
 from .settings import Settings
 from .spans import AttemptSpans
+from .stats import FLUSH_INTERVAL_S, OutcomeCounts
 from .streams import Entry, QueueStreams
 from .tracing import Telemetry, install, uninstall
 from .worker import Worker
@@ -121,13 +125,13 @@ class Runtime:
         )
         self.queue = settings.queue or worker.queue
         self.consumer = settings.consumer
+        # Opened on first use: a worker started before Redis waits for it.
         self.clients = RedisClients(
             settings.redis_url, socket_timeout=max(10.0, settings.block_ms / 1000 + 5)
         )
-        self.redis = self.clients.shared
-        self.script = JobScript.load(self.redis, settings.proto_dir, self.clients.current)
+        self.script = JobScript.load(None, settings.proto_dir, self.clients.current)
         self.streams = QueueStreams(
-            self.redis,
+            None,
             self.queue,
             self.consumer,
             self.clients.current,
@@ -136,7 +140,7 @@ class Runtime:
         )
         self.records = JobRecords(self.clients.current)
         self.scheduler = Scheduler()
-        self.dask = DaskProvider(settings.dask_scheduler_address)
+        self.dask = DaskProvider(settings.dask_scheduler_address, settings.dask_timeouts)
         self.renewer = LeaseRenewer(
             settings.redis_url,
             self.consumer,
@@ -144,6 +148,10 @@ class Runtime:
             log_level=settings.log_level,
         )
         self.inflight = InFlight(observer=self.renewer)
+        self.counts = OutcomeCounts(self.queue)
+        self.control = ControlChannels(
+            lambda: self.clients.nodes, self._on_cancel, self._on_control_resync
+        )
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
         reporter = OutcomeReporter(
@@ -154,6 +162,7 @@ class Runtime:
             requeuer=self.requeuer,
             spans=spans,
             lease_ms=settings.lease_ms,
+            counts=self.counts,
         )
         self.executor = JobExecutor(
             worker=worker,
@@ -167,10 +176,11 @@ class Runtime:
             inflight=self.inflight,
             spans=spans,
             reporter=reporter,
+            control=self.control,
+            counts=self.counts,
         )
         self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
-        self.control = ControlListener(self.redis, self._on_cancel)
         self.heartbeat = Heartbeat(
             lambda: self.streams.client,
             self.queue,
@@ -179,6 +189,7 @@ class Runtime:
             concurrency=settings.concurrency,
             interval_s=settings.heartbeat_s,
             in_hand=lambda: [entry.job_id for entry in self.inflight.held()],
+            on_server_time=self.counts.note_server_time,
         )
         self.slots = Slots(settings.concurrency)
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
@@ -219,7 +230,7 @@ class Runtime:
         return status
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
-        """True once the groups exist, kinds are registered and cancels are heard."""
+        """True once the groups exist, kinds are registered and jobs are read."""
         return self._ready.wait(timeout)
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -263,6 +274,7 @@ class Runtime:
         self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.check, "leases")
         self.heartbeat.beat()
         self.scheduler.call_every(settings.heartbeat_s, self.heartbeat.beat, "heartbeat")
+        self.scheduler.call_every(FLUSH_INTERVAL_S, self._flush_counts, "outcome counters")
         self.control.start()
         for index in range(settings.concurrency):
             thread = threading.Thread(
@@ -270,7 +282,6 @@ class Runtime:
             )
             thread.start()
             self._threads.append(thread)
-        self.control.wait_subscribed(5.0)
         log.info(
             "worker started",
             extra={
@@ -315,6 +326,7 @@ class Runtime:
             self._work.put(None)
         self.control.stop()
         self.scheduler.stop()
+        self._flush_counts()
         self.heartbeat.remove()
         self.renewer.close()
         self.dask.close()
@@ -374,6 +386,9 @@ class Runtime:
             max(int((self._next_reclaim - time.monotonic()) * 1000), 1),
         )
         entries = self.streams.read(free, block_ms)
+        # One wake-up of the control thread for the whole read; each handler
+        # thread then waits (if at all) for its own job's subscription.
+        self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
         for entry in entries[:free]:
             self._dispatch(entry)
         for entry in entries[free:]:
@@ -414,6 +429,20 @@ class Runtime:
                 log.exception("unexpected error running an entry", extra={"job_id": entry.job_id})
             finally:
                 self.slots.give()
+
+    def _flush_counts(self) -> None:
+        if not self.counts.pending():
+            return
+        try:
+            client = self.clients.current()
+        except redis.RedisError:
+            return  # never connected: nothing was counted
+        self.counts.flush(client)
+
+    def _on_control_resync(self) -> None:
+        """Control channels were subscribed again after a lost link: a cancel
+        published meanwhile is in the records; read them now."""
+        self.scheduler.call_later(0, self.leases.check_runs, "control resync")
 
     def _on_cancel(self, job_id: str) -> None:
         run = self.inflight.run_for(job_id)

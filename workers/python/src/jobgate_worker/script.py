@@ -4,14 +4,15 @@ The script is the contract shared with the gateway, so it is loaded from the
 repository's ``proto-schemas`` folder rather than copied into the package:
 ``$JOBGATE_PROTO_DIR/redis/jobgate.lua`` when that variable is set, otherwise the
 first ``proto-schemas/redis/jobgate.lua`` found walking up from this file.
-It is registered with ``register_script`` so that a Redis that lost its script
-cache (a restart) gets it loaded again on the next ``NOSCRIPT`` reply.
+It is run by its SHA1 and sent whole when a node has not cached it (a
+restart, a failover): ``LuaScript``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 
 from . import keys
+from .clients import Client, fixed_client
 from .errors import ScriptNotFoundError
 
 SCRIPT_RELATIVE_PATH = Path("redis") / "jobgate.lua"
@@ -74,6 +76,9 @@ class StartedJob:
     tracestate: str
     trace_id: str
     owner: str
+    #: When the job was created (ms, Redis's clock): its outcome's latency starts there.
+    created_at: int = 0
+    queue: str = ""
 
 
 def _text(value: Any) -> str:
@@ -82,6 +87,13 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(_text(value))
+    except ValueError:
+        return 0
 
 
 def _parse(raw: Any) -> Reply:
@@ -94,6 +106,29 @@ def parse_reply(raw: Any) -> Reply:
     return _parse(raw)
 
 
+class LuaScript:
+    """A Lua script run by its SHA1 (``EVALSHA``), sent whole (``EVAL``) when the
+    node answering has not cached it (``NOSCRIPT``: a restart, a failover, a
+    node that never ran it): that also caches it there."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+    def __call__(self, client: Client, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    def queue(
+        self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence[str | int]
+    ) -> None:
+        """Add a plain ``EVALSHA`` to ``pipe``; its reply may be a ``NoScriptError``."""
+        execute: Any = pipe.execute_command  # not annotated upstream
+        execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
 class JobScript:
     """The operations of ``jobgate.lua`` a worker makes.
 
@@ -101,51 +136,53 @@ class JobScript:
     ``outcomes.terminal_call`` and made through :meth:`call` or :meth:`queue`;
     the gateway's own operations (``create``, ``cancel``) are not here.
     ``current`` picks the client of the calling thread (see ``clients.py``);
-    without it every call goes through ``client``.
+    without it every call goes through ``client``. Every call names the two
+    keys of one job, which share its hash tag: on a cluster it runs on the
+    job's node.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client | None,
         source: str,
-        current: Callable[[], redis.Redis] | None = None,
+        current: Callable[[], Client] | None = None,
     ) -> None:
-        self._script = client.register_script(source)
-        self._current = current if current is not None else (lambda: client)
+        if current is None:
+            if client is None:
+                raise ValueError("JobScript needs a client or a way to pick one")
+            current = fixed_client(client)
+        self._script = LuaScript(source)
+        self._current = current
 
     @classmethod
     def load(
         cls,
-        client: redis.Redis,
+        client: Client | None,
         proto_dir: str | None = None,
-        current: Callable[[], redis.Redis] | None = None,
+        current: Callable[[], Client] | None = None,
     ) -> JobScript:
         return cls(client, find_script(proto_dir).read_text(encoding="utf-8"), current)
 
     @property
     def sha(self) -> str:
-        return str(self._script.sha)
+        return self._script.sha
 
     def call(self, job_id: str, *args: str | int) -> Reply:
-        raw = self._script(
-            keys=[keys.job_key(job_id), keys.events_key(job_id)],
-            args=list(args),
-            client=self._current(),
-        )
+        raw = self._script(self._current(), [keys.job_key(job_id), keys.events_key(job_id)], args)
         return _parse(raw)
 
     def ensure_loaded(self) -> None:
         """``SCRIPT LOAD`` now, before pipelines that use :meth:`queue`."""
-        self._current().script_load(self._script.script)
+        self._current().script_load(self._script.source)
 
     def queue(self, pipe: redis.client.Pipeline, job_id: str, *args: str | int) -> None:
         """Add the call to ``pipe`` as a plain EVALSHA.
 
-        redis-py checks ``SCRIPT EXISTS`` before every pipeline holding a
-        ``Script``; this skips that round trip, so the caller must handle a
-        ``NoScriptError`` reply (by running the operation through ``call``).
+        The caller must handle a ``NoScriptError`` reply (by running the
+        operation through ``call``). A single Redis only: on a cluster the
+        terminal call and the acknowledgement are on two nodes, made in order.
         """
-        pipe.evalsha(self.sha, 2, keys.job_key(job_id), keys.events_key(job_id), *args)
+        self._script.queue(pipe, [keys.job_key(job_id), keys.events_key(job_id)], args)
 
     # -- operations of the worker.
 
@@ -164,6 +201,8 @@ class JobScript:
             tracestate=_text(v[6]),
             trace_id=_text(v[7]),
             owner=_text(v[8]),
+            created_at=_int(v[9]) if len(v) > 9 else 0,
+            queue=_text(v[10]) if len(v) > 10 else "",
         )
         return reply, started
 

@@ -5,8 +5,12 @@ command line; tests build ``Settings`` directly instead of setting env vars.
 
 | env var | default | meaning |
 |---|---|---|
-| ``JOBGATE_REDIS_URL`` | ``redis://127.0.0.1:6379`` | Redis to use |
+| ``JOBGATE_REDIS_URL`` | ``redis://127.0.0.1:6379`` | Redis: one URL, or cluster seeds (a,b,…) |
 | ``DASK_SCHEDULER_ADDRESS`` | unset: a local cluster | Dask scheduler to connect to |
+| ``JOBGATE_DASK_CONNECT_TIMEOUT_S`` | 10 | longest a connect to the scheduler takes |
+| ``JOBGATE_DASK_NO_WORKERS_TIMEOUT_S`` | 30 | no Dask worker this long: waiting jobs retried |
+| ``JOBGATE_DASK_SCHEDULER_TIMEOUT_S`` | 30 | scheduler silent this long: waiting jobs retried |
+| ``JOBGATE_DASK_CHECK_INTERVAL_S`` | 1 | scheduler looked at this often while jobs wait |
 | ``JOBGATE_PROTO_DIR`` | found above the package | folder holding ``redis/jobgate.lua`` |
 | ``JOBGATE_QUEUE`` | the ``Worker``'s queue | queue override |
 | ``JOBGATE_CONSUMER`` | ``<hostname>-<pid>`` | consumer name in the group |
@@ -39,9 +43,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .clients import RedisSettingError, parse_seeds
+from .dask_health import DaskTimeouts
 from .fluentd import parse_address
 from .tracing import OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, SPAN_FILE_ENV
 from .tracing import otlp_traces_endpoint as traces_endpoint_from
+
+#: The Dask timeouts' defaults, written once (in ``DaskTimeouts``).
+_DASK_DEFAULTS = DaskTimeouts()
 
 
 def default_consumer() -> str:
@@ -54,6 +63,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    #: One URL, or the comma-separated seed URLs of a Redis Cluster.
     redis_url: str = "redis://127.0.0.1:6379"
     #: Overrides the queue the ``Worker`` was declared with.
     queue: str | None = None
@@ -72,6 +82,12 @@ class Settings:
     #: How often the heartbeat (``jobgate:workers:{<queue>}``) is written.
     heartbeat_s: float = 5.0
     dask_scheduler_address: str | None = None
+    #: Dask timeouts (``dask_health.DaskTimeouts``): connect, no workers,
+    #: unanswered scheduler, and how often it is looked at.
+    dask_connect_timeout_s: float = _DASK_DEFAULTS.connect_s
+    dask_no_workers_timeout_s: float = _DASK_DEFAULTS.no_workers_s
+    dask_scheduler_timeout_s: float = _DASK_DEFAULTS.scheduler_s
+    dask_check_interval_s: float = _DASK_DEFAULTS.check_interval_s
     proto_dir: str | None = None
     log_level: str = "INFO"
     #: Where spans are exported over OTLP/HTTP (the full traces URL); None: not at all.
@@ -93,6 +109,15 @@ class Settings:
         """How often the read loop looks for entries idle past the lease: a tenth of it."""
         return min(max(self.lease_ms / 10_000, 0.05), 5.0)
 
+    @property
+    def dask_timeouts(self) -> DaskTimeouts:
+        return DaskTimeouts(
+            connect_s=self.dask_connect_timeout_s,
+            no_workers_s=self.dask_no_workers_timeout_s,
+            scheduler_s=self.dask_scheduler_timeout_s,
+            check_interval_s=self.dask_check_interval_s,
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
@@ -110,6 +135,10 @@ class Settings:
 
         take("JOBGATE_REDIS_URL", "redis_url")
         take("DASK_SCHEDULER_ADDRESS", "dask_scheduler_address")
+        take("JOBGATE_DASK_CONNECT_TIMEOUT_S", "dask_connect_timeout_s", float)
+        take("JOBGATE_DASK_NO_WORKERS_TIMEOUT_S", "dask_no_workers_timeout_s", float)
+        take("JOBGATE_DASK_SCHEDULER_TIMEOUT_S", "dask_scheduler_timeout_s", float)
+        take("JOBGATE_DASK_CHECK_INTERVAL_S", "dask_check_interval_s", float)
         take("JOBGATE_PROTO_DIR", "proto_dir")
         take("JOBGATE_QUEUE", "queue")
         take("JOBGATE_CONSUMER", "consumer")
@@ -143,8 +172,10 @@ class Settings:
             raise SettingsError("block_ms must be at least 1")
         if not self.consumer:
             raise SettingsError("consumer must not be empty")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"redis_url {self.redis_url!r} is not a redis:// URL")
+        try:
+            parse_seeds(self.redis_url)
+        except RedisSettingError as error:
+            raise SettingsError(f"JOBGATE_REDIS_URL: {error}") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
         if self.otlp_traces_endpoint is not None and not self.otlp_traces_endpoint.startswith(
@@ -159,6 +190,17 @@ class Settings:
                 parse_address(self.fluentd_address)
             except ValueError as error:
                 raise SettingsError(f"JOBGATE_FLUENTD_ADDR: {error}") from None
+        self._validate_dask()
         if self.fluentd_buffer < 1:
             raise SettingsError("fluentd_buffer must be at least 1")
         return self
+
+    def _validate_dask(self) -> None:
+        for name in (
+            "dask_connect_timeout_s",
+            "dask_no_workers_timeout_s",
+            "dask_scheduler_timeout_s",
+            "dask_check_interval_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be positive")

@@ -17,10 +17,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
 
 from . import keys
-from .script import find_script
+from .clients import Client, fixed_client
+from .script import LuaScript, find_script
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,19 @@ class QueueStreams:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client | None,
         queue: str,
         consumer: str,
-        current: Callable[[], redis.Redis] | None = None,
+        current: Callable[[], Client] | None = None,
         on_groups_recreated: Callable[[], None] | None = None,
         *,
         proto_dir: str | None = None,
     ) -> None:
-        self._current = current if current is not None else (lambda: client)
+        if current is None:
+            if client is None:
+                raise ValueError("QueueStreams needs a client or a way to pick one")
+            current = fixed_client(client)
+        self._current = current
         self._on_groups_recreated = on_groups_recreated
         self.queue = queue
         self.consumer = consumer
@@ -87,12 +91,10 @@ class QueueStreams:
         # ``dead_letters.lua`` lies beside ``jobgate.lua``; read now, so that a
         # missing file stops the worker at start rather than at a dead letter.
         dead_letters = find_script(proto_dir).with_name("dead_letters.lua")
-        self._dead_letters: Script = client.register_script(
-            dead_letters.read_text(encoding="utf-8")
-        )
+        self._dead_letters = LuaScript(dead_letters.read_text(encoding="utf-8"))
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """The calling thread's client."""
         return self._current()
 
@@ -236,13 +238,9 @@ class QueueStreams:
         fields["consumer"] = self.consumer
         pairs = [item for pair in fields.items() for item in pair]
         self._dead_letters(
-            keys=[
-                keys.dead_letter_stream(self.queue),
-                keys.dead_letter_index(self.queue),
-                entry.stream,
-            ],
-            args=["bury", keys.CONSUMER_GROUP, entry.job_id, entry.entry_id, *pairs],
-            client=self.client,
+            self.client,
+            [keys.dead_letter_stream(self.queue), keys.dead_letter_index(self.queue), entry.stream],
+            ["bury", keys.CONSUMER_GROUP, entry.job_id, entry.entry_id, *pairs],
         )
 
     def server_time_ms(self) -> int:

@@ -1,0 +1,143 @@
+//! One `redis-server` of a test cluster: its ports (client, bus, and TLS
+//! when asked), its folder, and starting and killing it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ClusterTls;
+use crate::free_port;
+use crate::redis_server::redis_server_binary;
+
+/// How long a node may be silent before the others mark it failed: short,
+/// so a failover takes a couple of seconds.
+const NODE_TIMEOUT_MS: u64 = 1000;
+
+/// One `redis-server` of the cluster.
+#[derive(Debug)]
+pub(super) struct ClusterNode {
+    pub(super) port: u16,
+    bus_port: u16,
+    /// With TLS: the TLS client port and the files.
+    pub(super) tls: Option<(u16, ClusterTls)>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    /// A node kept in `dir`, not started yet.
+    pub(super) fn new(dir: PathBuf, tls: Option<&ClusterTls>) -> Self {
+        Self {
+            port: 0,
+            bus_port: 0,
+            tls: tls.map(|files| (0, files.clone())),
+            dir,
+            child: None,
+        }
+    }
+
+    pub(super) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub(super) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Spawns on fresh free ports until one pair is really free.
+    pub(super) fn spawn_on_free_ports(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.port = free_port();
+            self.bus_port = free_port();
+            if let Some((tls_port, _)) = self.tls.as_mut() {
+                *tls_port = free_port();
+            }
+            let distinct = self.port != self.bus_port
+                && self
+                    .tls
+                    .as_ref()
+                    .is_none_or(|(tls_port, _)| ![self.port, self.bus_port].contains(tls_port));
+            if distinct && self.try_spawn() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start in cluster mode"
+            );
+        }
+    }
+
+    /// Spawns on the node's own ports (a restart).
+    pub(super) fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.try_spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_spawn(&mut self) -> bool {
+        let mut command = Command::new(redis_server_binary());
+        if let Some((tls_port, files)) = &self.tls {
+            let path = |file: &PathBuf| file.to_str().expect("utf-8 path").to_owned();
+            command
+                .args(["--tls-port", &tls_port.to_string()])
+                .args(["--tls-cert-file", &path(&files.cert_file)])
+                .args(["--tls-key-file", &path(&files.key_file)])
+                .args(["--tls-ca-cert-file", &path(&files.ca_file)])
+                .args(["--tls-auth-clients", "no"])
+                .args(["--tls-cluster", "yes"]);
+        }
+        let child = command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().expect("utf-8 path")])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &self.bus_port.to_string()])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            // A replica may take over however long it was cut off: tests
+            // kill masters right after writing.
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--save", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make test installs it)");
+        self.child = Some(child);
+        if self.wait_answering(Duration::from_secs(5)) {
+            return true;
+        }
+        self.kill();
+        false
+    }
+
+    fn wait_answering(&mut self, within: Duration) -> bool {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("redis url");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
