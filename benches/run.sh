@@ -129,7 +129,7 @@ stop_workers() {
 # Waits until a worker named $1 has registered the `echo` kind.
 wait_registered() {
   for _ in $(seq 1 200); do
-    if redis-cli -p "$redis_port" hget jobgate:kinds echo 2>/dev/null | grep -q "\"$1"; then
+    if redis-cli -p "$redis_port" hget jobgate:kinds:v2 echo 2>/dev/null | grep -q "\"$1"; then
       return
     fi
     sleep 0.05

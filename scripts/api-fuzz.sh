@@ -89,10 +89,10 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$base/readyz" >/dev/null || { echo "api-fuzz: the gateway is not ready" >&2; tail -20 "$work/gateway.log" >&2; exit 1; }
 for _ in $(seq 1 600); do
-  [ "$(redis-cli -p "$redis_port" hexists jobgate:kinds echo)" = "1" ] && break
+  [ "$(redis-cli -p "$redis_port" hexists jobgate:kinds:v2 echo)" = "1" ] && break
   sleep 0.1
 done
-[ "$(redis-cli -p "$redis_port" hexists jobgate:kinds echo)" = "1" ] || {
+[ "$(redis-cli -p "$redis_port" hexists jobgate:kinds:v2 echo)" = "1" ] || {
   echo "api-fuzz: the worker registered no kinds" >&2; tail -20 "$work/worker.log" >&2; exit 1; }
 
 # An admin token, so that the admin routes are fuzzed past their 403.

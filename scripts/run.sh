@@ -46,7 +46,7 @@ readonly crash_loop_window_s=120
 readonly ready_timeout_s=90
 
 readonly worker_app="examples.pricing:worker"
-# A kind the worker above registers: once it is in jobgate:kinds, submits are accepted.
+# A kind the worker above registers: once it is in jobgate:kinds:v2, submits are accepted.
 readonly ready_kind="mc_option_price"
 
 gateway_bin="${JOBGATE_BIN:-./target/release/jobgate}"
@@ -140,17 +140,17 @@ log_of() {
 # The Redis server's clock in ms (workers stamp their kinds with it).
 redis_time_ms() {
   local -a now
-  mapfile -t now < <(redis-cli -u "$JOBGATE_REDIS_URL" time 2>/dev/null)
+  mapfile -t now < <(redis-cli -c -u "${JOBGATE_REDIS_URL%%,*}" time 2>/dev/null)
   [ "${#now[@]}" -eq 2 ] || return 1
   echo $((now[0] * 1000 + 10#${now[1]} / 1000))
 }
 
-# kind_registered_since <ms>: a worker wrote $ready_kind to jobgate:kinds at
+# kind_registered_since <ms>: a worker wrote $ready_kind to jobgate:kinds:v2 at
 # or after <ms>. (A field merely existing could be left over from an earlier
 # run; its value is {"queue":…,"worker":…,"seen_at":<ms>}, see PROTOCOL.md.)
 kind_registered_since() {
   local since_ms=$1 value
-  value="$(redis-cli -u "$JOBGATE_REDIS_URL" hget jobgate:kinds "$ready_kind" 2>/dev/null)" || return 1
+  value="$(redis-cli -c -u "${JOBGATE_REDIS_URL%%,*}" hget jobgate:kinds:v2 "$ready_kind" 2>/dev/null)" || return 1
   [[ "$value" =~ \"seen_at\":([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -ge "$since_ms" ]
 }
 
