@@ -9,11 +9,13 @@ trap 'rm -f "$body"; exit 0' TERM INT
 while true; do
   for target in "$@"; do
     name=${target%%=*}
+    : >"$body"
     code=$(curl -s -m 1 -o "$body" -w '%{http_code}' "${target#*=}/readyz") || true
     if [ "$code" != "${last[$name]:-}" ]; then
       detail=""
       # (without the per-node list, which says little more than failing_nodes)
       [ "$code" = 200 ] || detail=$(sed 's/"nodes":\[[^]]*\],\?//' "$body" | head -c 600)
+      [ "$code" != 000 ] || detail="no answer within 1 s (refused, or the link is down)"
       printf '%s %s /readyz %s %s\n' "$(date +%H:%M:%S.%3N)" "$name" "$code" "$detail"
       last[$name]=$code
     fi
