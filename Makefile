@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare lab clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-k8s test-rust test-dashboard test-python test-run test-api-fuzz test-fuzz
+test: deps lint test-k8s test-rust test-dashboard test-python test-run test-lab test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -51,6 +51,16 @@ test-python: deps
 test-run: test-rust
 	scripts/test-run.sh
 
+# The short lab (deploy/lab/lab.sh, ~1 min, needs root): a Redis master
+# killed and a gateway stopped under load in a multi-host deployment made of
+# network namespaces (deploy/README.md, "The lab"); first ruff on the lab's
+# Python and the unit tests of its accounting.
+test-lab: deps build
+	$(VENV)/bin/ruff check deploy/lab
+	$(VENV)/bin/ruff format --check deploy/lab
+	cd deploy/lab && ../../$(PY) -m pytest -q -p no:cacheprovider test_ledger.py
+	LAB_SHORT=1 LAB_SKIP_BUILD=1 LAB_SCENARIOS="redis-master-kill gateway-sigterm" deploy/lab/lab.sh
+
 # The dashboard in headless Chromium (scripts/test-dashboard.sh, installs
 # chromium and playwright-core when missing): the admin views against the
 # debug gateway that `cargo test` built, hence after test-rust.
@@ -86,3 +96,8 @@ bench: deps
 # worker's (benches/compare/README.md); target/bench/compare.json.
 bench-compare:
 	@bash benches/compare/run.sh
+
+# The whole lab (deploy/lab/lab.sh, under 6 min, needs root): every fault
+# scenario under load, one table, target/lab/latest.json.
+lab: deps build
+	@LAB_SKIP_BUILD=1 deploy/lab/lab.sh
