@@ -101,6 +101,7 @@ local function change(job, event, data, now, ...)
   end
   job.seq = seq
   job.epoch = epoch
+  job.replid = replid
   redis.call('HSET', job_key, unpack(fields))
   emit(job, seq, event, data, now)
   return seq

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from conftest import Gateway
-from jobgate_worker.reporting import with_oom_retries
+from jobgate_worker.reporting import with_report_retries
 from jobgate_worker.script import JobScript
 
 FILLER = "filler"
@@ -50,7 +50,7 @@ def test_a_complete_refused_at_maxmemory_changes_nothing_and_is_made_again(gatew
         if len(sleeps) == 3:
             free_memory(client)
 
-    reply = with_oom_retries(lambda: script.call(job_id, "complete", 1, '{"v":1}'), {}, sleep)
+    reply = with_report_retries(lambda: script.call(job_id, "complete", 1, '{"v":1}'), {}, sleep)
     assert reply.ok, reply
     assert len(sleeps) == 3
     assert sleeps[0] <= sleeps[-1], "backs off"
@@ -67,6 +67,6 @@ def test_other_errors_are_not_retried(gateway: Gateway):
         raise redis.ResponseError("ERR something else")
 
     with pytest.raises(redis.ResponseError):
-        with_oom_retries(refused, {}, lambda _: None)
+        with_report_retries(refused, {}, lambda _: None)
     assert calls == [1]
     assert script.sha

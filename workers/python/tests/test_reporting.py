@@ -269,3 +269,38 @@ def test_once_redis_is_lost_at_shutdown_the_other_attempts_are_not_tried(monkeyp
     assert [entry for entry in harness.log if entry[0] == "stop"] == [("stop", "shutdown")] * 2
     assert not harness.held(first)
     assert not harness.held(second)
+
+
+def test_an_outcome_is_reported_again_while_redis_cannot_be_reached(monkeypatch):
+    """A failover takes seconds: the terminal call outlasts it, up to a deadline."""
+    monkeypatch.setattr(reporting, "_QUICK_TRIES", (0.0,))
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    failures = [4]
+
+    def call() -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise redis.ConnectionError("connection refused")
+        return "reported"
+
+    assert (
+        reporting.with_report_retries(call, {}, sleep, unreachable_for_s=10, clock=lambda: now[0])
+        == "reported"
+    )
+    assert len(sleeps) == 4
+
+    def never() -> str:
+        raise redis.ConnectionError("connection refused")
+
+    now[0] = 0.0
+    sleeps.clear()
+    with pytest.raises(redis.ConnectionError):
+        reporting.with_report_retries(never, {}, sleep, unreachable_for_s=3, clock=lambda: now[0])
+    assert sleeps, "tried again before giving up"
+    assert now[0] <= 3, "gave up by the deadline"

@@ -27,7 +27,7 @@ when the script answers a retry with ``failed`` ``max_attempts_exceeded``.
 A terminal call that Redis refuses for lack of memory (``OOM``, at
 ``maxmemory``) is never dropped: the attempt keeps its entry (the lease keeper
 goes on renewing it) and the call is made again, with backoff, until Redis
-takes it (``with_oom_retries``).
+takes it (``with_report_retries``).
 """
 
 from __future__ import annotations
@@ -89,20 +89,32 @@ def with_quick_retries(operation: Callable[[], T]) -> T:
 #: Backoff between tries of a terminal call Redis refused for lack of memory.
 OOM_RETRY_BASE_S = 0.2
 OOM_RETRY_CAP_S = 5.0
+#: Backoff between tries of a terminal call while Redis cannot be reached.
+UNREACHABLE_RETRY_BASE_S = 0.2
+UNREACHABLE_RETRY_CAP_S = 1.0
 
 
-def with_oom_retries(
+def with_report_retries(
     operation: Callable[[], T],
     extra: dict[str, Any],
     sleep: Callable[[float], None] = time.sleep,
+    unreachable_for_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """``with_quick_retries``, made again while Redis refuses it for lack of memory.
 
     A refused script call changes nothing (Redis refuses a script's first
     write), so trying it again is safe; it ends with Redis's answer or any
-    other error.
+    other error. While Redis cannot be reached (a failover, a restart), the
+    call is made again for up to ``unreachable_for_s``: an outcome must
+    outlast a master's failover (a few seconds) rather than leave its job to
+    be run again once the lease lapses. Making a terminal call twice is
+    harmless: the second finds the job ended (``skip``), or, if another
+    worker took the entry over meanwhile, is refused as ``stale``.
     """
     refusals = 0
+    deadline = clock() + unreachable_for_s
+    failures = 0
     while True:
         try:
             return with_quick_retries(operation)
@@ -112,6 +124,16 @@ def with_oom_retries(
             log.warning(
                 "redis is out of memory; the outcome will be reported again",
                 extra={**extra, "refusals": refusals, "retry_in_s": round(delay_s, 3)},
+            )
+            sleep(delay_s)
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError):
+            failures += 1
+            delay_s = backoff_s(failures, UNREACHABLE_RETRY_BASE_S, UNREACHABLE_RETRY_CAP_S)
+            if clock() + delay_s > deadline:
+                raise
+            log.warning(
+                "redis cannot be reached; the outcome will be reported again",
+                extra={**extra, "failures": failures, "retry_in_s": round(delay_s, 3)},
             )
             sleep(delay_s)
 
@@ -211,13 +233,17 @@ class OutcomeReporter:
         try:
             with self.spans.publish(run.span_context, run.job_id, outcome.name):
                 if self._lease_certainly_held(run.entry) and not self._on_cluster():
-                    reply = with_oom_retries(
-                        lambda: self._terminal_and_ack(run, operation), run.extra
+                    reply = with_report_retries(
+                        lambda: self._terminal_and_ack(run, operation),
+                        run.extra,
+                        unreachable_for_s=self.lease_ms / 1000,
                     )
                     acknowledged = True
                 else:
-                    reply = with_oom_retries(
-                        lambda: self.script.call(run.job_id, *operation), run.extra
+                    reply = with_report_retries(
+                        lambda: self.script.call(run.job_id, *operation),
+                        run.extra,
+                        unreachable_for_s=self.lease_ms / 1000,
                     )
                     acknowledged = False
         except redis.RedisError:
@@ -292,8 +318,10 @@ class OutcomeReporter:
         operation = terminal_call(outcome, run.attempt)
         try:
             with self.spans.publish(run.span_context, run.job_id, outcome.name):
-                reply = with_oom_retries(
-                    lambda: self.script.call(run.job_id, *operation), run.extra
+                reply = with_report_retries(
+                    lambda: self.script.call(run.job_id, *operation),
+                    run.extra,
+                    unreachable_for_s=self.lease_ms / 1000,
                 )
         except redis.RedisError:
             log.exception(
