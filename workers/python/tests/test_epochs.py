@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from jobgate_worker import keys
-
 from conftest import Gateway
+from jobgate_worker import keys
 
 
 def _as_if_written_under_another_master(gateway: Gateway, job_id: str) -> None:
