@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare lab clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare bench-cluster lab clean
 
 run: deps build
 	@scripts/run.sh
@@ -96,6 +96,12 @@ bench: deps
 # worker's (benches/compare/README.md); target/bench/compare.json.
 bench-compare:
 	@bash benches/compare/run.sh
+
+# What one job costs Redis (per master), the gateway and the workers on a
+# single server and on a 3-master Redis Cluster, in one sitting
+# (benches/cluster-sizing.sh; target/bench/cluster-sizing.json).
+bench-cluster: deps
+	@benches/cluster-sizing.sh
 
 # The whole lab (deploy/lab/lab.sh, under 6 min, needs root): every fault
 # scenario under load, one table, target/lab/latest.json.
