@@ -48,22 +48,34 @@ gateway_bin="$root/target/release/jobgate"
 loadgen_bin="$root/target/release/jobgate-loadgen"
 python_worker="$root/.venv/bin/jobgate-worker"
 
-# start_redis <dir> [cluster]: one redis-server on a free port; prints the port.
+# start_redis <dir> [cluster]: one redis-server on a free port, in $started_port.
+started_port=""
 start_redis() {
-  local port dir=$1
-  port=$(free_port)
-  mkdir -p "$dir/$port"
+  local port dir=$1 try
   local extra=()
-  [ "${2:-}" = cluster ] && extra=(--cluster-enabled yes --cluster-node-timeout 2000
-    --cluster-config-file "$dir/$port/nodes.conf")
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/$port" --appendonly no --save "" \
-    --logfile "$dir/$port/redis.log" "${extra[@]}" &
-  pids+=("$!")
-  for _ in $(seq 1 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.05
+  for try in 1 2 3 4 5; do
+    port=$(free_port)
+    # A cluster node also listens on port + 10000 (its bus).
+    if [ "${2:-}" = cluster ]; then
+      [ "$port" -lt 55000 ] || continue
+      (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null && continue
+      extra=(--cluster-enabled yes --cluster-node-timeout 2000
+        --cluster-config-file "$dir/$port/nodes.conf")
+    fi
+    mkdir -p "$dir/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/$port" --appendonly no --save "" \
+      --logfile "$dir/$port/redis.log" "${extra[@]}" >/dev/null 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 1 100); do
+      redis-cli -p "$port" ping >/dev/null 2>&1 && break
+      sleep 0.05
+    done
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then
+      started_port=$port
+      return
+    fi
   done
-  echo "$port"
+  fail "redis-server did not start; see $dir/*/redis.log"
 }
 
 redis_cpu() { # <port>: CPU seconds Redis has used
@@ -151,12 +163,15 @@ EOF
 }
 
 # A single server.
-single=$(start_redis "$out/single")
-run_layout standalone "$single"
+start_redis "$out/single"
+run_layout standalone "$started_port"
 
 # Three masters.
 masters=()
-for _ in 1 2 3; do masters+=("$(start_redis "$out/cluster" cluster)"); done
+for _ in 1 2 3; do
+  start_redis "$out/cluster" cluster
+  masters+=("$started_port")
+done
 redis-cli --cluster create "${masters[@]/#/127.0.0.1:}" --cluster-yes >"$out/cluster-create.log" 2>&1
 for _ in $(seq 1 100); do
   ok=1
