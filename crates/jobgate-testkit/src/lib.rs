@@ -7,7 +7,8 @@
 //! [`TestGateway`] serves the real app on port 0;
 //! [`PythonWorker`] runs the real `jobgate-worker` from the repo's `.venv`;
 //! [`WsClient`] and [`SseClient`] are real WebSocket and SSE clients;
-//! [`Schemas`] validates messages against `proto-schemas/schemas`.
+//! [`Schemas`] validates messages against `proto-schemas/schemas`;
+//! [`EchoStack`] is the usual single-server setup of those together.
 
 mod clients;
 mod driver;
@@ -16,12 +17,13 @@ mod gateway;
 mod redis_cluster;
 mod redis_server;
 mod schemas;
+mod stack;
 mod worker;
 
 use std::path::PathBuf;
 
 pub use clients::{SseClient, SseEvent, WsClient};
-pub use driver::{DriverConnection, JobDriver};
+pub use driver::{DriverConnection, JobDriver, event_position};
 pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
@@ -29,6 +31,7 @@ pub use gateway::TestGateway;
 pub use redis_cluster::{ClusterTls, RedisCluster};
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;
+pub use stack::EchoStack;
 pub use worker::PythonWorker;
 
 /// The repository's root folder.
