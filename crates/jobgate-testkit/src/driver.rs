@@ -202,6 +202,20 @@ impl JobDriver {
         );
     }
 
+    /// The second `progress` (2 of 2), then `complete` with `result`, of
+    /// attempt 1: seq 4 and 5 after [`JobDriver::start_and_progress`]. Both
+    /// must answer `ok`.
+    pub async fn progress_and_complete(&mut self, job_id: &str, result: &str) {
+        assert_eq!(
+            self.progress(job_id, 1, 2, 2).await.expect("progress"),
+            "ok"
+        );
+        assert_eq!(
+            self.complete(job_id, 1, result).await.expect("complete"),
+            "ok"
+        );
+    }
+
     /// Every event of `job_id`'s history (`jobgate:events:{id}`), in order,
     /// as its [`event_position`].
     pub async fn history(&mut self, job_id: &str) -> Vec<(u64, u64)> {

@@ -76,6 +76,12 @@ impl TestGateway {
             .to_owned()
     }
 
+    /// Submits an `echo` job with params `{"n": 1}`; its id.
+    pub async fn submit_echo(&self) -> String {
+        self.submit(serde_json::json!({"kind": "echo", "params": {"n": 1}}))
+            .await
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }

@@ -67,17 +67,7 @@ async fn lose_the_last_write(driver: &mut JobDriver, job_id: &str) {
 /// epoch 2.
 async fn lose_it_and_finish(driver: &mut JobDriver, job_id: &str) {
     lose_the_last_write(driver, job_id).await;
-    assert_eq!(
-        driver.progress(job_id, 1, 2, 2).await.expect("progress"),
-        "ok"
-    );
-    assert_eq!(
-        driver
-            .complete(job_id, 1, r#"{"n":1}"#)
-            .await
-            .expect("complete"),
-        "ok"
-    );
+    driver.progress_and_complete(job_id, r#"{"n":1}"#).await;
     assert_eq!(
         driver.history(job_id).await,
         [(1, 1), (1, 2), (2, 3), (2, 4)],
@@ -124,10 +114,7 @@ async fn sse_resumed(
 #[tokio::test]
 async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
     let mut h = EchoStack::start().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let job_id = h.gateway.submit_echo().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url()).await.expect("ws");
     ws.send(json!({"type": "subscribe", "job_id": job_id}))
         .await
@@ -184,10 +171,7 @@ async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
 #[tokio::test]
 async fn a_client_resuming_from_a_lost_write_is_replayed_from_the_epochs_first_seq() {
     let mut h = EchoStack::start().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let job_id = h.gateway.submit_echo().await;
     h.driver.start_and_progress(&job_id).await;
     lose_it_and_finish(&mut h.driver, &job_id).await;
     let gateway = &h.gateway;

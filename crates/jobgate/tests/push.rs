@@ -118,10 +118,7 @@ async fn submits_sent_back_to_back_are_each_accepted_before_any_event_of_their_j
 #[tokio::test]
 async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() {
     let mut h = EchoStack::start().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let job_id = h.gateway.submit_echo().await;
     let mut first = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -183,10 +180,7 @@ async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() 
 #[tokio::test]
 async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
     let mut h = EchoStack::start().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let job_id = h.gateway.submit_echo().await;
     let url = h.gateway.url(&format!("/v1/jobs/{job_id}/events"));
     // A stream that sees the first events, then drops.
     let mut early = SseClient::connect(&url, None).await.expect("sse");
@@ -228,10 +222,7 @@ async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
 #[tokio::test]
 async fn a_websocket_subscribe_with_after_gets_exactly_the_rest() {
     let mut h = EchoStack::start().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let job_id = h.gateway.submit_echo().await;
     h.driver.start(&job_id).await.expect("start");
     h.driver.progress(&job_id, 1, 1, 2).await.expect("progress");
     let mut ws = WsClient::connect(&h.gateway.ws_url())
@@ -341,14 +332,8 @@ async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
     let url = h.gateway.url("/v1/events");
     let mut all = SseClient::connect(&url, None).await.expect("sse");
     assert_eq!(all.status, 200);
-    let first = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
-    let second = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let first = h.gateway.submit_echo().await;
+    let second = h.gateway.submit_echo().await;
     run_job(&mut h.driver, &first).await;
     let mut seen = Vec::new();
     while seen.len() < 6 {

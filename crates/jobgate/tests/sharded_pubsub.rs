@@ -107,21 +107,6 @@ async fn assert_got_every_event(watcher: &Watcher, driver: &mut JobDriver, jobs:
     }
 }
 
-/// progress, completed: seq 4 and 5.
-async fn progress_and_complete(driver: &mut JobDriver, job_id: &str) {
-    assert_eq!(
-        driver.progress(job_id, 1, 2, 2).await.expect("progress"),
-        "ok"
-    );
-    assert_eq!(
-        driver
-            .complete(job_id, 1, r#"{"ok":true}"#)
-            .await
-            .expect("complete"),
-        "ok"
-    );
-}
-
 fn job_key(job_id: &str) -> String {
     format!("jobgate:job:{{{job_id}}}")
 }
@@ -144,9 +129,7 @@ async fn jobs_on_every_master(
         if jobs.values().all(|found| found.len() >= per_master) {
             return jobs;
         }
-        let job_id = gateway
-            .submit(json!({"kind": "echo", "params": {"n": 1}}))
-            .await;
+        let job_id = gateway.submit_echo().await;
         let master = cluster.master_for_key(&job_key(&job_id)).await;
         jobs.entry(master).or_default().push(job_id);
     }
@@ -233,11 +216,7 @@ async fn on_a_standalone_redis_watchers_get_every_event_over_ssubscribe() {
     let gateway = TestGateway::start(&redis.url()).await;
     let mut jobs = Vec::new();
     for _ in 0..4 {
-        jobs.push(
-            gateway
-                .submit(json!({"kind": "echo", "params": {"n": 1}}))
-                .await,
-        );
+        jobs.push(gateway.submit_echo().await);
     }
     let mut watcher = Watcher::watch(&gateway, &jobs).await;
 
@@ -264,7 +243,7 @@ async fn on_a_standalone_redis_watchers_get_every_event_over_ssubscribe() {
 
     for job_id in &jobs {
         driver.start_and_progress(job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -295,7 +274,7 @@ async fn on_a_cluster_watchers_of_jobs_on_every_master_get_every_event() {
 
     for job_id in &jobs {
         driver.start_and_progress(job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -329,7 +308,7 @@ async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
     cluster.kill(victim);
     cluster.wait_for_failover().await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -369,7 +348,7 @@ async fn a_slot_moved_under_a_watched_job_is_followed_to_its_new_master() {
     // history once the channel is subscribed there.
     cluster.migrate_slot(slot, to).await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     wait_for_shard_channels(&cluster, to, &[job_channel(&moved)]).await;
     assert!(
@@ -403,7 +382,7 @@ async fn a_restarted_master_gets_every_channel_subscribed_again_one_by_one() {
     cluster.restart(restarted).await;
     wait_for_shard_channels(&cluster, restarted, &its_channels).await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -452,7 +431,7 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
     let (finished, running) = before.split_at(before.len() / 2);
     for job_id in finished {
         driver.start_and_progress(job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     for job_id in running {
         driver.start_and_progress(job_id).await;
@@ -465,11 +444,11 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
     let after = jobs_on_every_master(&gateway, &cluster, 2).await;
     let after: Vec<String> = after.values().flatten().cloned().collect();
     for job_id in running {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     for job_id in &after {
         driver.start_and_progress(job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     let mut seen = HashMap::new();
     let expected: Vec<String> = running.iter().chain(&after).cloned().collect();
@@ -510,9 +489,7 @@ async fn the_owner_stream_survives_the_failover_of_the_owners_master() {
     let mut stream = SseClient::connect(&gateway.url("/v1/events"), None)
         .await
         .expect("sse");
-    let first = gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let first = gateway.submit_echo().await;
     driver.start_and_progress(&first).await;
     let mut seen = HashMap::new();
     owner_events_until(&mut stream, &mut seen, |seen| {
@@ -529,10 +506,10 @@ async fn the_owner_stream_survives_the_failover_of_the_owners_master() {
     // owner's index is read again then.
     let after = jobs_on_every_master(&gateway, &cluster, 2).await;
     let after: Vec<String> = after.values().flatten().cloned().collect();
-    progress_and_complete(&mut driver, &first).await;
+    driver.progress_and_complete(&first, r#"{"ok":true}"#).await;
     for job_id in &after {
         driver.start_and_progress(job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     let mut expected = after.clone();
     expected.push(first.clone());
