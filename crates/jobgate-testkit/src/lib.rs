@@ -4,7 +4,9 @@
 //! ephemeral port (and can kill and restart it, with its AOF, for fault
 //! injection); [`RedisCluster`] runs a Redis Cluster of such servers (and
 //! can kill a master, wait for its replica's promotion, move a slot);
-//! [`TestGateway`] serves the real app on port 0;
+//! [`TestGateway`] serves the real app on port 0, [`GatewayProcess`] runs
+//! the real binary; [`TlsFiles`] are a CA and a server certificate for
+//! Redis's TLS port;
 //! [`PythonWorker`] runs the real `jobgate-worker` from the repo's `.venv`;
 //! [`WsClient`] and [`SseClient`] are real WebSocket and SSE clients;
 //! [`Schemas`] validates messages against `proto-schemas/schemas`;
@@ -14,10 +16,12 @@ mod clients;
 mod driver;
 mod forward_receiver;
 mod gateway;
+mod gateway_process;
 mod redis_cluster;
 mod redis_server;
 mod schemas;
 mod stack;
+mod tls;
 mod worker;
 
 use std::path::PathBuf;
@@ -28,10 +32,12 @@ pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
 pub use gateway::TestGateway;
-pub use redis_cluster::{ClusterTls, RedisCluster};
+pub use gateway_process::GatewayProcess;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;
 pub use stack::EchoStack;
+pub use tls::TlsFiles;
 pub use worker::PythonWorker;
 
 /// The repository's root folder.

@@ -21,12 +21,13 @@ impl RedisServer {
     /// Starts a server with append-only persistence (fsync every write) in a
     /// fresh temporary folder, so a restart keeps every acknowledged write.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_with(&[] as &[&str])
     }
 
     /// As [`RedisServer::start`], with extra `redis-server` arguments (for
-    /// example `--aclfile`); [`RedisServer::url`] then has no credentials.
-    pub fn start_with(extra_args: &[&str]) -> Self {
+    /// example `--aclfile`, or [`crate::TlsFiles::redis_args`]);
+    /// [`RedisServer::url`] then has no credentials.
+    pub fn start_with(extra_args: &[impl AsRef<str>]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-{}-{}",
             std::process::id(),
@@ -37,7 +38,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            extra_args: extra_args.iter().map(|a| a.as_ref().to_owned()).collect(),
             admin: None,
         };
         server.spawn();

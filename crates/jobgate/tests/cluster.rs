@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::mint_hs256_with_scope;
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{ClusterTls, JobDriver, RedisCluster, SseClient, TestGateway};
+use jobgate_testkit::{GatewayProcess, JobDriver, RedisCluster, SseClient, TestGateway, TlsFiles};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-cluster-test-secret-long-enough-for-hs256";
 const WAIT: Duration = Duration::from_secs(20);
+/// The `jobgate` binary built for these tests.
+const JOBGATE: &str = env!("CARGO_BIN_EXE_jobgate");
 
 fn token(owner: &str) -> String {
     mint_hs256_with_scope(SECRET, owner, 3600, None, None, None).expect("token")
@@ -758,7 +760,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
 
 /// Runs `jobgate <args>` against `redis_url`; its stdout (it must succeed).
 fn cli(redis_url: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"))
+    let output = std::process::Command::new(JOBGATE)
         .args(args)
         .env("JOBGATE_REDIS_URL", redis_url)
         .output()
@@ -951,96 +953,10 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     );
 }
 
-/// A CA, and a certificate for `localhost`/`127.0.0.1` it signed, as PEM
-/// files in `dir`.
-fn certificates(dir: &std::path::Path) -> ClusterTls {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "jobgate cluster test CA");
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&server_key, &ca)
-        .expect("server certificate");
-    std::fs::create_dir_all(dir).expect("dir");
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    ClusterTls {
-        ca_file: write("ca.pem", ca.pem()),
-        cert_file: write("server.pem", server.pem()),
-        key_file: write("server.key", server_key.serialize_pem()),
-    }
-}
-
-/// The `jobgate` binary on `redis_url`, trusting `ca_file` (if any) for
-/// Redis's TLS certificates; killed when dropped.
-struct GatewayProcess {
-    child: std::process::Child,
-    address: String,
-}
-
-impl GatewayProcess {
-    fn start(redis_url: &str, ca_file: Option<&std::path::Path>) -> Self {
-        let address = format!("127.0.0.1:{}", jobgate_testkit::free_port());
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"));
-        command
-            .env("JOBGATE_AUTH", "none")
-            .env("JOBGATE_LISTEN", &address)
-            .env("JOBGATE_REDIS_URL", redis_url)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(ca_file) = ca_file {
-            command.env("SSL_CERT_FILE", ca_file);
-        }
-        Self {
-            child: command.spawn().expect("start jobgate"),
-            address,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// `/readyz` once the gateway answers at all (waiting up to 10 s for
-    /// 200 when `until_ready`).
-    async fn readyz(&self, until_ready: bool) -> (u16, Value) {
-        let mut last = (0, Value::Null);
-        for _ in 0..100 {
-            if let Ok(answer) = reqwest::get(self.url("/readyz")).await {
-                let status = answer.status().as_u16();
-                last = (status, answer.json().await.unwrap_or(Value::Null));
-                if status == 200 || !until_ready {
-                    return last;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        last
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() {
     let dir = std::env::temp_dir().join(format!("jobgate-cluster-tls-{}", std::process::id()));
-    let tls = certificates(&dir);
+    let tls = TlsFiles::generate(&dir);
     let cluster = RedisCluster::start_tls(3, &tls);
     let queues = cluster.tags_per_master("queue", 1).await;
     let mut driver = JobDriver::connect(&cluster.url()).await.expect("driver");
@@ -1051,7 +967,7 @@ async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() 
         kinds.push(kind);
     }
 
-    let gateway = GatewayProcess::start(&cluster.tls_url(), Some(&tls.ca_file));
+    let gateway = GatewayProcess::start(JOBGATE, &cluster.tls_url(), Some(&tls.ca_file));
     let (status, ready) = gateway.readyz(true).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["redis_mode"], "cluster", "{ready}");
@@ -1095,7 +1011,7 @@ async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() 
 
     // A gateway that does not trust the CA refuses the nodes: after a few
     // of its watcher's tries it has still not made contact.
-    let untrusting = GatewayProcess::start(&cluster.tls_url(), None);
+    let untrusting = GatewayProcess::start(JOBGATE, &cluster.tls_url(), None);
     untrusting.readyz(false).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = untrusting.readyz(false).await;

@@ -27,7 +27,7 @@ use redis::aio::MultiplexedConnection;
 
 use self::node::ClusterNode;
 use self::slots::{SlotRange, cluster_info_field, info_field, parse_slot_ranges};
-use crate::free_port;
+use crate::{TlsFiles, free_port};
 
 /// How long [`RedisCluster::start`] and [`RedisCluster::wait_for_failover`]
 /// wait for the cluster to settle before failing the test.
@@ -38,15 +38,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
     dir: PathBuf,
-}
-
-/// PEM files for a cluster's TLS ports: the nodes' certificate and key,
-/// and the CA that signed it.
-#[derive(Debug, Clone)]
-pub struct ClusterTls {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub ca_file: PathBuf,
 }
 
 impl RedisCluster {
@@ -67,11 +58,11 @@ impl RedisCluster {
     /// Starts `masters` masters (no replicas) that also serve TLS clients on
     /// a port of their own with `tls` (no client certificates asked), and
     /// talk to each other over TLS. See [`RedisCluster::tls_url`].
-    pub fn start_tls(masters: usize, tls: &ClusterTls) -> Self {
+    pub fn start_tls(masters: usize, tls: &TlsFiles) -> Self {
         Self::start_nodes(masters, 0, Some(tls))
     }
 
-    fn start_nodes(masters: usize, replicas: usize, tls: Option<&ClusterTls>) -> Self {
+    fn start_nodes(masters: usize, replicas: usize, tls: Option<&TlsFiles>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-cluster-{}-{}",

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::ClusterTls;
-use crate::free_port;
 use crate::redis_server::redis_server_binary;
+use crate::{TlsFiles, free_port};
 
 /// How long a node may be silent before the others mark it failed: short,
 /// so a failover takes a couple of seconds.
@@ -19,14 +18,14 @@ pub(super) struct ClusterNode {
     pub(super) port: u16,
     bus_port: u16,
     /// With TLS: the TLS client port and the files.
-    pub(super) tls: Option<(u16, ClusterTls)>,
+    pub(super) tls: Option<(u16, TlsFiles)>,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl ClusterNode {
     /// A node kept in `dir`, not started yet.
-    pub(super) fn new(dir: PathBuf, tls: Option<&ClusterTls>) -> Self {
+    pub(super) fn new(dir: PathBuf, tls: Option<&TlsFiles>) -> Self {
         Self {
             port: 0,
             bus_port: 0,
@@ -87,13 +86,8 @@ impl ClusterNode {
     fn try_spawn(&mut self) -> bool {
         let mut command = Command::new(redis_server_binary());
         if let Some((tls_port, files)) = &self.tls {
-            let path = |file: &PathBuf| file.to_str().expect("utf-8 path").to_owned();
             command
-                .args(["--tls-port", &tls_port.to_string()])
-                .args(["--tls-cert-file", &path(&files.cert_file)])
-                .args(["--tls-key-file", &path(&files.key_file)])
-                .args(["--tls-ca-cert-file", &path(&files.ca_file)])
-                .args(["--tls-auth-clients", "no"])
+                .args(files.redis_args(*tls_port))
                 .args(["--tls-cluster", "yes"]);
         }
         let child = command
