@@ -86,6 +86,13 @@ impl TestGateway {
         format!("ws://{}/v1/ws", self.addr)
     }
 
+    /// `GET /readyz`: the status and the JSON body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let answer = reqwest::get(self.url("/readyz")).await.expect("readyz");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("json"))
+    }
+
     /// Waits until `/readyz` answers 200 (Redis and the pub/sub link up).
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();

@@ -118,12 +118,47 @@ impl Harness {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// `GET path` as `owner`: status and body.
+    async fn get_as(&self, owner: &str, path: &str) -> (u16, Value) {
+        self.request("GET", path, &token(owner), None).await
+    }
+
     async fn snapshot(&self, owner: &str, job_id: &str) -> Value {
-        let (status, body) = self
-            .request("GET", &format!("/v1/jobs/{job_id}"), &token(owner), None)
-            .await;
+        let (status, body) = self.get_as(owner, &format!("/v1/jobs/{job_id}")).await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// `POST /v1/jobs/{job_id}/cancel` as `owner`: status and body.
+    async fn cancel_as(&self, owner: &str, job_id: &str) -> (u16, Value) {
+        self.request(
+            "POST",
+            &format!("/v1/jobs/{job_id}/cancel"),
+            &token(owner),
+            None,
+        )
+        .await
+    }
+
+    /// Every item (under `items_key`) of a paged listing at `path` (which
+    /// has a query already), read `limit` at a time with `token`, each
+    /// page answered 200.
+    async fn all_pages(&self, path: &str, limit: u32, token: &str, items_key: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let query = match &cursor {
+                Some(cursor) => format!("{path}?limit={limit}&cursor={cursor}"),
+                None => format!("{path}?limit={limit}"),
+            };
+            let (status, page) = self.request("GET", &query, token, None).await;
+            assert_eq!(status, 200, "{page}");
+            items.extend(page[items_key].as_array().expect("items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -180,37 +215,16 @@ async fn submit_snapshot_cancel_history_and_listing_work_across_slots() {
 
     // Another owner sees none of them.
     let other = h.owners[1].clone();
-    let (status, _) = h
-        .request(
-            "GET",
-            &format!("/v1/jobs/{}", job_ids[0]),
-            &token(&other),
-            None,
-        )
-        .await;
+    let (status, _) = h.get_as(&other, &format!("/v1/jobs/{}", job_ids[0])).await;
     assert_eq!(status, 404);
 
     // Cancel a queued job, and a running one (its worker is asked).
-    let (status, body) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{}/cancel", job_ids[0]),
-            &token(&owner),
-            None,
-        )
-        .await;
+    let (status, body) = h.cancel_as(&owner, &job_ids[0]).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "cancelled", "{body}");
     let mut driver = JobDriver::connect(&h.cluster.url()).await.expect("driver");
     assert_eq!(driver.start(&job_ids[1]).await.expect("start"), "ok");
-    let (status, body) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{}/cancel", job_ids[1]),
-            &token(&owner),
-            None,
-        )
-        .await;
+    let (status, body) = h.cancel_as(&owner, &job_ids[1]).await;
     assert_eq!(status, 202, "{body}");
     let running = h.snapshot(&owner, &job_ids[1]).await;
     assert_eq!(running["status"], "running", "{running}");
@@ -243,33 +257,17 @@ async fn submit_snapshot_cancel_history_and_listing_work_across_slots() {
     assert_eq!(names, ["queued", "started", "progress", "completed"]);
 
     // The owner's listing, a page at a time: every job, newest first.
-    let mut listed = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let query = match &cursor {
-            Some(cursor) => format!("/v1/jobs?limit=5&cursor={cursor}"),
-            None => "/v1/jobs?limit=5".to_owned(),
-        };
-        let (status, page) = h.request("GET", &query, &token(&owner), None).await;
-        assert_eq!(status, 200, "{page}");
-        for job in page["jobs"].as_array().expect("jobs") {
-            listed.push(job["job_id"].as_str().expect("id").to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let listed: Vec<String> = h
+        .all_pages("/v1/jobs", 5, &token(&owner), "jobs")
+        .await
+        .iter()
+        .map(|job| job["job_id"].as_str().expect("id").to_owned())
+        .collect();
     let mut newest_first = job_ids.clone();
     newest_first.reverse();
     assert_eq!(listed, newest_first);
     let (status, page) = h
-        .request(
-            "GET",
-            "/v1/jobs?status=cancelled&kind=echo",
-            &token(&owner),
-            None,
-        )
+        .get_as(&owner, "/v1/jobs?status=cancelled&kind=echo")
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 1, "{page}");
@@ -436,28 +434,18 @@ async fn queue_admin_and_dead_letters_work_across_slots() {
     // Listed a page at a time across the three queues, with each job's
     // owner and attempts read from its record.
     let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/v1/admin/dead-letters?limit=4&cursor={cursor}"),
-            None => "/v1/admin/dead-letters?limit=4".to_owned(),
-        };
-        let (status, page) = h.admin("GET", &path, None).await;
-        assert_eq!(status, 200, "{page}");
-        for item in page["items"].as_array().expect("items") {
-            let job_id = item["job_id"].as_str().expect("id").to_owned();
-            let (owner, _, _) = jobs
-                .iter()
-                .find(|(_, _, id)| *id == job_id)
-                .expect("a job of the test");
-            assert_eq!(item["owner"], json!(owner), "{item}");
-            assert_eq!(item["attempts"], 1, "{item}");
-            seen.push(job_id);
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
+    let items = h
+        .all_pages("/v1/admin/dead-letters", 4, &admin_token(), "items")
+        .await;
+    for item in &items {
+        let job_id = item["job_id"].as_str().expect("id").to_owned();
+        let (owner, _, _) = jobs
+            .iter()
+            .find(|(_, _, id)| *id == job_id)
+            .expect("a job of the test");
+        assert_eq!(item["owner"], json!(owner), "{item}");
+        assert_eq!(item["attempts"], 1, "{item}");
+        seen.push(job_id);
     }
     seen.sort();
     let mut all: Vec<String> = jobs.iter().map(|(_, _, id)| id.clone()).collect();
@@ -534,15 +522,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let owner = h.owners[0].clone();
 
     // Readiness reports the cluster and its nodes.
-    let ready: Value = h
-        .http
-        .get(h.gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let (_, ready) = h.gateway.readyz().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["redis_mode"], "cluster", "{ready}");
     assert_eq!(ready["cluster"]["state"], "ok", "{ready}");
@@ -661,14 +641,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let victim = h
         .submitted(&h.owners[2], json!({"kind": "mail", "params": {}}))
         .await;
-    let (status, _) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{victim}/cancel"),
-            &token(&h.owners[2]),
-            None,
-        )
-        .await;
+    let (status, _) = h.cancel_as(&h.owners[2], &victim).await;
     assert_eq!(status, 202);
     // So is a job failed because its queue entry could not be written
     // (here: the band's key holds a string, so XADD is refused).
@@ -773,18 +746,6 @@ fn cli(redis_url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `/readyz`: the status and the body.
-async fn readyz(h: &Harness) -> (u16, Value) {
-    let answer = h
-        .http
-        .get(h.gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("json"))
-}
-
 #[tokio::test]
 async fn a_master_killed_under_a_queued_job_fails_over_and_the_store_answers_again() {
     let mut h = Harness::start(RedisCluster::start_with_replicas(3, 1)).await;
@@ -823,14 +784,12 @@ async fn a_master_killed_under_a_queued_job_fails_over_and_the_store_answers_aga
     // /readyz is answered (Redis reachable) meanwhile and after.
     let mut unready_answers = 0;
     let snapshot = loop {
-        let (status, body) = h
-            .request("GET", &format!("/v1/jobs/{job_id}"), &token(&owner), None)
-            .await;
+        let (status, body) = h.get_as(&owner, &format!("/v1/jobs/{job_id}")).await;
         if status == 200 {
             break body;
         }
         assert_eq!(status, 503, "{body}");
-        if readyz(&h).await.0 != 200 {
+        if h.gateway.readyz().await.0 != 200 {
             unready_answers += 1;
         }
         assert!(
@@ -858,7 +817,7 @@ async fn a_master_killed_under_a_queued_job_fails_over_and_the_store_answers_aga
             .await;
         assert_eq!(status, 202, "{body}");
     }
-    let (status, ready) = readyz(&h).await;
+    let (status, ready) = h.gateway.readyz().await;
     assert_eq!(status, 200, "{ready}");
     let killed_address = format!("127.0.0.1:{}", h.cluster.port(killed));
     assert!(
@@ -891,13 +850,8 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     let gateway = TestGateway::start_unready(config).await;
     let http = reqwest::Client::new();
 
-    let answer = http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(answer.status(), 503);
-    let body: Value = answer.json().await.expect("json");
+    let (status, body) = gateway.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["code"], "redis_unavailable", "{body}");
     assert_eq!(body["redis_mode"], Value::Null, "{body}");
     let submit = || {
@@ -915,14 +869,7 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
 
     cluster.restart_stopped().await;
     gateway.wait_ready().await;
-    let body: Value = http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let (_, body) = gateway.readyz().await;
     assert_eq!(body["redis_mode"], "cluster", "{body}");
     let accepted = submit().await.expect("submit");
     assert_eq!(accepted.status(), 202);
