@@ -27,6 +27,7 @@ use redis::aio::MultiplexedConnection;
 
 use self::node::ClusterNode;
 use self::slots::{SlotRange, cluster_info_field, info_field, parse_slot_ranges};
+use crate::redis_server::wait_for_kinds;
 use crate::{TlsFiles, free_port};
 
 /// How long [`RedisCluster::start`] and [`RedisCluster::wait_for_failover`]
@@ -325,19 +326,7 @@ impl RedisCluster {
     /// Waits until workers have registered every one of `kinds` (in the
     /// kinds registry, `jobgate:kinds:v2`).
     pub async fn wait_for_kinds(&self, kinds: &[&str]) {
-        let mut conn = self.connection().await;
-        for _ in 0..600 {
-            let registered: Vec<String> = redis::cmd("HKEYS")
-                .arg("jobgate:kinds:v2")
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no worker registered {kinds:?}");
+        wait_for_kinds(&mut self.connection().await, kinds).await;
     }
 
     fn index_of_port(&self, port: u16) -> Option<usize> {

@@ -2,10 +2,10 @@
 //! when asked), its folder, and starting and killing it.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::redis_server::redis_server_binary;
+use crate::redis_server::spawn_redis_server;
 use crate::{TlsFiles, free_port};
 
 /// How long a node may be silent before the others mark it failed: short,
@@ -84,30 +84,27 @@ impl ClusterNode {
     }
 
     fn try_spawn(&mut self) -> bool {
-        let mut command = Command::new(redis_server_binary());
-        if let Some((tls_port, files)) = &self.tls {
-            command
-                .args(files.redis_args(*tls_port))
-                .args(["--tls-cluster", "yes"]);
-        }
-        let child = command
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().expect("utf-8 path")])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        let mut args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &self.bus_port.to_string(),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &NODE_TIMEOUT_MS.to_string(),
             // A replica may take over however long it was cut off: tests
             // kill masters right after writing.
-            .args(["--cluster-replica-validity-factor", "0"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make test installs it)");
-        self.child = Some(child);
+            "--cluster-replica-validity-factor",
+            "0",
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some((tls_port, files)) = &self.tls {
+            args.extend(files.redis_args(*tls_port));
+            args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        }
+        self.child = Some(spawn_redis_server(self.port, &self.dir, args));
         if self.wait_answering(Duration::from_secs(5)) {
             return true;
         }
