@@ -46,6 +46,11 @@ impl GatewayProcess {
         format!("http://{}{path}", self.address)
     }
 
+    /// `POST /v1/jobs` with `job`; the new job's id.
+    pub async fn submit(&self, job: Value) -> String {
+        crate::gateway::submit_at(&self.url("/v1/jobs"), job).await
+    }
+
     /// `/readyz` (status and body) once the gateway answers at all; when
     /// `until_ready`, waiting up to 10 s for 200.
     pub async fn readyz(&self, until_ready: bool) -> (u16, Value) {

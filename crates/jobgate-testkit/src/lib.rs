@@ -31,7 +31,7 @@ pub use driver::{DriverConnection, JobDriver, event_position};
 pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
-pub use gateway::TestGateway;
+pub use gateway::{TestGateway, get_json};
 pub use gateway_process::GatewayProcess;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;

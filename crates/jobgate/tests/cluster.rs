@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::mint_hs256_with_scope;
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{GatewayProcess, JobDriver, RedisCluster, SseClient, TestGateway, TlsFiles};
+use jobgate_testkit::{
+    GatewayProcess, JobDriver, RedisCluster, SseClient, TestGateway, TlsFiles, get_json,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-cluster-test-secret-long-enough-for-hs256";
@@ -918,41 +920,17 @@ async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() 
     let (status, ready) = gateway.readyz(true).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["redis_mode"], "cluster", "{ready}");
-    let http = reqwest::Client::new();
     let mut job_ids = Vec::new();
     for round in 0..3 {
         for kind in &kinds {
-            let body: Value = http
-                .post(gateway.url("/v1/jobs"))
-                .json(&json!({"kind": kind, "params": {"round": round}}))
-                .send()
-                .await
-                .expect("submit")
-                .json()
-                .await
-                .expect("json");
-            let job_id = body["job_id"].as_str().unwrap_or_else(|| panic!("{body}"));
-            job_ids.push(job_id.to_owned());
+            let job = json!({"kind": kind, "params": {"round": round}});
+            job_ids.push(gateway.submit(job).await);
         }
     }
-    let page: Value = http
-        .get(gateway.url("/v1/jobs?limit=100"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let page = get_json(&gateway.url("/v1/jobs?limit=100")).await;
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 9, "{page}");
     for job_id in &job_ids {
-        let snapshot: Value = http
-            .get(gateway.url(&format!("/v1/jobs/{job_id}")))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let snapshot = get_json(&gateway.url(&format!("/v1/jobs/{job_id}"))).await;
         assert_eq!(snapshot["status"], "queued", "{snapshot}");
     }
 

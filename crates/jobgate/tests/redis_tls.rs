@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jobgate_testkit::{GatewayProcess, PythonWorker, RedisServer, SseClient, TlsFiles, free_port};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The `jobgate` binary built for these tests.
 const JOBGATE: &str = env!("CARGO_BIN_EXE_jobgate");
@@ -29,18 +29,9 @@ async fn jobs_run_over_tls_with_the_servers_certificate_verified() {
         200,
         "the gateway reaches Redis over TLS"
     );
-    let submitted: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/jobs"))
-        .json(&json!({"kind": "echo", "params": {"over": "tls"}}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
-    let job_id = submitted["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{submitted}"));
+    let job_id = gateway
+        .submit(json!({"kind": "echo", "params": {"over": "tls"}}))
+        .await;
     let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{job_id}/events")), None)
         .await
         .expect("sse");
