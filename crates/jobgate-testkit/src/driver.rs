@@ -5,11 +5,21 @@
 //! when given several comma-separated seed URLs (each call goes to the
 //! node of its keys' slot).
 
+use std::collections::HashMap;
+
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::repo_root;
+
+/// An event's place in its job's history: `(epoch, seq)`.
+pub fn event_position(event: &serde_json::Value) -> (u64, u64) {
+    (
+        event["epoch"].as_u64().expect("an epoch"),
+        event["seq"].as_u64().expect("a seq"),
+    )
+}
 
 /// The consumer group workers read queues through.
 const CONSUMER_GROUP: &str = "jobgate-workers";
@@ -180,6 +190,48 @@ impl JobDriver {
     ) -> anyhow::Result<String> {
         self.op(job_id, &["complete", &attempt.to_string(), result])
             .await
+    }
+
+    /// `start`, then a first `progress` (1 of 2) of attempt 1: the job's
+    /// seq 2 and 3 after `queued`. Both must answer `ok`.
+    pub async fn start_and_progress(&mut self, job_id: &str) {
+        assert_eq!(self.start(job_id).await.expect("start"), "ok");
+        assert_eq!(
+            self.progress(job_id, 1, 1, 2).await.expect("progress"),
+            "ok"
+        );
+    }
+
+    /// The second `progress` (2 of 2), then `complete` with `result`, of
+    /// attempt 1: seq 4 and 5 after [`JobDriver::start_and_progress`]. Both
+    /// must answer `ok`.
+    pub async fn progress_and_complete(&mut self, job_id: &str, result: &str) {
+        assert_eq!(
+            self.progress(job_id, 1, 2, 2).await.expect("progress"),
+            "ok"
+        );
+        assert_eq!(
+            self.complete(job_id, 1, result).await.expect("complete"),
+            "ok"
+        );
+    }
+
+    /// Every event of `job_id`'s history (`jobgate:events:{id}`), in order,
+    /// as its [`event_position`].
+    pub async fn history(&mut self, job_id: &str) -> Vec<(u64, u64)> {
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(format!("jobgate:events:{{{job_id}}}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn)
+            .await
+            .expect("xrange");
+        entries
+            .iter()
+            .map(|(_, fields)| {
+                event_position(&serde_json::from_str(&fields["e"]).expect("event json"))
+            })
+            .collect()
     }
 
     /// Takes the next entry of `queue`'s `band` stream as consumer

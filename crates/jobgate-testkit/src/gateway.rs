@@ -61,23 +61,24 @@ impl TestGateway {
 
     /// `POST /v1/jobs` with `job` (no credentials); the new job's id.
     pub async fn submit(&self, job: serde_json::Value) -> String {
-        let body: serde_json::Value = reqwest::Client::new()
-            .post(self.url("/v1/jobs"))
-            .json(&job)
-            .send()
+        submit_at(&self.url("/v1/jobs"), job).await
+    }
+
+    /// Submits an `echo` job with params `{"n": 1}`; its id.
+    pub async fn submit_echo(&self) -> String {
+        self.submit(serde_json::json!({"kind": "echo", "params": {"n": 1}}))
             .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("a JSON answer");
-        body["job_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no job id: {body}"))
-            .to_owned()
     }
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// `GET /readyz`: the status and the JSON body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let answer = reqwest::get(self.url("/readyz")).await.expect("readyz");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("json"))
     }
 
     /// Waits until `/readyz` answers 200 (Redis and the pub/sub link up).
@@ -118,4 +119,31 @@ impl Drop for TestGateway {
         }
         self.state.shutdown.cancel();
     }
+}
+
+/// `POST url` with `job` (no credentials); the new job's id.
+pub(crate) async fn submit_at(url: &str, job: serde_json::Value) -> String {
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .json(&job)
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("a JSON answer");
+    body["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id: {body}"))
+        .to_owned()
+}
+
+/// `GET url` (no credentials): the JSON body, whatever the status.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("a JSON answer")
 }

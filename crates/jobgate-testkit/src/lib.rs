@@ -4,31 +4,40 @@
 //! ephemeral port (and can kill and restart it, with its AOF, for fault
 //! injection); [`RedisCluster`] runs a Redis Cluster of such servers (and
 //! can kill a master, wait for its replica's promotion, move a slot);
-//! [`TestGateway`] serves the real app on port 0;
+//! [`TestGateway`] serves the real app on port 0, [`GatewayProcess`] runs
+//! the real binary; [`TlsFiles`] are a CA and a server certificate for
+//! Redis's TLS port;
 //! [`PythonWorker`] runs the real `jobgate-worker` from the repo's `.venv`;
 //! [`WsClient`] and [`SseClient`] are real WebSocket and SSE clients;
-//! [`Schemas`] validates messages against `proto-schemas/schemas`.
+//! [`Schemas`] validates messages against `proto-schemas/schemas`;
+//! [`EchoStack`] is the usual single-server setup of those together.
 
 mod clients;
 mod driver;
 mod forward_receiver;
 mod gateway;
+mod gateway_process;
 mod redis_cluster;
 mod redis_server;
 mod schemas;
+mod stack;
+mod tls;
 mod worker;
 
 use std::path::PathBuf;
 
 pub use clients::{SseClient, SseEvent, WsClient};
-pub use driver::{DriverConnection, JobDriver};
+pub use driver::{DriverConnection, JobDriver, event_position};
 pub use forward_receiver::{
     ForwardMessage, ForwardMode, ForwardReceiver, ForwardRecord, ForwardTime,
 };
-pub use gateway::TestGateway;
-pub use redis_cluster::{ClusterTls, RedisCluster};
+pub use gateway::{TestGateway, get_json};
+pub use gateway_process::GatewayProcess;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use schemas::Schemas;
+pub use stack::EchoStack;
+pub use tls::TlsFiles;
 pub use worker::PythonWorker;
 
 /// The repository's root folder.

@@ -1,8 +1,11 @@
 //! A real `redis-server` per test, on its own port and folder.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionLike;
 
 use crate::free_port;
 
@@ -21,12 +24,13 @@ impl RedisServer {
     /// Starts a server with append-only persistence (fsync every write) in a
     /// fresh temporary folder, so a restart keeps every acknowledged write.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_with(&[] as &[&str])
     }
 
     /// As [`RedisServer::start`], with extra `redis-server` arguments (for
-    /// example `--aclfile`); [`RedisServer::url`] then has no credentials.
-    pub fn start_with(extra_args: &[&str]) -> Self {
+    /// example `--aclfile`, or [`crate::TlsFiles::redis_args`]);
+    /// [`RedisServer::url`] then has no credentials.
+    pub fn start_with(extra_args: &[impl AsRef<str>]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-{}-{}",
             std::process::id(),
@@ -37,7 +41,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            extra_args: extra_args.iter().map(|a| a.as_ref().to_owned()).collect(),
             admin: None,
         };
         server.spawn();
@@ -79,23 +83,7 @@ impl RedisServer {
     /// Waits until workers have registered every one of `kinds` (in the
     /// kinds registry, `jobgate:kinds:v2`).
     pub async fn wait_for_kinds(&self, kinds: &[&str]) {
-        let mut conn = self
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection");
-        for _ in 0..600 {
-            let registered: Vec<String> = redis::cmd("HKEYS")
-                .arg("jobgate:kinds:v2")
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no worker registered {kinds:?}");
+        wait_for_kinds(&mut self.admin_connection().await, kinds).await;
     }
 
     /// Puts Redis at its memory limit: a big key (`jobgate-test:filler`),
@@ -176,18 +164,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let child = Command::new(redis_server_binary())
-                .args(["--port", &self.port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--dir", self.dir.to_str().expect("utf-8 path")])
-                .args(["--appendonly", "yes", "--appendfsync", "always"])
-                .args(["--save", ""])
-                .args(&self.extra_args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make test installs it)");
-            self.child = Some(child);
+            self.child = Some(spawn_redis_server(self.port, &self.dir, &self.extra_args));
             if self.wait_ready(Duration::from_secs(5)) {
                 return;
             }
@@ -252,6 +229,44 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("used_memory in INFO memory")
 }
 
-pub(crate) fn redis_server_binary() -> String {
+fn redis_server_binary() -> String {
     std::env::var("JOBGATE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// Starts `redis-server` on `127.0.0.1:port`, kept in `dir` with
+/// append-only persistence (fsync every write) and no snapshots, with
+/// `extra_args` after those; its output is dropped.
+pub(crate) fn spawn_redis_server(
+    port: u16,
+    dir: &Path,
+    extra_args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> Child {
+    Command::new(redis_server_binary())
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--dir", dir.to_str().expect("utf-8 path")])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(["--save", ""])
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make test installs it)")
+}
+
+/// Waits until workers have registered every one of `kinds` in the kinds
+/// registry (`jobgate:kinds:v2`) that `conn` reaches.
+pub(crate) async fn wait_for_kinds(conn: &mut impl ConnectionLike, kinds: &[&str]) {
+    for _ in 0..600 {
+        let registered: Vec<String> = redis::cmd("HKEYS")
+            .arg("jobgate:kinds:v2")
+            .query_async(conn)
+            .await
+            .unwrap_or_default();
+        if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no worker registered {kinds:?}");
 }

@@ -14,11 +14,15 @@ use std::time::{Duration, Instant};
 use jobgate_gateway::Config;
 use jobgate_gateway::auth::mint_hs256_with_scope;
 use jobgate_gateway::config::AuthMode;
-use jobgate_testkit::{ClusterTls, JobDriver, RedisCluster, SseClient, TestGateway};
+use jobgate_testkit::{
+    GatewayProcess, JobDriver, RedisCluster, SseClient, TestGateway, TlsFiles, get_json,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "a-cluster-test-secret-long-enough-for-hs256";
 const WAIT: Duration = Duration::from_secs(20);
+/// The `jobgate` binary built for these tests.
+const JOBGATE: &str = env!("CARGO_BIN_EXE_jobgate");
 
 fn token(owner: &str) -> String {
     mint_hs256_with_scope(SECRET, owner, 3600, None, None, None).expect("token")
@@ -116,12 +120,47 @@ impl Harness {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// `GET path` as `owner`: status and body.
+    async fn get_as(&self, owner: &str, path: &str) -> (u16, Value) {
+        self.request("GET", path, &token(owner), None).await
+    }
+
     async fn snapshot(&self, owner: &str, job_id: &str) -> Value {
-        let (status, body) = self
-            .request("GET", &format!("/v1/jobs/{job_id}"), &token(owner), None)
-            .await;
+        let (status, body) = self.get_as(owner, &format!("/v1/jobs/{job_id}")).await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// `POST /v1/jobs/{job_id}/cancel` as `owner`: status and body.
+    async fn cancel_as(&self, owner: &str, job_id: &str) -> (u16, Value) {
+        self.request(
+            "POST",
+            &format!("/v1/jobs/{job_id}/cancel"),
+            &token(owner),
+            None,
+        )
+        .await
+    }
+
+    /// Every item (under `items_key`) of a paged listing at `path` (which
+    /// has a query already), read `limit` at a time with `token`, each
+    /// page answered 200.
+    async fn all_pages(&self, path: &str, limit: u32, token: &str, items_key: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let query = match &cursor {
+                Some(cursor) => format!("{path}?limit={limit}&cursor={cursor}"),
+                None => format!("{path}?limit={limit}"),
+            };
+            let (status, page) = self.request("GET", &query, token, None).await;
+            assert_eq!(status, 200, "{page}");
+            items.extend(page[items_key].as_array().expect("items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -178,37 +217,16 @@ async fn submit_snapshot_cancel_history_and_listing_work_across_slots() {
 
     // Another owner sees none of them.
     let other = h.owners[1].clone();
-    let (status, _) = h
-        .request(
-            "GET",
-            &format!("/v1/jobs/{}", job_ids[0]),
-            &token(&other),
-            None,
-        )
-        .await;
+    let (status, _) = h.get_as(&other, &format!("/v1/jobs/{}", job_ids[0])).await;
     assert_eq!(status, 404);
 
     // Cancel a queued job, and a running one (its worker is asked).
-    let (status, body) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{}/cancel", job_ids[0]),
-            &token(&owner),
-            None,
-        )
-        .await;
+    let (status, body) = h.cancel_as(&owner, &job_ids[0]).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "cancelled", "{body}");
     let mut driver = JobDriver::connect(&h.cluster.url()).await.expect("driver");
     assert_eq!(driver.start(&job_ids[1]).await.expect("start"), "ok");
-    let (status, body) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{}/cancel", job_ids[1]),
-            &token(&owner),
-            None,
-        )
-        .await;
+    let (status, body) = h.cancel_as(&owner, &job_ids[1]).await;
     assert_eq!(status, 202, "{body}");
     let running = h.snapshot(&owner, &job_ids[1]).await;
     assert_eq!(running["status"], "running", "{running}");
@@ -241,33 +259,17 @@ async fn submit_snapshot_cancel_history_and_listing_work_across_slots() {
     assert_eq!(names, ["queued", "started", "progress", "completed"]);
 
     // The owner's listing, a page at a time: every job, newest first.
-    let mut listed = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let query = match &cursor {
-            Some(cursor) => format!("/v1/jobs?limit=5&cursor={cursor}"),
-            None => "/v1/jobs?limit=5".to_owned(),
-        };
-        let (status, page) = h.request("GET", &query, &token(&owner), None).await;
-        assert_eq!(status, 200, "{page}");
-        for job in page["jobs"].as_array().expect("jobs") {
-            listed.push(job["job_id"].as_str().expect("id").to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let listed: Vec<String> = h
+        .all_pages("/v1/jobs", 5, &token(&owner), "jobs")
+        .await
+        .iter()
+        .map(|job| job["job_id"].as_str().expect("id").to_owned())
+        .collect();
     let mut newest_first = job_ids.clone();
     newest_first.reverse();
     assert_eq!(listed, newest_first);
     let (status, page) = h
-        .request(
-            "GET",
-            "/v1/jobs?status=cancelled&kind=echo",
-            &token(&owner),
-            None,
-        )
+        .get_as(&owner, "/v1/jobs?status=cancelled&kind=echo")
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 1, "{page}");
@@ -434,28 +436,18 @@ async fn queue_admin_and_dead_letters_work_across_slots() {
     // Listed a page at a time across the three queues, with each job's
     // owner and attempts read from its record.
     let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/v1/admin/dead-letters?limit=4&cursor={cursor}"),
-            None => "/v1/admin/dead-letters?limit=4".to_owned(),
-        };
-        let (status, page) = h.admin("GET", &path, None).await;
-        assert_eq!(status, 200, "{page}");
-        for item in page["items"].as_array().expect("items") {
-            let job_id = item["job_id"].as_str().expect("id").to_owned();
-            let (owner, _, _) = jobs
-                .iter()
-                .find(|(_, _, id)| *id == job_id)
-                .expect("a job of the test");
-            assert_eq!(item["owner"], json!(owner), "{item}");
-            assert_eq!(item["attempts"], 1, "{item}");
-            seen.push(job_id);
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
+    let items = h
+        .all_pages("/v1/admin/dead-letters", 4, &admin_token(), "items")
+        .await;
+    for item in &items {
+        let job_id = item["job_id"].as_str().expect("id").to_owned();
+        let (owner, _, _) = jobs
+            .iter()
+            .find(|(_, _, id)| *id == job_id)
+            .expect("a job of the test");
+        assert_eq!(item["owner"], json!(owner), "{item}");
+        assert_eq!(item["attempts"], 1, "{item}");
+        seen.push(job_id);
     }
     seen.sort();
     let mut all: Vec<String> = jobs.iter().map(|(_, _, id)| id.clone()).collect();
@@ -532,15 +524,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let owner = h.owners[0].clone();
 
     // Readiness reports the cluster and its nodes.
-    let ready: Value = h
-        .http
-        .get(h.gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let (_, ready) = h.gateway.readyz().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["redis_mode"], "cluster", "{ready}");
     assert_eq!(ready["cluster"]["state"], "ok", "{ready}");
@@ -659,14 +643,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
     let victim = h
         .submitted(&h.owners[2], json!({"kind": "mail", "params": {}}))
         .await;
-    let (status, _) = h
-        .request(
-            "POST",
-            &format!("/v1/jobs/{victim}/cancel"),
-            &token(&h.owners[2]),
-            None,
-        )
-        .await;
+    let (status, _) = h.cancel_as(&h.owners[2], &victim).await;
     assert_eq!(status, 202);
     // So is a job failed because its queue entry could not be written
     // (here: the band's key holds a string, so XADD is refused).
@@ -758,7 +735,7 @@ async fn delayed_jobs_kinds_idempotency_rate_metrics_readiness_and_a_moved_slot(
 
 /// Runs `jobgate <args>` against `redis_url`; its stdout (it must succeed).
 fn cli(redis_url: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"))
+    let output = std::process::Command::new(JOBGATE)
         .args(args)
         .env("JOBGATE_REDIS_URL", redis_url)
         .output()
@@ -769,18 +746,6 @@ fn cli(redis_url: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `/readyz`: the status and the body.
-async fn readyz(h: &Harness) -> (u16, Value) {
-    let answer = h
-        .http
-        .get(h.gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("json"))
 }
 
 #[tokio::test]
@@ -821,14 +786,12 @@ async fn a_master_killed_under_a_queued_job_fails_over_and_the_store_answers_aga
     // /readyz is answered (Redis reachable) meanwhile and after.
     let mut unready_answers = 0;
     let snapshot = loop {
-        let (status, body) = h
-            .request("GET", &format!("/v1/jobs/{job_id}"), &token(&owner), None)
-            .await;
+        let (status, body) = h.get_as(&owner, &format!("/v1/jobs/{job_id}")).await;
         if status == 200 {
             break body;
         }
         assert_eq!(status, 503, "{body}");
-        if readyz(&h).await.0 != 200 {
+        if h.gateway.readyz().await.0 != 200 {
             unready_answers += 1;
         }
         assert!(
@@ -856,7 +819,7 @@ async fn a_master_killed_under_a_queued_job_fails_over_and_the_store_answers_aga
             .await;
         assert_eq!(status, 202, "{body}");
     }
-    let (status, ready) = readyz(&h).await;
+    let (status, ready) = h.gateway.readyz().await;
     assert_eq!(status, 200, "{ready}");
     let killed_address = format!("127.0.0.1:{}", h.cluster.port(killed));
     assert!(
@@ -889,13 +852,8 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     let gateway = TestGateway::start_unready(config).await;
     let http = reqwest::Client::new();
 
-    let answer = http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(answer.status(), 503);
-    let body: Value = answer.json().await.expect("json");
+    let (status, body) = gateway.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["code"], "redis_unavailable", "{body}");
     assert_eq!(body["redis_mode"], Value::Null, "{body}");
     let submit = || {
@@ -913,14 +871,7 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
 
     cluster.restart_stopped().await;
     gateway.wait_ready().await;
-    let body: Value = http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let (_, body) = gateway.readyz().await;
     assert_eq!(body["redis_mode"], "cluster", "{body}");
     let accepted = submit().await.expect("submit");
     assert_eq!(accepted.status(), 202);
@@ -951,96 +902,10 @@ async fn a_gateway_started_while_the_cluster_is_down_serves_once_it_is_up() {
     );
 }
 
-/// A CA, and a certificate for `localhost`/`127.0.0.1` it signed, as PEM
-/// files in `dir`.
-fn certificates(dir: &std::path::Path) -> ClusterTls {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "jobgate cluster test CA");
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&server_key, &ca)
-        .expect("server certificate");
-    std::fs::create_dir_all(dir).expect("dir");
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    ClusterTls {
-        ca_file: write("ca.pem", ca.pem()),
-        cert_file: write("server.pem", server.pem()),
-        key_file: write("server.key", server_key.serialize_pem()),
-    }
-}
-
-/// The `jobgate` binary on `redis_url`, trusting `ca_file` (if any) for
-/// Redis's TLS certificates; killed when dropped.
-struct GatewayProcess {
-    child: std::process::Child,
-    address: String,
-}
-
-impl GatewayProcess {
-    fn start(redis_url: &str, ca_file: Option<&std::path::Path>) -> Self {
-        let address = format!("127.0.0.1:{}", jobgate_testkit::free_port());
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_jobgate"));
-        command
-            .env("JOBGATE_AUTH", "none")
-            .env("JOBGATE_LISTEN", &address)
-            .env("JOBGATE_REDIS_URL", redis_url)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(ca_file) = ca_file {
-            command.env("SSL_CERT_FILE", ca_file);
-        }
-        Self {
-            child: command.spawn().expect("start jobgate"),
-            address,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// `/readyz` once the gateway answers at all (waiting up to 10 s for
-    /// 200 when `until_ready`).
-    async fn readyz(&self, until_ready: bool) -> (u16, Value) {
-        let mut last = (0, Value::Null);
-        for _ in 0..100 {
-            if let Ok(answer) = reqwest::get(self.url("/readyz")).await {
-                let status = answer.status().as_u16();
-                last = (status, answer.json().await.unwrap_or(Value::Null));
-                if status == 200 || !until_ready {
-                    return last;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        last
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() {
     let dir = std::env::temp_dir().join(format!("jobgate-cluster-tls-{}", std::process::id()));
-    let tls = certificates(&dir);
+    let tls = TlsFiles::generate(&dir);
     let cluster = RedisCluster::start_tls(3, &tls);
     let queues = cluster.tags_per_master("queue", 1).await;
     let mut driver = JobDriver::connect(&cluster.url()).await.expect("driver");
@@ -1051,51 +916,27 @@ async fn the_gateway_reaches_a_tls_cluster_verifying_every_node_s_certificate() 
         kinds.push(kind);
     }
 
-    let gateway = GatewayProcess::start(&cluster.tls_url(), Some(&tls.ca_file));
+    let gateway = GatewayProcess::start(JOBGATE, &cluster.tls_url(), Some(&tls.ca_file));
     let (status, ready) = gateway.readyz(true).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["redis_mode"], "cluster", "{ready}");
-    let http = reqwest::Client::new();
     let mut job_ids = Vec::new();
     for round in 0..3 {
         for kind in &kinds {
-            let body: Value = http
-                .post(gateway.url("/v1/jobs"))
-                .json(&json!({"kind": kind, "params": {"round": round}}))
-                .send()
-                .await
-                .expect("submit")
-                .json()
-                .await
-                .expect("json");
-            let job_id = body["job_id"].as_str().unwrap_or_else(|| panic!("{body}"));
-            job_ids.push(job_id.to_owned());
+            let job = json!({"kind": kind, "params": {"round": round}});
+            job_ids.push(gateway.submit(job).await);
         }
     }
-    let page: Value = http
-        .get(gateway.url("/v1/jobs?limit=100"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let page = get_json(&gateway.url("/v1/jobs?limit=100")).await;
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 9, "{page}");
     for job_id in &job_ids {
-        let snapshot: Value = http
-            .get(gateway.url(&format!("/v1/jobs/{job_id}")))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let snapshot = get_json(&gateway.url(&format!("/v1/jobs/{job_id}"))).await;
         assert_eq!(snapshot["status"], "queued", "{snapshot}");
     }
 
     // A gateway that does not trust the CA refuses the nodes: after a few
     // of its watcher's tries it has still not made contact.
-    let untrusting = GatewayProcess::start(&cluster.tls_url(), None);
+    let untrusting = GatewayProcess::start(JOBGATE, &cluster.tls_url(), None);
     untrusting.readyz(false).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = untrusting.readyz(false).await;

@@ -10,8 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use jobgate_testkit::{JobDriver, RedisServer, Schemas, SseClient, TestGateway, WsClient};
-use redis::aio::ConnectionLike;
+use jobgate_testkit::{EchoStack, JobDriver, SseClient, TestGateway, WsClient, event_position};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -19,123 +18,58 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A replication id no Redis runs under.
 const ANOTHER_REPLID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
 
-fn position(event: &Value) -> (u64, u64) {
-    (
-        event["epoch"].as_u64().expect("an epoch"),
-        event["seq"].as_u64().expect("a seq"),
-    )
-}
-
-struct Harness {
-    _redis: RedisServer,
-    gateway: TestGateway,
-    driver: JobDriver,
-    schemas: Schemas,
-}
-
-impl Harness {
-    async fn new() -> Self {
-        let redis = RedisServer::start();
-        let driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
-        let gateway = TestGateway::start(&redis.url()).await;
-        Self {
-            _redis: redis,
-            gateway,
-            driver,
-            schemas: Schemas::load(),
-        }
-    }
-
-    /// Undoes the job's last write as a failover would: the history loses
-    /// its last event, the record's seq goes back by one, and the record
-    /// was last written under another replication id.
-    async fn lose_the_last_write(&mut self, job_id: &str) {
-        let job = format!("jobgate:job:{{{job_id}}}");
-        let events = format!("jobgate:events:{{{job_id}}}");
-        let conn = self.driver.connection();
-        let seq: u64 = redis::cmd("HGET")
-            .arg(&job)
-            .arg("seq")
-            .query_async(conn)
-            .await
-            .expect("hget");
-        let kept: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-            .arg(&events)
-            .arg("-")
-            .arg(format!("{}-0", seq - 1))
-            .query_async(conn)
-            .await
-            .expect("xrange");
-        // Rebuilt rather than trimmed, so the stream's last id is the last
-        // kept entry's, as on a node that never had the lost one.
-        let mut rebuild = redis::pipe();
-        rebuild.atomic().cmd("DEL").arg(&events).ignore();
-        for (id, fields) in &kept {
-            rebuild
-                .cmd("XADD")
-                .arg(&events)
-                .arg(id)
-                .arg("e")
-                .arg(&fields["e"])
-                .ignore();
-        }
-        rebuild
-            .cmd("HSET")
-            .arg(&job)
-            .arg("seq")
-            .arg(seq - 1)
-            .arg("replid")
-            .arg(ANOTHER_REPLID)
-            .ignore();
-        let () = rebuild.query_async(conn).await.expect("rebuild");
-    }
-
-    /// The job's history, as `(epoch, seq)`.
-    async fn history(&mut self, job_id: &str) -> Vec<(u64, u64)> {
-        history(self.driver.connection(), job_id).await
-    }
-}
-
-async fn history(conn: &mut impl ConnectionLike, job_id: &str) -> Vec<(u64, u64)> {
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("jobgate:events:{{{job_id}}}"))
+/// Undoes the job's last write as a failover would: the history loses its
+/// last event, the record's seq goes back by one, and the record was last
+/// written under another replication id.
+async fn lose_the_last_write(driver: &mut JobDriver, job_id: &str) {
+    let job = format!("jobgate:job:{{{job_id}}}");
+    let events = format!("jobgate:events:{{{job_id}}}");
+    let conn = driver.connection();
+    let seq: u64 = redis::cmd("HGET")
+        .arg(&job)
+        .arg("seq")
+        .query_async(conn)
+        .await
+        .expect("hget");
+    let kept: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(&events)
         .arg("-")
-        .arg("+")
+        .arg(format!("{}-0", seq - 1))
         .query_async(conn)
         .await
         .expect("xrange");
-    entries
-        .iter()
-        .map(|(_, fields)| position(&serde_json::from_str(&fields["e"]).expect("json")))
-        .collect()
+    // Rebuilt rather than trimmed, so the stream's last id is the last
+    // kept entry's, as on a node that never had the lost one.
+    let mut rebuild = redis::pipe();
+    rebuild.atomic().cmd("DEL").arg(&events).ignore();
+    for (id, fields) in &kept {
+        rebuild
+            .cmd("XADD")
+            .arg(&events)
+            .arg(id)
+            .arg("e")
+            .arg(&fields["e"])
+            .ignore();
+    }
+    rebuild
+        .cmd("HSET")
+        .arg(&job)
+        .arg("seq")
+        .arg(seq - 1)
+        .arg("replid")
+        .arg(ANOTHER_REPLID)
+        .ignore();
+    let () = rebuild.query_async(conn).await.expect("rebuild");
 }
 
-/// `started` (1, 2) and `progress` (1, 3), after `queued` (1, 1).
-async fn start_and_progress(h: &mut Harness, job_id: &str) {
-    assert_eq!(h.driver.start(job_id).await.expect("start"), "ok");
-    assert_eq!(
-        h.driver.progress(job_id, 1, 1, 2).await.expect("progress"),
-        "ok"
-    );
-}
-
+/// After `queued` (1, 1), `started` (1, 2) and `progress` (1, 3):
 /// (1, 3) is lost; `progress` (2, 3) and `completed` (2, 4) follow in
 /// epoch 2.
-async fn lose_it_and_finish(h: &mut Harness, job_id: &str) {
-    h.lose_the_last_write(job_id).await;
+async fn lose_it_and_finish(driver: &mut JobDriver, job_id: &str) {
+    lose_the_last_write(driver, job_id).await;
+    driver.progress_and_complete(job_id, r#"{"n":1}"#).await;
     assert_eq!(
-        h.driver.progress(job_id, 1, 2, 2).await.expect("progress"),
-        "ok"
-    );
-    assert_eq!(
-        h.driver
-            .complete(job_id, 1, r#"{"n":1}"#)
-            .await
-            .expect("complete"),
-        "ok"
-    );
-    assert_eq!(
-        h.history(job_id).await,
+        driver.history(job_id).await,
         [(1, 1), (1, 2), (2, 3), (2, 4)],
         "the script started epoch 2 at the lost seq"
     );
@@ -154,7 +88,7 @@ async fn ws_positions(gateway: &TestGateway, job_id: &str, frame: Value) -> Vec<
         .events_until_terminal(job_id, WAIT)
         .await
         .expect("events");
-    events.iter().map(position).collect()
+    events.iter().map(event_position).collect()
 }
 
 /// An SSE job stream resumed from `last_event_id`: its status, and each
@@ -172,25 +106,22 @@ async fn sse_resumed(
     let events = sse.collect(WAIT).await.expect("events");
     let events = events
         .iter()
-        .map(|e| (e.id.clone().expect("an id"), position(&e.json())))
+        .map(|e| (e.id.clone().expect("an id"), event_position(&e.json())))
         .collect();
     (status, events)
 }
 
 #[tokio::test]
 async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
-    let mut h = Harness::new().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let mut h = EchoStack::start().await;
+    let job_id = h.gateway.submit_echo().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url()).await.expect("ws");
     ws.send(json!({"type": "subscribe", "job_id": job_id}))
         .await
         .expect("subscribe");
     let url = h.gateway.url(&format!("/v1/jobs/{job_id}/events"));
     let mut sse = SseClient::connect(&url, None).await.expect("sse");
-    start_and_progress(&mut h, &job_id).await;
+    h.driver.start_and_progress(&job_id).await;
     // Both watchers hand out (1, 3) before it is lost.
     let frames = ws
         .frames_until_event("progress", WAIT)
@@ -199,14 +130,14 @@ async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
     let mut seen_by_ws: Vec<(u64, u64)> = frames
         .iter()
         .filter(|frame| frame["type"] == "event")
-        .map(position)
+        .map(event_position)
         .collect();
     assert_eq!(seen_by_ws, [(1, 1), (1, 2), (1, 3)]);
     let mut first = Vec::new();
     while first.len() < 3 {
         first.push(sse.next(WAIT).await.expect("sse").expect("open"));
     }
-    lose_it_and_finish(&mut h, &job_id).await;
+    lose_it_and_finish(&mut h.driver, &job_id).await;
     let rest = ws
         .events_until_terminal(&job_id, WAIT)
         .await
@@ -214,7 +145,7 @@ async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
     for event in &rest {
         h.schemas.assert_valid("event", event);
     }
-    seen_by_ws.extend(rest.iter().map(position));
+    seen_by_ws.extend(rest.iter().map(event_position));
     assert_eq!(
         seen_by_ws,
         [(1, 1), (1, 2), (1, 3), (2, 3), (2, 4)],
@@ -239,13 +170,10 @@ async fn watchers_that_saw_a_lost_write_get_the_new_epochs_events() {
 
 #[tokio::test]
 async fn a_client_resuming_from_a_lost_write_is_replayed_from_the_epochs_first_seq() {
-    let mut h = Harness::new().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
-    start_and_progress(&mut h, &job_id).await;
-    lose_it_and_finish(&mut h, &job_id).await;
+    let mut h = EchoStack::start().await;
+    let job_id = h.gateway.submit_echo().await;
+    h.driver.start_and_progress(&job_id).await;
+    lose_it_and_finish(&mut h.driver, &job_id).await;
     let gateway = &h.gateway;
 
     // It saw (1, 3), the lost event: replayed from epoch 2's first seq.

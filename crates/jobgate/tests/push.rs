@@ -4,50 +4,25 @@
 
 use std::time::Duration;
 
-use jobgate_testkit::{JobDriver, RedisServer, Schemas, SseClient, TestGateway, WsClient};
+use jobgate_testkit::{
+    EchoStack, JobDriver, RedisServer, Schemas, SseClient, TestGateway, WsClient,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Harness {
-    _redis: RedisServer,
-    gateway: TestGateway,
-    driver: JobDriver,
-    schemas: Schemas,
-}
-
-impl Harness {
-    async fn new() -> Self {
-        let redis = RedisServer::start();
-        let driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
-        let gateway = TestGateway::start(&redis.url()).await;
-        Self {
-            _redis: redis,
-            gateway,
-            driver,
-            schemas: Schemas::load(),
-        }
-    }
-
-    /// started, two progress events, completed: seq 2..=5.
-    async fn run_job(&mut self, job_id: &str) {
-        assert_eq!(self.driver.start(job_id).await.expect("start"), "ok");
-        self.driver
-            .progress(job_id, 1, 1, 2)
+/// started, two progress events, completed: seq 2..=5.
+async fn run_job(driver: &mut JobDriver, job_id: &str) {
+    assert_eq!(driver.start(job_id).await.expect("start"), "ok");
+    driver.progress(job_id, 1, 1, 2).await.expect("progress");
+    driver.progress(job_id, 1, 2, 2).await.expect("progress");
+    assert_eq!(
+        driver
+            .complete(job_id, 1, r#"{"n":1}"#)
             .await
-            .expect("progress");
-        self.driver
-            .progress(job_id, 1, 2, 2)
-            .await
-            .expect("progress");
-        assert_eq!(
-            self.driver
-                .complete(job_id, 1, r#"{"n":1}"#)
-                .await
-                .expect("complete"),
-            "ok"
-        );
-    }
+            .expect("complete"),
+        "ok"
+    );
 }
 
 fn seqs(events: &[Value]) -> Vec<u64> {
@@ -59,7 +34,7 @@ fn seqs(events: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
-    let mut h = Harness::new().await;
+    let mut h = EchoStack::start().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -70,7 +45,7 @@ async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
     h.schemas.assert_valid("ws_server_message", &accepted);
     assert_eq!(accepted["request_id"], "r-1");
     let job_id = accepted["job_id"].as_str().expect("id").to_owned();
-    h.run_job(&job_id).await;
+    run_job(&mut h.driver, &job_id).await;
 
     let events = ws
         .events_until_terminal(&job_id, WAIT)
@@ -95,7 +70,7 @@ async fn a_websocket_submit_is_accepted_then_pushed_every_event() {
 
 #[tokio::test]
 async fn submits_sent_back_to_back_are_each_accepted_before_any_event_of_their_job() {
-    let h = Harness::new().await;
+    let h = EchoStack::start().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -142,11 +117,8 @@ async fn submits_sent_back_to_back_are_each_accepted_before_any_event_of_their_j
 
 #[tokio::test]
 async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() {
-    let mut h = Harness::new().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let mut h = EchoStack::start().await;
+    let job_id = h.gateway.submit_echo().await;
     let mut first = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -168,7 +140,7 @@ async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() 
     // Both sessions have the history (the queued event) once subscribed.
     assert_eq!(first.next(WAIT).await.expect("queued")["seq"], 1);
     assert_eq!(second.next(WAIT).await.expect("queued")["seq"], 1);
-    h.run_job(&job_id).await;
+    run_job(&mut h.driver, &job_id).await;
 
     let mut from_first = vec![first.next(WAIT).await.expect("event")];
     from_first.extend(
@@ -207,11 +179,8 @@ async fn two_sessions_and_an_sse_stream_see_the_same_events_in_the_same_order() 
 
 #[tokio::test]
 async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
-    let mut h = Harness::new().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let mut h = EchoStack::start().await;
+    let job_id = h.gateway.submit_echo().await;
     let url = h.gateway.url(&format!("/v1/jobs/{job_id}/events"));
     // A stream that sees the first events, then drops.
     let mut early = SseClient::connect(&url, None).await.expect("sse");
@@ -226,7 +195,7 @@ async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
         Some("1")
     );
     drop(early);
-    h.run_job(&job_id).await;
+    run_job(&mut h.driver, &job_id).await;
 
     for n in 0..5u64 {
         let mut resumed = SseClient::connect(&url, Some(&n.to_string()))
@@ -252,11 +221,8 @@ async fn sse_resumes_after_last_event_id_and_answers_204_past_the_end() {
 
 #[tokio::test]
 async fn a_websocket_subscribe_with_after_gets_exactly_the_rest() {
-    let mut h = Harness::new().await;
-    let job_id = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
+    let mut h = EchoStack::start().await;
+    let job_id = h.gateway.submit_echo().await;
     h.driver.start(&job_id).await.expect("start");
     h.driver.progress(&job_id, 1, 1, 2).await.expect("progress");
     let mut ws = WsClient::connect(&h.gateway.ws_url())
@@ -276,7 +242,7 @@ async fn a_websocket_subscribe_with_after_gets_exactly_the_rest() {
 
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_the_session_stays_open() {
-    let h = Harness::new().await;
+    let h = EchoStack::start().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -322,7 +288,7 @@ async fn bad_frames_get_error_frames_and_the_session_stays_open() {
     assert_eq!(ws.next(WAIT).await.expect("pong"), json!({"type": "pong"}));
     // Nothing was enqueued by any of that.
     let mut conn = h
-        ._redis
+        .redis
         .client()
         .get_multiplexed_async_connection()
         .await
@@ -337,7 +303,7 @@ async fn bad_frames_get_error_frames_and_the_session_stays_open() {
 
 #[tokio::test]
 async fn cancel_over_the_websocket_pushes_cancelled() {
-    let h = Harness::new().await;
+    let h = EchoStack::start().await;
     let mut ws = WsClient::connect(&h.gateway.ws_url())
         .await
         .expect("connect");
@@ -362,19 +328,13 @@ async fn cancel_over_the_websocket_pushes_cancelled() {
 
 #[tokio::test]
 async fn the_owner_stream_carries_every_job_and_resumes_by_timestamp() {
-    let mut h = Harness::new().await;
+    let mut h = EchoStack::start().await;
     let url = h.gateway.url("/v1/events");
     let mut all = SseClient::connect(&url, None).await.expect("sse");
     assert_eq!(all.status, 200);
-    let first = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
-    let second = h
-        .gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
-    h.run_job(&first).await;
+    let first = h.gateway.submit_echo().await;
+    let second = h.gateway.submit_echo().await;
+    run_job(&mut h.driver, &first).await;
     let mut seen = Vec::new();
     while seen.len() < 6 {
         let event = all.next(WAIT).await.expect("event").expect("open");

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use jobgate_gateway::Config;
-use jobgate_testkit::{PythonWorker, RedisServer, SseClient, TestGateway, WsClient, repo_root};
+use jobgate_testkit::{
+    PythonWorker, RedisServer, SseClient, TestGateway, WsClient, get_json, repo_root,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -118,14 +120,7 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
     // The listing reads the owner's index and records; an expired job
     // leaves the index.
     let list = || async {
-        let page: Value = http
-            .get(gateway.url("/v1/jobs"))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let page = get_json(&gateway.url("/v1/jobs")).await;
         let ids: Vec<String> = page["jobs"]
             .as_array()
             .unwrap_or_else(|| panic!("{page}"))

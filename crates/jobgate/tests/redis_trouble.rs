@@ -24,13 +24,8 @@ async fn the_first_request_after_a_redis_restart_is_served() {
     for restart in 0..RESTARTS {
         redis.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let readyz = http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .expect("readyz");
-        assert_eq!(readyz.status(), 503, "not ready while Redis is down");
-        let body: Value = readyz.json().await.expect("json");
+        let (status, body) = gateway.readyz().await;
+        assert_eq!(status, 503, "not ready while Redis is down");
         assert_eq!(body["code"], "redis_unavailable", "{body}");
         // Long enough for every reconnect attempt made so far to give up.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -54,12 +49,8 @@ async fn the_first_request_after_a_redis_restart_is_served() {
             status.is_success(),
             "restart {restart}: the first request answered {status}: {body}"
         );
-        let readyz = http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .expect("readyz");
-        assert_eq!(readyz.status(), 200, "ready again after restart {restart}");
+        let (status, _) = gateway.readyz().await;
+        assert_eq!(status, 200, "ready again after restart {restart}");
     }
 }
 
@@ -107,13 +98,8 @@ async fn submissions_at_maxmemory_are_refused_and_write_nothing() {
 
     assert_eq!(redis.keys().await, keys_before, "nothing was written");
 
-    let readyz = http
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(readyz.status(), 503);
-    let body: Value = readyz.json().await.expect("json");
+    let (status, body) = gateway.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["code"], "redis_out_of_memory", "{body}");
     assert_eq!(body["redis_out_of_memory"], true, "{body}");
     let metrics = http

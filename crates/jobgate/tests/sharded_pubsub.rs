@@ -10,21 +10,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use jobgate_testkit::{JobDriver, RedisCluster, RedisServer, SseClient, TestGateway, WsClient};
-use redis::aio::ConnectionLike;
+use jobgate_testkit::{
+    JobDriver, RedisCluster, RedisServer, SseClient, TestGateway, WsClient, event_position,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// An event as `(epoch, seq)`.
 type Position = (u64, u64);
-
-fn position(event: &Value) -> Position {
-    (
-        event["epoch"].as_u64().expect("an epoch"),
-        event["seq"].as_u64().expect("a seq"),
-    )
-}
 
 fn is_terminal(event: &Value) -> bool {
     matches!(
@@ -95,30 +89,15 @@ impl Watcher {
         self.seen
             .entry(job_id.clone())
             .or_default()
-            .push(position(frame));
+            .push(event_position(frame));
         Some(job_id)
     }
-}
-
-/// Every event of `job_id`'s history, in order.
-async fn history(conn: &mut impl ConnectionLike, job_id: &str) -> Vec<Position> {
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("jobgate:events:{{{job_id}}}"))
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .expect("xrange");
-    entries
-        .iter()
-        .map(|(_, fields)| position(&serde_json::from_str(&fields["e"]).expect("event json")))
-        .collect()
 }
 
 /// Asserts that the watcher got each job's whole history, in order, once.
 async fn assert_got_every_event(watcher: &Watcher, driver: &mut JobDriver, jobs: &[String]) {
     for job_id in jobs {
-        let expected = history(driver.connection(), job_id).await;
+        let expected = driver.history(job_id).await;
         assert_eq!(expected.len(), 5, "{job_id}: {expected:?}");
         assert_eq!(
             watcher.seen.get(job_id),
@@ -126,30 +105,6 @@ async fn assert_got_every_event(watcher: &Watcher, driver: &mut JobDriver, jobs:
             "{job_id}: the session's events against the history"
         );
     }
-}
-
-/// started, progress: seq 2 and 3.
-async fn start_and_progress(driver: &mut JobDriver, job_id: &str) {
-    assert_eq!(driver.start(job_id).await.expect("start"), "ok");
-    assert_eq!(
-        driver.progress(job_id, 1, 1, 2).await.expect("progress"),
-        "ok"
-    );
-}
-
-/// progress, completed: seq 4 and 5.
-async fn progress_and_complete(driver: &mut JobDriver, job_id: &str) {
-    assert_eq!(
-        driver.progress(job_id, 1, 2, 2).await.expect("progress"),
-        "ok"
-    );
-    assert_eq!(
-        driver
-            .complete(job_id, 1, r#"{"ok":true}"#)
-            .await
-            .expect("complete"),
-        "ok"
-    );
 }
 
 fn job_key(job_id: &str) -> String {
@@ -174,9 +129,7 @@ async fn jobs_on_every_master(
         if jobs.values().all(|found| found.len() >= per_master) {
             return jobs;
         }
-        let job_id = gateway
-            .submit(json!({"kind": "echo", "params": {"n": 1}}))
-            .await;
+        let job_id = gateway.submit_echo().await;
         let master = cluster.master_for_key(&job_key(&job_id)).await;
         jobs.entry(master).or_default().push(job_id);
     }
@@ -263,11 +216,7 @@ async fn on_a_standalone_redis_watchers_get_every_event_over_ssubscribe() {
     let gateway = TestGateway::start(&redis.url()).await;
     let mut jobs = Vec::new();
     for _ in 0..4 {
-        jobs.push(
-            gateway
-                .submit(json!({"kind": "echo", "params": {"n": 1}}))
-                .await,
-        );
+        jobs.push(gateway.submit_echo().await);
     }
     let mut watcher = Watcher::watch(&gateway, &jobs).await;
 
@@ -293,8 +242,8 @@ async fn on_a_standalone_redis_watchers_get_every_event_over_ssubscribe() {
     assert!(plain.is_empty(), "plain channels: {plain:?}");
 
     for job_id in &jobs {
-        start_and_progress(&mut driver, job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -324,15 +273,15 @@ async fn on_a_cluster_watchers_of_jobs_on_every_master_get_every_event() {
     }
 
     for job_id in &jobs {
-        start_and_progress(&mut driver, job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
     for (job_id, mut stream) in streams {
         let events = stream.collect(WAIT).await.expect("sse events");
-        let got: Vec<Position> = events.iter().map(|e| position(&e.json())).collect();
-        assert_eq!(got, history(driver.connection(), &job_id).await, "{job_id}");
+        let got: Vec<Position> = events.iter().map(|e| event_position(&e.json())).collect();
+        assert_eq!(got, driver.history(&job_id).await, "{job_id}");
     }
 }
 
@@ -345,7 +294,7 @@ async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
     let jobs: Vec<String> = by_master.values().flatten().cloned().collect();
     let mut watcher = Watcher::watch(&gateway, &jobs).await;
     for job_id in &jobs {
-        start_and_progress(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
     }
     let victim_job = jobs[0].clone();
     let victim = cluster.master_for_key(&job_key(&victim_job)).await;
@@ -359,7 +308,7 @@ async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
     cluster.kill(victim);
     cluster.wait_for_failover().await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -384,7 +333,7 @@ async fn a_slot_moved_under_a_watched_job_is_followed_to_its_new_master() {
     let jobs: Vec<String> = by_master.values().flatten().cloned().collect();
     let mut watcher = Watcher::watch(&gateway, &jobs).await;
     for job_id in &jobs {
-        start_and_progress(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
     }
     let moved = jobs[0].clone();
     let from = cluster.master_for_key(&job_key(&moved)).await;
@@ -399,7 +348,7 @@ async fn a_slot_moved_under_a_watched_job_is_followed_to_its_new_master() {
     // history once the channel is subscribed there.
     cluster.migrate_slot(slot, to).await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     wait_for_shard_channels(&cluster, to, &[job_channel(&moved)]).await;
     assert!(
@@ -422,7 +371,7 @@ async fn a_restarted_master_gets_every_channel_subscribed_again_one_by_one() {
     let jobs: Vec<String> = by_master.values().flatten().cloned().collect();
     let mut watcher = Watcher::watch(&gateway, &jobs).await;
     for job_id in &jobs {
-        start_and_progress(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
     }
     let restarted = *by_master.keys().next().expect("a master");
     let its_channels: Vec<String> = by_master[&restarted]
@@ -433,7 +382,7 @@ async fn a_restarted_master_gets_every_channel_subscribed_again_one_by_one() {
     cluster.restart(restarted).await;
     wait_for_shard_channels(&cluster, restarted, &its_channels).await;
     for job_id in &jobs {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     watcher.until_terminal(&jobs).await;
     assert_got_every_event(&watcher, &mut driver, &jobs).await;
@@ -459,7 +408,7 @@ async fn owner_events_until(
             .expect("the owner stream does not end");
         let json = event.json();
         let job_id = json["job_id"].as_str().expect("job id").to_owned();
-        seen.entry(job_id).or_default().push(position(&json));
+        seen.entry(job_id).or_default().push(event_position(&json));
     }
 }
 
@@ -481,11 +430,11 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
     // Half of them end before the stream opens, the others are running.
     let (finished, running) = before.split_at(before.len() / 2);
     for job_id in finished {
-        start_and_progress(&mut driver, job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     for job_id in running {
-        start_and_progress(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
     }
 
     let mut stream = SseClient::connect(&gateway.url("/v1/events"), None)
@@ -495,11 +444,11 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
     let after = jobs_on_every_master(&gateway, &cluster, 2).await;
     let after: Vec<String> = after.values().flatten().cloned().collect();
     for job_id in running {
-        progress_and_complete(&mut driver, job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     for job_id in &after {
-        start_and_progress(&mut driver, job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     let mut seen = HashMap::new();
     let expected: Vec<String> = running.iter().chain(&after).cloned().collect();
@@ -508,7 +457,7 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
     while let Ok(Some(event)) = stream.next(Duration::from_millis(300)).await {
         let json = event.json();
         let job_id = json["job_id"].as_str().expect("job id").to_owned();
-        seen.entry(job_id).or_default().push(position(&json));
+        seen.entry(job_id).or_default().push(event_position(&json));
     }
     for job_id in running {
         assert_eq!(
@@ -518,7 +467,7 @@ async fn the_owner_stream_follows_unfinished_jobs_and_new_ones_on_every_master()
         );
     }
     for job_id in &after {
-        let history = history(driver.connection(), job_id).await;
+        let history = driver.history(job_id).await;
         assert_eq!(
             seen[job_id], history,
             "a new job from its first event: {job_id}"
@@ -540,10 +489,8 @@ async fn the_owner_stream_survives_the_failover_of_the_owners_master() {
     let mut stream = SseClient::connect(&gateway.url("/v1/events"), None)
         .await
         .expect("sse");
-    let first = gateway
-        .submit(json!({"kind": "echo", "params": {"n": 1}}))
-        .await;
-    start_and_progress(&mut driver, &first).await;
+    let first = gateway.submit_echo().await;
+    driver.start_and_progress(&first).await;
     let mut seen = HashMap::new();
     owner_events_until(&mut stream, &mut seen, |seen| {
         seen.get(&first).is_some_and(|events| events.len() == 3)
@@ -559,16 +506,16 @@ async fn the_owner_stream_survives_the_failover_of_the_owners_master() {
     // owner's index is read again then.
     let after = jobs_on_every_master(&gateway, &cluster, 2).await;
     let after: Vec<String> = after.values().flatten().cloned().collect();
-    progress_and_complete(&mut driver, &first).await;
+    driver.progress_and_complete(&first, r#"{"ok":true}"#).await;
     for job_id in &after {
-        start_and_progress(&mut driver, job_id).await;
-        progress_and_complete(&mut driver, job_id).await;
+        driver.start_and_progress(job_id).await;
+        driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
     let mut expected = after.clone();
     expected.push(first.clone());
     owner_events_until(&mut stream, &mut seen, |seen| all_ended(seen, &expected)).await;
     for job_id in &expected {
-        let history = history(driver.connection(), job_id).await;
+        let history = driver.history(job_id).await;
         assert_eq!(seen[job_id], history, "{job_id}");
     }
 }

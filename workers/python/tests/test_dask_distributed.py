@@ -51,6 +51,20 @@ def _attempts(events):
     return [e["data"]["attempt"] for e in events if e["event"] == "started"]
 
 
+def _submit_where(gateway: Gateway, markers: Path, *, s: float, max_attempts: int) -> str:
+    """One ``dask_where`` task that leaves a marker in ``markers``, then sleeps ``s``."""
+    return gateway.submit(
+        "dask_where", {"n": 1, "s": s, "marker_dir": str(markers)}, max_attempts=max_attempts
+    )
+
+
+def _retried_once(events, last: str):
+    """Asserts a whole history of two attempts, the second ending ``last``; its retry."""
+    assert_contiguous(events)
+    assert _names(events) == ["queued", "started", "retrying", "started", last], events
+    return next(e for e in events if e["event"] == "retrying")
+
+
 def _assert_dead_lettered(gateway: Gateway, job_id: str, code: str) -> None:
     [dead] = gateway.dead_letters()
     assert dead["job_id"] == job_id
@@ -112,15 +126,11 @@ def test_a_task_whose_workers_all_died_is_retried_with_dask_worker_lost(
     no_failure_allowed = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     dask_cluster.start(workers=2, scheduler_env=no_failure_allowed)
     with run_worker(sample_app.worker, dask_scheduler_address=dask_cluster.address):
-        job_id = gateway.submit(
-            "dask_where", {"n": 1, "s": 1.0, "marker_dir": str(markers)}, max_attempts=3
-        )
+        job_id = _submit_where(gateway, markers, s=1.0, max_attempts=3)
         victim = wait_for_marker(markers)
         dask_cluster.worker_with_pid(victim).kill()
         events = gateway.wait_terminal(job_id, timeout=20)
-    assert_contiguous(events)
-    assert _names(events) == ["queued", "started", "retrying", "started", "completed"], events
-    retrying = next(e for e in events if e["event"] == "retrying")
+    retrying = _retried_once(events, "completed")
     assert retrying["data"]["error"]["code"] == "dask_worker_lost"
     assert "workers died while running it" in retrying["data"]["error"]["message"]
     [place] = events[-1]["data"]["result"]["places"]
@@ -136,9 +146,7 @@ def test_scheduler_killed_mid_job_and_restarted_the_job_is_retried_and_completes
         dask_scheduler_address=dask_cluster.address,
         dask_connect_timeout_s=15,
     ):
-        job_id = gateway.submit(
-            "dask_where", {"n": 1, "s": 1.0, "marker_dir": str(markers)}, max_attempts=3
-        )
+        job_id = _submit_where(gateway, markers, s=1.0, max_attempts=3)
         wait_for_marker(markers)
         dask_cluster.kill_scheduler()
         gateway.wait_event(job_id, "retrying", timeout=10)
@@ -146,10 +154,8 @@ def test_scheduler_killed_mid_job_and_restarted_the_job_is_retried_and_completes
         dask_cluster.start_worker()
         dask_cluster.wait_ready(1)
         events = gateway.wait_terminal(job_id, timeout=30)
-    assert_contiguous(events)
-    assert _names(events) == ["queued", "started", "retrying", "started", "completed"], events
+    retrying = _retried_once(events, "completed")
     assert _attempts(events) == [1, 2]
-    retrying = next(e for e in events if e["event"] == "retrying")
     assert retrying["data"]["error"]["code"] == "dask_unavailable"
     assert dask_cluster.address in retrying["data"]["error"]["message"]
     assert events[-1]["data"]["result"]["attempt"] == 2
@@ -167,15 +173,11 @@ def test_scheduler_killed_for_good_fails_the_job_with_dask_unavailable(
         dask_scheduler_address=dask_cluster.address,
         dask_connect_timeout_s=1,
     ):
-        job_id = gateway.submit(
-            "dask_where", {"n": 1, "s": 5.0, "marker_dir": str(markers)}, max_attempts=2
-        )
+        job_id = _submit_where(gateway, markers, s=5.0, max_attempts=2)
         wait_for_marker(markers)
         dask_cluster.kill_scheduler()
         events = gateway.wait_terminal(job_id, timeout=20)
-    assert_contiguous(events)
-    assert _names(events) == ["queued", "started", "retrying", "started", "failed"], events
-    retrying = next(e for e in events if e["event"] == "retrying")
+    retrying = _retried_once(events, "failed")
     assert retrying["data"]["error"]["code"] == "dask_unavailable"
     error = events[-1]["data"]["error"]
     assert error["code"] == "dask_unavailable"
@@ -197,14 +199,10 @@ def test_no_dask_worker_left_fails_the_job_with_dask_no_workers(
         dask_no_workers_timeout_s=1,
         dask_check_interval_s=0.1,
     ):
-        job_id = gateway.submit(
-            "dask_where", {"n": 1, "s": 5.0, "marker_dir": str(markers)}, max_attempts=2
-        )
+        job_id = _submit_where(gateway, markers, s=5.0, max_attempts=2)
         dask_cluster.worker_with_pid(wait_for_marker(markers)).kill()
         events = gateway.wait_terminal(job_id, timeout=20)
-    assert_contiguous(events)
-    assert _names(events) == ["queued", "started", "retrying", "started", "failed"], events
-    retrying = next(e for e in events if e["event"] == "retrying")
+    retrying = _retried_once(events, "failed")
     assert retrying["data"]["error"]["code"] == "dask_no_workers"
     error = events[-1]["data"]["error"]
     assert error["code"] == "dask_no_workers"
@@ -227,16 +225,12 @@ def test_a_scheduler_gone_silent_fails_the_job_with_dask_unavailable(
         dask_scheduler_timeout_s=1,
         dask_check_interval_s=0.1,
     ):
-        job_id = gateway.submit(
-            "dask_where", {"n": 1, "s": 5.0, "marker_dir": str(markers)}, max_attempts=2
-        )
+        job_id = _submit_where(gateway, markers, s=5.0, max_attempts=2)
         wait_for_marker(markers)
         assert dask_cluster.scheduler is not None
         dask_cluster.scheduler.pause()
         events = gateway.wait_terminal(job_id, timeout=20)
-    assert_contiguous(events)
-    assert _names(events) == ["queued", "started", "retrying", "started", "failed"], events
-    retrying = next(e for e in events if e["event"] == "retrying")
+    retrying = _retried_once(events, "failed")
     assert retrying["data"]["error"] == {
         "code": "dask_unavailable",
         "message": f"the Dask scheduler at {dask_cluster.address} did not answer for 1 s",

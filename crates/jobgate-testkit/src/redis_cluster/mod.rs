@@ -27,7 +27,8 @@ use redis::aio::MultiplexedConnection;
 
 use self::node::ClusterNode;
 use self::slots::{SlotRange, cluster_info_field, info_field, parse_slot_ranges};
-use crate::free_port;
+use crate::redis_server::wait_for_kinds;
+use crate::{TlsFiles, free_port};
 
 /// How long [`RedisCluster::start`] and [`RedisCluster::wait_for_failover`]
 /// wait for the cluster to settle before failing the test.
@@ -38,15 +39,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
     dir: PathBuf,
-}
-
-/// PEM files for a cluster's TLS ports: the nodes' certificate and key,
-/// and the CA that signed it.
-#[derive(Debug, Clone)]
-pub struct ClusterTls {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub ca_file: PathBuf,
 }
 
 impl RedisCluster {
@@ -67,11 +59,11 @@ impl RedisCluster {
     /// Starts `masters` masters (no replicas) that also serve TLS clients on
     /// a port of their own with `tls` (no client certificates asked), and
     /// talk to each other over TLS. See [`RedisCluster::tls_url`].
-    pub fn start_tls(masters: usize, tls: &ClusterTls) -> Self {
+    pub fn start_tls(masters: usize, tls: &TlsFiles) -> Self {
         Self::start_nodes(masters, 0, Some(tls))
     }
 
-    fn start_nodes(masters: usize, replicas: usize, tls: Option<&ClusterTls>) -> Self {
+    fn start_nodes(masters: usize, replicas: usize, tls: Option<&TlsFiles>) -> Self {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
         let dir = std::env::temp_dir().join(format!(
             "jobgate-redis-cluster-{}-{}",
@@ -334,19 +326,7 @@ impl RedisCluster {
     /// Waits until workers have registered every one of `kinds` (in the
     /// kinds registry, `jobgate:kinds:v2`).
     pub async fn wait_for_kinds(&self, kinds: &[&str]) {
-        let mut conn = self.connection().await;
-        for _ in 0..600 {
-            let registered: Vec<String> = redis::cmd("HKEYS")
-                .arg("jobgate:kinds:v2")
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if kinds.iter().all(|k| registered.iter().any(|r| r == k)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no worker registered {kinds:?}");
+        wait_for_kinds(&mut self.connection().await, kinds).await;
     }
 
     fn index_of_port(&self, port: u16) -> Option<usize> {

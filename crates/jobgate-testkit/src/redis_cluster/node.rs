@@ -2,12 +2,11 @@
 //! when asked), its folder, and starting and killing it.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::ClusterTls;
-use crate::free_port;
-use crate::redis_server::redis_server_binary;
+use crate::redis_server::spawn_redis_server;
+use crate::{TlsFiles, free_port};
 
 /// How long a node may be silent before the others mark it failed: short,
 /// so a failover takes a couple of seconds.
@@ -19,14 +18,14 @@ pub(super) struct ClusterNode {
     pub(super) port: u16,
     bus_port: u16,
     /// With TLS: the TLS client port and the files.
-    pub(super) tls: Option<(u16, ClusterTls)>,
+    pub(super) tls: Option<(u16, TlsFiles)>,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl ClusterNode {
     /// A node kept in `dir`, not started yet.
-    pub(super) fn new(dir: PathBuf, tls: Option<&ClusterTls>) -> Self {
+    pub(super) fn new(dir: PathBuf, tls: Option<&TlsFiles>) -> Self {
         Self {
             port: 0,
             bus_port: 0,
@@ -85,35 +84,27 @@ impl ClusterNode {
     }
 
     fn try_spawn(&mut self) -> bool {
-        let mut command = Command::new(redis_server_binary());
-        if let Some((tls_port, files)) = &self.tls {
-            let path = |file: &PathBuf| file.to_str().expect("utf-8 path").to_owned();
-            command
-                .args(["--tls-port", &tls_port.to_string()])
-                .args(["--tls-cert-file", &path(&files.cert_file)])
-                .args(["--tls-key-file", &path(&files.key_file)])
-                .args(["--tls-ca-cert-file", &path(&files.ca_file)])
-                .args(["--tls-auth-clients", "no"])
-                .args(["--tls-cluster", "yes"]);
-        }
-        let child = command
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().expect("utf-8 path")])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        let mut args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &self.bus_port.to_string(),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &NODE_TIMEOUT_MS.to_string(),
             // A replica may take over however long it was cut off: tests
             // kill masters right after writing.
-            .args(["--cluster-replica-validity-factor", "0"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make test installs it)");
-        self.child = Some(child);
+            "--cluster-replica-validity-factor",
+            "0",
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some((tls_port, files)) = &self.tls {
+            args.extend(files.redis_args(*tls_port));
+            args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        }
+        self.child = Some(spawn_redis_server(self.port, &self.dir, args));
         if self.wait_answering(Duration::from_secs(5)) {
             return true;
         }

@@ -1,0 +1,77 @@
+//! The real `jobgate` binary as a child process, for what an in-process
+//! [`crate::TestGateway`] cannot show: how the binary reads its environment
+//! (`JOBGATE_*`, and `SSL_CERT_FILE` for the CAs it trusts).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::free_port;
+
+/// A `jobgate` child serving on `127.0.0.1:<free port>`, without auth;
+/// killed when dropped.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    address: String,
+}
+
+impl GatewayProcess {
+    /// Starts `binary` (a test of the `jobgate` crate passes
+    /// `env!("CARGO_BIN_EXE_jobgate")`) on `redis_url`, trusting only
+    /// `ca_file`, when given, for Redis's TLS certificates.
+    pub fn start(binary: &str, redis_url: &str, ca_file: Option<&Path>) -> Self {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(binary);
+        command
+            .env("JOBGATE_AUTH", "none")
+            .env("JOBGATE_LISTEN", &address)
+            .env("JOBGATE_REDIS_URL", redis_url)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(ca_file) = ca_file {
+            command.env("SSL_CERT_FILE", ca_file);
+        }
+        Self {
+            child: command.spawn().expect("start jobgate"),
+            address,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// `POST /v1/jobs` with `job`; the new job's id.
+    pub async fn submit(&self, job: Value) -> String {
+        crate::gateway::submit_at(&self.url("/v1/jobs"), job).await
+    }
+
+    /// `/readyz` (status and body) once the gateway answers at all; when
+    /// `until_ready`, waiting up to 10 s for 200.
+    pub async fn readyz(&self, until_ready: bool) -> (u16, Value) {
+        let mut last = (0, Value::Null);
+        for _ in 0..100 {
+            if let Ok(answer) = reqwest::get(self.url("/readyz")).await {
+                let status = answer.status().as_u16();
+                last = (status, answer.json().await.unwrap_or(Value::Null));
+                if status == 200 || !until_ready {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
