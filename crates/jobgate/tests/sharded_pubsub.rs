@@ -285,6 +285,38 @@ async fn on_a_cluster_watchers_of_jobs_on_every_master_get_every_event() {
     }
 }
 
+/// `/readyz` asked every 100 ms, from a task of its own, until stopped.
+struct ReadinessLog {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(u16, Value)>>,
+}
+
+impl ReadinessLog {
+    fn follow(url: String) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut answers = Vec::new();
+            loop {
+                if let Ok(answer) = client.get(&url).send().await {
+                    let status = answer.status().as_u16();
+                    answers.push((status, answer.json().await.unwrap_or(Value::Null)));
+                }
+                tokio::select! {
+                    _ = &mut stopped => return answers,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(u16, Value)> {
+        let _ = self.stop.send(());
+        self.task.await.expect("readiness task")
+    }
+}
+
 #[tokio::test]
 async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
     let mut cluster = RedisCluster::start_with_replicas(3, 1);
@@ -305,8 +337,24 @@ async fn a_killed_master_fails_over_and_its_watchers_resync_missing_nothing() {
             .expect("sse");
     wait_replicated(&cluster, victim).await;
 
+    let readiness = ReadinessLog::follow(gateway.url("/readyz"));
     cluster.kill(victim);
     cluster.wait_for_failover().await;
+    let answers = readiness.stop().await;
+    // One shard failing over leaves the gateway ready: it serves every
+    // other shard meanwhile, and a load balancer must not drop it.
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "/readyz went unready during one shard's failover: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(_, body)| body["cluster"]["pubsub_links"]
+                .as_array()
+                .is_some_and(|links| links.iter().any(|link| link["linked"] == false))),
+        "the failover was seen (a master's link down) while /readyz was asked: {answers:?}"
+    );
     for job_id in &jobs {
         driver.progress_and_complete(job_id, r#"{"ok":true}"#).await;
     }
