@@ -47,6 +47,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 failed=0
 refused=0
+copies=0
 
 # The shell scripts of the Redis ConfigMap parse.
 check_redis_scripts() {
@@ -72,7 +73,8 @@ PY
 # manifests with <file> edited must fail, with <expected text> in the report.
 expect_refused() {
   local what=$1 file=$2 edit=$3 expected=$4 copy output
-  copy="$work/broken-$((refused + 1))"
+  copies=$((copies + 1))
+  copy="$work/broken-$copies"
   mkdir "$copy"
   cp deploy/k8s/*.yaml "$copy/"
   sed -i -e "$edit" "$copy/$file"
