@@ -180,8 +180,9 @@ fn is_no_permission(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
 }
 
-/// `cluster_enabled:1` in an `INFO cluster` reply.
-fn info_says_cluster(info: &str) -> bool {
+/// `cluster_enabled:1` in an `INFO cluster` reply (also how the hub tells
+/// a cluster node from a single server).
+pub(crate) fn info_says_cluster(info: &str) -> bool {
     info.lines()
         .filter_map(|line| line.trim().strip_prefix("cluster_enabled:"))
         .any(|value| value.trim() == "1")

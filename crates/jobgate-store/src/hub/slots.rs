@@ -148,12 +148,6 @@ pub(super) fn endpoint(host: &str, port: u16) -> String {
     }
 }
 
-/// Whether `INFO cluster` describes a node of a Redis Cluster.
-pub(super) fn cluster_enabled(info: &str) -> bool {
-    info.lines()
-        .any(|line| line.trim_end() == "cluster_enabled:1")
-}
-
 fn slot_number(value: &Value) -> Result<u16, BadSlotMap> {
     match value {
         Value::Int(number) => u16::try_from(*number)
@@ -266,13 +260,6 @@ mod tests {
                 "{reply:?}"
             );
         }
-    }
-
-    #[test]
-    fn info_tells_a_cluster_node_from_a_standalone_one() {
-        assert!(cluster_enabled("# Cluster\r\ncluster_enabled:1\r\n"));
-        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
-        assert!(!cluster_enabled(""));
     }
 
     #[test]

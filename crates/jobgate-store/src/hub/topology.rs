@@ -159,7 +159,7 @@ async fn read_from(
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    if !slots::cluster_enabled(&info) {
+    if !crate::connect::info_says_cluster(&info) {
         let name = name_of(node);
         return Ok(Topology {
             map: SlotMap::single(name.clone()),
