@@ -394,6 +394,8 @@ export class Engine {
       this.adopt(buffered, watchId, after ?? START);
       return this.flush();
     }
+    // Where the session's stream of the job is: the other readers' earliest.
+    const streamAt = this.subscribed.has(jobId) ? this.resumePosition(jobId) : null;
     const reader: Reader = {
       id: watchId,
       jobId,
@@ -403,11 +405,8 @@ export class Engine {
       gapSince: null,
     };
     this.readers.set(watchId, reader);
-    if (this.phase === "open") {
-      const asked = this.subscribed.get(jobId);
-      if (asked === undefined || comparePositions(reader.order.position, asked) < 0) {
-        this.subscribe(jobId, reader.order.position);
-      }
+    if (this.phase === "open" && (streamAt === null || comparePositions(reader.order.position, streamAt) < 0)) {
+      this.subscribe(jobId, reader.order.position);
     }
     return this.flush();
   }
