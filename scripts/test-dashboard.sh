@@ -2,8 +2,14 @@
 # The dashboard in a real browser: headless Chromium (Debian's chromium,
 # driven by playwright-core from tests/browser) against its own redis-server,
 # the debug gateway that `cargo test` built (JWT auth) and the real Python
-# pricing worker, all on loopback. The scenario is tests/browser/dashboard.mjs;
-# the admin page's screenshot goes to target/dashboard/admin.png.
+# pricing worker, all on loopback. The scenario is tests/browser/dashboard.mjs,
+# which starts the gateway itself so that it can restart it mid-job;
+# screenshots go to target/dashboard/*.png.
+#
+# First, without a browser: the dashboard's copy of @jobgate/client's bundle
+# (examples/dashboard/jobgate-client.js) must equal a fresh build of
+# clients/typescript, and the page's pure modules pass their unit tests
+# (tests/browser/*.test.mjs).
 #
 # Installs what it needs when missing (chromium with apt-get, playwright-core
 # with npm ci). Stops every process it started, also on failure. Prints
@@ -12,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The whole run, after installs, is bounded by this.
-readonly run_timeout_s=90
+readonly run_timeout_s=240
 gateway_bin="${JOBGATE_BIN:-./target/debug/jobgate}"
 worker_bin="${JOBGATE_WORKER_BIN:-.venv/bin/jobgate-worker}"
 
@@ -35,11 +41,31 @@ fi
 [ -x "$gateway_bin" ] || fail "no gateway at $gateway_bin; run 'cargo test' or 'cargo build -p jobgate' first"
 [ -x "$worker_bin" ] || fail "no worker CLI at $worker_bin; run 'make venv'"
 
+# --- The client bundle and the page's modules ------------------------------------
+client_dir=clients/typescript
+if [ -f "$client_dir/package.json" ]; then
+  if [ ! -d "$client_dir/node_modules" ]; then
+    (cd "$client_dir" && npm ci --no-audit --no-fund --silent) || fail "npm ci in $client_dir failed"
+  fi
+  build_output="$(cd "$client_dir" && npm run build --silent 2>&1)" ||
+    { echo "$build_output" >&2; fail "npm run build in $client_dir failed"; }
+  cmp -s "$client_dir/dist-bundle/jobgate-client.js" examples/dashboard/jobgate-client.js ||
+    fail "examples/dashboard/jobgate-client.js is not the client's fresh bundle: run npm run build in clients/typescript and copy dist-bundle/jobgate-client.js to examples/dashboard/ (then rebuild the gateway)"
+else
+  echo "test-dashboard: no $client_dir yet: the dashboard's copy of the client is not checked" >&2
+fi
+node --test tests/browser/*.test.mjs >/dev/null 2>&1 || {
+  node --test tests/browser/*.test.mjs || true
+  fail "the dashboard's unit tests (node --test tests/browser/*.test.mjs) failed"
+}
+
 # --- Services ------------------------------------------------------------------
 work_dir="$(mktemp -d)"
 pids=()
 cleanup() {
   local pid
+  # The gateway is the scenario's child; this stops it should the scenario not.
+  [ ! -s "$work_dir/gateway.pid" ] || pids+=("$(cat "$work_dir/gateway.pid")")
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -80,11 +106,8 @@ export JOBGATE_AUTH=jwt
 JOBGATE_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')"
 export JOBGATE_JWT_SECRET
 
-"$gateway_bin" >"$work_dir/gateway.log" 2>&1 &
-pids+=("$!")
 "$worker_bin" --consumer dashboard-test-1 examples.pricing:worker >"$work_dir/worker.log" 2>&1 &
 pids+=("$!")
-wait_for "the gateway's /readyz" curl -fsS "http://$JOBGATE_LISTEN/readyz"
 wait_for "the worker registering kind fail" bash -c "[ -n \"\$(redis-cli -p $redis_port hget jobgate:kinds:v2 fail)\" ]"
 
 admin_token="$("$gateway_bin" token --sub dashboard-admin --admin)"
@@ -93,7 +116,8 @@ user_token="$("$gateway_bin" token --sub dashboard-user)"
 # --- The browser scenario ------------------------------------------------------
 status=0
 BASE_URL="http://$JOBGATE_LISTEN" ADMIN_TOKEN="$admin_token" USER_TOKEN="$user_token" REDIS_PORT="$redis_port" \
-  SCREENSHOT="$PWD/target/dashboard/admin.png" \
+  SCREENSHOT_DIR="$PWD/target/dashboard" GATEWAY_BIN="$gateway_bin" GATEWAY_LOG="$work_dir/gateway.log" \
+  GATEWAY_PID_FILE="$work_dir/gateway.pid" \
   timeout --kill-after=5 "$run_timeout_s" node tests/browser/dashboard.mjs || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- gateway log (last lines)"; tail -n 20 "$work_dir/gateway.log" || true

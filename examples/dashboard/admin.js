@@ -1,22 +1,25 @@
 // The dashboard's admin views (served at /dashboard/admin.js, loaded by the
 // page at /): queues and workers, and dead letters with re-run and purge.
-// They live apart from index.html so that each file stays readable; they use
-// the page's helpers (window.jobgateDashboard: el, api, showNotice) and its
-// token.
+// They live apart from the page's script (app.js) so that each file stays
+// readable; they use its helpers (window.jobgateDashboard: el, api,
+// showNotice, onActivity) and its token, once it announces them with the
+// "jobgate:dashboard-ready" event (app.js is a module: it runs after this
+// classic script).
 //
 // Whether the token is admin is asked once, not guessed: GET
 // /v1/admin/dead-letters?limit=1 answers 200 to an admin and 403 otherwise.
 // Without the scope nothing is shown and nothing is said.
 //
-// Job events arrive through the page's one EventSource; a re-run job of the
-// caller's own shows up in "Your jobs" through it. Queue figures (depth,
-// running, workers) have no event stream, so the Queues & workers panel is
-// the page's one periodic read: at most every 5 s, only while that panel is
-// open and the tab is visible.
+// Job events arrive through the page's client; a re-run job of the caller's
+// own shows up in "Your jobs" through its owner feed. Queue figures (depth,
+// running, workers) have no event stream, and nothing here reads them on a
+// timer: the Queues & workers panel is read when it opens, when the tab
+// comes back into view, on Refresh, and after the page sees job activity
+// (at most once per QUEUES_MIN_INTERVAL_MS, so a burst of events is one read).
 "use strict";
-(() => {
-  const { el, api, showNotice } = window.jobgateDashboard;
-  const QUEUES_REFRESH_MS = 5000;
+function startAdminViews() {
+  const { el, api, showNotice, onActivity } = window.jobgateDashboard;
+  const QUEUES_MIN_INTERVAL_MS = 2000;
   const DEAD_LETTERS_PAGE = 20;
   const BULK_RETRY_LIMIT = 1000;
 
@@ -84,10 +87,7 @@
       panels[key].hidden = !selected;
     }
     if (name === "queues") refreshQueues();
-    else {
-      scheduleQueues(); // cancels the next queue read: the panel is closed
-      loadDeadLetters(currentCursor());
-    }
+    else loadDeadLetters(currentCursor());
   }
   for (const [key, tab] of Object.entries(tabs)) {
     tab.addEventListener("click", () => open(key));
@@ -105,31 +105,29 @@
     panels.queues, panels.dead);
 
   // ---- queues & workers ----
-  let queuesTimer = null;
   let queuesInFlight = false;
-  function scheduleQueues() {
-    clearTimeout(queuesTimer);
-    queuesTimer = null;
-    if (openPanel === "queues" && document.visibilityState === "visible") {
-      queuesTimer = setTimeout(refreshQueues, QUEUES_REFRESH_MS);
-    }
-  }
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible" && openPanel === "queues") refreshQueues();
-    else scheduleQueues();
+  let queuesReadAt = 0;
+  let activityTimer = null;
+  const panelInView = () => openPanel === "queues" && document.visibilityState === "visible";
+  document.addEventListener("visibilitychange", () => { if (panelInView()) refreshQueues(); });
+  // Job activity may have moved the figures: one read, no sooner than
+  // QUEUES_MIN_INTERVAL_MS after the last.
+  onActivity(() => {
+    if (!panelInView() || activityTimer) return;
+    const wait = Math.max(0, queuesReadAt + QUEUES_MIN_INTERVAL_MS - Date.now());
+    activityTimer = setTimeout(() => { activityTimer = null; if (panelInView()) refreshQueues(); }, wait);
   });
 
   async function refreshQueues() {
     if (queuesInFlight) return;
     queuesInFlight = true;
-    clearTimeout(queuesTimer);
+    queuesReadAt = Date.now();
     try {
       const data = await api("GET", "/v1/admin/queues");
       const queues = Array.isArray(data) ? data : (data && (data.queues || data.items)) || [];
       renderQueues(queues);
       queuesStatus.className = "message muted";
-      queuesStatus.textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshed every 5 s while open.";
-      scheduleQueues();
+      queuesStatus.textContent = "Updated " + new Date().toLocaleTimeString() + " (again after your jobs change, or on Refresh).";
     } catch (err) {
       if (err.status === 404) {
         queuesStatus.className = "message muted";
@@ -139,7 +137,6 @@
         return; // nothing to refresh
       }
       showNotice("Could not read the queues — " + errorText(err));
-      scheduleQueues();
     } finally {
       queuesInFlight = false;
     }
@@ -288,5 +285,8 @@
     document.querySelector("main").append(section);
     open("queues");
   }
-  if (location.protocol !== "file:") start();
-})();
+  start();
+}
+
+if (window.jobgateDashboard) startAdminViews();
+else window.addEventListener("jobgate:dashboard-ready", startAdminViews, { once: true });

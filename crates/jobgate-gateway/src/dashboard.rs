@@ -1,7 +1,13 @@
-//! The browser dashboard at `/`: one static page that submits pricing jobs
-//! and follows every job of the caller through `/v1/events`, and its admin
-//! views at `/dashboard/admin.js` (queues and workers, dead letters), which
-//! the page shows only to a token with the admin scope.
+//! The browser dashboard at `/`: one static page and its scripts, compiled
+//! in from `examples/dashboard`. The page (`app.js`, with `form.js` and
+//! `jobs.js`) lists the caller's jobs, follows them live and submits new
+//! ones through `@jobgate/client`, whose browser bundle the dashboard keeps
+//! a copy of (`jobgate-client.js`, checked against a fresh build by
+//! `scripts/test-dashboard.sh`); `admin.js` adds the admin views (queues and
+//! workers, dead letters), shown only to a token with the admin scope.
+//!
+//! Every file is public: none carries data, and the API they call checks
+//! the token.
 
 use axum::Router;
 use axum::http::header;
@@ -11,12 +17,41 @@ use axum::routing::get;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../../examples/dashboard/index.html");
-const ADMIN_SCRIPT: &str = include_str!("../../../examples/dashboard/admin.js");
+
+/// The page's scripts, each at `/dashboard/<name>`.
+const SCRIPTS: [(&str, &str); 5] = [
+    (
+        "/dashboard/app.js",
+        include_str!("../../../examples/dashboard/app.js"),
+    ),
+    (
+        "/dashboard/form.js",
+        include_str!("../../../examples/dashboard/form.js"),
+    ),
+    (
+        "/dashboard/jobs.js",
+        include_str!("../../../examples/dashboard/jobs.js"),
+    ),
+    (
+        "/dashboard/jobgate-client.js",
+        include_str!("../../../examples/dashboard/jobgate-client.js"),
+    ),
+    (
+        "/dashboard/admin.js",
+        include_str!("../../../examples/dashboard/admin.js"),
+    ),
+];
+
+/// Scripts only from the gateway itself (no inline script); the page
+/// connects only to it (`'self'` covers its `ws:`/`wss:` too).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; \
+     script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(page))
-        .route("/dashboard/admin.js", get(admin_script))
+    SCRIPTS.iter().fold(
+        Router::new().route("/", get(page)),
+        |router, &(path, text)| router.route(path, get(move || script(text))),
+    )
 }
 
 async fn page() -> impl IntoResponse {
@@ -26,24 +61,42 @@ async fn page() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         ],
         PAGE,
     )
 }
 
-/// Public like the page: the script carries no data, the admin API it calls
-/// checks the scope.
-async fn admin_script() -> impl IntoResponse {
+async fn script(text: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        ADMIN_SCRIPT,
+        text,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_every_script_it_needs_from_the_gateway() {
+        assert!(PAGE.contains(r#"<script type="module" src="/dashboard/app.js">"#));
+        assert!(PAGE.contains(r#"<script src="/dashboard/admin.js">"#));
+        let app = SCRIPTS[0].1;
+        for import in ["./jobgate-client.js", "./form.js", "./jobs.js"] {
+            assert!(app.contains(import), "app.js imports {import}");
+        }
+    }
+
+    #[test]
+    fn no_script_polls_on_a_fixed_interval_or_writes_html() {
+        for (path, text) in SCRIPTS {
+            assert!(!text.contains("setInterval"), "{path} polls");
+            assert!(!text.contains("innerHTML"), "{path} writes HTML");
+        }
+    }
 }
