@@ -87,6 +87,8 @@ async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str
         outcome = await play(scenario)
     except FrameRefused as refused:
         outcome = {"error": f"scenario refused: {refused}", "deliveries": []}
+    except Exception as error:  # noqa: BLE001 - a broken backend fails its scenario, not the run
+        outcome = {"error": f"{backend} backend failed: {type(error).__name__}: {error}", "deliveries": []}
     status = "PASS"
     if outcome.get("skip"):
         status = "SKIP"
@@ -101,6 +103,7 @@ async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str
         "deliveries": normalise(outcome["deliveries"]),
         "log": outcome.get("log", []),
         "driver_stderr": outcome.get("stderr", []) if status == "FAIL" else [],
+        "driver_outputs": outcome.get("outputs", [])[-40:] if status == "FAIL" else [],
     }
 
 

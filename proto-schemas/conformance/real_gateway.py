@@ -1,0 +1,452 @@
+"""The real replay: each scenario's `real` steps against the real gateway
+(debug build) with a real Redis and a real Python worker, through a
+WebSocket relay that injects the scenario's faults. The app's deliveries
+must equal the fake run's (run.py compares them).
+
+One redis-server (a free port), one gateway (JOBGATE_BIN, default
+target/debug/jobgate; JWT auth, no leeway; restarted with a scenario's
+`gateway_env` when it has one) and one `steps_worker.py` serve every
+scenario. Every frame the gateway sends through the relay is validated
+against ws_server_message.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request, Response
+
+from driver_process import Driver
+from fake_server import finish
+from frames import Bindings, Schemas
+from player import Player, ScenarioFailed
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PROTOCOL = "jobgate.v1"
+JWT_SECRET = "conformance-secret-conformance-secret-0123456789"
+OWNER = "conformance"
+#: The relay's receive buffer towards the gateway: small, so that a stalled
+#: relay makes the gateway's outbox overflow after a few frames.
+STALLED_RECEIVE_BUFFER = 8192
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def gateway_binary() -> str:
+    return os.environ.get("JOBGATE_BIN", str(ROOT / "target/debug/jobgate"))
+
+
+def mint_token(ttl_s: int) -> str:
+    result = subprocess.run(  # noqa: S603 - our own binary
+        [gateway_binary(), "token", "--sub", OWNER, "--ttl-s", str(ttl_s), "--secret", JWT_SECRET],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout.strip()
+
+
+class Relay:
+    """client ⇄ relay ⇄ gateway, with faults."""
+
+    def __init__(self, stack: RealStack) -> None:
+        self.stack = stack
+        self.port = 0
+        self._server: Server | None = None
+        self._upstreams: dict[int, ClientConnection] = {}
+        self.changed = asyncio.Condition()
+        self.reset([], 0)
+
+    def reset(self, faults: list[str], refuse_first: int) -> None:
+        self.no_subprotocol = "no_subprotocol" in faults
+        self.refuse_remaining = refuse_first
+        self.refused = 0
+        self.client_frames: list[dict[str, Any]] = []
+        self.server_frames: list[dict[str, Any]] = []
+        self.consumed: set[tuple[str, int]] = set()
+        self.server_closes: list[int] = []
+        self.client_closes = 0
+        self.problems: list[str] = []
+        self.silenced = False
+        self.stall_ms: int | None = None
+        self.swallow_auth = False
+        self.rules: list[dict[str, Any]] = []  # duplicate / swap / swallow, each used once
+        self.current: tuple[ServerConnection, ClientConnection] | None = None
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle, "127.0.0.1", 0, process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol, ping_interval=None, max_size=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.refuse_remaining > 0:
+            self.refuse_remaining -= 1
+            self.refused += 1
+            await self._notify()
+            return _response(503, "refused by the relay")
+        offered = [item.strip() for item in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if item.strip()]
+        headers = {}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        sock = socket.create_connection(("127.0.0.1", self.stack.gateway_port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RECEIVE_BUFFER)
+        try:
+            upstream = await connect(
+                f"ws://127.0.0.1:{self.stack.gateway_port}{request.path}",
+                sock=sock,
+                subprotocols=None if self.no_subprotocol or not offered else offered,  # type: ignore[arg-type]
+                additional_headers=headers,
+                ping_interval=None,
+                max_size=None,
+                max_queue=1,
+                open_timeout=5,
+            )
+        except InvalidStatus as refused:
+            sock.close()
+            return _response(refused.response.status_code, "refused by the gateway")
+        except (OSError, TimeoutError) as error:
+            sock.close()
+            return _response(502, f"gateway unreachable: {error}")
+        self._upstreams[id(connection)] = upstream
+        return None
+
+    def _select_subprotocol(self, connection: ServerConnection, _offered: Any) -> str | None:
+        upstream = self._upstreams.get(id(connection))
+        return None if upstream is None else upstream.subprotocol
+
+    async def _handle(self, client: ServerConnection) -> None:
+        upstream = self._upstreams.pop(id(client))
+        self.current = (client, upstream)
+        # silence and stall are faults of the connection they were set on.
+        self.silenced = False
+        self.stall_ms = None
+        pumps = [asyncio.create_task(self._client_to_server(client, upstream)),
+                 asyncio.create_task(self._server_to_client(client, upstream))]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await upstream.close()
+        await client.close()
+
+    async def _client_to_server(self, client: ServerConnection, upstream: ClientConnection) -> None:
+        try:
+            async for message in client:
+                frame = json.loads(message)
+                self.client_frames.append(frame)
+                await self._notify()
+                if self.swallow_auth and frame.get("type") == "auth":
+                    continue
+                await upstream.send(message)
+        except ConnectionClosed:
+            pass
+        if client.close_code is not None:
+            self.client_closes += 1
+            await self._notify()
+
+    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection) -> None:
+        held: str | None = None
+        try:
+            while True:
+                if self.stall_ms is not None:
+                    # The gateway's socket fills while the relay reads nothing;
+                    # then everything it had queued is dropped, as a slow client loses it.
+                    await asyncio.sleep(self.stall_ms / 1000)
+                    async for _ in upstream:
+                        pass
+                    break
+                message = await upstream.recv()
+                frame = json.loads(message)
+                for problem in self.stack.schemas.errors("ws_server_message", frame):
+                    self.problems.append(f"{json.dumps(frame)[:160]}: {problem}")
+                self.server_frames.append(frame)
+                await self._notify()
+                if self.silenced:
+                    continue
+                rule = self._rule_for(frame)
+                action = rule["relay"] if rule else None
+                if action == "swallow":
+                    if rule.get("then") == "drop":
+                        client.transport.abort()
+                        return
+                    continue
+                if action == "swap":
+                    held = message
+                    continue
+                await client.send(message)
+                if action == "duplicate":
+                    await client.send(message)
+                if held is not None:
+                    await client.send(held)
+                    held = None
+        except ConnectionClosed:
+            pass
+        code = upstream.close_code
+        if code is not None and upstream.close_rcvd is not None:
+            self.server_closes.append(code)
+            await self._notify()
+            with contextlib.suppress(ConnectionClosed):
+                await client.close(code, upstream.close_reason or "")
+
+    def _rule_for(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        for rule in self.rules:
+            if Bindings().matches(rule["match"], frame):
+                self.rules.remove(rule)
+                return rule
+        return None
+
+    def drop(self) -> None:
+        if self.current is not None:
+            client, upstream = self.current
+            client.transport.abort()
+            upstream.transport.abort()
+
+    async def wait_for(self, predicate: Any, timeout_s: float, what: str) -> None:
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(predicate), timeout_s)
+            except TimeoutError:
+                raise ScenarioFailed(f"{what} did not happen within {timeout_s:g} s") from None
+
+
+def _response(status: int, text: str) -> Response:
+    body = json.dumps({"code": "unavailable", "message": text}).encode()
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return Response(status, "Refused", headers, body)
+
+
+class RealStack:
+    def __init__(self, schemas: Schemas) -> None:
+        self.schemas = schemas
+        self.redis_port = free_port()
+        self.gateway_port = free_port()
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.gateway_env: dict[str, str] = {}
+        self.relay = Relay(self)
+        self.speaks_v1 = False
+        self.logs = Path(os.environ.get("CONFORMANCE_LOG_DIR", "/tmp")) / f"jobgate-conformance-{os.getpid()}"
+
+    async def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.redis = subprocess.Popen(  # noqa: S603
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        await self.start_gateway({})
+        worker_bin = os.environ.get("JOBGATE_WORKER_BIN", str(ROOT / ".venv/bin/jobgate-worker"))
+        self.worker = subprocess.Popen(  # noqa: S603
+            [worker_bin, "steps_worker:worker", "--consumer", "conformance-1", "--concurrency", "4"],
+            cwd=HERE, env={**os.environ, "JOBGATE_REDIS_URL": self.redis_url(), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL, stderr=(self.logs / "worker.log").open("ab"),
+        )
+        await self.wait_kind_registered()
+        await self.relay.start()
+        self.speaks_v1 = await self.probe_subprotocol()
+
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}"
+
+    async def start_gateway(self, extra_env: dict[str, str]) -> None:
+        env = {
+            **os.environ,
+            "JOBGATE_LISTEN": f"127.0.0.1:{self.gateway_port}",
+            "JOBGATE_REDIS_URL": self.redis_url(),
+            "JOBGATE_AUTH": "jwt",
+            "JOBGATE_JWT_SECRET": JWT_SECRET,
+            "JOBGATE_JWT_LEEWAY_S": "0",
+            "JOBGATE_SHUTDOWN_GRACE_S": "1",
+            "JOBGATE_LOG": "warn",
+            **extra_env,
+        }
+        self.gateway_env = extra_env
+        self.gateway = subprocess.Popen(  # noqa: S603
+            [gateway_binary()], env=env, stdout=subprocess.DEVNULL,
+            stderr=(self.logs / "gateway.log").open("ab"),
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.gateway.poll() is not None:
+                raise RuntimeError(f"the gateway exited ({self.gateway.returncode}); see {self.logs}/gateway.log")
+            with contextlib.suppress(OSError):
+                url = f"http://127.0.0.1:{self.gateway_port}/healthz"
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the gateway did not become healthy within 30 s")
+
+    async def stop_gateway(self) -> None:
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.send_signal(signal.SIGTERM)
+            for _ in range(100):
+                if self.gateway.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                self.gateway.kill()
+                self.gateway.wait()
+
+    async def wait_kind_registered(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = subprocess.run(  # noqa: S603
+                ["redis-cli", "-p", str(self.redis_port), "HEXISTS", "jobgate:kinds:v2", "conformance_steps"],
+                capture_output=True, text=True, check=False,
+            )
+            if found.stdout.strip() == "1":
+                return
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"the worker exited; see {self.logs}/worker.log")
+            await asyncio.sleep(0.2)
+        raise RuntimeError("the worker did not register conformance_steps within 60 s")
+
+    def job_status(self, job_id: str) -> str:
+        found = subprocess.run(  # noqa: S603
+            ["redis-cli", "-p", str(self.redis_port), "HGET", f"jobgate:job:{{{job_id}}}", "status"],
+            capture_output=True, text=True, check=False,
+        )
+        return found.stdout.strip()
+
+    async def probe_subprotocol(self) -> bool:
+        headers = {"Authorization": f"Bearer {mint_token(60)}"}
+        async with connect(f"ws://127.0.0.1:{self.gateway_port}/v1/ws", subprotocols=[PROTOCOL],  # type: ignore[list-item]
+                           additional_headers=headers) as probe:
+            return probe.subprotocol == PROTOCOL
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+        await self.stop_gateway()
+        for process in (self.worker, self.redis):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+    async def play(self, scenario: dict[str, Any], client: str) -> dict[str, Any]:
+        real = scenario["real"]
+        if real.get("requires") == "hello" and not self.speaks_v1:
+            return {"skip": "the gateway does not speak jobgate.v1 (no hello)", "error": None, "deliveries": []}
+        wanted_env = real.get("gateway_env", {})
+        if wanted_env != self.gateway_env:
+            await self.stop_gateway()
+            await self.start_gateway(wanted_env)
+        self.relay.reset(real.get("relay_faults", []), real.get("relay_refuse_first", 0))
+        driver = await Driver.spawn(client)
+        player = RealPlayer(scenario, driver, self)
+        error: str | None = None
+        try:
+            token = player.token_for(real.get("token", {"ttl_s": 3600}))
+            options = {**scenario.get("options", {}), **real.get("options", {})}
+            await driver.send({"cmd": "start", "url": f"http://127.0.0.1:{self.relay.port}",
+                               "token": token, "options": options})
+            await driver.wait_output({"out": "ready"}, player.bindings, timeout_s=10)
+            await player.play(real["steps"])
+            await finish(scenario, driver)
+        except ScenarioFailed as failure:
+            error = str(failure)
+        finally:
+            await driver.stop()
+            self.relay.drop()
+        if error is None and self.relay.problems:
+            error = "gateway frames refused by ws_server_message.json: " + "; ".join(self.relay.problems[:3])
+        return {"error": error, "deliveries": driver.deliveries(), "log": player.log,
+                "outputs": driver.outputs,
+                "stderr": driver.stderr_lines[-20:]}
+
+
+class RealPlayer(Player):
+    def __init__(self, scenario: dict[str, Any], driver: Driver, stack: RealStack) -> None:
+        super().__init__(scenario, driver, Bindings())
+        self.stack = stack
+        self.relay = stack.relay
+
+    def token_for(self, spec: Any) -> str:
+        return mint_token(int(spec["ttl_s"])) if isinstance(spec, dict) else str(spec)
+
+    async def server_step(self, step: dict[str, Any]) -> bool:  # noqa: PLR0912 - one branch per step kind
+        relay, timeout_s = self.relay, self.timeout(step)
+        if "relay" in step:
+            action = step["relay"]
+            if action == "drop":
+                relay.drop()
+            elif action == "stall":
+                relay.stall_ms = int(step.get("ms", 2500))
+            elif action == "silence":
+                relay.silenced = True
+            elif action == "swallow_auth":
+                relay.swallow_auth = True
+            elif action == "refuse":
+                relay.refuse_remaining = int(step["count"])
+            elif action in ("duplicate", "swap", "swallow"):
+                relay.rules.append(step)
+            else:
+                raise ScenarioFailed(f"unknown relay action {action}")
+        elif "gateway" in step:
+            await self.stack.stop_gateway()
+            await self.stack.start_gateway(self.stack.gateway_env)
+        elif "wait_frame" in step:
+            frames = relay.client_frames if step.get("from", "server") == "client" else relay.server_frames
+            key = step.get("from", "server")
+
+            def seen() -> bool:
+                for index, frame in enumerate(frames):
+                    if (key, index) not in relay.consumed and self.bindings.matches(step["wait_frame"], frame):
+                        relay.consumed.add((key, index))
+                        return True
+                return False
+
+            await relay.wait_for(seen, timeout_s, f"a {key} frame matching {json.dumps(step['wait_frame'])}")
+        elif "wait_close" in step:
+            code = step["wait_close"]["code"]
+            await relay.wait_for(lambda: code in relay.server_closes, timeout_s, f"a close {code} from the gateway")
+        elif "wait_client_close" in step:
+            await relay.wait_for(lambda: relay.client_closes > 0, timeout_s, "the client's close")
+        elif "wait_refused" in step:
+            count = step["wait_refused"]
+            await relay.wait_for(lambda: relay.refused >= count, timeout_s, f"{count} refused connections")
+        elif "wait_job" in step:
+            spec = self.bindings.fill(step["wait_job"])
+            deadline = time.monotonic() + timeout_s
+            while self.stack.job_status(spec["job_id"]) != spec["status"]:
+                if time.monotonic() > deadline:
+                    raise ScenarioFailed(f"job {spec['job_id']} never reached {spec['status']}")
+                await asyncio.sleep(0.1)
+        else:
+            return False
+        return True
+
+
