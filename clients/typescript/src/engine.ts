@@ -143,7 +143,8 @@ export class Engine {
   private failures = 0;
   private state: ConnectionState = "connecting";
   private outputs: Output[] = [];
-  private lastTimer: number | null = null;
+  /** The last timer output; undefined: none asked for since the last tick. */
+  private lastTimer: number | null | undefined = null;
 
   // The session.
   private protocol: string | null = null;
@@ -311,6 +312,8 @@ export class Engine {
       this.refreshAt = null;
       this.requestToken("token expires soon");
     }
+    // The caller's timer has fired (maybe a little early): always name the next one.
+    this.lastTimer = undefined;
     return this.flush();
   }
 

@@ -571,3 +571,12 @@ describe("handing over", () => {
     assert.deepEqual(watches, [{ watch: 1, jobId: JOB, position: { epoch: 1, seq: 2 } }]);
   });
 });
+
+describe("timers", () => {
+  it("a tick that came a little early names the same deadline again", () => {
+    const bench = new Bench();
+    bench.connect(null);
+    const early = bench.advance(19_999);
+    assert.deepEqual(ofType(early, "timer"), [{ type: "timer", at: bench.now + 1 }]);
+  });
+});
