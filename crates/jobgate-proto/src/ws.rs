@@ -230,7 +230,8 @@ pub struct SessionLimits {
     /// Messages a client may send per second (more are dropped with
     /// `rate_limited`).
     pub messages_per_s: u32,
-    /// The largest frame the gateway reads; a larger one closes the session (1009).
+    /// The largest frame the gateway reads; a larger one ends the session at
+    /// once, without a close code.
     pub max_message_bytes: usize,
     /// Frames the gateway holds for a client that does not read; one more
     /// closes the session (4008).

@@ -320,6 +320,7 @@ impl Session {
             tracestate: frame.tracestate,
             idempotency_key: frame.idempotency_key,
             legacy_trace_id: None,
+            check_params: true,
         };
         let (state, principal) = (self.state.clone(), self.principal.clone());
         self.submits.push(Box::pin(async move {
