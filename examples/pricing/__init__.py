@@ -22,9 +22,14 @@ Kinds:
   Params it cannot use fail the job with code ``invalid_params`` and a
   message naming the field; so does ``{"computation_params": "<text>"}``,
   the old API's way of passing a ``computation_params`` string that is not
-  a JSON object.
-- ``echo`` — returns its params unchanged (no Dask); used for load tests.
-- ``fail`` — params ``{"retryable": bool, "message": str?}``: fails every
+  a JSON object. The kind registers ``PRICING_PARAMS_SCHEMA``, so the v1
+  API refuses such params at the door (``422 invalid_params``) and serves the
+  schema at ``GET /v1/kinds``; the schema takes JSON numbers only, while the
+  old API (which the gateway does not check against schemas) may still send
+  decimal strings.
+- ``echo`` — returns its params (any JSON object) unchanged (no Dask); used
+  for load tests.
+- ``fail`` — params ``{"retryable": bool?, "message": str?}``: fails every
   attempt, with a ``RetryableError`` (retried until its attempts run out,
   then dead-lettered) or with a plain error (failed at once); for trying
   out retries and dead letters.
@@ -59,6 +64,74 @@ MAX_CHUNKS = 1_000
 LEGACY_TEXT_FIELD = "computation_params"
 #: Paths simulated per numpy batch inside a chunk, to bound memory.
 BATCH_PATHS = 1_000_000
+
+#: The params of ``mc_option_price`` as JSON Schema (draft 2020-12): what
+#: ``PricingParams.from_json`` accepts from a JSON client, so a gateway can
+#: refuse the rest before a job exists and a client can build a form.
+PRICING_PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "European option, Monte Carlo",
+    "type": "object",
+    "properties": {
+        "spot": {"title": "Spot", "type": "number", "exclusiveMinimum": 0},
+        "strike": {"title": "Strike", "type": "number", "exclusiveMinimum": 0},
+        "rate": {"title": "Risk-free rate", "type": "number", "description": "0.03 is 3 %"},
+        "volatility": {"title": "Volatility", "type": "number", "exclusiveMinimum": 0},
+        "maturity": {
+            "title": "Maturity (years)",
+            "type": "number",
+            "exclusiveMinimum": 0,
+        },
+        "option": {"title": "Option", "enum": ["call", "put"], "default": "call"},
+        "paths": {
+            "title": "Paths",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PATHS,
+            "default": 200_000,
+        },
+        "chunks": {
+            "title": "Dask tasks",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_CHUNKS,
+            "default": 8,
+            "description": "at most paths",
+        },
+        "seed": {
+            "title": "Seed",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**63 - 1,
+            "default": 0,
+        },
+    },
+    "required": ["spot", "strike", "rate", "volatility", "maturity"],
+    "additionalProperties": False,
+}
+
+#: ``echo`` returns whatever object it is given.
+ECHO_PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Any JSON object, returned unchanged",
+    "type": "object",
+}
+
+#: ``fail``'s params.
+FAIL_PARAMS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "A job that fails on purpose",
+    "type": "object",
+    "properties": {
+        "retryable": {
+            "title": "Retryable",
+            "type": "boolean",
+            "default": False,
+            "description": "retried until its attempts run out, then dead-lettered",
+        },
+        "message": {"title": "Message", "type": "string"},
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +285,7 @@ def summarize(params: PricingParams, parts: list[tuple[float, float, int]]) -> d
     }
 
 
-@worker.job("mc_option_price")
+@worker.job("mc_option_price", params_schema=PRICING_PARAMS_SCHEMA)
 def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
     try:
         pricing = PricingParams.from_json(params)
@@ -232,7 +305,7 @@ def price_option(ctx: JobContext, params: Any) -> dict[str, Any]:
     return summarize(pricing, parts)
 
 
-@worker.job("echo")
+@worker.job("echo", params_schema=ECHO_PARAMS_SCHEMA)
 def echo(ctx: JobContext, params: Any) -> Any:
     return params
 
@@ -241,7 +314,7 @@ class DeliberateError(Exception):
     """The non-retryable error of the ``fail`` kind."""
 
 
-@worker.job("fail")
+@worker.job("fail", params_schema=FAIL_PARAMS_SCHEMA)
 def fail(ctx: JobContext, params: Any) -> Any:
     if not isinstance(params, dict) or not isinstance(params.get("retryable", False), bool):
         raise ValueError('params must be {"retryable": bool, "message": str?}')

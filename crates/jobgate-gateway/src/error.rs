@@ -13,7 +13,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::InvalidJobId => {
             StatusCode::BAD_REQUEST
         }
-        ErrorCode::InvalidRequest | ErrorCode::UnknownKind => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidRequest | ErrorCode::UnknownKind | ErrorCode::InvalidParams => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ErrorCode::NotFound | ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
         ErrorCode::HistoryExpired => StatusCode::GONE,
         ErrorCode::NotCancellable | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
@@ -45,6 +47,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After`, when the client should come back later.
     pub retry_after_s: Option<u64>,
+    /// The offending field, a JSON Pointer into the job's params
+    /// (`invalid_params`).
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -53,6 +58,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            field: None,
         }
     }
 
@@ -92,7 +98,10 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody::new(self.code, self.message.clone())
+        ErrorBody {
+            field: self.field.clone(),
+            ..ErrorBody::new(self.code, self.message.clone())
+        }
     }
 }
 

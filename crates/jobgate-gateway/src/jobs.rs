@@ -46,6 +46,7 @@ async fn create(
         tracestate: header("tracestate").map(str::to_owned),
         idempotency_key,
         legacy_trace_id: None,
+        check_params: true,
     };
     let accepted = submit::submit(&state, &principal, submission).await?;
     let status = if accepted.replayed {

@@ -58,6 +58,7 @@ async fn submit_job(
         tracestate: None,
         idempotency_key: None,
         legacy_trace_id,
+        check_params: false,
     };
     let accepted = submit::submit(&state, &principal, submission).await?;
     Ok(axum::Json(LegacySubmitResponse {

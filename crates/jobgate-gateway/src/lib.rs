@@ -16,6 +16,7 @@ mod extract;
 mod health;
 mod job_list;
 mod jobs;
+mod kinds;
 mod legacy;
 mod limits;
 pub mod metrics;
@@ -49,6 +50,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(job_list::router())
+        .merge(kinds::router())
         .merge(sse::router())
         .merge(ws::router())
         .merge(legacy::router())

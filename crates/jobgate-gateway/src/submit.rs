@@ -1,10 +1,11 @@
 //! Submitting a job, shared by `POST /v1/jobs`, the WebSocket `submit`
-//! message and the old `POST /submit`: validation, routing by kind,
-//! admission (queue length), idempotency, enqueueing.
+//! message and the old `POST /submit`: validation, routing by kind, the
+//! params against the kind's registered schema, admission (queue length),
+//! idempotency, enqueueing.
 
 use std::time::Duration;
 
-use jobgate_proto::{ErrorCode, JobId, SubmitRequest};
+use jobgate_proto::{ErrorCode, JobId, ParamsSchema, SubmitRequest};
 use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -41,6 +42,10 @@ pub(crate) struct Submission {
     pub(crate) tracestate: Option<String>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) legacy_trace_id: Option<String>,
+    /// Check the params against the kind's registered schema. The old API
+    /// does not: its clients learn of bad params from the job's failure,
+    /// as they always did.
+    pub(crate) check_params: bool,
 }
 
 /// Validates, routes, admits and enqueues one job. With an idempotency key
@@ -81,6 +86,7 @@ async fn run(
         tracestate,
         idempotency_key,
         legacy_trace_id,
+        check_params,
     } = submission;
     request
         .validate()
@@ -90,12 +96,16 @@ async fn run(
     if let Some(key) = &idempotency_key {
         validate_idempotency_key(key)?;
     }
-    let queue = state.store.route(&request.kind).await?.ok_or_else(|| {
+    let route = state.store.route(&request.kind).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownKind,
             format!("no worker has registered the job kind {:?}", request.kind),
         )
     })?;
+    if check_params && let Some(schema) = &route.params_schema {
+        check_params_schema(schema, &request)?;
+    }
+    let queue = route.queue;
     let limit = state.config.max_queue_length;
     if limit > 0
         && state
@@ -242,6 +252,17 @@ fn check_limits(state: &AppState, request: &SubmitRequest) -> Result<(), ApiErro
         ));
     }
     Ok(())
+}
+
+/// `invalid_params` naming the first field of `request`'s params that breaks
+/// its kind's schema.
+fn check_params_schema(schema: &ParamsSchema, request: &SubmitRequest) -> Result<(), ApiError> {
+    let params: serde_json::Value = serde_json::from_str(request.params.get())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("params: {e}")))?;
+    schema.validate(&params).map_err(|error| ApiError {
+        field: Some(error.field),
+        ..ApiError::new(ErrorCode::InvalidParams, error.message)
+    })
 }
 
 /// The gateway's clock, ms since the epoch: only to bound `run_at` (the

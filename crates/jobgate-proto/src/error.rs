@@ -60,11 +60,13 @@ pub enum ErrorCode {
     Internal,
     /// A dead letter's job is neither `failed` nor waiting to be re-enqueued.
     NotRetryable,
+    /// The params break the JSON Schema a worker registered for the kind.
+    InvalidParams,
 }
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidRequest,
@@ -90,6 +92,7 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::Internal,
         Self::NotRetryable,
+        Self::InvalidParams,
     ];
 
     /// The code as it appears on the wire.
@@ -120,16 +123,21 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
             Self::NotRetryable => "not_retryable",
+            Self::InvalidParams => "invalid_params",
         }
     }
 }
 
-/// `{code, message}`: the body of every HTTP error and the core of a
-/// WebSocket `error` frame.
+/// `{code, message, field?}`: the body of every HTTP error and the core of
+/// a WebSocket `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// The offending field as a JSON Pointer into the job's params (`/strike`),
+    /// for `invalid_params`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
 }
 
 impl ErrorBody {
@@ -137,6 +145,7 @@ impl ErrorBody {
         Self {
             code,
             message: message.into(),
+            field: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod error;
 mod event;
 mod job;
+mod kinds;
 pub mod legacy;
 pub mod ws;
 
@@ -20,3 +21,4 @@ pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, JobId, JobLinks, JobList, JobSnapshot, JobStatus,
     MAX_DELAY_MS, MAX_KIND_LEN, Progress, SubmitRequest, SubmitResponse, ValidationError,
 };
+pub use kinds::{KindInfo, KindList, ParamsError, ParamsSchema};

@@ -1,9 +1,18 @@
 //! WebSocket session frames (`GET /v1/ws`): JSON text frames with a `type`.
+//!
+//! A client that offers the subprotocol [`SUBPROTOCOL`] gets
+//! [`ServerMessage::Hello`] as the session's first frame and
+//! [`ServerMessage::AuthOk`] after each accepted `auth`; a client that offers
+//! none gets neither (the frames of the protocol before them).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, SubmitRequest};
+
+/// The WebSocket subprotocol (`Sec-WebSocket-Protocol`) of sessions that
+/// get `hello` and `auth_ok`.
+pub const SUBPROTOCOL: &str = "jobgate.v1";
 
 /// A frame from the client.
 #[derive(Debug, Clone)]
@@ -26,6 +35,7 @@ pub enum ClientMessage {
     /// A fresh token before the current one expires.
     Auth {
         token: String,
+        request_id: Option<String>,
     },
     Ping,
 }
@@ -69,6 +79,8 @@ struct AuthFrame {
     #[serde(rename = "type")]
     _type: String,
     token: String,
+    #[serde(default)]
+    request_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -187,7 +199,10 @@ impl ClientMessage {
                         "token must not be empty".into(),
                     ));
                 }
-                Self::Auth { token: frame.token }
+                Self::Auth {
+                    token: frame.token,
+                    request_id: frame.request_id,
+                }
             }
             "ping" => {
                 let _: PingFrame = serde_json::from_str(text).map_err(invalid)?;
@@ -207,6 +222,22 @@ impl ClientMessage {
     }
 }
 
+/// A session's limits, as `hello` tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Jobs one session may watch at once.
+    pub max_subscriptions: usize,
+    /// Messages a client may send per second (more are dropped with
+    /// `rate_limited`).
+    pub messages_per_s: u32,
+    /// The largest frame the gateway reads; a larger one ends the session at
+    /// once, without a close code.
+    pub max_message_bytes: usize,
+    /// Frames the gateway holds for a client that does not read; one more
+    /// closes the session (4008).
+    pub outbound_queue: usize,
+}
+
 /// A frame from the server, other than events (which are forwarded as the
 /// event JSON itself, whose `type` is `"event"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,8 +255,37 @@ pub enum ServerMessage {
         job_id: Option<String>,
         code: ErrorCode,
         message: String,
+        /// The offending field as a JSON Pointer into the job's params,
+        /// for `invalid_params`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        field: Option<String>,
     },
     Pong,
+    /// The first frame of a [`SUBPROTOCOL`] session: what the client sizes
+    /// its timers and its traffic by.
+    Hello {
+        /// [`SUBPROTOCOL`].
+        protocol: String,
+        /// This session's id (a UUID), for logs on both sides.
+        session_id: String,
+        /// How often the client should send `ping` (the gateway's own
+        /// WebSocket ping interval).
+        ping_interval_ms: u64,
+        /// A client that receives no frame at all for this long should treat
+        /// the connection as dead.
+        ping_timeout_ms: u64,
+        /// Until the session's token expires (relative, so a skewed client
+        /// clock does not matter); `null` when it does not expire.
+        token_expires_in_ms: Option<u64>,
+        limits: SessionLimits,
+    },
+    /// The answer to an accepted `auth` on a [`SUBPROTOCOL`] session.
+    AuthOk {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        request_id: Option<String>,
+        /// Until the new token expires; `null` when it does not.
+        token_expires_in_ms: Option<u64>,
+    },
     /// The events after `after` were cut from the history; `snapshot` is the
     /// job now and the events from `first_seq` on follow.
     HistoryTruncated {
@@ -248,6 +308,7 @@ impl ServerMessage {
             job_id,
             code,
             message: message.into(),
+            field: None,
         }
     }
 
@@ -271,6 +332,7 @@ mod tests {
             r#"{"type":"unsubscribe","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b"}"#,
             r#"{"type":"cancel","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b"}"#,
             r#"{"type":"auth","token":"t"}"#,
+            r#"{"type":"auth","token":"t","request_id":"a1"}"#,
             r#"{"type":"ping"}"#,
         ] {
             assert!(ClientMessage::parse(text).is_ok(), "{text}");
@@ -323,6 +385,48 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| e.code),
             Err(ErrorCode::InvalidRequest)
+        );
+    }
+
+    #[test]
+    fn an_auth_carries_its_request_id_and_keeps_it_when_refused() {
+        match ClientMessage::parse(r#"{"type":"auth","token":"t","request_id":"a1"}"#) {
+            Ok(ClientMessage::Auth { token, request_id }) => {
+                assert_eq!((token.as_str(), request_id.as_deref()), ("t", Some("a1")));
+            }
+            other => panic!("not an auth: {other:?}"),
+        }
+        let err = ClientMessage::parse(r#"{"type":"auth","token":"","request_id":"a2"}"#)
+            .expect_err("empty token");
+        assert_eq!(err.request_id.as_deref(), Some("a2"));
+    }
+
+    #[test]
+    fn hello_and_auth_ok_spell_every_field() {
+        let hello = ServerMessage::Hello {
+            protocol: SUBPROTOCOL.into(),
+            session_id: "s".into(),
+            ping_interval_ms: 15_000,
+            ping_timeout_ms: 30_000,
+            token_expires_in_ms: None,
+            limits: SessionLimits {
+                max_subscriptions: 1000,
+                messages_per_s: 50,
+                max_message_bytes: 1_048_576,
+                outbound_queue: 1024,
+            },
+        };
+        assert_eq!(
+            hello.to_json(),
+            r#"{"type":"hello","protocol":"jobgate.v1","session_id":"s","ping_interval_ms":15000,"ping_timeout_ms":30000,"token_expires_in_ms":null,"limits":{"max_subscriptions":1000,"messages_per_s":50,"max_message_bytes":1048576,"outbound_queue":1024}}"#
+        );
+        let auth_ok = ServerMessage::AuthOk {
+            request_id: None,
+            token_expires_in_ms: Some(5),
+        };
+        assert_eq!(
+            auth_ok.to_json(),
+            r#"{"type":"auth_ok","token_expires_in_ms":5}"#
         );
     }
 

@@ -46,6 +46,6 @@ pub use store::{
     BadCursor, BandDepths, CancelOutcome, ClusterNode, DeadLetter, DeadLetterPage,
     IdempotencyClaim, JobPage, JobStore, LATENCY_BUCKETS_S, LatencyTotals, ListPosition, ListQuery,
     NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals, QueueOverview, RedisMemory,
-    RedisStatus, RetryOutcome, StoreSettings, SubmitRate, Submitted, TraceContext, WorkerView,
-    parse_cursor, spawn_outcome_flusher,
+    RedisStatus, RetryOutcome, Route, StoreSettings, SubmitRate, Submitted, TraceContext,
+    WorkerView, parse_cursor, spawn_outcome_flusher,
 };

@@ -8,6 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -15,14 +17,36 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 #[derive(Debug)]
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol the server chose (`Sec-WebSocket-Protocol`).
+    pub protocol: Option<String>,
 }
 
 impl WsClient {
+    /// A session that offers no subprotocol, as clients older than
+    /// `jobgate.v1` open it.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_offering(url, &[]).await
+    }
+
+    /// A session that offers `protocols` (`Sec-WebSocket-Protocol`), e.g.
+    /// `["jobgate.v1"]`, as `new WebSocket(url, protocols)` does.
+    pub async fn connect_offering(url: &str, protocols: &[&str]) -> anyhow::Result<Self> {
+        let mut request = url.into_client_request().context("ws url")?;
+        if !protocols.is_empty() {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&protocols.join(", ")).context("protocols")?,
+            );
+        }
+        let (socket, response) = tokio_tungstenite::connect_async(request)
             .await
             .context("ws connect")?;
-        Ok(Self { socket })
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { socket, protocol })
     }
 
     pub async fn send(&mut self, message: Value) -> anyhow::Result<()> {

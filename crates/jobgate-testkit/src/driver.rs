@@ -133,6 +133,26 @@ impl JobDriver {
         Ok(())
     }
 
+    /// Registers `kind` on `queue` with `params_schema` (stored as it is
+    /// given, valid or not), as a worker declaring its kind with a schema.
+    pub async fn register_kind_with_schema(
+        &mut self,
+        kind: &str,
+        queue: &str,
+        params_schema: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let registration = serde_json::json!({
+            "queue": queue, "worker": "test-driver", "seen_at": 0, "params_schema": params_schema,
+        });
+        let _: i64 = redis::cmd("HSET")
+            .arg("jobgate:kinds:v2")
+            .arg(kind)
+            .arg(registration.to_string())
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
     /// Runs one script operation on `job_id`; returns the status word.
     pub async fn op(&mut self, job_id: &str, args: &[&str]) -> anyhow::Result<String> {
         let reply = self.op_reply(job_id, args).await?;

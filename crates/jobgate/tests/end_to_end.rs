@@ -112,13 +112,25 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
     assert_eq!(last["event"], "completed");
     assert_eq!(last["data"]["result"], json!({"a": [1, 2.5, "x"]}));
 
+    // Params that break the kind's registered schema are refused at the door.
+    let refused = submit(json!({"spot": -1}), "mc_option_price")
+        .await
+        .expect("submit");
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await.expect("json");
+    system.schemas.assert_valid("error_body", &refused);
+    assert_eq!(refused["code"], "invalid_params", "{refused}");
+
     // A handler that raises: the job fails with the error, not silence.
-    let bad: Value = submit(json!({"spot": -1}), "mc_option_price")
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let bad: Value = submit(
+        json!({"retryable": false, "message": "spot must be positive"}),
+        "fail",
+    )
+    .await
+    .expect("submit")
+    .json()
+    .await
+    .expect("json");
     let bad_id = bad["job_id"].as_str().expect("id");
     let mut sse = SseClient::connect(
         &system.gateway.url(&format!("/v1/jobs/{bad_id}/events")),
@@ -130,12 +142,12 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
     let last = events.last().expect("events").json();
     system.schemas.assert_valid("event", &last);
     assert_eq!(last["event"], "failed", "{last}");
-    assert_eq!(last["data"]["error"]["code"], "invalid_params");
+    assert_eq!(last["data"]["error"]["code"], "handler_error");
     assert!(
         last["data"]["error"]["message"]
             .as_str()
             .expect("message")
-            .contains("spot"),
+            .contains("spot must be positive"),
         "{last}"
     );
     let snapshot: Value = http
@@ -160,9 +172,7 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
             .text()
             .await
             .expect("text");
-        if metrics
-            .contains(r#"jobgate_job_outcomes_total{event="failed",kind="mc_option_price"} 1"#)
-        {
+        if metrics.contains(r#"jobgate_job_outcomes_total{event="failed",kind="fail"} 1"#) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -170,7 +180,7 @@ async fn http_submit_and_sse_follow_an_echo_job_and_a_failing_one() {
     for line in [
         r#"jobgate_jobs_submitted_total{kind="echo"} 1"#,
         r#"jobgate_job_outcomes_total{event="completed",kind="echo"} 1"#,
-        r#"jobgate_job_outcomes_total{event="failed",kind="mc_option_price"} 1"#,
+        r#"jobgate_job_outcomes_total{event="failed",kind="fail"} 1"#,
         r#"jobgate_job_duration_seconds_count{kind="echo"} 1"#,
         r#"jobgate_queue_length{queue="default"} 0"#,
         "jobgate_sse_streams 0",

@@ -43,6 +43,7 @@ const EMBEDDED: &[&str] = &[
     "submit_response",
     "job_snapshot",
     "job_list",
+    "kinds",
     "event",
     "history_truncated",
     "legacy_submit_request",
@@ -512,6 +513,7 @@ async fn every_real_answer_agrees_with_the_document() {
     let mut api = Api::start().await;
     public_routes(&api, &mut contract).await;
     submissions(&api, &mut contract).await;
+    kinds(&api, &mut contract).await;
     idempotency(&api, &mut contract).await;
     snapshots_and_cancel(&api, &mut contract).await;
     job_listing(&api, &mut contract).await;
@@ -633,6 +635,38 @@ async fn submissions(api: &Api, contract: &mut Contract) {
         ),
     ];
     expect_all(contract, "post", "/v1/jobs", cases).await;
+}
+
+/// `GET /v1/kinds`, and a submission whose params break its kind's schema.
+async fn kinds(api: &Api, contract: &mut Contract) {
+    let registration = json!({
+        "queue": "default", "worker": "openapi", "seen_at": 0,
+        "params_schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
+    });
+    let _: i64 = redis::cmd("HSET")
+        .arg("jobgate:kinds:v2")
+        .arg("counted")
+        .arg(registration.to_string())
+        .query_async(&mut api.redis().await)
+        .await
+        .expect("register");
+    let anonymous = api.http.get(api.gateway.url("/v1/kinds"));
+    let cases = vec![
+        (api.get("/v1/kinds"), 200, None),
+        (anonymous, 401, Some("unauthorized")),
+    ];
+    expect_all(contract, "get", "/v1/kinds", cases).await;
+    let answer = send(
+        api.post("/v1/jobs")
+            .json(&json!({"kind": "counted", "params": {"n": -1}})),
+    )
+    .await;
+    let body = contract.check("post", "/v1/jobs", &answer);
+    assert_eq!(answer.status, 422, "{body}");
+    assert_eq!(
+        body,
+        json!({"code": "invalid_params", "message": "params.n: -1 is less than the minimum of 0", "field": "/n"})
+    );
 }
 
 /// The first submit with a key, its replay, then the key for another request.
@@ -1187,6 +1221,7 @@ async fn redis_down(api: &mut Api, contract: &mut Contract) {
                 .json(&json!({"computation_params": {"kind": "echo"}})),
         ),
         ("get", "/v1/jobs", api.get("/v1/jobs")),
+        ("get", "/v1/kinds", api.get("/v1/kinds")),
         ("get", "/readyz", api.http.get(api.gateway.url("/readyz"))),
     ];
     let admin = admin_token();

@@ -1,5 +1,6 @@
-//! The WebSocket API (`GET /v1/ws`): the upgrade, with its origin check and
-//! connection limits, and the close codes a client may see.
+//! The WebSocket API (`GET /v1/ws`): the upgrade, with its origin check,
+//! connection limits and subprotocol (`jobgate.v1`: `hello` and `auth_ok`),
+//! and the close codes a client may see.
 //!
 //! - [`session`]: one task per session reads the client's frames and the
 //!   session's feed, runs submissions concurrently and writes to the socket;
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
 use jobgate_proto::ErrorCode;
+use jobgate_proto::ws::SUBPROTOCOL;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -58,6 +60,10 @@ async fn upgrade(
     check_origin(&headers, &state.config.allowed_origins)?;
     let permit = state.connection_permit(&principal)?;
     let max = state.config.max_body_bytes;
+    // Chosen only when the client offers it, and echoed in the handshake; a
+    // client that offers none gets the frames it always got.
+    let ws = ws.protocols([SUBPROTOCOL]);
+    let greets = ws.selected_protocol().is_some();
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
@@ -65,7 +71,7 @@ async fn upgrade(
         .write_buffer_size(SOCKET_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _open = Gauge::websocket_session(&state.metrics);
-            Session::run(socket, state, principal).await;
+            Session::run(socket, state, principal, greets).await;
             drop(permit);
         }))
 }

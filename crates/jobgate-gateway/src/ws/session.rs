@@ -9,6 +9,11 @@
 //! session's write follows its read at once instead of after every other
 //! session's read.
 //!
+//! A session that negotiated the subprotocol `jobgate.v1` opens with a
+//! `hello` (ping interval, token expiry, limits) and answers each accepted
+//! `auth` with `auth_ok`; other sessions get neither, so clients written
+//! before them see the same frames as ever.
+//!
 //! Submissions run concurrently: the session reads the next message and
 //! pushes events while earlier submissions wait for Redis. Their answers may
 //! come in another order than the messages; a job's events are held back
@@ -21,7 +26,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use jobgate_proto::ws::{ClientMessage, ServerMessage, SubmitFrame};
+use jobgate_proto::ws::{ClientMessage, SUBPROTOCOL, ServerMessage, SessionLimits, SubmitFrame};
 use jobgate_proto::{ErrorCode, EventPosition, JobId};
 use jobgate_store::{Feed, FeedEvent, FeedItem};
 
@@ -57,6 +62,8 @@ pub(super) struct Session {
     /// The events of each job whose `accepted` is not sent yet, held back
     /// so that a client never gets an event of a job id it was not told.
     held: HashMap<JobId, Vec<FeedEvent>>,
+    /// The client negotiated `jobgate.v1`: it gets `hello` and `auth_ok`.
+    greets: bool,
 }
 
 /// A submission's outcome, for the session that sent it.
@@ -73,7 +80,12 @@ enum End {
 }
 
 impl Session {
-    pub(super) async fn run(socket: WebSocket, state: AppState, principal: Principal) {
+    pub(super) async fn run(
+        socket: WebSocket,
+        state: AppState,
+        principal: Principal,
+        greets: bool,
+    ) {
         let (mut sink, mut incoming) = socket.split();
         let feed = state.feed();
         let budget = TokenBucket::new(state.config.ws_messages_per_s);
@@ -86,8 +98,12 @@ impl Session {
             budget,
             submits: FuturesUnordered::new(),
             held: HashMap::new(),
+            greets,
         };
-        let end = session.serve(&mut sink, &mut incoming).await;
+        let end = match session.greet() {
+            Ok(()) => session.serve(&mut sink, &mut incoming).await,
+            Err(end) => end,
+        };
         drop(session);
         match end {
             // Goes past the queue: the queue may be full of what the client
@@ -95,6 +111,30 @@ impl Session {
             End::Close(code, reason) => send_close(sink, Some((code, reason))).await,
             End::ClientGone => send_close(sink, None).await,
         }
+    }
+
+    /// Queues `hello`, the first frame of a `jobgate.v1` session.
+    fn greet(&mut self) -> Result<(), End> {
+        if !self.greets {
+            return Ok(());
+        }
+        let config = &self.state.config;
+        let interval = config.ws_ping_interval();
+        let hello = ServerMessage::Hello {
+            protocol: SUBPROTOCOL.to_owned(),
+            session_id: uuid::Uuid::new_v4().to_string(),
+            ping_interval_ms: interval.as_millis() as u64,
+            // The gateway closes a session whose pong is this late (4000).
+            ping_timeout_ms: (interval * 2).as_millis() as u64,
+            token_expires_in_ms: expires_in_ms(self.principal.expires_at),
+            limits: SessionLimits {
+                max_subscriptions: config.max_subscriptions_per_session,
+                messages_per_s: config.ws_messages_per_s,
+                max_message_bytes: config.max_body_bytes,
+                outbound_queue: config.outbound_queue,
+            },
+        };
+        self.reply(&hello)
     }
 
     async fn serve(
@@ -189,24 +229,34 @@ impl Session {
             ClientMessage::Subscribe { job_id, after } => self.subscribe(job_id, after).await,
             ClientMessage::Unsubscribe { job_id } => self.unsubscribe(job_id),
             ClientMessage::Cancel { job_id, request_id } => self.cancel(job_id, request_id).await,
-            ClientMessage::Auth { token } => self.refresh(&token),
+            ClientMessage::Auth { token, request_id } => self.refresh(&token, request_id),
             ClientMessage::Ping => self.reply(&ServerMessage::Pong),
         }
     }
 
-    /// A fresh token for the same owner extends the session.
-    fn refresh(&mut self, token: &str) -> Result<(), End> {
-        let Some(verifier) = &self.state.auth else {
-            return Ok(());
-        };
-        match verifier.verify(token) {
-            Ok(principal) if principal.owner == self.principal.owner => {
-                self.principal = principal;
-                Ok(())
+    /// A fresh token for the same owner extends the session (answered with
+    /// `auth_ok` on a `jobgate.v1` session). A refused one changes nothing:
+    /// the session ends when the token it has expires.
+    fn refresh(&mut self, token: &str, request_id: Option<String>) -> Result<(), End> {
+        if let Some(verifier) = &self.state.auth {
+            match verifier.verify(token) {
+                Ok(principal) if principal.owner == self.principal.owner => {
+                    self.principal = principal;
+                }
+                Ok(_) => {
+                    let error = unauthorized("the token is for another owner");
+                    return self.error(request_id, None, error);
+                }
+                Err(error) => return self.error(request_id, None, error),
             }
-            Ok(_) => self.error(None, None, unauthorized("the token is for another owner")),
-            Err(error) => self.error(None, None, error),
         }
+        if !self.greets {
+            return Ok(());
+        }
+        self.reply(&ServerMessage::AuthOk {
+            request_id,
+            token_expires_in_ms: expires_in_ms(self.principal.expires_at),
+        })
     }
 
     /// `rate_limited` when the session already watches as many jobs as it may.
@@ -270,6 +320,7 @@ impl Session {
             tracestate: frame.tracestate,
             idempotency_key: frame.idempotency_key,
             legacy_trace_id: None,
+            check_params: true,
         };
         let (state, principal) = (self.state.clone(), self.principal.clone());
         self.submits.push(Box::pin(async move {
@@ -382,12 +433,13 @@ impl Session {
         job_id: Option<&str>,
         error: ApiError,
     ) -> Result<(), End> {
-        self.reply(&ServerMessage::error(
+        self.reply(&ServerMessage::Error {
             request_id,
-            job_id.map(str::to_owned),
-            error.code,
-            error.message,
-        ))
+            job_id: job_id.map(str::to_owned),
+            code: error.code,
+            message: error.message,
+            field: error.field,
+        })
     }
 
     fn reply(&mut self, message: &ServerMessage) -> Result<(), End> {
@@ -419,6 +471,16 @@ impl Session {
             Err(self.slow_consumer())
         }
     }
+}
+
+/// Milliseconds until a credential that expires at `expires_at` (Unix
+/// seconds) runs out; `None` for one that does not expire.
+fn expires_in_ms(expires_at: Option<u64>) -> Option<u64> {
+    let unix_now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    expires_at.map(|at| at.saturating_mul(1000).saturating_sub(unix_now_ms))
 }
 
 /// When a credential that expires at `expires_at` (Unix seconds) runs out;

@@ -6,7 +6,8 @@
 //! `submit.rs` (admission: the owner's rate, idempotency keys, create and
 //! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `listing.rs` (a page of an owner's jobs, filtered, newest first),
-//! `queues.rs` (kind → queue routes, queue lengths and stats),
+//! `queues.rs` (kind → queue routes with their params schemas, the
+//! registered kinds, queue lengths and stats),
 //! `overview.rs` (what an operator sees of a queue; pause and resume),
 //! `script.rs` (each call of the script and how its reply is read),
 //! `delayed.rs` (delayed jobs' set members and moving the due ones),
@@ -48,6 +49,7 @@ pub use self::listing::{JobPage, ListPosition, ListQuery};
 use self::outcomes::PendingOutcomes;
 pub use self::outcomes::{LATENCY_BUCKETS_S, LatencyTotals, OUTCOME_EVENTS, OutcomeTotals};
 pub use self::overview::{BandDepths, QueueOverview, WorkerView};
+pub use self::queues::Route;
 pub(crate) use self::reads::StoredEvent;
 pub use self::script::CancelOutcome;
 pub use self::stats::{OUTCOME_FLUSH_INTERVAL, spawn_outcome_flusher};
@@ -91,8 +93,8 @@ pub struct JobStore {
     /// not be refused at `maxmemory`; see `script.rs`.
     repair_script: Arc<Script>,
     settings: Arc<StoreSettings>,
-    /// Kind → (queue, when it was read); see `queues.rs`.
-    routes: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Kind → (its route, when it was read); see `queues.rs`.
+    routes: Arc<Mutex<HashMap<String, (Route, Instant)>>>,
     /// Queue → (length, when it was read); see `queues.rs`.
     depths: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
     /// Outcomes this gateway wrote, not yet counted in Redis; see `stats.rs`.

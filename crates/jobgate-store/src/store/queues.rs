@@ -1,9 +1,13 @@
-//! Queues as the gateway sees them: which queue a kind goes to (workers
-//! register kinds in `jobgate:kinds:v2`), how long a queue is (for admission)
-//! and every queue's length and oldest entry (for `/metrics`).
+//! Queues as the gateway sees them: which queue a kind goes to and the
+//! schema its params must meet (workers register kinds in
+//! `jobgate:kinds:v2`), how long a queue is (for admission) and every
+//! queue's length and oldest entry (for `/metrics`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use jobgate_proto::{KindInfo, ParamsSchema};
 
 use super::{JobStore, lock, unix_ms};
 use crate::StoreError;
@@ -11,6 +15,29 @@ use crate::keys::{self, Band};
 
 /// How long a job's kind → queue route is trusted before asking Redis again.
 const ROUTE_TTL: Duration = Duration::from_secs(5);
+
+/// Where a kind's jobs go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub queue: String,
+    /// The params schema its worker registered; `None`: params unchecked.
+    pub params_schema: Option<Arc<ParamsSchema>>,
+}
+
+/// A kind's registration: `{"queue", "worker", "seen_at", "params_schema"?}`.
+#[derive(serde::Deserialize)]
+struct Registration {
+    queue: String,
+    #[serde(default)]
+    params_schema: Option<serde_json::Value>,
+}
+
+impl Registration {
+    fn parse(kind: &str, entry: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(entry)
+            .map_err(|e| StoreError::Protocol(format!("kind registration of {kind}: {e}")))
+    }
+}
 
 impl JobStore {
     /// Every queue a worker registered a kind for, in name order (the
@@ -32,13 +59,16 @@ impl JobStore {
         Ok(queues)
     }
 
-    /// The queue that a worker registered `kind` for, or `None` when no
-    /// worker knows the kind.
-    pub async fn route(&self, kind: &str) -> Result<Option<String>, StoreError> {
-        if let Some((queue, at)) = lock(&self.routes).get(kind)
+    /// Where a worker registered `kind` to go, with the params schema it
+    /// registered (compiled), or `None` when no worker knows the kind. A
+    /// route is read again after [`ROUTE_TTL`]; its schema is compiled again
+    /// only when it changed.
+    pub async fn route(&self, kind: &str) -> Result<Option<Route>, StoreError> {
+        let cached = lock(&self.routes).get(kind).cloned();
+        if let Some((route, at)) = &cached
             && at.elapsed() < ROUTE_TTL
         {
-            return Ok(Some(queue.clone()));
+            return Ok(Some(route.clone()));
         }
         let mut conn = self.reader();
         let entry: Option<String> = redis::cmd("HGET")
@@ -46,18 +76,62 @@ impl JobStore {
             .arg(kind)
             .query_async(&mut conn)
             .await?;
-        let Some(entry) = entry else { return Ok(None) };
-        #[derive(serde::Deserialize)]
-        struct Registration {
-            queue: String,
-        }
-        let registration: Registration = serde_json::from_str(&entry)
-            .map_err(|e| StoreError::Protocol(format!("kind registration of {kind}: {e}")))?;
-        lock(&self.routes).insert(
-            kind.to_owned(),
-            (registration.queue.clone(), Instant::now()),
-        );
-        Ok(Some(registration.queue))
+        let Some(entry) = entry else {
+            lock(&self.routes).remove(kind);
+            return Ok(None);
+        };
+        let registration = Registration::parse(kind, &entry)?;
+        let params_schema = match (registration.params_schema, cached) {
+            (None, _) => None,
+            (Some(schema), Some((old, _)))
+                if old
+                    .params_schema
+                    .as_ref()
+                    .is_some_and(|s| *s.schema() == schema) =>
+            {
+                old.params_schema
+            }
+            (Some(schema), _) => match ParamsSchema::compile(schema) {
+                Ok(compiled) => Some(Arc::new(compiled)),
+                Err(error) => {
+                    // Workers check their schemas when they declare them; one
+                    // that does not compile here is not enforced, and the
+                    // handler still sees the params.
+                    tracing::warn!(kind, %error, "a registered params schema does not compile; params of the kind are not checked");
+                    None
+                }
+            },
+        };
+        let route = Route {
+            queue: registration.queue,
+            params_schema,
+        };
+        lock(&self.routes).insert(kind.to_owned(), (route.clone(), Instant::now()));
+        Ok(Some(route))
+    }
+
+    /// Every registered kind with its queue and params schema, sorted by
+    /// kind (`GET /v1/kinds`). A registration that cannot be read is left
+    /// out.
+    pub async fn kinds(&self) -> Result<Vec<KindInfo>, StoreError> {
+        let mut conn = self.reader();
+        let registrations: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::KINDS)
+            .query_async(&mut conn)
+            .await?;
+        let mut kinds: Vec<KindInfo> = registrations
+            .into_iter()
+            .filter_map(|(kind, entry)| {
+                let registration = Registration::parse(&kind, &entry).ok()?;
+                Some(KindInfo {
+                    kind,
+                    queue: registration.queue,
+                    params_schema: registration.params_schema,
+                })
+            })
+            .collect();
+        kinds.sort_by(|a, b| a.kind.cmp(&b.kind));
+        Ok(kinds)
     }
 
     /// Entries waiting in `queue` (all bands, and its delayed jobs), read at

@@ -7,14 +7,16 @@
   cancelled (the safety net when a ``cancel`` message on the job's control
   channel was missed, ``control.py``). The same check runs at once for the
   jobs whose control channel was just subscribed (or subscribed again).
-- ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds:v2``.
+- ``KindRegistry``: writes this worker's kinds to ``jobgate:kinds:v2``, each
+  with its params schema when it was declared with one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 import redis
 
@@ -75,9 +77,15 @@ class LeaseKeeper:
 
 
 class KindRegistry:
-    def __init__(self, streams: QueueStreams, kinds: list[str]) -> None:
+    def __init__(
+        self,
+        streams: QueueStreams,
+        kinds: list[str],
+        params_schemas: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.streams = streams
         self.kinds = kinds
+        self.params_schemas = dict(params_schemas or {})
 
     def register(self) -> None:
         if not self.kinds:
@@ -88,15 +96,25 @@ class KindRegistry:
             previous = client.hmget(keys.KINDS_KEY, self.kinds)
             for kind, raw in zip(self.kinds, previous, strict=True):
                 self._warn_if_moved(kind, raw)
-            value = {
-                "queue": self.streams.queue,
-                "worker": self.streams.consumer,
-                "seen_at": now_ms,
-            }
-            text = json.dumps(value, separators=(",", ":"))
-            client.hset(keys.KINDS_KEY, mapping=dict.fromkeys(self.kinds, text))
+            client.hset(
+                keys.KINDS_KEY,
+                mapping={kind: self.registration(kind, now_ms) for kind in self.kinds},
+            )
         except redis.RedisError:
             log.warning("registering job kinds failed", exc_info=True)
+
+    def registration(self, kind: str, now_ms: int) -> str:
+        """The kind's registration JSON: ``{"queue", "worker", "seen_at",
+        "params_schema"?}``."""
+        value: dict[str, Any] = {
+            "queue": self.streams.queue,
+            "worker": self.streams.consumer,
+            "seen_at": now_ms,
+        }
+        schema = self.params_schemas.get(kind)
+        if schema is not None:
+            value["params_schema"] = schema
+        return json.dumps(value, separators=(",", ":"))
 
     def _warn_if_moved(self, kind: str, raw: object) -> None:
         if not isinstance(raw, str):

@@ -184,7 +184,7 @@ class Runtime:
             counts=self.counts,
         )
         self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
-        self.kinds = KindRegistry(self.streams, sorted(worker.handlers))
+        self.kinds = KindRegistry(self.streams, sorted(worker.handlers), worker.params_schemas)
         self.heartbeat = Heartbeat(
             lambda: self.streams.client,
             self.queue,

@@ -3,10 +3,18 @@
 Declaring a worker does no I/O, and a ``Worker`` knows nothing of how it is
 run: the ``jobgate-worker`` command builds a ``Runtime`` (``runtime.py``)
 from it, which connects to Redis and consumes the queue.
+
+A handler may describe its params with a JSON Schema (draft 2020-12,
+``params_schema=``). The schema is checked when the handler is declared, so a
+broken one fails at import, and is registered with the kind: gateways refuse
+params that break it before a job is created (``422 invalid_params``), and
+clients read it from ``GET /v1/kinds``.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -46,23 +54,55 @@ class Worker:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self._handlers: dict[str, Handler] = {}
+        self._params_schemas: dict[str, dict[str, Any]] = {}
 
     @property
     def handlers(self) -> Mapping[str, Handler]:
         return dict(self._handlers)
 
-    def job(self, kind: str) -> Callable[[H], H]:
-        """Register the decorated function as the handler of ``kind``."""
+    @property
+    def params_schemas(self) -> Mapping[str, dict[str, Any]]:
+        """The params schema of each kind declared with one."""
+        return dict(self._params_schemas)
+
+    def job(self, kind: str, *, params_schema: Mapping[str, Any] | None = None) -> Callable[[H], H]:
+        """Register the decorated function as the handler of ``kind``.
+
+        ``params_schema``, a JSON Schema (draft 2020-12) for the job's params,
+        is checked here: a schema that is not valid raises
+        ``jsonschema.SchemaError``, one that is not JSON raises ``ValueError``.
+        """
         if not _NAME.match(kind):
             raise ValueError(f"job kind {kind!r} must match {_NAME.pattern}")
+        schema = None if params_schema is None else _checked_schema(kind, params_schema)
 
         def register(handler: H) -> H:
             if kind in self._handlers:
                 raise ValueError(f"job kind {kind!r} already has a handler")
             self._handlers[kind] = handler
+            if schema is not None:
+                self._params_schemas[kind] = schema
             return handler
 
         return register
 
     def __repr__(self) -> str:
         return f"Worker(queue={self.queue!r}, kinds={sorted(self._handlers)})"
+
+
+def _checked_schema(kind: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` once it is known to be a draft 2020-12 schema that
+    travels as JSON."""
+    if not isinstance(schema, Mapping):
+        raise TypeError(f"the params schema of {kind!r} must be a JSON object (a mapping)")
+    copied = copy.deepcopy(dict(schema))
+    try:
+        json.dumps(copied, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the params schema of {kind!r} is not JSON: {error}") from error
+    # Imported here: the package is imported by processes that never declare
+    # a handler (the lease renewer), and jsonschema takes a while to load.
+    import jsonschema  # noqa: PLC0415
+
+    jsonschema.Draft202012Validator.check_schema(copied)
+    return copied
