@@ -178,6 +178,7 @@ export class JobgateClient {
     const tokens: TokenSource = {
       current: () => (this.token !== null || this.options.getToken === undefined ? Promise.resolve(this.token) : this.fetchToken()),
       refresh: () => this.fetchToken(),
+      canRefresh: options.getToken !== undefined,
     };
     this.http = new HttpClient(base, fetchImpl, tokens);
     this.sse = {

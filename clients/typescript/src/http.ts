@@ -38,6 +38,8 @@ export interface TokenSource {
   current(): Promise<string | null>;
   /** Asks getToken() for a fresh one (the gateway refused the current). */
   refresh(): Promise<string | null>;
+  /** Whether there is a getToken() to ask. */
+  readonly canRefresh: boolean;
 }
 
 export class HttpClient {
@@ -53,19 +55,20 @@ export class HttpClient {
 
   /** A request with the token; after a 401 one fresh token and one more try. */
   async send(path: string, init: RequestInit = {}): Promise<Response> {
-    let token = await this.tokens.current();
-    for (let attempt = 0; ; attempt += 1) {
+    const request = (token: string | null) => {
       const headers = new Headers(init.headers);
-      if (token !== null) {
+      if (token !== null && token !== "") {
         headers.set("Authorization", `Bearer ${token}`);
       }
-      const response = await this.fetchImpl(this.url(path), { ...init, headers });
-      if (response.status !== 401 || attempt > 0 || token === null) {
-        return response;
-      }
-      await response.body?.cancel().catch(() => undefined);
-      token = await this.tokens.refresh();
+      return this.fetchImpl(this.url(path), { ...init, headers });
+    };
+    const token = await this.tokens.current();
+    const response = await request(token);
+    if (response.status !== 401 || !this.tokens.canRefresh) {
+      return response;
     }
+    await response.body?.cancel().catch(() => undefined);
+    return request(await this.tokens.refresh());
   }
 
   /** A JSON request; a non-2xx answer throws its error body. */

@@ -88,7 +88,7 @@ export class WebSocketTransport {
   private connect(connection: number, token: string | null, offerSubprotocol: boolean): void {
     let url = this.options.url;
     const init: { headers?: Record<string, string> } = {};
-    if (token !== null) {
+    if (token !== null && token !== "") {
       if (this.options.tokenIn === "header") {
         init.headers = { Authorization: `Bearer ${token}` };
       } else {
