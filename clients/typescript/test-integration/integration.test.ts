@@ -119,6 +119,35 @@ describe("against a real gateway", { timeout: 120_000 }, () => {
     }
   });
 
+  it("kinds() lists the worker's kinds with their params schemas; params that break one are refused", async () => {
+    const jobgate = client();
+    try {
+      const kinds = await jobgate.kinds();
+      const names = kinds.map((kind) => kind.kind);
+      assert.ok(names.includes("echo") && names.includes("mc_option_price"), names.join(","));
+      const pricing = kinds.find((kind) => kind.kind === "mc_option_price")!;
+      assert.equal(typeof pricing.params_schema, "object");
+      await assert.rejects(jobgate.submit({ kind: "mc_option_price", params: { ...PRICING, strike: -1 } }), (error: unknown) => {
+        const failure = error as { code?: string; field?: string; message?: string };
+        assert.equal(failure.code, "invalid_params");
+        assert.match(failure.message ?? "", /strike/);
+        return true;
+      });
+    } finally {
+      jobgate.close();
+    }
+  });
+
+  it("the session speaks jobgate.v1 (hello) with a gateway that offers it", async () => {
+    const jobgate = client();
+    try {
+      await jobgate.submit({ kind: "echo", params: {} });
+      assert.equal((jobgate as unknown as { engine: { sessionProtocol: string | null } }).engine.sessionProtocol, "jobgate.v1");
+    } finally {
+      jobgate.close();
+    }
+  });
+
   it("the same idempotency key twice is one job", async () => {
     const jobgate = client();
     try {

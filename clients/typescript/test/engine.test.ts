@@ -580,3 +580,23 @@ describe("timers", () => {
     assert.deepEqual(ofType(early, "timer"), [{ type: "timer", at: bench.now + 1 }]);
   });
 });
+
+describe("errors with a field", () => {
+  it("an invalid_params error keeps the field it names", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.submit("r1", { kind: "mc_option_price", params: { strike: -1 } }, { idempotencyKey: "k" }));
+    const out = bench.frame({
+      type: "error",
+      request_id: "r1",
+      code: "invalid_params",
+      message: "params.strike: -1 is less than the minimum of 0",
+      field: "/strike",
+    });
+    assert.deepEqual(ofType(out, "submit_error")[0]!.error, {
+      code: "invalid_params",
+      message: "params.strike: -1 is less than the minimum of 0",
+      field: "/strike",
+    });
+  });
+});

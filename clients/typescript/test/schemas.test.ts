@@ -55,6 +55,33 @@ describe("golden examples", () => {
     }
   });
 
+  it("hello and auth_ok examples set the session's timers", () => {
+    const names = load("ws_server_message").map(([name]) => name);
+    assert.ok(names.includes("hello.json") && names.includes("auth_ok.json"), names.join(","));
+    for (const [name, value] of load("ws_server_message")) {
+      const frame = parseServerFrame(value);
+      if (frame?.type === "hello") {
+        assert.equal(frame.protocol, "jobgate.v1", name);
+        assert.ok(frame.ping_interval_ms < frame.ping_timeout_ms, name);
+      }
+      if (frame?.type === "error" && (value as { field?: string }).field !== undefined) {
+        assert.equal(frame.field, (value as { field?: string }).field, name);
+      }
+    }
+  });
+
+  it("the kinds examples are lists of Kind", () => {
+    for (const [name, value] of load("kinds")) {
+      const kinds = (value as { kinds: unknown[] }).kinds;
+      assert.ok(Array.isArray(kinds), name);
+      for (const kind of kinds as Record<string, unknown>[]) {
+        assert.equal(typeof kind.kind, "string", name);
+        assert.equal(typeof kind.queue, "string", name);
+        assert.ok(kind.params_schema === null || typeof kind.params_schema === "object", name);
+      }
+    }
+  });
+
   it("both history_truncated examples (WebSocket and SSE) are read", () => {
     for (const [name, value] of load("history_truncated")) {
       assert.ok(isHistoryTruncated(value), name);
