@@ -10,6 +10,7 @@
 
 import { backoffDelay, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
 import { comparePositions, EventOrder, MAX_HELD_EVENTS, type Position, START } from "./order.js";
+import { type Reader, Readers } from "./readers.js";
 import {
   type ClientFrame,
   type ErrorBody,
@@ -107,18 +108,6 @@ const CLOSE_NAMES: Record<number, string> = {
 
 type Phase = "idle" | "awaiting_token" | "opening" | "open" | "waiting" | "closed";
 
-/** One reader of a job: an app watch, or the buffer of a submitted job nobody watches yet. */
-interface Reader {
-  id: number;
-  jobId: string;
-  order: EventOrder;
-  /** Buffered readers keep what they get until a watch adopts them. */
-  buffer: WatchItem[] | null;
-  ended: boolean;
-  /** Since when events wait for a missing one (engine clock). */
-  gapSince: number | null;
-}
-
 interface PendingSubmit {
   requestId: string;
   frame: Extract<ClientFrame, { type: "submit" }>;
@@ -166,7 +155,7 @@ export class Engine {
   private pendingAuth: string | null = null;
 
   // The app's work.
-  private readonly readers = new Map<number, Reader>();
+  private readonly readers = new Readers();
   private nextBufferId = -1;
   private readonly submits = new Map<string, PendingSubmit>();
 
@@ -392,13 +381,13 @@ export class Engine {
    * its submit on this client, else the whole history).
    */
   watch(watchId: number, jobId: string, after?: Position): Output[] {
-    const buffered = this.bufferOf(jobId);
+    const buffered = this.readers.bufferOf(jobId);
     if (buffered !== undefined) {
       this.adopt(buffered, watchId, after ?? START);
       return this.flush();
     }
     // Where the session's stream of the job is: the other readers' earliest.
-    const streamAt = this.subscribed.has(jobId) ? this.resumePosition(jobId) : null;
+    const streamAt = this.subscribed.has(jobId) ? this.readers.resumePosition(jobId) : null;
     const reader: Reader = {
       id: watchId,
       jobId,
@@ -407,7 +396,7 @@ export class Engine {
       ended: false,
       gapSince: null,
     };
-    this.readers.set(watchId, reader);
+    this.readers.set(reader);
     if (this.phase === "open" && (streamAt === null || comparePositions(reader.order.position, streamAt) < 0)) {
       this.subscribe(jobId, reader.order.position);
     }
@@ -419,7 +408,7 @@ export class Engine {
     this.readers.delete(buffered.id);
     const order = new EventOrder(after);
     const reader: Reader = { id: watchId, jobId: buffered.jobId, order, buffer: null, ended: false, gapSince: null };
-    this.readers.set(watchId, reader);
+    this.readers.set(reader);
     for (const item of buffered.buffer ?? []) {
       if (item.type === "snapshot") {
         const snapshot = order.truncated({ job_id: item.job_id, after: after.seq, first_seq: item.first_seq, snapshot: item.snapshot });
@@ -487,7 +476,7 @@ export class Engine {
     this.phase = "closed";
     this.reconnectAt = null;
     this.refreshAt = null;
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       if (reader.buffer === null) {
         this.emit({ type: "watch_end", watch: reader.id, job_id: reader.jobId });
       }
@@ -511,7 +500,7 @@ export class Engine {
    */
   drain(): { submits: Extract<ClientFrame, { type: "submit" }>[]; watches: { watch: number; jobId: string; position: Position }[] } {
     const submits = [...this.submits.values()].map((submit) => submit.frame);
-    const watches = [...this.readers.values()]
+    const watches = this.readers.all()
       .filter((reader) => reader.buffer === null && !reader.ended)
       .map((reader) => ({ watch: reader.id, jobId: reader.jobId, position: reader.order.position }));
     if (this.phase === "open" || this.phase === "opening") {
@@ -589,7 +578,7 @@ export class Engine {
     if (!this.subscribed.has(result.job_id)) {
       this.subscribed.set(result.job_id, START);
     }
-    if (this.readersOf(result.job_id).length === 0) {
+    if (this.readers.of(result.job_id).length === 0) {
       this.addBuffer(result.job_id);
     }
     this.emit({ type: "submitted", submit: requestId, result });
@@ -601,7 +590,7 @@ export class Engine {
       // The gateway stops sending a job at its terminal event.
       this.subscribed.delete(event.job_id);
     }
-    for (const reader of this.readersOf(event.job_id)) {
+    for (const reader of this.readers.of(event.job_id)) {
       const due = reader.order.offer(event);
       reader.gapSince = reader.order.heldCount > 0 ? (reader.gapSince ?? now) : null;
       for (const item of due) {
@@ -618,7 +607,7 @@ export class Engine {
   }
 
   private truncated(message: HistoryTruncated): void {
-    for (const reader of this.readersOf(message.job_id)) {
+    for (const reader of this.readers.of(message.job_id)) {
       const snapshot = reader.order.truncated(message);
       if (snapshot !== null) {
         this.give(reader, snapshot);
@@ -645,7 +634,7 @@ export class Engine {
     }
     if (frame.job_id !== undefined && frame.code !== "not_subscribed") {
       this.subscribed.delete(frame.job_id);
-      for (const reader of this.readersOf(frame.job_id)) {
+      for (const reader of this.readers.of(frame.job_id)) {
         this.readers.delete(reader.id);
         if (reader.buffer === null) {
           this.emit({ type: "watch_error", watch: reader.id, error });
@@ -658,21 +647,8 @@ export class Engine {
 
   // ---- readers ----
 
-  private readersOf(jobId: string): Reader[] {
-    return [...this.readers.values()].filter((reader) => reader.jobId === jobId && !reader.ended);
-  }
-
-  private bufferOf(jobId: string): Reader | undefined {
-    for (const reader of this.readers.values()) {
-      if (reader.jobId === jobId && reader.buffer !== null) {
-        return reader;
-      }
-    }
-    return undefined;
-  }
-
   private addBuffer(jobId: string): void {
-    const buffers = [...this.readers.values()].filter((reader) => reader.buffer !== null);
+    const buffers = this.readers.buffers();
     if (buffers.length >= this.maxBufferedJobs) {
       // The oldest buffer goes; a later watch of it reads the history.
       const oldest = buffers[0]!;
@@ -681,7 +657,7 @@ export class Engine {
     }
     const id = this.nextBufferId;
     this.nextBufferId -= 1;
-    this.readers.set(id, {
+    this.readers.set({
       id,
       jobId,
       order: new EventOrder(START),
@@ -714,7 +690,7 @@ export class Engine {
 
   /** No reader of the job is left: stop the gateway sending it. */
   private releaseJob(jobId: string): void {
-    if (this.readersOf(jobId).length > 0 || !this.subscribed.has(jobId)) {
+    if (this.readers.of(jobId).length > 0 || !this.subscribed.has(jobId)) {
       return;
     }
     this.subscribed.delete(jobId);
@@ -723,22 +699,9 @@ export class Engine {
     }
   }
 
-  /** The earliest position any reader of the job needs. */
-  private resumePosition(jobId: string): Position | null {
-    let earliest: Position | null = null;
-    for (const reader of this.readersOf(jobId)) {
-      const position = reader.order.position;
-      if (earliest === null || comparePositions(position, earliest) < 0) {
-        earliest = position;
-      }
-    }
-    return earliest;
-  }
-
   private resubscribe(): void {
-    const jobs = new Set([...this.readers.values()].filter((r) => !r.ended).map((r) => r.jobId));
-    for (const jobId of jobs) {
-      const position = this.resumePosition(jobId);
+    for (const jobId of this.readers.activeJobs()) {
+      const position = this.readers.resumePosition(jobId);
       if (position !== null) {
         this.subscribe(jobId, position);
       }
@@ -747,8 +710,8 @@ export class Engine {
 
   /** Reads the history again from where the readers are (an event went missing). */
   private resync(jobId: string): void {
-    const position = this.resumePosition(jobId);
-    for (const reader of this.readersOf(jobId)) {
+    const position = this.readers.resumePosition(jobId);
+    for (const reader of this.readers.of(jobId)) {
       reader.gapSince = null;
     }
     if (position !== null && this.phase === "open") {
@@ -759,7 +722,7 @@ export class Engine {
 
   private checkGaps(now: number): void {
     const late = new Set<string>();
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       if (reader.gapSince !== null && now - reader.gapSince >= this.gapTimeoutMs) {
         late.add(reader.jobId);
       }
@@ -819,7 +782,7 @@ export class Engine {
     for (const submit of this.submits.values()) {
       submit.sentOn = null;
     }
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       reader.gapSince = null;
     }
   }
@@ -888,7 +851,7 @@ export class Engine {
       if (this.refreshAt !== null) {
         times.push(this.refreshAt);
       }
-      for (const reader of this.readers.values()) {
+      for (const reader of this.readers.all()) {
         if (reader.gapSince !== null) {
           times.push(reader.gapSince + this.gapTimeoutMs);
         }
