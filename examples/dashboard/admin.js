@@ -108,7 +108,7 @@ function startAdminViews() {
   let queuesInFlight = false;
   let queuesReadAt = 0;
   let activityTimer = null;
-  const panelInView = () => openPanel === "queues" && document.visibilityState === "visible";
+  const panelInView = () => section.isConnected && openPanel === "queues" && document.visibilityState === "visible";
   document.addEventListener("visibilitychange", () => { if (panelInView()) refreshQueues(); });
   // Job activity may have moved the figures: one read, no sooner than
   // QUEUES_MIN_INTERVAL_MS after the last.

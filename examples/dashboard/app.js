@@ -104,14 +104,12 @@ function onSnapshot(snapshot) {
   return job;
 }
 
-/// An event from a watch (counted when it repeats one: the client promises
-/// each event once) or from the owner feed (which may overlap a watch).
+/// An event from a watch or from the owner feed (which may overlap a watch).
 const activityListeners = new Set();
-function onEvent(job, event, fromWatch) {
-  if (addEvent(job.events, event)) {
-    render(job);
-    for (const listener of activityListeners) listener(job.id, event);
-  } else if (fromWatch) { job.duplicates += 1; render(job); }
+function onEvent(job, event) {
+  if (!addEvent(job.events, event)) return;
+  render(job);
+  for (const listener of activityListeners) listener(job.id, event);
 }
 
 /// Follows one job through the client's WebSocket session from its first
@@ -120,10 +118,16 @@ async function follow(job) {
   if (job.watching) return;
   job.watching = true;
   render(job);
+  // What this watch delivered: the client promises each event once, so a
+  // repeat is counted (data-duplicates on the row; the browser test reads it).
+  const delivered = new Set();
   try {
     for await (const item of client.watch(job.id, { after: 0 })) {
-      if (item.type === "snapshot") onSnapshot({ ...item.snapshot, job_id: job.id });
-      else onEvent(job, item, true);
+      if (item.type === "snapshot") { onSnapshot({ ...item.snapshot, job_id: job.id }); continue; }
+      const key = (item.epoch || 1) + ":" + item.seq;
+      if (delivered.has(key)) job.duplicates += 1;
+      delivered.add(key);
+      onEvent(job, item);
     }
   } catch (err) {
     if (err && (err.code === "not_found" || err.code === "history_expired")) job.gone = err.code;
@@ -168,7 +172,8 @@ function progressCell(view) {
 function eventText(event) {
   const data = event.data || {};
   switch (event.event) {
-    case "queued": return "queued on " + (data.queue || "?") + (data.priority ? " (" + data.priority + ")" : "");
+    case "queued": return "queued on " + (data.queue || "?") + (data.priority !== undefined ? ", priority " + data.priority : "")
+      + (typeof data.run_at === "number" ? ", due " + new Date(data.run_at).toLocaleTimeString() : "");
     case "started": return "started, attempt " + data.attempt + (data.worker ? " on " + data.worker : "");
     case "progress": return "progress " + data.done + "/" + data.total + (data.message ? " — " + data.message : "");
     case "retrying": return "retrying (attempt " + data.next_attempt + ")" + (data.error ? " after " + data.error.code : "");
@@ -280,7 +285,7 @@ async function followOwnerFeed() {
     for await (const item of client.events()) {
       if (item.type !== "event" || typeof item.job_id !== "string") continue;
       const job = ensureJob(item.job_id);
-      onEvent(job, item, false);
+      onEvent(job, item);
       if (!TERMINAL.has(item.event) && !job.watching) follow(job);
     }
   } catch (err) {
@@ -300,9 +305,11 @@ function fieldInput(field, index) {
     input = el("input", { ...common, type: "checkbox" });
     input.checked = field.default === true;
   } else if (field.type === "enum") {
-    input = el("select", common, field.required ? null : el("option", { value: "" }, "—"),
+    // An optional enum without a default may be left out: its empty choice.
+    const optional = !field.required && field.default === undefined;
+    input = el("select", common, optional ? el("option", { value: "" }, "—") : null,
       ...field.options.map((option, i) => el("option", { value: i }, typeof option === "string" ? option : JSON.stringify(option))));
-    input.value = field.default !== undefined ? initialText(field) : field.required ? "0" : "";
+    input.value = field.default !== undefined ? initialText(field) : optional ? "" : "0";
   } else if (field.type === "json") {
     input = el("textarea", { ...common, rows: 2, spellcheck: "false", placeholder: "JSON" });
     input.value = initialText(field);

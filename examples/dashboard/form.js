@@ -58,6 +58,9 @@ export function describeForm(schema) {
   const fields = Object.entries(schema.properties)
     .filter(([, property]) => property && typeof property === "object")
     .map(([name, property]) => fieldOf(name, property, required.has(name)));
+  // Required fields first, each group in the schema's order (a schema that
+  // went through a JSON parser that sorts keys arrives sorted by name).
+  fields.sort((a, b) => Number(b.required) - Number(a.required));
   return { mode: "fields", fields };
 }
 

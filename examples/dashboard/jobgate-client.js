@@ -101,6 +101,73 @@ var EventOrder = class {
   }
 };
 
+// src/readers.ts
+var Readers = class {
+  byId = /* @__PURE__ */ new Map();
+  byJob = /* @__PURE__ */ new Map();
+  set(reader) {
+    this.delete(reader.id);
+    this.byId.set(reader.id, reader);
+    let readers = this.byJob.get(reader.jobId);
+    if (readers === void 0) {
+      readers = /* @__PURE__ */ new Set();
+      this.byJob.set(reader.jobId, readers);
+    }
+    readers.add(reader);
+  }
+  get(id) {
+    return this.byId.get(id);
+  }
+  delete(id) {
+    const reader = this.byId.get(id);
+    if (reader === void 0) {
+      return void 0;
+    }
+    this.byId.delete(id);
+    const readers = this.byJob.get(reader.jobId);
+    readers?.delete(reader);
+    if (readers?.size === 0) {
+      this.byJob.delete(reader.jobId);
+    }
+    return reader;
+  }
+  clear() {
+    this.byId.clear();
+    this.byJob.clear();
+  }
+  /** Every reader, in the order they were added. */
+  all() {
+    return [...this.byId.values()];
+  }
+  /** The job's readers still reading (not past its terminal event). */
+  of(jobId) {
+    return [...this.byJob.get(jobId) ?? []].filter((reader) => !reader.ended);
+  }
+  /** The submitted job's buffer, if it has one (ended or not). */
+  bufferOf(jobId) {
+    return [...this.byJob.get(jobId) ?? []].find((reader) => reader.buffer !== null);
+  }
+  /** Every buffer, oldest first. */
+  buffers() {
+    return this.all().filter((reader) => reader.buffer !== null);
+  }
+  /** The jobs that still have a reader reading. */
+  activeJobs() {
+    return [...this.byJob.keys()].filter((jobId) => this.of(jobId).length > 0);
+  }
+  /** The earliest position any reader of the job needs; null when none reads it. */
+  resumePosition(jobId) {
+    let earliest = null;
+    for (const reader of this.of(jobId)) {
+      const position = reader.order.position;
+      if (earliest === null || comparePositions(position, earliest) < 0) {
+        earliest = position;
+      }
+    }
+    return earliest;
+  }
+};
+
 // src/types.ts
 var TERMINAL_EVENTS = /* @__PURE__ */ new Set(["completed", "failed", "cancelled"]);
 var SUBPROTOCOL = "jobgate.v1";
@@ -203,6 +270,7 @@ var Engine = class {
   failures = 0;
   state = "connecting";
   outputs = [];
+  /** The last timer output; undefined: none asked for since the last tick. */
   lastTimer = null;
   // The session.
   protocol = null;
@@ -222,7 +290,7 @@ var Engine = class {
   authCount = 0;
   pendingAuth = null;
   // The app's work.
-  readers = /* @__PURE__ */ new Map();
+  readers = new Readers();
   nextBufferId = -1;
   submits = /* @__PURE__ */ new Map();
   constructor(options) {
@@ -356,6 +424,7 @@ var Engine = class {
       this.refreshAt = null;
       this.requestToken("token expires soon");
     }
+    this.lastTimer = void 0;
     return this.flush();
   }
   /** A token from getToken(); `expiresInMs` if the caller knows its lifetime (a JWT's exp). */
@@ -420,12 +489,12 @@ var Engine = class {
    * its submit on this client, else the whole history).
    */
   watch(watchId, jobId, after) {
-    const buffered = this.bufferOf(jobId);
+    const buffered = this.readers.bufferOf(jobId);
     if (buffered !== void 0) {
       this.adopt(buffered, watchId, after ?? START);
       return this.flush();
     }
-    const streamAt = this.subscribed.has(jobId) ? this.resumePosition(jobId) : null;
+    const streamAt = this.subscribed.has(jobId) ? this.readers.resumePosition(jobId) : null;
     const reader = {
       id: watchId,
       jobId,
@@ -434,7 +503,7 @@ var Engine = class {
       ended: false,
       gapSince: null
     };
-    this.readers.set(watchId, reader);
+    this.readers.set(reader);
     if (this.phase === "open" && (streamAt === null || comparePositions(reader.order.position, streamAt) < 0)) {
       this.subscribe(jobId, reader.order.position);
     }
@@ -445,7 +514,7 @@ var Engine = class {
     this.readers.delete(buffered.id);
     const order = new EventOrder(after);
     const reader = { id: watchId, jobId: buffered.jobId, order, buffer: null, ended: false, gapSince: null };
-    this.readers.set(watchId, reader);
+    this.readers.set(reader);
     for (const item of buffered.buffer ?? []) {
       if (item.type === "snapshot") {
         const snapshot = order.truncated({ job_id: item.job_id, after: after.seq, first_seq: item.first_seq, snapshot: item.snapshot });
@@ -507,7 +576,7 @@ var Engine = class {
     this.phase = "closed";
     this.reconnectAt = null;
     this.refreshAt = null;
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       if (reader.buffer === null) {
         this.emit({ type: "watch_end", watch: reader.id, job_id: reader.jobId });
       }
@@ -530,7 +599,7 @@ var Engine = class {
    */
   drain() {
     const submits = [...this.submits.values()].map((submit) => submit.frame);
-    const watches = [...this.readers.values()].filter((reader) => reader.buffer === null && !reader.ended).map((reader) => ({ watch: reader.id, jobId: reader.jobId, position: reader.order.position }));
+    const watches = this.readers.all().filter((reader) => reader.buffer === null && !reader.ended).map((reader) => ({ watch: reader.id, jobId: reader.jobId, position: reader.order.position }));
     if (this.phase === "open" || this.phase === "opening") {
       this.emit({ type: "close_socket", connection: this.connection, code: CLOSE_NORMAL, reason: "switching transport" });
     }
@@ -598,7 +667,7 @@ var Engine = class {
     if (!this.subscribed.has(result.job_id)) {
       this.subscribed.set(result.job_id, START);
     }
-    if (this.readersOf(result.job_id).length === 0) {
+    if (this.readers.of(result.job_id).length === 0) {
       this.addBuffer(result.job_id);
     }
     this.emit({ type: "submitted", submit: requestId, result });
@@ -608,7 +677,7 @@ var Engine = class {
     if (isTerminal(event)) {
       this.subscribed.delete(event.job_id);
     }
-    for (const reader of this.readersOf(event.job_id)) {
+    for (const reader of this.readers.of(event.job_id)) {
       const due = reader.order.offer(event);
       reader.gapSince = reader.order.heldCount > 0 ? reader.gapSince ?? now : null;
       for (const item of due) {
@@ -624,7 +693,7 @@ var Engine = class {
     }
   }
   truncated(message) {
-    for (const reader of this.readersOf(message.job_id)) {
+    for (const reader of this.readers.of(message.job_id)) {
       const snapshot = reader.order.truncated(message);
       if (snapshot !== null) {
         this.give(reader, snapshot);
@@ -649,7 +718,7 @@ var Engine = class {
     }
     if (frame.job_id !== void 0 && frame.code !== "not_subscribed") {
       this.subscribed.delete(frame.job_id);
-      for (const reader of this.readersOf(frame.job_id)) {
+      for (const reader of this.readers.of(frame.job_id)) {
         this.readers.delete(reader.id);
         if (reader.buffer === null) {
           this.emit({ type: "watch_error", watch: reader.id, error });
@@ -660,19 +729,8 @@ var Engine = class {
     this.log("warn", "error from the gateway", { ...error });
   }
   // ---- readers ----
-  readersOf(jobId) {
-    return [...this.readers.values()].filter((reader) => reader.jobId === jobId && !reader.ended);
-  }
-  bufferOf(jobId) {
-    for (const reader of this.readers.values()) {
-      if (reader.jobId === jobId && reader.buffer !== null) {
-        return reader;
-      }
-    }
-    return void 0;
-  }
   addBuffer(jobId) {
-    const buffers = [...this.readers.values()].filter((reader) => reader.buffer !== null);
+    const buffers = this.readers.buffers();
     if (buffers.length >= this.maxBufferedJobs) {
       const oldest = buffers[0];
       this.readers.delete(oldest.id);
@@ -680,7 +738,7 @@ var Engine = class {
     }
     const id = this.nextBufferId;
     this.nextBufferId -= 1;
-    this.readers.set(id, {
+    this.readers.set({
       id,
       jobId,
       order: new EventOrder(START),
@@ -710,7 +768,7 @@ var Engine = class {
   }
   /** No reader of the job is left: stop the gateway sending it. */
   releaseJob(jobId) {
-    if (this.readersOf(jobId).length > 0 || !this.subscribed.has(jobId)) {
+    if (this.readers.of(jobId).length > 0 || !this.subscribed.has(jobId)) {
       return;
     }
     this.subscribed.delete(jobId);
@@ -718,21 +776,9 @@ var Engine = class {
       this.send({ type: "unsubscribe", job_id: jobId });
     }
   }
-  /** The earliest position any reader of the job needs. */
-  resumePosition(jobId) {
-    let earliest = null;
-    for (const reader of this.readersOf(jobId)) {
-      const position = reader.order.position;
-      if (earliest === null || comparePositions(position, earliest) < 0) {
-        earliest = position;
-      }
-    }
-    return earliest;
-  }
   resubscribe() {
-    const jobs = new Set([...this.readers.values()].filter((r) => !r.ended).map((r) => r.jobId));
-    for (const jobId of jobs) {
-      const position = this.resumePosition(jobId);
+    for (const jobId of this.readers.activeJobs()) {
+      const position = this.readers.resumePosition(jobId);
       if (position !== null) {
         this.subscribe(jobId, position);
       }
@@ -740,8 +786,8 @@ var Engine = class {
   }
   /** Reads the history again from where the readers are (an event went missing). */
   resync(jobId) {
-    const position = this.resumePosition(jobId);
-    for (const reader of this.readersOf(jobId)) {
+    const position = this.readers.resumePosition(jobId);
+    for (const reader of this.readers.of(jobId)) {
       reader.gapSince = null;
     }
     if (position !== null && this.phase === "open") {
@@ -751,7 +797,7 @@ var Engine = class {
   }
   checkGaps(now) {
     const late = /* @__PURE__ */ new Set();
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       if (reader.gapSince !== null && now - reader.gapSince >= this.gapTimeoutMs) {
         late.add(reader.jobId);
       }
@@ -804,7 +850,7 @@ var Engine = class {
     for (const submit of this.submits.values()) {
       submit.sentOn = null;
     }
-    for (const reader of this.readers.values()) {
+    for (const reader of this.readers.all()) {
       reader.gapSince = null;
     }
   }
@@ -866,7 +912,7 @@ var Engine = class {
       if (this.refreshAt !== null) {
         times.push(this.refreshAt);
       }
-      for (const reader of this.readers.values()) {
+      for (const reader of this.readers.all()) {
         if (reader.gapSince !== null) {
           times.push(reader.gapSince + this.gapTimeoutMs);
         }
@@ -922,19 +968,20 @@ var HttpClient = class {
   }
   /** A request with the token; after a 401 one fresh token and one more try. */
   async send(path, init = {}) {
-    let token = await this.tokens.current();
-    for (let attempt = 0; ; attempt += 1) {
+    const request = (token2) => {
       const headers = new Headers(init.headers);
-      if (token !== null) {
-        headers.set("Authorization", `Bearer ${token}`);
+      if (token2 !== null && token2 !== "") {
+        headers.set("Authorization", `Bearer ${token2}`);
       }
-      const response = await this.fetchImpl(this.url(path), { ...init, headers });
-      if (response.status !== 401 || attempt > 0 || token === null) {
-        return response;
-      }
-      await response.body?.cancel().catch(() => void 0);
-      token = await this.tokens.refresh();
+      return this.fetchImpl(this.url(path), { ...init, headers });
+    };
+    const token = await this.tokens.current();
+    const response = await request(token);
+    if (response.status !== 401 || !this.tokens.canRefresh) {
+      return response;
     }
+    await response.body?.cancel().catch(() => void 0);
+    return request(await this.tokens.refresh());
   }
   /** A JSON request; a non-2xx answer throws its error body. */
   async json(path, init = {}, body) {
@@ -1466,7 +1513,7 @@ var WebSocketTransport = class {
   connect(connection, token, offerSubprotocol) {
     let url = this.options.url;
     const init = {};
-    if (token !== null) {
+    if (token !== null && token !== "") {
       if (this.options.tokenIn === "header") {
         init.headers = { Authorization: `Bearer ${token}` };
       } else {
@@ -1620,7 +1667,8 @@ var JobgateClient = class {
     }
     const tokens = {
       current: () => this.token !== null || this.options.getToken === void 0 ? Promise.resolve(this.token) : this.fetchToken(),
-      refresh: () => this.fetchToken()
+      refresh: () => this.fetchToken(),
+      canRefresh: options.getToken !== void 0
     };
     this.http = new HttpClient(base, fetchImpl, tokens);
     this.sse = {

@@ -19,13 +19,13 @@ const PRICING = {
   required: ["spot", "paths", "note"],
 };
 
-test("every property becomes a field of its type, with its bounds and default", () => {
+test("every property becomes a field of its type, with its bounds and default; required ones first", () => {
   const form = describeForm(PRICING);
   assert.equal(form.mode, "fields");
   const byName = Object.fromEntries(form.fields.map((f) => [f.name, f]));
   assert.deepEqual(
     form.fields.map((f) => [f.name, f.type, f.required]),
-    [["spot", "number", true], ["option", "enum", false], ["paths", "integer", true], ["seed", "integer", false],
+    [["spot", "number", true], ["paths", "integer", true], ["option", "enum", false], ["seed", "integer", false],
       ["label", "string", false], ["antithetic", "boolean", false], ["weights", "json", false], ["note", "string", false]],
   );
   assert.equal(byName.spot.exclusiveMinimum, 0);

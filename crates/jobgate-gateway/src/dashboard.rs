@@ -43,9 +43,10 @@ const SCRIPTS: [(&str, &str); 5] = [
 ];
 
 /// Scripts only from the gateway itself (no inline script); the page
-/// connects only to it (`'self'` covers its `ws:`/`wss:` too).
+/// connects only to it (`'self'` covers its `ws:`/`wss:` too); `data:`
+/// images for its empty favicon, which spares a request that would 404.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; \
-     script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
+     img-src 'self' data:; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
 pub(crate) fn router() -> Router<AppState> {
     SCRIPTS.iter().fold(
