@@ -116,6 +116,8 @@ const HELD_SCHEMA = {
     label: { type: "string", maxLength: 40, description: "shown nowhere; any text" },
     urgent: { type: "boolean", default: false },
     mode: { enum: ["fast", "slow"], default: "slow" },
+    // Drawn as a JSON field; only the gateway checks maxItems.
+    tags: { type: "array", items: { type: "string" }, maxItems: 2 },
   },
   required: ["steps"],
   additionalProperties: false,
@@ -265,6 +267,15 @@ async function userScenario(context) {
     JSON.stringify(heldDrawn) === JSON.stringify({
       steps: "number min=1 max=10 value=4", label: "text required=false", urgent: "checkbox checked=false", mode: "SELECT slow",
     }), JSON.stringify(heldDrawn));
+  requests.action("refused submit");
+  await field("tags").fill('["a", "b", "c"]');
+  await page.locator("#submit-button").click();
+  await page.getByText("Not submitted — invalid_params").waitFor({ timeout: STEP_TIMEOUT_MS });
+  check("params the gateway refuses (422 invalid_params) are reported at the field it names",
+    (await field("tags").getAttribute("aria-invalid")) === "true" && /tags/.test(await page.locator("#submit-result").textContent()),
+    await page.locator("#submit-result").textContent());
+  requests.action("held submit");
+  await field("tags").fill("");
   await field("urgent").check();
   const held = await submitFromForm(page);
   const heldParams = (await apiCall("GET", "/v1/jobs/" + held, USER_TOKEN)).body.params;
@@ -336,6 +347,10 @@ async function userScenario(context) {
   await jobRow(page, pricing).waitFor({ timeout: STEP_TIMEOUT_MS });
   check("Load more lists the older jobs, the pricing job among them",
     (await jobRow(page, pricing).locator('.status[data-status="completed"]').count()) === 1);
+  requests.action("show events");
+  await jobRow(page, pricing).locator("xpath=following-sibling::tr[1]").locator("summary").click();
+  await until("the finished job's events", async () => (await eventItems(page, pricing).count()) > 0);
+  await checkEventsOnce("a finished job's events, read when shown", page, pricing, USER_TOKEN);
   runningOp("progress", "1", JSON.stringify({ done: 3, total: 3 }));
   runningOp("complete", "1", "{}");
   await runningRow.locator('.status[data-status="completed"]').waitFor({ timeout: STEP_TIMEOUT_MS });
