@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
 
-.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare bench-cluster lab clean
+.PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-client test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare bench-cluster lab clean
 
 run: deps build
 	@scripts/run.sh
 
-test: deps lint test-k8s test-rust test-dashboard test-python test-run test-lab test-api-fuzz test-fuzz
+test: deps lint test-k8s test-rust test-client test-dashboard test-python test-run test-lab test-api-fuzz test-fuzz
 	@echo "make test: all checks passed"
 
 deps: redis-server venv
@@ -60,6 +60,15 @@ test-lab: deps build
 	$(VENV)/bin/ruff format --check deploy/lab
 	cd deploy/lab && ../../$(PY) -m pytest -q -p no:cacheprovider test_ledger.py
 	LAB_SHORT=1 LAB_SKIP_BUILD=1 LAB_SCENARIOS="redis-master-kill gateway-sigterm" deploy/lab/lab.sh
+
+# The TypeScript client @jobgate/client (clients/typescript/scripts/test.sh:
+# build, unit tests, npm pack, and its integration tests against the debug
+# gateway that `cargo test` built, hence after test-rust), then the
+# conformance suite (proto-schemas/conformance/run-all.sh): every scenario
+# against the scripted fake gateway, then replayed against the real one.
+test-client: test-rust venv
+	clients/typescript/scripts/test.sh
+	proto-schemas/conformance/run-all.sh
 
 # The dashboard in headless Chromium (scripts/test-dashboard.sh, installs
 # chromium and playwright-core when missing): the admin views against the

@@ -490,10 +490,23 @@ async fn the_dashboard_is_served_at_the_root() {
     let h = Harness::new().await;
     let page = h.static_file("/", "text/html").await;
     assert!(
-        page.contains("EventSource"),
-        "the dashboard follows jobs by EventSource"
+        page.contains(r#"<script type="module" src="/dashboard/app.js">"#),
+        "the dashboard is the app module"
     );
     assert!(!page.contains("setInterval"), "the dashboard does not poll");
+    let app = h.static_file("/dashboard/app.js", "text/javascript").await;
+    assert!(
+        app.contains("./jobgate-client.js"),
+        "the dashboard follows jobs with @jobgate/client"
+    );
+    assert!(!app.contains("setInterval"), "the dashboard does not poll");
+    let client = h
+        .static_file("/dashboard/jobgate-client.js", "text/javascript")
+        .await;
+    assert!(
+        client.contains("jobgate.v1"),
+        "the bundle speaks jobgate.v1"
+    );
     assert!(page.contains(r#"<script src="/dashboard/admin.js">"#));
 
     let script = h
