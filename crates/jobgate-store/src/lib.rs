@@ -45,7 +45,7 @@ pub use record::JobRecord;
 pub use store::{
     BadCursor, BandDepths, CancelOutcome, ClusterNode, DeadLetter, DeadLetterPage,
     IdempotencyClaim, JobPage, JobStore, LATENCY_BUCKETS_S, LatencyTotals, ListPosition, ListQuery,
-    NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals, QueueOverview, RedisMemory,
-    RedisStatus, RetryOutcome, StoreSettings, SubmitRate, Submitted, TraceContext, WorkerView,
-    parse_cursor, spawn_outcome_flusher,
+    MAX_JOBS_PER_CREATE, NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals,
+    QueueOverview, RedisMemory, RedisStatus, RetryOutcome, StoreSettings, SubmitOutcome,
+    SubmitRate, Submitted, TraceContext, WorkerView, parse_cursor, spawn_outcome_flusher,
 };
