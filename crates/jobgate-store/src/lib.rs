@@ -39,7 +39,7 @@ pub use connect::{check_url, seeds};
 pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL, open};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
-pub use hub::{EventHub, HubMessage, HubSettings, NodeState, Subscription};
+pub use hub::{EventHub, HubMessage, HubSettings, LiveHeader, NodeState, Published, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
