@@ -361,3 +361,59 @@ async fn a_redis_restart_during_batches_loses_no_accepted_job() {
         assert_eq!(status.as_deref(), Some("queued"), "{id}");
     }
 }
+
+/// A job of the store's batch, with a known id.
+fn new_job(job_id: jobgate_proto::JobId) -> jobgate_store::NewJob {
+    jobgate_store::NewJob {
+        job_id,
+        owner: "alice".to_owned(),
+        request: serde_json::from_str(r#"{"kind":"echo","params":{}}"#).expect("request"),
+        queue: "default".to_owned(),
+        trace: jobgate_store::TraceContext::default(),
+        legacy_trace_id: None,
+    }
+}
+
+#[tokio::test]
+async fn a_create_call_that_fails_part_way_leaves_no_job_queued_without_its_entry() {
+    let redis = RedisServer::start();
+    let (connection, _) = jobgate_store::open(&redis.url()).expect("open");
+    let store = jobgate_store::JobStore::new(connection, jobgate_store::StoreSettings::default());
+    let ids: Vec<jobgate_proto::JobId> = (0..3).map(|_| jobgate_proto::JobId::new()).collect();
+    // The second job's history key holds a string: its XADD fails inside
+    // the one create_many call of the three, after the first was created.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("SET")
+        .arg(format!("jobgate:events:{{{}}}", ids[1]))
+        .arg("in the way")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let jobs: Vec<_> = ids.iter().copied().map(new_job).collect();
+    let outcomes = store.submit_many(&jobs, None).await;
+    assert!(outcomes.iter().all(Result::is_err), "{outcomes:?}");
+    let status = |id: jobgate_proto::JobId| {
+        let mut conn = conn.clone();
+        async move {
+            let status: Option<String> = redis::cmd("HGET")
+                .arg(format!("jobgate:job:{{{id}}}"))
+                .arg("status")
+                .query_async(&mut conn)
+                .await
+                .expect("hget");
+            status
+        }
+    };
+    assert_eq!(status(ids[0]).await.as_deref(), Some("failed"), "repaired");
+    assert_eq!(status(ids[2]).await, None, "never created");
+    let entries: u64 = redis::cmd("XLEN")
+        .arg("jobgate:queue:{default}:normal")
+        .query_async(&mut conn)
+        .await
+        .expect("xlen");
+    assert_eq!(entries, 0);
+}

@@ -164,7 +164,19 @@ impl JobStore {
         }
         let reply: Value = match invocation.invoke_async(conn).await {
             Ok(reply) => reply,
-            Err(error) => return vec![Err(error.into()); group.len()],
+            Err(error) => {
+                let error = StoreError::from(error);
+                if matches!(error, StoreError::Redis(_)) {
+                    // The script failed part-way (not refused at its start,
+                    // as at maxmemory, nor lost with the connection): the
+                    // jobs it created before failing must not stay queued
+                    // without an entry. A job it never created is left alone.
+                    for &place in group {
+                        self.repair_unenqueued(&jobs[place], unix_ms()).await;
+                    }
+                }
+                return vec![Err(error); group.len()];
+            }
         };
         let replies = match (status_word(&reply), reply) {
             (Ok(word), Value::Array(items)) if word == "ok" && items.len() == group.len() + 1 => {
