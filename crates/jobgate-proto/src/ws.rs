@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::batch::SubmitBatchFrame;
 use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, SubmitRequest};
 
 /// The WebSocket subprotocol (`Sec-WebSocket-Protocol`) of sessions that
@@ -19,6 +20,9 @@ pub const SUBPROTOCOL: &str = "jobgate.v1";
 pub enum ClientMessage {
     /// Submit a job; the session is subscribed to it.
     Submit(SubmitFrame),
+    /// Submit many jobs; each is answered (and watched) as a `submit` would
+    /// be, its answer carrying its `index` in `jobs`.
+    SubmitBatch(SubmitBatchFrame),
     /// Watch a job: its history after `after` (default: all of it), then
     /// live. The frame's `after` and `after_epoch` (default 1).
     Subscribe {
@@ -144,6 +148,18 @@ impl ClientMessage {
                     .map_err(|e| fail(ErrorCode::InvalidRequest, format!("job.{e}")))?;
                 Self::Submit(frame)
             }
+            // Each item is read on its own when it is submitted, so one bad
+            // item refuses only itself.
+            "submit_batch" => {
+                let frame: SubmitBatchFrame = serde_json::from_str(text).map_err(invalid)?;
+                if frame.jobs.is_empty() {
+                    return Err(fail(
+                        ErrorCode::InvalidRequest,
+                        "jobs must hold at least one job".into(),
+                    ));
+                }
+                Self::SubmitBatch(frame)
+            }
             "subscribe" | "unsubscribe" | "cancel" => {
                 let frame: JobFrame = serde_json::from_str(text).map_err(invalid)?;
                 let position_field = frame
@@ -212,8 +228,8 @@ impl ClientMessage {
                 return Err(fail(
                     ErrorCode::InvalidMessage,
                     format!(
-                        "unknown message type {other:?}; expected submit, subscribe, \
-                         unsubscribe, cancel, auth or ping"
+                        "unknown message type {other:?}; expected submit, submit_batch, \
+                         subscribe, unsubscribe, cancel, auth or ping"
                     ),
                 ));
             }
@@ -245,12 +261,19 @@ pub struct SessionLimits {
 pub enum ServerMessage {
     Accepted {
         request_id: String,
+        /// The job's place in a `submit_batch`'s `jobs`; absent for a `submit`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        index: Option<usize>,
         job_id: JobId,
         trace_id: String,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         request_id: Option<String>,
+        /// The job's place in a `submit_batch`'s `jobs`, when the error is
+        /// that job's alone.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        index: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         job_id: Option<String>,
         code: ErrorCode,
@@ -305,6 +328,7 @@ impl ServerMessage {
     ) -> Self {
         Self::Error {
             request_id,
+            index: None,
             job_id,
             code,
             message: message.into(),
@@ -334,6 +358,7 @@ mod tests {
             r#"{"type":"auth","token":"t"}"#,
             r#"{"type":"auth","token":"t","request_id":"a1"}"#,
             r#"{"type":"ping"}"#,
+            r#"{"type":"submit_batch","request_id":"b1","jobs":[{"job":{"kind":"echo","params":{}}},7]}"#,
         ] {
             assert!(ClientMessage::parse(text).is_ok(), "{text}");
         }
