@@ -1,18 +1,19 @@
 //! WebSocket session frames (`GET /v1/ws`): JSON text frames with a `type`.
 //!
 //! A client that offers the subprotocol [`SUBPROTOCOL`] gets
-//! [`ServerMessage::Hello`] as the session's first frame and
-//! [`ServerMessage::AuthOk`] after each accepted `auth`; a client that offers
-//! none gets neither (the frames of the protocol before them).
+//! [`ServerMessage::Hello`] as the session's first frame,
+//! [`ServerMessage::AuthOk`] after each accepted `auth` and
+//! [`ServerMessage::Subscribed`] in answer to each `subscribe`; a client that
+//! offers none gets none of them (the frames of the protocol before them).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::batch::SubmitBatchFrame;
-use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, SubmitRequest};
+use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, JobStatus, SubmitRequest};
 
 /// The WebSocket subprotocol (`Sec-WebSocket-Protocol`) of sessions that
-/// get `hello` and `auth_ok`.
+/// get `hello`, `auth_ok` and `subscribed`.
 pub const SUBPROTOCOL: &str = "jobgate.v1";
 
 /// A frame from the client.
@@ -309,6 +310,16 @@ pub enum ServerMessage {
         /// Until the new token expires; `null` when it does not.
         token_expires_in_ms: Option<u64>,
     },
+    /// The answer to a `subscribe` on a [`SUBPROTOCOL`] session, before the
+    /// events it replays: the job's status and its last event's position
+    /// when the watch started. A terminal `status` at or before the
+    /// subscribe's `after` means nothing more comes for it.
+    Subscribed {
+        job_id: JobId,
+        status: JobStatus,
+        epoch: u64,
+        seq: u64,
+    },
     /// The events after `after` were cut from the history; `snapshot` is the
     /// job now and the events from `first_seq` on follow.
     HistoryTruncated {
@@ -452,6 +463,20 @@ mod tests {
         assert_eq!(
             auth_ok.to_json(),
             r#"{"type":"auth_ok","token_expires_in_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn subscribed_spells_every_field() {
+        let subscribed = ServerMessage::Subscribed {
+            job_id: "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b".parse().expect("id"),
+            status: JobStatus::Completed,
+            epoch: 1,
+            seq: 4,
+        };
+        assert_eq!(
+            subscribed.to_json(),
+            r#"{"type":"subscribed","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b","status":"completed","epoch":1,"seq":4}"#
         );
     }
 

@@ -10,9 +10,11 @@
 //! session's read.
 //!
 //! A session that negotiated the subprotocol `jobgate.v1` opens with a
-//! `hello` (ping interval, token expiry, limits) and answers each accepted
-//! `auth` with `auth_ok`; other sessions get neither, so clients written
-//! before them see the same frames as ever.
+//! `hello` (ping interval, token expiry, limits), answers each accepted
+//! `auth` with `auth_ok` and each `subscribe` with `subscribed` (the job's
+//! status and last position, so that a client knows when a finished job has
+//! nothing more to send); other sessions get none of them, so clients
+//! written before them see the same frames as ever.
 //!
 //! Submissions run concurrently: the session reads the next message and
 //! pushes events while earlier submissions wait for Redis. Their answers may
@@ -63,7 +65,8 @@ pub(super) struct Session {
     /// The events of each job whose `accepted` is not sent yet, held back
     /// so that a client never gets an event of a job id it was not told.
     held: HashMap<JobId, Vec<FeedEvent>>,
-    /// The client negotiated `jobgate.v1`: it gets `hello` and `auth_ok`.
+    /// The client negotiated `jobgate.v1`: it gets `hello`, `auth_ok` and
+    /// `subscribed`.
     greets: bool,
 }
 
@@ -230,7 +233,9 @@ impl Session {
         match message {
             ClientMessage::Submit(frame) => self.submit(frame),
             ClientMessage::SubmitBatch(frame) => self.submit_batch(frame),
-            ClientMessage::Subscribe { job_id, after } => self.subscribe(job_id, after).await,
+            ClientMessage::Subscribe { job_id, after } => {
+                self.subscribe(job_id, after, self.greets).await
+            }
             ClientMessage::Unsubscribe { job_id } => self.unsubscribe(job_id),
             ClientMessage::Cancel { job_id, request_id } => self.cancel(job_id, request_id).await,
             ClientMessage::Auth { token, request_id } => self.refresh(&token, request_id),
@@ -421,12 +426,22 @@ impl Session {
         if accepted.replayed {
             // The job exists from an earlier submit: follow it from the start.
             self.feed.unwatch(&job_id);
-            return self.subscribe(accepted.job_id, EventPosition::START).await;
+            return self
+                .subscribe(accepted.job_id, EventPosition::START, false)
+                .await;
         }
         held.into_iter().try_for_each(|event| self.deliver(event))
     }
 
-    async fn subscribe(&mut self, id: JobId, after: EventPosition) -> Result<(), End> {
+    /// Watches a job from after `after`. With `answer` (a client's
+    /// `subscribe` on a `jobgate.v1` session) the watch is answered with
+    /// `subscribed` before anything it replays.
+    async fn subscribe(
+        &mut self,
+        id: JobId,
+        after: EventPosition,
+        answer: bool,
+    ) -> Result<(), End> {
         let job_id = id.to_string();
         let job_id = Some(job_id.as_str());
         if !self.feed.is_watching(&id)
@@ -449,6 +464,14 @@ impl Session {
                 return self.error(None, job_id, error);
             }
         };
+        if answer {
+            self.reply(&ServerMessage::Subscribed {
+                job_id: id,
+                status: record.snapshot.status,
+                epoch: record.snapshot.epoch,
+                seq: record.snapshot.seq,
+            })?;
+        }
         if let Some(first_seq) = start.truncated_from {
             let snapshot = serde_json::value::to_raw_value(&record.snapshot)
                 .map_err(|_| End::Close(CLOSE_INTERNAL_ERROR, "internal error"))?;
@@ -460,6 +483,7 @@ impl Session {
             })?;
         }
         if record.snapshot.status.is_terminal() && record.position() <= after {
+            // Nothing follows (`subscribed` told a jobgate.v1 client so).
             self.feed.unwatch(&id);
         }
         Ok(())
