@@ -4,7 +4,7 @@ WebSocket relay that injects the scenario's faults. The app's deliveries
 must equal the fake run's (run.py compares them).
 
 One redis-server (a free port), one gateway (JOBGATE_BIN, default
-target/debug/jobgate; JWT auth, no leeway; restarted with a scenario's
+target/debug/jobgate; JWT auth, JOBGATE_JWT_LEEWAY_S=0; restarted with a scenario's
 `gateway_env` when it has one) and one `steps_worker.py` serve every
 scenario. Every frame the gateway sends through the relay is validated
 against ws_server_message.json.
@@ -52,6 +52,9 @@ OWNER = "conformance"
 #: cut off in turn.
 SMALL_RECEIVE_BUFFER = 4096
 SMALL_SEGMENT = 600
+#: A stall `until: job_done` lasts this long after the job ended.
+STALL_AFTER_DONE_S = 0.3
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 def free_port() -> int:
@@ -99,8 +102,14 @@ class Relay:
         self.problems: list[str] = []
         self.silenced = False
         self.stall: asyncio.Event | None = None
+        self._stall_task: asyncio.Task[None] | None = None
         self.swallow_auth = False
-        self.rules: list[dict[str, Any]] = []  # duplicate / swap / swallow, each used once
+        #: Faults applied to the next server frame that matches, each once, on
+        #: the connection that was current when the rule was set (the first
+        #: one when none was yet): a rule a connection never used does not
+        #: leak into the next.
+        self.rules: list[tuple[int, dict[str, Any]]] = []
+        self.connections = 0
         self.current: tuple[ServerConnection, ClientConnection] | None = None
 
     async def start(self) -> None:
@@ -166,11 +175,13 @@ class Relay:
     async def _handle(self, client: ServerConnection) -> None:
         upstream = self._upstreams.pop(id(client))
         self.current = (client, upstream)
+        self.connections += 1
+        connection = self.connections
         # silence and stall are faults of the connection they were set on.
         self.silenced = False
         self.stall = None
         pumps = [asyncio.create_task(self._client_to_server(client, upstream)),
-                 asyncio.create_task(self._server_to_client(client, upstream))]
+                 asyncio.create_task(self._server_to_client(client, upstream, connection))]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for pump in pumps:
             pump.cancel()
@@ -193,7 +204,7 @@ class Relay:
             self.client_closes += 1
             await self._notify()
 
-    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection) -> None:
+    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection, connection: int) -> None:
         held: str | None = None
         try:
             while True:
@@ -206,12 +217,21 @@ class Relay:
                 await self._notify()
                 if self.silenced:
                     continue
-                rule = self._rule_for(frame)
+                rule = self._rule_for(frame, connection)
                 action = rule["relay"] if rule else None
                 if action == "stall":
-                    self.start_stall(int(rule.get("ms", 2500)))
+                    until_done = frame.get("job_id") if rule.get("until") == "job_done" else None
+                    self.start_stall(int(rule.get("ms", 2500)), until_done)
                     await self._stalled(upstream, self.stall)
                     break
+                if action == "drop":
+                    # `refuse`: the connections that follow are refused too.
+                    self.refuse_remaining = int(rule.get("refuse", self.refuse_remaining))
+                    self.drop()
+                    return
+                if action == "silence":
+                    self.silenced = True
+                    continue
                 if action == "swallow":
                     if rule.get("then") == "drop":
                         client.transport.abort()
@@ -242,12 +262,14 @@ class Relay:
             self.problems.append(f"{json.dumps(frame)[:160]}: {problem}")
         return frame
 
-    def start_stall(self, ms: int) -> None:
-        """Stops reading the gateway's socket of the current connection for
-        `ms` (from now, or from the frame a `match` names, which is dropped): the kernel buffers fill, the gateway's writes block and its
-        outbox overflows (4008). Then the relay reads on, drops everything
-        the gateway had queued (a client that stopped reading loses it) and
-        forwards only the close."""
+    def start_stall(self, ms: int, until_done: str | None = None) -> None:
+        """Stops reading the gateway's socket of the current connection (from
+        now, or from the frame a `match` names, which is dropped): the kernel
+        buffers fill, the gateway's writes block and its outbox overflows
+        (4008). The stall lasts `ms`, or with `until_done` until that job
+        ended (every event it will have was sent by then; at most `ms`). Then
+        the relay reads on, drops everything the gateway had queued (a client
+        that stopped reading loses it) and forwards only the close."""
         if self.current is None:
             raise ScenarioFailed("no connection to stall")
         _, upstream = self.current
@@ -255,11 +277,22 @@ class Relay:
         resumed = asyncio.Event()
         self.stall = resumed
 
-        def resume() -> None:
+        async def resume() -> None:
+            deadline = time.monotonic() + ms / 1000
+            if until_done is None:
+                await asyncio.sleep(ms / 1000)
+            else:
+                while time.monotonic() < deadline:
+                    status = await asyncio.to_thread(self.stack.job_status, until_done)
+                    if status in TERMINAL_STATUSES:
+                        # The gateway's feed gets the last events a moment later.
+                        await asyncio.sleep(STALL_AFTER_DONE_S)
+                        break
+                    await asyncio.sleep(0.05)
             resumed.set()
             upstream.transport.resume_reading()
 
-        asyncio.get_running_loop().call_later(ms / 1000, resume)
+        self._stall_task = asyncio.create_task(resume())
 
     async def _stalled(self, upstream: ClientConnection, resumed: asyncio.Event) -> None:
         # A frame already taken from the socket is dropped too. Taking it may
@@ -271,10 +304,16 @@ class Relay:
         async for message in upstream:
             self._check(message)
 
-    def _rule_for(self, frame: dict[str, Any]) -> dict[str, Any] | None:
-        for rule in self.rules:
+    def add_rule(self, step: dict[str, Any]) -> None:
+        self.rules.append((max(self.connections, 1), step))
+
+    def _rule_for(self, frame: dict[str, Any], connection: int) -> dict[str, Any] | None:
+        for entry in self.rules:
+            applies_to, rule = entry
+            if applies_to != connection:
+                continue
             if Bindings().matches(rule["match"], frame):
-                self.rules.remove(rule)
+                self.rules.remove(entry)
                 return rule
         return None
 
@@ -456,9 +495,11 @@ class RealPlayer(Player):
         relay, timeout_s = self.relay, self.timeout(step)
         if "relay" in step:
             action = step["relay"]
-            if action == "drop":
+            if "match" in step and action in ("drop", "silence", "stall", "duplicate", "swap", "swallow"):
+                relay.add_rule(step)
+            elif action == "drop":
                 relay.drop()
-            elif action == "stall" and "match" not in step:
+            elif action == "stall":
                 relay.start_stall(int(step.get("ms", 2500)))
             elif action == "silence":
                 relay.silenced = True
@@ -466,8 +507,6 @@ class RealPlayer(Player):
                 relay.swallow_auth = True
             elif action == "refuse":
                 relay.refuse_remaining = int(step["count"])
-            elif action in ("duplicate", "swap", "swallow", "stall"):
-                relay.rules.append(step)
             else:
                 raise ScenarioFailed(f"unknown relay action {action}")
         elif "gateway" in step:
