@@ -84,10 +84,12 @@ class Relay:
         self._server: Server | None = None
         self._upstreams: dict[int, ClientConnection] = {}
         self.changed = asyncio.Condition()
+        self.driver: Driver | None = None
         self.reset([], 0)
 
     def reset(self, faults: list[str], refuse_first: int, small_window: int = 0) -> None:
         self.no_subprotocol = "no_subprotocol" in faults
+        self.swallow_auth = "swallow_auth" in faults
         self.small_window_remaining = small_window
         self.refuse_remaining = refuse_first
         self.refused = 0
@@ -103,7 +105,6 @@ class Relay:
         self.silenced = False
         self.stall: asyncio.Event | None = None
         self._stall_task: asyncio.Task[None] | None = None
-        self.swallow_auth = False
         #: Faults applied to the next server frame that matches, each once, on
         #: the connection that was current when the rule was set (the first
         #: one when none was yet): a rule a connection never used does not
@@ -251,6 +252,9 @@ class Relay:
         code = upstream.close_code
         if code is not None and upstream.protocol.close_rcvd is not None:
             self.server_closes.append(code)
+            if self.driver is not None:
+                # What the client does about this close comes after this mark.
+                self.driver.mark(f"close:{code}")
             await self._notify()
             with contextlib.suppress(ConnectionClosed):
                 await client.close(code, upstream.close_reason or "")
@@ -458,6 +462,7 @@ class RealStack:
         self.relay.reset(real.get("relay_faults", []), real.get("relay_refuse_first", 0),
                          real.get("relay_small_window", 0))
         driver = await Driver.spawn(client)
+        self.relay.driver = driver
         player = RealPlayer(scenario, driver, self)
         error: str | None = None
         try:
