@@ -170,6 +170,8 @@ var Readers = class {
 
 // src/types.ts
 var TERMINAL_EVENTS = /* @__PURE__ */ new Set(["completed", "failed", "cancelled"]);
+var JOB_STATUSES = /* @__PURE__ */ new Set(["queued", "running", "completed", "failed", "cancelled"]);
+var TERMINAL_STATUSES = /* @__PURE__ */ new Set(["completed", "failed", "cancelled"]);
 var SUBPROTOCOL = "jobgate.v1";
 function isObject(value) {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -221,6 +223,8 @@ function parseServerFrame(value) {
       return { type: "pong" };
     case "history_truncated":
       return isHistoryTruncated(value) ? value : null;
+    case "subscribed":
+      return isString(value.job_id) && isString(value.status) && JOB_STATUSES.has(value.status) && isCount(value.epoch, 1) && isCount(value.seq, 0) ? value : null;
     default:
       return null;
   }
@@ -637,6 +641,9 @@ var Engine = class {
       case "history_truncated":
         this.truncated(frame);
         break;
+      case "subscribed":
+        this.subscribedAt(frame);
+        break;
       case "error":
         this.error(frame);
         break;
@@ -689,6 +696,33 @@ var Engine = class {
       }
       if (reader.order.heldCount > MAX_HELD_EVENTS) {
         this.resync(reader.jobId);
+      }
+    }
+    if (isTerminal(event)) {
+      this.endReadersPast(event.job_id, { epoch: event.epoch, seq: event.seq });
+    }
+  }
+  /**
+   * The gateway's answer to a subscribe (jobgate.v1 only): where the job
+   * was when its watch started. A finished job whose end the subscribe's
+   * `after` reached sends nothing more: its readers there are done.
+   */
+  subscribedAt(frame) {
+    if (!TERMINAL_STATUSES.has(frame.status)) {
+      return;
+    }
+    const last = { epoch: frame.epoch, seq: frame.seq };
+    const asked = this.subscribed.get(frame.job_id);
+    if (asked !== void 0 && comparePositions(asked, last) >= 0) {
+      this.subscribed.delete(frame.job_id);
+    }
+    this.endReadersPast(frame.job_id, last);
+  }
+  /** Ends the readers of a finished job that are at or past its last event. */
+  endReadersPast(jobId, last) {
+    for (const reader of this.readers.of(jobId)) {
+      if (comparePositions(reader.order.position, last) >= 0) {
+        this.end(reader);
       }
     }
   }
@@ -2139,6 +2173,7 @@ export {
   SUBPROTOCOL,
   SseParser,
   TERMINAL_EVENTS,
+  TERMINAL_STATUSES,
   backoffBound,
   backoffDelay,
   comparePositions,

@@ -60,6 +60,12 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub(crate) sessions: Option<usize>,
 
+    /// `--mode ws`: send up to this many jobs in one `submit_batch` frame —
+    /// a session puts every job it has been handed and not yet sent into
+    /// one frame. 1 (the default): one `submit` frame per job.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch: usize,
+
     /// SSE streams: in `--mode sse`, M long-lived `/v1/events` streams that
     /// must each see every job's `completed` (0: one stream per job); in
     /// `--mode fanout`, the SSE watchers of the job.

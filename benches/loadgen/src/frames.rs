@@ -24,6 +24,9 @@ pub(crate) struct Frame<'a> {
     pub(crate) ts: Option<u64>,
     #[serde(default, borrow)]
     pub(crate) code: Option<Cow<'a, str>>,
+    /// The job's place in a `submit_batch`.
+    #[serde(default)]
+    pub(crate) index: Option<u64>,
 }
 
 impl<'a> Frame<'a> {
@@ -45,6 +48,19 @@ pub(crate) fn submit_frame(request_id: u64, kind_json: &str, params_json: &str) 
     format!(
         r#"{{"type":"submit","request_id":"{request_id}","job":{{"kind":{kind_json},"params":{params_json}}}}}"#
     )
+}
+
+/// `{"type":"submit_batch","request_id":…,"jobs":[{"job":…}, …]}` of
+/// `count` jobs alike.
+pub(crate) fn submit_batch_frame(
+    request_id: u64,
+    count: usize,
+    kind_json: &str,
+    params_json: &str,
+) -> String {
+    let job = format!(r#"{{"job":{{"kind":{kind_json},"params":{params_json}}}}}"#);
+    let jobs = vec![job; count].join(",");
+    format!(r#"{{"type":"submit_batch","request_id":"{request_id}","jobs":[{jobs}]}}"#)
 }
 
 /// The body of `POST /v1/jobs`.
@@ -71,6 +87,14 @@ mod tests {
         assert_eq!(frame.kind, "event");
         assert_eq!(frame.terminal(), Some("completed"));
         assert_eq!((frame.seq, frame.ts), (Some(4), Some(17)));
+    }
+
+    #[test]
+    fn builds_a_batch_that_parses() {
+        let text = submit_batch_frame(3, 2, r#""echo""#, r#"{"a":1}"#);
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(value["jobs"][1]["job"]["params"]["a"], 1);
+        assert_eq!(value["jobs"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

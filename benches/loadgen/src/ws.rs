@@ -1,5 +1,6 @@
 //! `--mode ws`: jobs submitted over WebSocket sessions
-//! (`{"type":"submit",…}`), measured from just before the frame is sent to
+//! (`{"type":"submit",…}`, or with `--batch N` up to N at once in a
+//! `submit_batch` frame), measured from just before the frame is sent to
 //! the pushed `completed` event of the job.
 
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ struct JobSpec {
     params_json: String,
     timeout: Duration,
     fixed_rate: bool,
+    /// Most jobs per `submit_batch` frame; 1: `submit` frames.
+    batch: usize,
 }
 
 pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> {
@@ -115,6 +118,7 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
         params_json: cli.params_json(),
         timeout: cli.job_timeout(),
         fixed_rate: cli.rate.is_some(),
+        batch: cli.batch.max(1),
     });
     let watch = Watch::start(cli.gateway_pid, cli.redis_pid, &cli.worker_pids);
     let mut senders = Vec::with_capacity(session_count);
@@ -179,9 +183,29 @@ async fn session(
                     accepting = false;
                     continue;
                 };
-                let frame = frames::submit_frame(submission.index, &spec.kind_json, &spec.params_json);
-                let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
-                book.sending(submission, sent);
+                let frame = if spec.batch > 1 {
+                    let mut batch = vec![submission];
+                    while batch.len() < spec.batch {
+                        match submissions.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let request_id = batch[0].index;
+                    let frame = frames::submit_batch_frame(request_id, batch.len(), &spec.kind_json, &spec.params_json);
+                    let now = Instant::now();
+                    for (place, submission) in batch.into_iter().enumerate() {
+                        book.in_batch.insert((request_id, place as u64), submission.index);
+                        let sent = if spec.fixed_rate { submission.due } else { now };
+                        book.sending(submission, sent);
+                    }
+                    frame
+                } else {
+                    let frame = frames::submit_frame(submission.index, &spec.kind_json, &spec.params_json);
+                    let sent = if spec.fixed_rate { submission.due } else { Instant::now() };
+                    book.sending(submission, sent);
+                    frame
+                };
                 if let Err(error) = sink.send(Message::text(frame)).await {
                     book.recorder.error(format!("send: {error}"));
                     break;
@@ -230,6 +254,8 @@ struct Book {
     /// Terminal events that overtook their `accepted` (not expected, but
     /// nothing in the protocol forbids it).
     early: HashMap<String, (Instant, bool)>,
+    /// `(batch request id, index)` → the submission's own index.
+    in_batch: HashMap<(u64, u64), u64>,
 }
 
 impl Book {
@@ -257,10 +283,7 @@ impl Book {
             "accepted" => self.accepted(&frame, now),
             "event" => self.event(&frame, now),
             "error" => {
-                let request = frame
-                    .request_id
-                    .as_deref()
-                    .and_then(|r| r.parse::<u64>().ok());
+                let request = self.request_of(&frame);
                 let code = frame.code.as_deref().unwrap_or("?");
                 match request.and_then(|r| self.pending.remove(&r)) {
                     Some(job) if !job.measured => {}
@@ -271,12 +294,18 @@ impl Book {
         }
     }
 
+    /// The submission an `accepted` or `error` answers: its request id, or
+    /// for one job of a batch, the job the `(request id, index)` names.
+    fn request_of(&mut self, frame: &Frame<'_>) -> Option<u64> {
+        let request = frame.request_id.as_deref()?.parse::<u64>().ok()?;
+        match frame.index {
+            Some(index) => self.in_batch.remove(&(request, index)),
+            None => Some(request),
+        }
+    }
+
     fn accepted(&mut self, frame: &Frame<'_>, now: Instant) {
-        let (Some(request), Some(job)) = (frame.request_id.as_deref(), frame.job_id.as_deref())
-        else {
-            return;
-        };
-        let Ok(request) = request.parse::<u64>() else {
+        let (Some(request), Some(job)) = (self.request_of(frame), frame.job_id.as_deref()) else {
             return;
         };
         if let Some(job) = self.pending.get(&request).filter(|job| job.measured) {

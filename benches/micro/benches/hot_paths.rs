@@ -1,8 +1,8 @@
 //! criterion micro-benchmarks of the gateway's per-event and per-submit
 //! work, through the crates' public APIs:
 //!
-//! - `event_header`: [`EventHeader::parse`], run once per live event per
-//!   watching connection (the feed reads every event it receives);
+//! - `event_header`: [`EventHeader::parse`], run once per live event (the
+//!   hub's message shares the header among every watcher);
 //! - `job_id_parse`: the job id of each such event, parsed the same way;
 //! - `client_message`: [`ClientMessage::parse`] of WebSocket frames;
 //! - `server_message`: the `accepted` reply of each WebSocket submit;
@@ -10,8 +10,8 @@
 //! - `job_record`: a job hash (`HGETALL`) read into its snapshot, and the
 //!   snapshot's JSON (`GET /v1/jobs/{id}`, `GET /status/{id}`);
 //! - `hub_fanout`: one event published to Redis and received by N
-//!   subscriptions of the [`EventHub`] — the whole fan-out path, Redis
-//!   included. It needs `redis-server` on PATH (skipped without one).
+//!   subscriptions of the [`EventHub`], each reading its header as a feed
+//!   does — the whole fan-out path, Redis included. It needs `redis-server` on PATH (skipped without one).
 //!
 //! Run with `cargo bench -p jobgate-micro`.
 
@@ -83,6 +83,7 @@ fn client_message(c: &mut Criterion) {
 
 fn server_message(c: &mut Criterion) {
     let accepted = ServerMessage::Accepted {
+        index: None,
         request_id: "r-1842".into(),
         job_id: JOB_ID.parse().expect("valid"),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
@@ -223,8 +224,8 @@ fn hub_fanout(c: &mut Criterion) {
                         for subscription in &mut subscriptions {
                             loop {
                                 match subscription.recv().await {
-                                    Some(HubMessage::Event(json)) => {
-                                        black_box(json);
+                                    Some(HubMessage::Event(published)) => {
+                                        black_box(published.event_header());
                                         break;
                                     }
                                     Some(HubMessage::Resync) => continue,

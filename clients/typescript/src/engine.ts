@@ -21,7 +21,9 @@ import {
   parseServerFrame,
   type ServerFrame,
   type Submitted,
+  type SubscribedFrame,
   SUBPROTOCOL,
+  TERMINAL_STATUSES,
   type WatchItem,
 } from "./types.js";
 
@@ -542,6 +544,9 @@ export class Engine {
       case "history_truncated":
         this.truncated(frame);
         break;
+      case "subscribed":
+        this.subscribedAt(frame);
+        break;
       case "error":
         this.error(frame);
         break;
@@ -602,6 +607,37 @@ export class Engine {
       }
       if (reader.order.heldCount > MAX_HELD_EVENTS) {
         this.resync(reader.jobId);
+      }
+    }
+    if (isTerminal(event)) {
+      // Readers that asked for what comes after the end have had it all.
+      this.endReadersPast(event.job_id, { epoch: event.epoch, seq: event.seq });
+    }
+  }
+
+  /**
+   * The gateway's answer to a subscribe (jobgate.v1 only): where the job
+   * was when its watch started. A finished job whose end the subscribe's
+   * `after` reached sends nothing more: its readers there are done.
+   */
+  private subscribedAt(frame: SubscribedFrame): void {
+    if (!TERMINAL_STATUSES.has(frame.status)) {
+      return;
+    }
+    const last: Position = { epoch: frame.epoch, seq: frame.seq };
+    const asked = this.subscribed.get(frame.job_id);
+    if (asked !== undefined && comparePositions(asked, last) >= 0) {
+      // The gateway does not watch the job: nothing to unsubscribe.
+      this.subscribed.delete(frame.job_id);
+    }
+    this.endReadersPast(frame.job_id, last);
+  }
+
+  /** Ends the readers of a finished job that are at or past its last event. */
+  private endReadersPast(jobId: string, last: Position): void {
+    for (const reader of this.readers.of(jobId)) {
+      if (comparePositions(reader.order.position, last) >= 0) {
+        this.end(reader);
       }
     }
   }

@@ -17,6 +17,10 @@ export type EventType =
 
 export const TERMINAL_EVENTS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
 
+const JOB_STATUSES: ReadonlySet<string> = new Set(["queued", "running", "completed", "failed", "cancelled"]);
+/** The statuses of a job that is over: nothing follows its last event. */
+export const TERMINAL_STATUSES: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
+
 /** common.json#/$defs/job_error */
 export interface JobErrorInfo {
   code: string;
@@ -190,6 +194,18 @@ export interface ErrorFrame {
 export interface PongFrame {
   type: "pong";
 }
+/**
+ * The answer to a `subscribe` on a jobgate.v1 session, before the events it
+ * replays: the job's status and its last event's position then. Terminal,
+ * at or before the subscribe's `after`: nothing more comes for the job.
+ */
+export interface SubscribedFrame {
+  type: "subscribed";
+  job_id: string;
+  status: JobStatus;
+  epoch: number;
+  seq: number;
+}
 export type HistoryTruncatedFrame = HistoryTruncated & { type: "history_truncated" };
 export type ServerFrame =
   | HelloFrame
@@ -198,7 +214,8 @@ export type ServerFrame =
   | JobEvent
   | ErrorFrame
   | PongFrame
-  | HistoryTruncatedFrame;
+  | HistoryTruncatedFrame
+  | SubscribedFrame;
 
 /** Client → server WebSocket frames (ws_client_message.json). */
 export type ClientFrame =
@@ -323,6 +340,14 @@ export function parseServerFrame(value: unknown): ServerFrame | null {
       return { type: "pong" };
     case "history_truncated":
       return isHistoryTruncated(value) ? (value as HistoryTruncatedFrame) : null;
+    case "subscribed":
+      return isString(value.job_id) &&
+        isString(value.status) &&
+        JOB_STATUSES.has(value.status) &&
+        isCount(value.epoch, 1) &&
+        isCount(value.seq, 0)
+        ? (value as unknown as SubscribedFrame)
+        : null;
     default:
       return null;
   }

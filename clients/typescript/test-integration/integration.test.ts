@@ -193,6 +193,40 @@ describe("against a real gateway", { timeout: 120_000 }, () => {
     }
   });
 
+  it("a watch of a finished job from its last event ends at once (the gateway's subscribed)", async () => {
+    const submitter = client();
+    const watcher = client();
+    try {
+      const { job_id } = await submitter.submit({ kind: "echo", params: { n: 1 } });
+      const all = await collect(submitter.watch(job_id));
+      assertComplete(all);
+      const last = all.at(-1)!;
+      // Another session, which has none of the job buffered: it subscribes.
+      const signal = AbortSignal.timeout(10_000);
+      const rest = await collect(watcher.watch(job_id, { after: last.seq, afterEpoch: last.epoch, signal }));
+      assert.deepEqual(rest, []);
+      const tail = await collect(watcher.watch(job_id, { after: last.seq - 1, signal }));
+      assert.deepEqual(
+        tail.map((item) => [item.seq, item.event]),
+        [[last.seq, "completed"]],
+      );
+    } finally {
+      submitter.close();
+      watcher.close();
+    }
+  });
+
+  it("kinds() keeps the worker's order of a schema's properties", async () => {
+    const jobgate = client();
+    try {
+      const pricing = (await jobgate.kinds()).find((kind) => kind.kind === "mc_option_price")!;
+      const properties = Object.keys((pricing.params_schema as { properties: Record<string, unknown> }).properties);
+      assert.deepEqual(properties.slice(0, 5), ["spot", "strike", "rate", "volatility", "maturity"]);
+    } finally {
+      jobgate.close();
+    }
+  });
+
   it("transport sse: submit over HTTP, watch over SSE; events() sees the caller's new job", async () => {
     const jobgate = client({ transport: "sse" });
     const feed = new AbortController();

@@ -600,3 +600,88 @@ describe("errors with a field", () => {
     });
   });
 });
+
+describe("finished jobs", () => {
+  const subscribed = (status: string, seq: number, epoch = 1, jobId = JOB) => ({
+    type: "subscribed",
+    job_id: jobId,
+    status,
+    epoch,
+    seq,
+  });
+
+  it("a watch of a finished job from its last event ends at the gateway's subscribed", () => {
+    const bench = new Bench();
+    bench.connect();
+    const watched = bench.run(bench.engine.watch(1, JOB, { epoch: 1, seq: 5 }));
+    assert.deepEqual(sent(watched), [{ type: "subscribe", job_id: JOB, after: 5 }]);
+    const out = bench.frame(subscribed("completed", 5));
+    assert.deepEqual(ofType(out, "watch_end"), [{ type: "watch_end", watch: 1, job_id: JOB }]);
+    assert.deepEqual(delivered(out), []);
+    // The gateway does not watch the job: no unsubscribe, and nothing to
+    // resume after a reconnect.
+    assert.deepEqual(sent(bench.run(bench.engine.unwatch(1))), []);
+    bench.randoms = [0];
+    bench.closed(1006);
+    bench.advance(0);
+    assert.deepEqual(sent(bench.opened()), []);
+  });
+
+  it("a watch past the end, or in an earlier epoch than the end, ends too", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.watch(1, JOB, { epoch: 1, seq: 9 }));
+    bench.run(bench.engine.watch(2, JOB2, { epoch: 2, seq: 3 }));
+    const out = [subscribed("failed", 5), subscribed("cancelled", 3, 2, JOB2)].flatMap((frame) => bench.frame(frame));
+    assert.deepEqual(
+      ofType(out, "watch_end").map((end) => end.watch),
+      [1, 2],
+    );
+  });
+
+  it("a finished job watched from before its end gets the rest and ends at the terminal event", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.watch(1, JOB, { epoch: 1, seq: 2 }));
+    const out = [subscribed("completed", 4), event(3), event(4, "completed")].flatMap((frame) => bench.frame(frame));
+    assert.deepEqual(seqs(out, 1), [3, 4]);
+    assert.equal(ofType(out, "watch_end").length, 1);
+  });
+
+  it("a job still going is followed as before", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.watch(1, JOB, { epoch: 1, seq: 2 }));
+    const out = [subscribed("running", 2), event(3)].flatMap((frame) => bench.frame(frame));
+    assert.deepEqual(seqs(out, 1), [3]);
+    assert.equal(ofType(out, "watch_end").length, 0);
+  });
+
+  it("a second watch past the end ends when the first one's replay reaches the terminal event", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.watch(1, JOB));
+    bench.frame(subscribed("completed", 2));
+    // The session already streams the job: no subscribe of its own.
+    assert.deepEqual(sent(bench.run(bench.engine.watch(2, JOB, { epoch: 1, seq: 2 }))), []);
+    const out = [event(1, "queued"), event(2, "completed")].flatMap((frame) => bench.frame(frame));
+    assert.deepEqual(seqs(out, 1), [1, 2]);
+    assert.deepEqual(seqs(out, 2), []);
+    assert.deepEqual(
+      ofType(out, "watch_end").map((end) => end.watch),
+      [1, 2],
+    );
+  });
+
+  it("a submitted job's buffer that the gateway reports finished ends the watch that adopts it", () => {
+    const bench = new Bench();
+    bench.connect();
+    bench.run(bench.engine.submit("r1", { kind: "echo", params: {} }, { idempotencyKey: "k" }));
+    bench.frame({ type: "accepted", request_id: "r1", job_id: JOB, trace_id: TRACE });
+    bench.frame(event(1, "queued"));
+    bench.frame(event(2, "cancelled"));
+    const watched = bench.run(bench.engine.watch(1, JOB, { epoch: 1, seq: 2 }));
+    assert.deepEqual(seqs(watched, 1), []);
+    assert.equal(ofType(watched, "watch_end").length, 1);
+  });
+});

@@ -77,6 +77,12 @@ pub struct Config {
     #[arg(long, env = "JOBGATE_SUBMITS_PER_MINUTE", default_value_t = 6_000)]
     pub submits_per_minute: u64,
 
+    /// Most jobs in one `submit_batch` frame or `POST /v1/jobs/batch`
+    /// (a larger batch is refused whole with `invalid_request`). Each job
+    /// counts against `JOBGATE_SUBMITS_PER_MINUTE` on its own.
+    #[arg(long, env = "JOBGATE_MAX_BATCH_JOBS", default_value_t = jobgate_proto::batch::DEFAULT_MAX_BATCH_JOBS)]
+    pub max_batch_jobs: usize,
+
     /// WebSocket messages one session may send per second (bursts of twice
     /// as many); past it messages are answered with `rate_limited`.
     #[arg(long, env = "JOBGATE_WS_MESSAGES_PER_S", default_value_t = 500)]
@@ -224,6 +230,9 @@ impl Config {
             return fail(
                 "per-owner connection and per-session subscription limits must be at least 1",
             );
+        }
+        if self.max_batch_jobs == 0 {
+            return fail("JOBGATE_MAX_BATCH_JOBS must be at least 1");
         }
         if self.ws_messages_per_s == 0 || self.max_json_depth == 0 || self.max_params_bytes == 0 {
             return fail(

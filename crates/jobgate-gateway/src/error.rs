@@ -105,6 +105,12 @@ impl ApiError {
     }
 }
 
+impl From<ErrorBody> for ApiError {
+    fn from(body: ErrorBody) -> Self {
+        Self::new(body.code, body.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         if error.is_out_of_memory() {

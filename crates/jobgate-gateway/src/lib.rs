@@ -7,6 +7,7 @@
 //! `jobgate-store`.
 
 pub mod auth;
+mod batcher;
 mod client_logs;
 pub mod config;
 mod dashboard;
@@ -16,6 +17,7 @@ mod extract;
 mod health;
 mod job_list;
 mod jobs;
+mod jobs_batch;
 mod kinds;
 mod legacy;
 mod limits;
@@ -49,6 +51,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
         .merge(jobs::router())
+        .merge(jobs_batch::router())
         .merge(job_list::router())
         .merge(kinds::router())
         .merge(sse::router())
@@ -130,7 +133,9 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     jobgate_store::spawn_outcome_flusher(store.clone(), shutdown.clone());
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
+    let batcher = batcher::Batcher::start(store.clone(), submit::submit_rate(&config));
     Ok(AppState {
+        batcher,
         client_logs: None,
         metrics,
         owner_connections: std::sync::Arc::default(),

@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Principal, Verifier};
+use crate::batcher::Batcher;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::limits::{OwnerConnections, OwnerSlot};
@@ -28,6 +29,8 @@ pub struct AppState {
     pub client_logs: Option<jobgate_fluent::Forwarder>,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Creates submitted jobs in batches (see `batcher.rs`).
+    pub(crate) batcher: Batcher,
     /// Open long-lived connections per owner.
     pub(crate) owner_connections: Arc<OwnerConnections>,
 }

@@ -3,11 +3,14 @@
 //! params against the kind's registered schema, admission (queue length),
 //! idempotency, enqueueing.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobgate_proto::{ErrorCode, JobId, ParamsSchema, SubmitRequest};
 use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
 use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -72,6 +75,59 @@ pub(crate) async fn submit(
                 "the submission failed unexpectedly",
             ))
         })
+}
+
+/// A batch job's turn with its idempotency key: the first job of a batch
+/// that names a key holds it until its submission is done; a later job of
+/// the same batch with that key waits for it, so the earlier one creates the
+/// job and the later one answers it (or `idempotency_conflict`). A job
+/// alone, or with a key of its own, has a free turn.
+#[derive(Default)]
+pub(crate) struct Turn {
+    hold: Option<OwnedMutexGuard<()>>,
+    wait_for: Option<Arc<Mutex<()>>>,
+}
+
+/// The turns of a batch's jobs, given each job's idempotency key.
+pub(crate) fn turns<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> Vec<Turn> {
+    let mut first_of_key: HashMap<&str, Arc<Mutex<()>>> = HashMap::new();
+    keys.map(|key| {
+        let Some(key) = key else {
+            return Turn::default();
+        };
+        match first_of_key.get(key) {
+            Some(earlier) => Turn {
+                hold: None,
+                wait_for: Some(Arc::clone(earlier)),
+            },
+            None => {
+                let lock = Arc::new(Mutex::new(()));
+                let hold = Arc::clone(&lock).try_lock_owned().ok();
+                first_of_key.insert(key, lock);
+                Turn {
+                    hold,
+                    wait_for: None,
+                }
+            }
+        }
+    })
+    .collect()
+}
+
+/// [`submit`] once `turn` comes.
+pub(crate) async fn submit_in_turn(
+    state: &AppState,
+    principal: &Principal,
+    submission: Submission,
+    turn: Turn,
+) -> Result<Accepted, ApiError> {
+    let Turn { hold, wait_for } = turn;
+    if let Some(earlier) = wait_for {
+        drop(earlier.lock().await);
+    }
+    let result = submit(state, principal, submission).await;
+    drop(hold);
+    result
 }
 
 async fn run(
@@ -187,19 +243,12 @@ async fn run(
         trace,
         legacy_trace_id,
     };
-    // The owner's rate is counted with the submission itself, once the
-    // request is known to be acceptable: bad input changes nothing.
+    // The owner's rate is counted with the submission itself (by the
+    // batcher, `submit_rate`), once the request is known to be acceptable:
+    // bad input changes nothing.
     let per_minute = state.config.submits_per_minute;
-    let rate = (per_minute > 0).then_some(SubmitRate {
-        limit: per_minute,
-        window: Duration::from_secs(60),
-    });
-    let refused = match state
-        .store
-        .submit(&job, rate)
-        .instrument(producer.clone())
-        .await
-    {
+    let (kind, queue) = (job.request.kind.clone(), job.queue.clone());
+    let refused = match state.batcher.submit(job).instrument(producer.clone()).await {
         Ok(Submitted::Created) => None,
         Ok(Submitted::RateLimited { retry_after_s }) => Some(
             ApiError::new(
@@ -218,13 +267,20 @@ async fn run(
         }
         return Err(error);
     }
-    state.metrics.submitted(&job.request.kind);
-    producer
-        .in_scope(|| tracing::info!(kind = %job.request.kind, queue = %job.queue, "job submitted"));
+    state.metrics.submitted(&kind);
+    producer.in_scope(|| tracing::info!(kind = %kind, queue = %queue, "job submitted"));
     Ok(Accepted {
         job_id,
         trace_id,
         replayed: false,
+    })
+}
+
+/// The owner's rate the batcher counts each job against (`None`: no limit).
+pub(crate) fn submit_rate(config: &crate::config::Config) -> Option<SubmitRate> {
+    (config.submits_per_minute > 0).then_some(SubmitRate {
+        limit: config.submits_per_minute,
+        window: Duration::from_secs(60),
     })
 }
 
@@ -343,6 +399,19 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_later_job_with_a_key_waits_for_the_first() {
+        let turns = turns([Some("a"), None, Some("a"), Some("b")].into_iter());
+        assert!(turns[0].hold.is_some() && turns[0].wait_for.is_none());
+        assert!(turns[1].hold.is_none() && turns[1].wait_for.is_none());
+        assert!(turns[2].wait_for.is_some());
+        assert!(turns[3].hold.is_some() && turns[3].wait_for.is_none());
+        let waiting = turns[2].wait_for.clone().expect("waits");
+        assert!(waiting.try_lock().is_err(), "held by the first");
+        drop(turns);
+        assert!(waiting.try_lock().is_ok(), "free once the first is done");
+    }
 
     fn request(json: &str) -> SubmitRequest {
         serde_json::from_str(json).expect("request")

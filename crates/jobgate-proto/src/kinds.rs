@@ -9,21 +9,24 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// `GET /v1/kinds`: the registered kinds, sorted by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KindList {
     pub kinds: Vec<KindInfo>,
 }
 
 /// One registered kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KindInfo {
     pub kind: String,
     pub queue: String,
-    /// The JSON Schema its worker registered for its params; `null` for
-    /// none (the params are then not checked by the gateway).
-    pub params_schema: Option<Value>,
+    /// The JSON Schema its worker registered for its params, verbatim: the
+    /// order of its properties is the order a form shows them in (a
+    /// `Value` would sort them). `null` for none (the params are then not
+    /// checked by the gateway).
+    pub params_schema: Option<Box<RawValue>>,
 }
 
 /// A kind's params schema, compiled once.

@@ -8,6 +8,7 @@
 //! machine script writes them, and the gateway forwards their JSON verbatim.
 //! [`EventHeader`] reads just enough of one to order and de-duplicate it.
 
+pub mod batch;
 mod error;
 mod event;
 mod job;

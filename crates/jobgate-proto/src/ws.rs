@@ -1,17 +1,19 @@
 //! WebSocket session frames (`GET /v1/ws`): JSON text frames with a `type`.
 //!
 //! A client that offers the subprotocol [`SUBPROTOCOL`] gets
-//! [`ServerMessage::Hello`] as the session's first frame and
-//! [`ServerMessage::AuthOk`] after each accepted `auth`; a client that offers
-//! none gets neither (the frames of the protocol before them).
+//! [`ServerMessage::Hello`] as the session's first frame,
+//! [`ServerMessage::AuthOk`] after each accepted `auth` and
+//! [`ServerMessage::Subscribed`] in answer to each `subscribe`; a client that
+//! offers none gets none of them (the frames of the protocol before them).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, SubmitRequest};
+use crate::batch::SubmitBatchFrame;
+use crate::{ErrorCode, EventPosition, FIRST_EPOCH, JobId, JobStatus, SubmitRequest};
 
 /// The WebSocket subprotocol (`Sec-WebSocket-Protocol`) of sessions that
-/// get `hello` and `auth_ok`.
+/// get `hello`, `auth_ok` and `subscribed`.
 pub const SUBPROTOCOL: &str = "jobgate.v1";
 
 /// A frame from the client.
@@ -19,6 +21,9 @@ pub const SUBPROTOCOL: &str = "jobgate.v1";
 pub enum ClientMessage {
     /// Submit a job; the session is subscribed to it.
     Submit(SubmitFrame),
+    /// Submit many jobs; each is answered (and watched) as a `submit` would
+    /// be, its answer carrying its `index` in `jobs`.
+    SubmitBatch(SubmitBatchFrame),
     /// Watch a job: its history after `after` (default: all of it), then
     /// live. The frame's `after` and `after_epoch` (default 1).
     Subscribe {
@@ -144,6 +149,18 @@ impl ClientMessage {
                     .map_err(|e| fail(ErrorCode::InvalidRequest, format!("job.{e}")))?;
                 Self::Submit(frame)
             }
+            // Each item is read on its own when it is submitted, so one bad
+            // item refuses only itself.
+            "submit_batch" => {
+                let frame: SubmitBatchFrame = serde_json::from_str(text).map_err(invalid)?;
+                if frame.jobs.is_empty() {
+                    return Err(fail(
+                        ErrorCode::InvalidRequest,
+                        "jobs must hold at least one job".into(),
+                    ));
+                }
+                Self::SubmitBatch(frame)
+            }
             "subscribe" | "unsubscribe" | "cancel" => {
                 let frame: JobFrame = serde_json::from_str(text).map_err(invalid)?;
                 let position_field = frame
@@ -212,8 +229,8 @@ impl ClientMessage {
                 return Err(fail(
                     ErrorCode::InvalidMessage,
                     format!(
-                        "unknown message type {other:?}; expected submit, subscribe, \
-                         unsubscribe, cancel, auth or ping"
+                        "unknown message type {other:?}; expected submit, submit_batch, \
+                         subscribe, unsubscribe, cancel, auth or ping"
                     ),
                 ));
             }
@@ -245,12 +262,19 @@ pub struct SessionLimits {
 pub enum ServerMessage {
     Accepted {
         request_id: String,
+        /// The job's place in a `submit_batch`'s `jobs`; absent for a `submit`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        index: Option<usize>,
         job_id: JobId,
         trace_id: String,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         request_id: Option<String>,
+        /// The job's place in a `submit_batch`'s `jobs`, when the error is
+        /// that job's alone.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        index: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         job_id: Option<String>,
         code: ErrorCode,
@@ -286,6 +310,16 @@ pub enum ServerMessage {
         /// Until the new token expires; `null` when it does not.
         token_expires_in_ms: Option<u64>,
     },
+    /// The answer to a `subscribe` on a [`SUBPROTOCOL`] session, before the
+    /// events it replays: the job's status and its last event's position
+    /// when the watch started. A terminal `status` at or before the
+    /// subscribe's `after` means nothing more comes for it.
+    Subscribed {
+        job_id: JobId,
+        status: JobStatus,
+        epoch: u64,
+        seq: u64,
+    },
     /// The events after `after` were cut from the history; `snapshot` is the
     /// job now and the events from `first_seq` on follow.
     HistoryTruncated {
@@ -305,6 +339,7 @@ impl ServerMessage {
     ) -> Self {
         Self::Error {
             request_id,
+            index: None,
             job_id,
             code,
             message: message.into(),
@@ -334,6 +369,7 @@ mod tests {
             r#"{"type":"auth","token":"t"}"#,
             r#"{"type":"auth","token":"t","request_id":"a1"}"#,
             r#"{"type":"ping"}"#,
+            r#"{"type":"submit_batch","request_id":"b1","jobs":[{"job":{"kind":"echo","params":{}}},7]}"#,
         ] {
             assert!(ClientMessage::parse(text).is_ok(), "{text}");
         }
@@ -427,6 +463,20 @@ mod tests {
         assert_eq!(
             auth_ok.to_json(),
             r#"{"type":"auth_ok","token_expires_in_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn subscribed_spells_every_field() {
+        let subscribed = ServerMessage::Subscribed {
+            job_id: "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b".parse().expect("id"),
+            status: JobStatus::Completed,
+            epoch: 1,
+            seq: 4,
+        };
+        assert_eq!(
+            subscribed.to_json(),
+            r#"{"type":"subscribed","job_id":"0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b","status":"completed","epoch":1,"seq":4}"#
         );
     }
 

@@ -29,7 +29,7 @@ use self::owner::OwnerFollow;
 use crate::cursor::{self, FeedCursor, Live, Reread};
 use crate::keys;
 use crate::store::StoredEvent;
-use crate::{EventHub, HubMessage, JobRecord, JobStore, StoreError, Subscription};
+use crate::{EventHub, HubMessage, JobRecord, JobStore, Published, StoreError, Subscription};
 
 /// Pause before reading histories again after Redis could not be read.
 const RESYNC_PAUSE: Duration = Duration::from_millis(500);
@@ -206,8 +206,8 @@ impl Feed {
                 },
             };
             match received {
-                Received::Job(HubMessage::Event(json)) => {
-                    if let Err(error) = self.accept_live(json).await {
+                Received::Job(HubMessage::Event(published)) => {
+                    if let Err(error) = self.accept_live(&published).await {
                         self.pause_before_retry = true;
                         return Some(FeedItem::Unavailable(error));
                     }
@@ -239,8 +239,8 @@ impl Feed {
         self.cursor.resync(jobs);
     }
 
-    async fn accept_live(&mut self, json: Bytes) -> Result<(), StoreError> {
-        let Some(event) = live_event(json) else {
+    async fn accept_live(&mut self, published: &Published) -> Result<(), StoreError> {
+        let Some(event) = live_event(published) else {
             return Ok(());
         };
         match self.cursor.live(event) {
@@ -305,22 +305,18 @@ fn job_of_channel(channel: &str) -> Option<JobId> {
     (keys::job_channel(&job_id) == channel).then_some(job_id)
 }
 
-/// A live event's header read from its JSON; `None` for something that is
-/// not a jobgate event (with a warning when it is not even an event's JSON).
-fn live_event(json: Bytes) -> Option<FeedEvent> {
-    let Ok(header) = EventHeader::parse(&json) else {
-        tracing::warn!(payload = %String::from_utf8_lossy(&json), "dropping a malformed event");
-        return None;
-    };
-    let job_id = header.job_id.parse::<JobId>().ok()?;
-    let (seq, epoch, event, ts) = (header.seq, header.epoch, header.event, header.ts);
+/// A live event ready to hand out, from its header (read once per event,
+/// shared by every watcher: see `hub/published.rs`); `None` for something
+/// that is not a jobgate event.
+fn live_event(published: &Published) -> Option<FeedEvent> {
+    let header = published.event_header()?;
     Some(FeedEvent {
-        job_id,
-        seq,
-        epoch,
-        event,
-        ts,
-        json,
+        job_id: header.job_id,
+        seq: header.seq,
+        epoch: header.epoch,
+        event: header.event,
+        ts: header.ts,
+        json: published.payload().clone(),
     })
 }
 

@@ -39,13 +39,13 @@ pub use connect::{check_url, seeds};
 pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL, open};
 pub use error::StoreError;
 pub use feed::{Feed, FeedEvent, FeedItem, WatchStart};
-pub use hub::{EventHub, HubMessage, HubSettings, NodeState, Subscription};
+pub use hub::{EventHub, HubMessage, HubSettings, LiveHeader, NodeState, Published, Subscription};
 pub use mover::{MAX_SLEEP as DELAYED_MOVER_MAX_SLEEP, spawn_delayed_mover};
 pub use record::JobRecord;
 pub use store::{
     BadCursor, BandDepths, CancelOutcome, ClusterNode, DeadLetter, DeadLetterPage,
     IdempotencyClaim, JobPage, JobStore, LATENCY_BUCKETS_S, LatencyTotals, ListPosition, ListQuery,
-    NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals, QueueOverview, RedisMemory,
-    RedisStatus, RetryOutcome, Route, StoreSettings, SubmitRate, Submitted, TraceContext,
-    WorkerView, parse_cursor, spawn_outcome_flusher,
+    MAX_JOBS_PER_CREATE, NewJob, OUTCOME_EVENTS, OUTCOME_FLUSH_INTERVAL, OutcomeTotals,
+    QueueOverview, RedisMemory, RedisStatus, RetryOutcome, Route, StoreSettings, SubmitOutcome,
+    SubmitRate, Submitted, TraceContext, WorkerView, parse_cursor, spawn_outcome_flusher,
 };

@@ -290,3 +290,80 @@ async fn a_kind_without_a_usable_schema_is_not_checked() {
         json!({"type": "no-such-type"})
     );
 }
+
+/// A form lists a kind's fields in the order its worker declared them, so
+/// `GET /v1/kinds` serves each schema as registered, not re-serialized
+/// (which would sort its keys).
+#[tokio::test]
+async fn get_kinds_keeps_the_order_the_worker_gave_the_properties() {
+    let p = Pricing::start().await;
+    // As a worker writes it: properties out of alphabetical order, and
+    // spacing of its own.
+    let schema = r#"{"type": "object", "properties": {"zeta": {"type": "integer"}, "alpha": {"type": "string"}, "mid": {"enum": ["b", "a"]}}, "required": ["zeta"]}"#;
+    let registration =
+        format!(r#"{{"queue":"default","worker":"test","seen_at":0,"params_schema":{schema}}}"#);
+    let mut conn = p
+        .redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: i64 = redis::cmd("HSET")
+        .arg("jobgate:kinds:v2")
+        .arg("ordered")
+        .arg(&registration)
+        .query_async(&mut conn)
+        .await
+        .expect("register");
+
+    let text = reqwest::get(p.gateway.url("/v1/kinds"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    p.schemas.assert_valid("kinds", &body);
+    let kinds: jobgate_proto::KindList = serde_json::from_str(&text).expect("a kind list");
+    let schema_of = |name: &str| {
+        kinds
+            .kinds
+            .iter()
+            .find(|k| k.kind == name)
+            .and_then(|k| k.params_schema.as_deref())
+            .map(|raw| raw.get().to_owned())
+            .unwrap_or_else(|| panic!("{name} has no schema: {text}"))
+    };
+    assert_eq!(schema_of("ordered"), schema);
+
+    // The Python worker's own schema, in the order of its declaration.
+    let pricing = schema_of("mc_option_price");
+    let at = |field: &str| {
+        pricing
+            .find(&format!(r#""{field}":"#))
+            .unwrap_or_else(|| panic!("no property {field}: {pricing}"))
+    };
+    let fields = [
+        "spot",
+        "strike",
+        "rate",
+        "volatility",
+        "maturity",
+        "option",
+        "paths",
+        "chunks",
+        "seed",
+    ];
+    let positions: Vec<usize> = fields.iter().map(|field| at(field)).collect();
+    assert!(
+        positions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{fields:?} out of order in {pricing}"
+    );
+
+    // The schema still checks submissions.
+    let (status, error) = p
+        .post(json!({"kind": "ordered", "params": {"zeta": "x"}}))
+        .await;
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["field"], "/zeta");
+}

@@ -41,6 +41,8 @@ const EMBEDDED: &[&str] = &[
     "error_body",
     "submit_request",
     "submit_response",
+    "submit_batch_request",
+    "submit_batch_response",
     "job_snapshot",
     "job_list",
     "kinds",
@@ -514,6 +516,7 @@ async fn every_real_answer_agrees_with_the_document() {
     public_routes(&api, &mut contract).await;
     submissions(&api, &mut contract).await;
     kinds(&api, &mut contract).await;
+    batch_submissions(&api, &mut contract).await;
     idempotency(&api, &mut contract).await;
     snapshots_and_cancel(&api, &mut contract).await;
     job_listing(&api, &mut contract).await;
@@ -667,6 +670,69 @@ async fn kinds(api: &Api, contract: &mut Contract) {
         body,
         json!({"code": "invalid_params", "message": "params.n: -1 is less than the minimum of 0", "field": "/n"})
     );
+}
+
+/// `POST /v1/jobs/batch`: per-job results, and every way a whole batch is
+/// refused.
+async fn batch_submissions(api: &Api, contract: &mut Contract) {
+    let post = |body: String| {
+        api.post("/v1/jobs/batch")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let mixed = json!({"jobs": [
+        {"job": {"kind": "echo", "params": {"n": 1}}, "idempotency_key": "batch-1"},
+        {"job": {"kind": "echo", "params": 3}},
+        {"job": {"kind": "nobody-runs-this", "params": {}}},
+        {"job": {"kind": "echo", "params": {"n": 1}}, "idempotency_key": "batch-1"},
+    ]});
+    let answer = send(post(mixed.to_string())).await;
+    let body = contract.check("post", "/v1/jobs/batch", &answer);
+    assert_eq!(answer.status, 207, "{body}");
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().expect("status"))
+        .collect();
+    assert_eq!(statuses, [202, 422, 422, 202]);
+    assert_eq!(body["results"][3]["replayed"], true);
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({"job": {"kind": "echo", "params": {}}}))
+        .collect();
+    let cases = vec![
+        (post("{nope".into()), 400, Some("invalid_json")),
+        (post(r#"{"jobs":[]}"#.into()), 422, Some("invalid_request")),
+        (post(r#"{"jobs":{}}"#.into()), 422, Some("invalid_request")),
+        (
+            post(json!({"jobs": too_many}).to_string()),
+            422,
+            Some("invalid_request"),
+        ),
+        (
+            api.post("/v1/jobs/batch")
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            Some("unsupported_media_type"),
+        ),
+        (
+            post(format!(
+                r#"{{"jobs":[{{"job":{{"kind":"echo","params":{{"x":"{}"}}}}}}]}}"#,
+                "a".repeat(2 << 20)
+            )),
+            413,
+            Some("payload_too_large"),
+        ),
+        (
+            api.http
+                .post(api.gateway.url("/v1/jobs/batch"))
+                .json(&json!({"jobs": [{"job": {"kind": "echo", "params": {}}}]})),
+            401,
+            Some("unauthorized"),
+        ),
+    ];
+    expect_all(contract, "post", "/v1/jobs/batch", cases).await;
 }
 
 /// The first submit with a key, its replay, then the key for another request.

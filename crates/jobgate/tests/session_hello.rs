@@ -242,3 +242,94 @@ fn masked_text(text: &str) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// A `jobgate.v1` session answers each `subscribe` with `subscribed` (the
+/// job's status and last position) before the events it replays, so a
+/// client knows that a finished job it has read to the end sends nothing
+/// more. Other sessions get no such frame.
+#[tokio::test]
+async fn a_jobgate_v1_subscribe_is_answered_with_the_jobs_status_and_position() {
+    let mut s = EchoStack::start().await;
+    let mut submitter = WsClient::connect(&s.gateway.ws_url())
+        .await
+        .expect("connect");
+    let accepted = submitter
+        .submit("r1", json!({"kind": "echo", "params": {}}))
+        .await
+        .expect("accepted");
+    let done = accepted["job_id"].as_str().expect("job id").to_owned();
+    s.driver.start_and_progress(&done).await;
+    s.driver
+        .progress_and_complete(&done, r#"{"ok":true}"#)
+        .await;
+    let events = submitter
+        .events_until_terminal(&done, WAIT)
+        .await
+        .expect("events");
+    assert_eq!(events.last().expect("terminal")["seq"], 5);
+    let queued = submitter
+        .submit("r2", json!({"kind": "echo", "params": {}}))
+        .await
+        .expect("accepted")["job_id"]
+        .as_str()
+        .expect("job id")
+        .to_owned();
+
+    let mut ws = WsClient::connect_offering(&s.gateway.ws_url(), &["jobgate.v1"])
+        .await
+        .expect("connect");
+    assert_eq!(ws.next(WAIT).await.expect("hello")["type"], "hello");
+    let subscribed = |job_id: &str, status: &str, seq: u64| json!({"type": "subscribed", "job_id": job_id, "status": status, "epoch": 1, "seq": seq});
+
+    // A finished job subscribed after its last event: `subscribed` with
+    // its terminal status and last position, then nothing.
+    ws.send(json!({"type": "subscribe", "job_id": done, "after": 5}))
+        .await
+        .expect("subscribe");
+    let answer = ws.next(WAIT).await.expect("subscribed");
+    s.schemas.assert_valid("ws_server_message", &answer);
+    assert_eq!(answer, subscribed(&done, "completed", 5));
+    ws.send(json!({"type": "ping"})).await.expect("ping");
+    assert_eq!(ws.next(WAIT).await.expect("pong"), json!({"type": "pong"}));
+
+    // Earlier in its history: `subscribed`, then the events after `after`.
+    ws.send(json!({"type": "subscribe", "job_id": done, "after": 2}))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        ws.next(WAIT).await.expect("subscribed"),
+        subscribed(&done, "completed", 5)
+    );
+    let replayed = ws.events_until_terminal(&done, WAIT).await.expect("events");
+    let seqs: Vec<&Value> = replayed.iter().map(|e| &e["seq"]).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+
+    // A job still going: its status now, then its events.
+    ws.send(json!({"type": "subscribe", "job_id": queued}))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        ws.next(WAIT).await.expect("subscribed"),
+        subscribed(&queued, "queued", 1)
+    );
+    let first = ws.next(WAIT).await.expect("event");
+    assert_eq!(
+        (&first["type"], &first["seq"]),
+        (&json!("event"), &json!(1))
+    );
+
+    // A session without the subprotocol: no `subscribed`, as before.
+    let mut old = WsClient::connect(&s.gateway.ws_url())
+        .await
+        .expect("connect");
+    old.send(json!({"type": "subscribe", "job_id": done, "after": 5}))
+        .await
+        .expect("subscribe");
+    old.send(json!({"type": "ping"})).await.expect("ping");
+    assert_eq!(old.next(WAIT).await.expect("pong"), json!({"type": "pong"}));
+    old.send(json!({"type": "subscribe", "job_id": done, "after": 4}))
+        .await
+        .expect("subscribe");
+    let next = old.next(WAIT).await.expect("event");
+    assert_eq!((&next["type"], &next["seq"]), (&json!("event"), &json!(5)));
+}

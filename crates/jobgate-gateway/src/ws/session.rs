@@ -10,9 +10,11 @@
 //! session's read.
 //!
 //! A session that negotiated the subprotocol `jobgate.v1` opens with a
-//! `hello` (ping interval, token expiry, limits) and answers each accepted
-//! `auth` with `auth_ok`; other sessions get neither, so clients written
-//! before them see the same frames as ever.
+//! `hello` (ping interval, token expiry, limits), answers each accepted
+//! `auth` with `auth_ok` and each `subscribe` with `subscribed` (the job's
+//! status and last position, so that a client knows when a finished job has
+//! nothing more to send); other sessions get none of them, so clients
+//! written before them see the same frames as ever.
 //!
 //! Submissions run concurrently: the session reads the next message and
 //! pushes events while earlier submissions wait for Redis. Their answers may
@@ -26,6 +28,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use jobgate_proto::batch::{BatchItem, SubmitBatchFrame, check_batch_size};
 use jobgate_proto::ws::{ClientMessage, SUBPROTOCOL, ServerMessage, SessionLimits, SubmitFrame};
 use jobgate_proto::{ErrorCode, EventPosition, JobId};
 use jobgate_store::{Feed, FeedEvent, FeedItem};
@@ -36,7 +39,7 @@ use crate::jobs;
 use crate::limits::TokenBucket;
 use crate::push;
 use crate::state::AppState;
-use crate::submit::{self, Accepted, Submission};
+use crate::submit::{self, Accepted, Submission, Turn};
 use crate::telemetry::context::{record_ids, set_remote_parent};
 use tracing::Instrument;
 
@@ -62,13 +65,16 @@ pub(super) struct Session {
     /// The events of each job whose `accepted` is not sent yet, held back
     /// so that a client never gets an event of a job id it was not told.
     held: HashMap<JobId, Vec<FeedEvent>>,
-    /// The client negotiated `jobgate.v1`: it gets `hello` and `auth_ok`.
+    /// The client negotiated `jobgate.v1`: it gets `hello`, `auth_ok` and
+    /// `subscribed`.
     greets: bool,
 }
 
 /// A submission's outcome, for the session that sent it.
 struct SubmitDone {
     request_id: String,
+    /// The job's place in a `submit_batch`.
+    index: Option<usize>,
     job_id: JobId,
     result: Result<Accepted, ApiError>,
 }
@@ -226,7 +232,10 @@ impl Session {
         };
         match message {
             ClientMessage::Submit(frame) => self.submit(frame),
-            ClientMessage::Subscribe { job_id, after } => self.subscribe(job_id, after).await,
+            ClientMessage::SubmitBatch(frame) => self.submit_batch(frame),
+            ClientMessage::Subscribe { job_id, after } => {
+                self.subscribe(job_id, after, self.greets).await
+            }
             ClientMessage::Unsubscribe { job_id } => self.unsubscribe(job_id),
             ClientMessage::Cancel { job_id, request_id } => self.cancel(job_id, request_id).await,
             ClientMessage::Auth { token, request_id } => self.refresh(&token, request_id),
@@ -289,15 +298,65 @@ impl Session {
     /// concurrently, so their answers may come in another order than the
     /// messages; each job's events come after its `accepted`.
     fn submit(&mut self, frame: SubmitFrame) -> Result<(), End> {
+        let item = BatchItem {
+            job: frame.job,
+            idempotency_key: frame.idempotency_key,
+            traceparent: frame.traceparent,
+            tracestate: frame.tracestate,
+        };
+        self.submit_job(frame.request_id, None, item, Turn::default())
+    }
+
+    /// Starts every job of a `submit_batch`, each answered on its own with
+    /// its `index` (`accepted`, or an `error` that refuses that job alone).
+    /// A batch of no jobs or more than the limit is refused whole. A job
+    /// whose idempotency key an earlier job of the batch has is submitted
+    /// once that one is done, so the earlier one creates the job.
+    fn submit_batch(&mut self, frame: SubmitBatchFrame) -> Result<(), End> {
+        let SubmitBatchFrame {
+            request_id, jobs, ..
+        } = frame;
+        if let Err(error) = check_batch_size(jobs.len(), self.state.config.max_batch_jobs) {
+            return self.error(Some(request_id), None, error.into());
+        }
+        let items: Vec<_> = jobs.iter().map(|raw| BatchItem::parse(raw)).collect();
+        let turns = submit::turns(items.iter().map(|item| {
+            item.as_ref()
+                .ok()
+                .and_then(|item| item.idempotency_key.as_deref())
+        }));
+        for (index, (item, turn)) in items.into_iter().zip(turns).enumerate() {
+            match item {
+                Ok(item) => self.submit_job(request_id.clone(), Some(index), item, turn)?,
+                Err(error) => self.reply(&ServerMessage::Error {
+                    request_id: Some(request_id.clone()),
+                    index: Some(index),
+                    job_id: None,
+                    code: error.code,
+                    message: error.message,
+                    field: None,
+                })?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one job's submission (of a `submit`, or of a batch at `index`).
+    fn submit_job(
+        &mut self,
+        request_id: String,
+        index: Option<usize>,
+        item: BatchItem,
+        turn: Turn,
+    ) -> Result<(), End> {
         if let Err(error) = self.watch_limit() {
-            return self.error(Some(frame.request_id), None, error);
+            return self.error_at(request_id, index, error);
         }
         let job_id = JobId::new();
         // Watch before the job exists, so its first event cannot be missed:
         // the job is created only once Redis confirms the subscription.
         let subscribed = self.feed.expect(job_id);
         self.held.insert(job_id, Vec::new());
-        let request_id = frame.request_id;
         // The message is the request: its span continues the client's trace.
         let span = tracing::info_span!(
             "ws submit",
@@ -309,16 +368,16 @@ impl Session {
         );
         set_remote_parent(
             &span,
-            frame.traceparent.as_deref(),
-            frame.tracestate.as_deref(),
+            item.traceparent.as_deref(),
+            item.tracestate.as_deref(),
         );
         record_ids(&span);
         let submission = Submission {
             job_id,
-            request: frame.job,
-            traceparent: frame.traceparent,
-            tracestate: frame.tracestate,
-            idempotency_key: frame.idempotency_key,
+            request: item.job,
+            traceparent: item.traceparent,
+            tracestate: item.tracestate,
+            idempotency_key: item.idempotency_key,
             legacy_trace_id: None,
             check_params: true,
         };
@@ -326,7 +385,7 @@ impl Session {
         self.submits.push(Box::pin(async move {
             let result = match subscribed.await {
                 Ok(()) => {
-                    submit::submit(&state, &principal, submission)
+                    submit::submit_in_turn(&state, &principal, submission, turn)
                         .instrument(span)
                         .await
                 }
@@ -334,6 +393,7 @@ impl Session {
             };
             SubmitDone {
                 request_id,
+                index,
                 job_id,
                 result,
             }
@@ -345,6 +405,7 @@ impl Session {
     async fn submitted(&mut self, done: SubmitDone) -> Result<(), End> {
         let SubmitDone {
             request_id,
+            index,
             job_id,
             result,
         } = done;
@@ -353,23 +414,34 @@ impl Session {
             Ok(accepted) => accepted,
             Err(error) => {
                 self.feed.unwatch(&job_id);
-                return self.error(Some(request_id), None, error);
+                return self.error_at(request_id, index, error);
             }
         };
         self.reply(&ServerMessage::Accepted {
             request_id,
+            index,
             job_id: accepted.job_id,
             trace_id: accepted.trace_id,
         })?;
         if accepted.replayed {
             // The job exists from an earlier submit: follow it from the start.
             self.feed.unwatch(&job_id);
-            return self.subscribe(accepted.job_id, EventPosition::START).await;
+            return self
+                .subscribe(accepted.job_id, EventPosition::START, false)
+                .await;
         }
         held.into_iter().try_for_each(|event| self.deliver(event))
     }
 
-    async fn subscribe(&mut self, id: JobId, after: EventPosition) -> Result<(), End> {
+    /// Watches a job from after `after`. With `answer` (a client's
+    /// `subscribe` on a `jobgate.v1` session) the watch is answered with
+    /// `subscribed` before anything it replays.
+    async fn subscribe(
+        &mut self,
+        id: JobId,
+        after: EventPosition,
+        answer: bool,
+    ) -> Result<(), End> {
         let job_id = id.to_string();
         let job_id = Some(job_id.as_str());
         if !self.feed.is_watching(&id)
@@ -392,6 +464,14 @@ impl Session {
                 return self.error(None, job_id, error);
             }
         };
+        if answer {
+            self.reply(&ServerMessage::Subscribed {
+                job_id: id,
+                status: record.snapshot.status,
+                epoch: record.snapshot.epoch,
+                seq: record.snapshot.seq,
+            })?;
+        }
         if let Some(first_seq) = start.truncated_from {
             let snapshot = serde_json::value::to_raw_value(&record.snapshot)
                 .map_err(|_| End::Close(CLOSE_INTERNAL_ERROR, "internal error"))?;
@@ -403,6 +483,7 @@ impl Session {
             })?;
         }
         if record.snapshot.status.is_terminal() && record.position() <= after {
+            // Nothing follows (`subscribed` told a jobgate.v1 client so).
             self.feed.unwatch(&id);
         }
         Ok(())
@@ -435,7 +516,25 @@ impl Session {
     ) -> Result<(), End> {
         self.reply(&ServerMessage::Error {
             request_id,
+            index: None,
             job_id: job_id.map(str::to_owned),
+            code: error.code,
+            message: error.message,
+            field: error.field,
+        })
+    }
+
+    /// A submission's error, with the job's `index` when it is one of a batch.
+    fn error_at(
+        &mut self,
+        request_id: String,
+        index: Option<usize>,
+        error: ApiError,
+    ) -> Result<(), End> {
+        self.reply(&ServerMessage::Error {
+            request_id: Some(request_id),
+            index,
+            job_id: None,
             code: error.code,
             message: error.message,
             field: error.field,

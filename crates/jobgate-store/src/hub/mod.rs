@@ -29,6 +29,7 @@
 //! bookkeeping, unit-tested), the slot map `slots.rs`.
 
 mod link;
+mod published;
 mod registry;
 mod slots;
 mod topology;
@@ -38,19 +39,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use self::published::{LiveHeader, Published};
 use self::registry::{Joined, Member, Registry};
 use crate::StoreError;
 
 /// What a subscription receives.
 #[derive(Debug, Clone)]
 pub enum HubMessage {
-    /// A published message: an event JSON on a job's channel, a job id on
-    /// an owner's channel.
-    Event(Bytes),
+    /// A published message: an event JSON on a job's channel (its header
+    /// read once for every watcher), a job id on an owner's channel.
+    Event(Published),
     /// Some of the subscription's channels may have missed messages while
     /// their delivery was interrupted; they are delivered again now.
     /// [`Subscription::take_stale`] names them.

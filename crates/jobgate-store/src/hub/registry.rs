@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::slots::{NodeName, SlotMap};
-use super::{HubMessage, NodeState};
+use super::{HubMessage, NodeState, Published};
 
 /// One connection of a link to its master; a reconnect makes a new one.
 pub(super) type LinkId = u64;
@@ -207,8 +207,11 @@ impl Registry {
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
+        // One message for every member: its header is read once, by the
+        // first feed that needs it.
+        let message = Published::new(payload);
         entry.members.retain(|member| {
-            match member.tx.try_send(HubMessage::Event(payload.clone())) {
+            match member.tx.try_send(HubMessage::Event(message.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     member.overflowed.cancel();

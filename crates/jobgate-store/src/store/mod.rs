@@ -3,8 +3,8 @@
 //! Python worker runs.
 //!
 //! The store is one handle; its methods are kept by what they do:
-//! `submit.rs` (admission: the owner's rate, idempotency keys, create and
-//! enqueue), `reads.rs` (the record, the history, an owner's recent jobs),
+//! `submit.rs` (admission: the owner's rate, idempotency keys),
+//! `batch.rs` (create and enqueue, for one job or many together), `reads.rs` (the record, the history, an owner's recent jobs),
 //! `listing.rs` (a page of an owner's jobs, filtered, newest first),
 //! `queues.rs` (kind → queue routes with their params schemas, the
 //! registered kinds, queue lengths and stats),
@@ -24,6 +24,7 @@
 //! `Connection::query_by_slot`: one pipeline on a single server (no extra
 //! round trip), one per slot, concurrently, on a cluster.
 
+mod batch;
 mod dead_letters;
 mod delayed;
 mod health;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use tokio_util::sync::CancellationToken;
 
+pub use self::batch::{MAX_JOBS_PER_CREATE, SubmitOutcome};
 pub use self::dead_letters::{BadCursor, DeadLetter, DeadLetterPage, RetryOutcome, parse_cursor};
 pub use self::health::{ClusterNode, RedisMemory, RedisStatus};
 pub use self::listing::{JobPage, ListPosition, ListQuery};

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobgate_proto::{KindInfo, ParamsSchema};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{JobStore, lock, unix_ms};
 use crate::StoreError;
@@ -25,17 +27,27 @@ pub struct Route {
 }
 
 /// A kind's registration: `{"queue", "worker", "seen_at", "params_schema"?}`.
+/// The schema is kept as the worker wrote it, property order included.
 #[derive(serde::Deserialize)]
 struct Registration {
     queue: String,
     #[serde(default)]
-    params_schema: Option<serde_json::Value>,
+    params_schema: Option<Box<RawValue>>,
 }
 
 impl Registration {
     fn parse(kind: &str, entry: &str) -> Result<Self, StoreError> {
         serde_json::from_str(entry)
             .map_err(|e| StoreError::Protocol(format!("kind registration of {kind}: {e}")))
+    }
+
+    /// The params schema as a `Value`, to compile and compare.
+    fn params_schema_value(&self, kind: &str) -> Result<Option<Value>, StoreError> {
+        self.params_schema
+            .as_deref()
+            .map(|raw| serde_json::from_str(raw.get()))
+            .transpose()
+            .map_err(|e| StoreError::Protocol(format!("params schema of {kind}: {e}")))
     }
 }
 
@@ -81,7 +93,7 @@ impl JobStore {
             return Ok(None);
         };
         let registration = Registration::parse(kind, &entry)?;
-        let params_schema = match (registration.params_schema, cached) {
+        let params_schema = match (registration.params_schema_value(kind)?, cached) {
             (None, _) => None,
             (Some(schema), Some((old, _)))
                 if old

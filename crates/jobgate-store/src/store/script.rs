@@ -1,14 +1,14 @@
 //! The calls of `proto-schemas/redis/jobgate.lua` the gateway makes —
-//! `create`, `fail` (after a failed enqueue) and `cancel` — with their
+//! `fail` (after a failed enqueue), `cancel` and `revive` (`create_many`
+//! is `batch.rs`'s) — with their
 //! arguments in the order the script reads them, and how replies are read.
 //! The script's own header documents every operation.
 
-use crate::connection::Connection;
 use jobgate_proto::JobId;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::stats::reply_words;
-use super::{JobStore, NewJob, unix_ms};
+use super::{JobStore, unix_ms};
 use crate::{StoreError, keys};
 
 /// The job state machine, shared with the Python worker.
@@ -65,47 +65,6 @@ impl JobStore {
         })
     }
 
-    /// `create`: the record and its `queued` event (seq 1). Returns the
-    /// due time (Redis's clock) of a job that is delayed, `None` for one
-    /// that is runnable now.
-    pub(super) async fn create(
-        &self,
-        conn: &mut Connection,
-        job: &NewJob,
-    ) -> Result<Option<u64>, StoreError> {
-        let request = &job.request;
-        let mut create = self.operation(&job.job_id, "create");
-        create
-            .arg(job.job_id.to_string())
-            .arg(&job.owner)
-            .arg(&request.kind)
-            .arg(&job.queue)
-            .arg(request.params.get())
-            .arg(request.priority())
-            .arg(request.max_attempts())
-            .arg(request.timeout_s())
-            .arg(self.settings.retention.as_secs().max(1))
-            .arg(self.settings.history_max.max(1))
-            .arg(&job.trace.traceparent)
-            .arg(&job.trace.tracestate)
-            .arg(&job.trace.trace_id);
-        let delayed = request.delay_ms.is_some() || request.run_at.is_some();
-        if let Some(legacy_trace_id) = legacy_trace_id(job) {
-            create.arg(legacy_trace_id);
-        } else if delayed {
-            create.arg("");
-        }
-        if delayed {
-            let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
-            create.arg(text(request.delay_ms)).arg(text(request.run_at));
-        }
-        let reply: Value = create.invoke_async(conn).await?;
-        match status_word(&reply)?.as_str() {
-            "ok" => Ok(due_time(&reply)),
-            other => Err(StoreError::Protocol(format!("create answered {other}"))),
-        }
-    }
-
     /// `fail * enqueue_failed`: fails the job whatever its attempt, so that
     /// a record whose queue entry could not be written does not claim to be
     /// queued. Run with `allow-oom`, so that an enqueue refused at
@@ -153,25 +112,8 @@ impl JobStore {
     }
 }
 
-/// `create`'s optional last argument: the old API's trace id, passed only
-/// when there is one, so that every other job's record holds no such field.
-fn legacy_trace_id(job: &NewJob) -> Option<&str> {
-    job.legacy_trace_id.as_deref().filter(|id| !id.is_empty())
-}
-
-/// `create`'s fourth reply element: a delayed job's due time.
-fn due_time(reply: &Value) -> Option<u64> {
-    match reply {
-        Value::Array(items) => match items.get(3) {
-            Some(Value::Int(run_at)) => u64::try_from(*run_at).ok(),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// The first element of a script reply: its status word.
-fn status_word(reply: &Value) -> Result<String, StoreError> {
+pub(super) fn status_word(reply: &Value) -> Result<String, StoreError> {
     let first = match reply {
         Value::Array(items) => items.first(),
         _ => None,
@@ -185,29 +127,7 @@ fn status_word(reply: &Value) -> Result<String, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use jobgate_proto::SubmitRequest;
-
     use super::*;
-    use crate::TraceContext;
-
-    fn job(legacy_trace_id: Option<&str>) -> NewJob {
-        NewJob {
-            job_id: "0193a0b4-7c1e-7d4e-9a2b-1c2d3e4f5a6b".parse().expect("id"),
-            owner: "alice".to_owned(),
-            request: serde_json::from_str::<SubmitRequest>(r#"{"kind":"echo","params":{}}"#)
-                .expect("request"),
-            queue: "default".to_owned(),
-            trace: TraceContext::default(),
-            legacy_trace_id: legacy_trace_id.map(str::to_owned),
-        }
-    }
-
-    #[test]
-    fn only_an_old_api_trace_id_is_passed_to_create() {
-        assert_eq!(legacy_trace_id(&job(Some("ios-1234"))), Some("ios-1234"));
-        assert_eq!(legacy_trace_id(&job(Some(""))), None);
-        assert_eq!(legacy_trace_id(&job(None)), None);
-    }
 
     #[test]
     fn a_status_word_is_read_from_either_string_kind() {
