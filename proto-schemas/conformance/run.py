@@ -42,11 +42,16 @@ async def run_all(args: argparse.Namespace) -> int:
             return 2
         scenarios = [scenario for scenario in scenarios if scenario["name"] in wanted]
     stack = None
+    stack_error = None
     if args.real:
         from real_gateway import RealStack
 
         stack = RealStack(schemas)
-        await stack.start()
+        try:
+            await stack.start()
+        except Exception as error:  # noqa: BLE001 - every real replay fails with the reason
+            await stack.stop()
+            stack, stack_error = None, f"the real gateway's stack did not start: {type(error).__name__}: {error}"
     report: list[dict[str, Any]] = []
     failed = 0
     try:
@@ -55,9 +60,12 @@ async def run_all(args: argparse.Namespace) -> int:
             report.append(fake)
             print(line(fake["status"], scenario["name"], "fake", fake["ms"], fake["error"]), flush=True)
             failed += fake["status"] == "FAIL"
-            if stack is None:
+            if not args.real:
                 continue
-            if "real" not in scenario:
+            if stack is None:
+                result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
+                          "error": stack_error, "deliveries": []}
+            elif "real" not in scenario:
                 result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
                           "error": "the scenario has no real section", "deliveries": []}
             else:
