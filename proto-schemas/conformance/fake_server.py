@@ -191,6 +191,23 @@ class FakeConnection:
         after = int(frame.get("after", 0))
         self.subscribed.add(job.job_id)
         first = after + 1
+        if self.protocol == PROTOCOL:
+            # The answer of a jobgate.v1 session, before any event it replays:
+            # the job's status and its last event's position.
+            snapshot = job.snapshot()
+            last = job.events[job.published - 1] if job.published else None
+            await self.send(
+                {
+                    "type": "subscribed",
+                    "job_id": job.job_id,
+                    "status": snapshot["status"],
+                    "epoch": last["epoch"] if last else 1,
+                    "seq": last["seq"] if last else 0,
+                }
+            )
+            if snapshot["status"] in TERMINAL_EVENTS and (last["seq"] if last else 0) <= after:
+                self.subscribed.discard(job.job_id)
+                return
         if first < job.history_from and job.published >= job.history_from:
             await self.send(
                 {

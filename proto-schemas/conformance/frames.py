@@ -17,18 +17,13 @@ are replaced by the captured values.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-#: proto-schemas/schemas; CONFORMANCE_SCHEMAS_DIR points elsewhere (a schema
-#: change being developed in another checkout).
-SCHEMAS_DIR = Path(
-    os.environ.get("CONFORMANCE_SCHEMAS_DIR", Path(__file__).resolve().parent.parent / "schemas")
-)
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_BASE = "https://jobgate.dev/schemas/"
 
 

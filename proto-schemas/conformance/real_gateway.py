@@ -4,7 +4,7 @@ WebSocket relay that injects the scenario's faults. The app's deliveries
 must equal the fake run's (run.py compares them).
 
 One redis-server (a free port), one gateway (JOBGATE_BIN, default
-target/debug/jobgate; JWT auth, no leeway; restarted with a scenario's
+target/debug/jobgate; JWT auth, JOBGATE_JWT_LEEWAY_S=0; restarted with a scenario's
 `gateway_env` when it has one) and one `steps_worker.py` serve every
 scenario. Every frame the gateway sends through the relay is validated
 against ws_server_message.json.
@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,19 @@ ROOT = HERE.parent.parent
 PROTOCOL = "jobgate.v1"
 JWT_SECRET = "conformance-secret-conformance-secret-0123456789"
 OWNER = "conformance"
-#: The relay's receive buffer towards the gateway: small, so that a stalled
-#: relay makes the gateway's outbox overflow after a few frames.
-STALLED_RECEIVE_BUFFER = 8192
+#: A relay connection to the gateway opened with a small window
+#: (`relay_small_window`): its receive buffer and the segment size it
+#: announces, set before it connects. The gateway's kernel sizes its send
+#: buffer from the segment size (Linux: about 370 kB instead of 4 MB), so a
+#: relay that stops reading makes the gateway's writes block after a few
+#: hundred kilobytes and its outbox overflow (4008). Other connections keep
+#: the kernel's defaults, so a resume replaying a megabyte of history is not
+#: cut off in turn.
+SMALL_RECEIVE_BUFFER = 4096
+SMALL_SEGMENT = 600
+#: A stall `until: job_done` lasts this long after the job ended.
+STALL_AFTER_DONE_S = 0.3
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 def free_port() -> int:
@@ -73,22 +84,33 @@ class Relay:
         self._server: Server | None = None
         self._upstreams: dict[int, ClientConnection] = {}
         self.changed = asyncio.Condition()
+        self.driver: Driver | None = None
         self.reset([], 0)
 
-    def reset(self, faults: list[str], refuse_first: int) -> None:
+    def reset(self, faults: list[str], refuse_first: int, small_window: int = 0) -> None:
         self.no_subprotocol = "no_subprotocol" in faults
+        self.swallow_auth = "swallow_auth" in faults
+        self.small_window_remaining = small_window
         self.refuse_remaining = refuse_first
         self.refused = 0
         self.client_frames: list[dict[str, Any]] = []
         self.server_frames: list[dict[str, Any]] = []
         self.consumed: set[tuple[str, int]] = set()
         self.server_closes: list[int] = []
+        #: Each connection the client opened: how many gateway closes came
+        #: before it, and the token it carried (header or access_token).
+        self.attempts: list[tuple[int, str | None]] = []
         self.client_closes = 0
         self.problems: list[str] = []
         self.silenced = False
-        self.stall_ms: int | None = None
-        self.swallow_auth = False
-        self.rules: list[dict[str, Any]] = []  # duplicate / swap / swallow, each used once
+        self.stall: asyncio.Event | None = None
+        self._stall_task: asyncio.Task[None] | None = None
+        #: Faults applied to the next server frame that matches, each once, on
+        #: the connection that was current when the rule was set (the first
+        #: one when none was yet): a rule a connection never used does not
+        #: leak into the next.
+        self.rules: list[tuple[int, dict[str, Any]]] = []
+        self.connections = 0
         self.current: tuple[ServerConnection, ClientConnection] | None = None
 
     async def start(self) -> None:
@@ -109,6 +131,8 @@ class Relay:
             self.changed.notify_all()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.attempts.append((len(self.server_closes), _token_of(request)))
+        await self._notify()
         if self.refuse_remaining > 0:
             self.refuse_remaining -= 1
             self.refused += 1
@@ -118,9 +142,14 @@ class Relay:
         headers = {}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
-        sock = socket.create_connection(("127.0.0.1", self.stack.gateway_port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RECEIVE_BUFFER)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.small_window_remaining > 0:
+            self.small_window_remaining -= 1
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SMALL_SEGMENT)
+        sock.setblocking(False)
         try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.stack.gateway_port))
             upstream = await connect(
                 f"ws://127.0.0.1:{self.stack.gateway_port}{request.path}",
                 sock=sock,
@@ -147,11 +176,13 @@ class Relay:
     async def _handle(self, client: ServerConnection) -> None:
         upstream = self._upstreams.pop(id(client))
         self.current = (client, upstream)
+        self.connections += 1
+        connection = self.connections
         # silence and stall are faults of the connection they were set on.
         self.silenced = False
-        self.stall_ms = None
+        self.stall = None
         pumps = [asyncio.create_task(self._client_to_server(client, upstream)),
-                 asyncio.create_task(self._server_to_client(client, upstream))]
+                 asyncio.create_task(self._server_to_client(client, upstream, connection))]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for pump in pumps:
             pump.cancel()
@@ -174,27 +205,34 @@ class Relay:
             self.client_closes += 1
             await self._notify()
 
-    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection) -> None:
+    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection, connection: int) -> None:
         held: str | None = None
         try:
             while True:
-                if self.stall_ms is not None:
-                    # The gateway's socket fills while the relay reads nothing;
-                    # then everything it had queued is dropped, as a slow client loses it.
-                    await asyncio.sleep(self.stall_ms / 1000)
-                    async for _ in upstream:
-                        pass
-                    break
                 message = await upstream.recv()
-                frame = json.loads(message)
-                for problem in self.stack.schemas.errors("ws_server_message", frame):
-                    self.problems.append(f"{json.dumps(frame)[:160]}: {problem}")
+                if self.stall is not None:
+                    await self._stalled(upstream, self.stall)
+                    break
+                frame = self._check(message)
                 self.server_frames.append(frame)
                 await self._notify()
                 if self.silenced:
                     continue
-                rule = self._rule_for(frame)
+                rule = self._rule_for(frame, connection)
                 action = rule["relay"] if rule else None
+                if action == "stall":
+                    until_done = frame.get("job_id") if rule.get("until") == "job_done" else None
+                    self.start_stall(int(rule.get("ms", 2500)), until_done)
+                    await self._stalled(upstream, self.stall)
+                    break
+                if action == "drop":
+                    # `refuse`: the connections that follow are refused too.
+                    self.refuse_remaining = int(rule.get("refuse", self.refuse_remaining))
+                    self.drop()
+                    return
+                if action == "silence":
+                    self.silenced = True
+                    continue
                 if action == "swallow":
                     if rule.get("then") == "drop":
                         client.transport.abort()
@@ -212,16 +250,74 @@ class Relay:
         except ConnectionClosed:
             pass
         code = upstream.close_code
-        if code is not None and upstream.close_rcvd is not None:
+        if code is not None and upstream.protocol.close_rcvd is not None:
             self.server_closes.append(code)
+            if self.driver is not None:
+                # What the client does about this close comes after this mark.
+                self.driver.mark(f"close:{code}")
             await self._notify()
             with contextlib.suppress(ConnectionClosed):
                 await client.close(code, upstream.close_reason or "")
 
-    def _rule_for(self, frame: dict[str, Any]) -> dict[str, Any] | None:
-        for rule in self.rules:
+    def _check(self, message: str | bytes) -> dict[str, Any]:
+        """The gateway's frame, checked against ws_server_message.json."""
+        frame: dict[str, Any] = json.loads(message)
+        for problem in self.stack.schemas.errors("ws_server_message", frame):
+            self.problems.append(f"{json.dumps(frame)[:160]}: {problem}")
+        return frame
+
+    def start_stall(self, ms: int, until_done: str | None = None) -> None:
+        """Stops reading the gateway's socket of the current connection (from
+        now, or from the frame a `match` names, which is dropped): the kernel
+        buffers fill, the gateway's writes block and its outbox overflows
+        (4008). The stall lasts `ms`, or with `until_done` until that job
+        ended (every event it will have was sent by then; at most `ms`). Then
+        the relay reads on, drops everything the gateway had queued (a client
+        that stopped reading loses it) and forwards only the close."""
+        if self.current is None:
+            raise ScenarioFailed("no connection to stall")
+        _, upstream = self.current
+        upstream.transport.pause_reading()
+        resumed = asyncio.Event()
+        self.stall = resumed
+
+        async def resume() -> None:
+            deadline = time.monotonic() + ms / 1000
+            if until_done is None:
+                await asyncio.sleep(ms / 1000)
+            else:
+                while time.monotonic() < deadline:
+                    status = await asyncio.to_thread(self.stack.job_status, until_done)
+                    if status in TERMINAL_STATUSES:
+                        # The gateway's feed gets the last events a moment later.
+                        await asyncio.sleep(STALL_AFTER_DONE_S)
+                        break
+                    await asyncio.sleep(0.05)
+            resumed.set()
+            upstream.transport.resume_reading()
+
+        self._stall_task = asyncio.create_task(resume())
+
+    async def _stalled(self, upstream: ClientConnection, resumed: asyncio.Event) -> None:
+        # A frame already taken from the socket is dropped too. Taking it may
+        # have let the connection read again: stop that until the stall ends.
+        if not resumed.is_set():
+            upstream.transport.pause_reading()
+            await resumed.wait()
+            upstream.transport.resume_reading()
+        async for message in upstream:
+            self._check(message)
+
+    def add_rule(self, step: dict[str, Any]) -> None:
+        self.rules.append((max(self.connections, 1), step))
+
+    def _rule_for(self, frame: dict[str, Any], connection: int) -> dict[str, Any] | None:
+        for entry in self.rules:
+            applies_to, rule = entry
+            if applies_to != connection:
+                continue
             if Bindings().matches(rule["match"], frame):
-                self.rules.remove(rule)
+                self.rules.remove(entry)
                 return rule
         return None
 
@@ -237,6 +333,15 @@ class Relay:
                 await asyncio.wait_for(self.changed.wait_for(predicate), timeout_s)
             except TimeoutError:
                 raise ScenarioFailed(f"{what} did not happen within {timeout_s:g} s") from None
+
+
+def _token_of(request: Request) -> str | None:
+    """The token a connection carries: `Authorization: Bearer` or `access_token`."""
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        return authorization.removeprefix("Bearer ")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+    return query.get("access_token", [None])[0]
 
 
 def _response(status: int, text: str) -> Response:
@@ -255,7 +360,6 @@ class RealStack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.gateway_env: dict[str, str] = {}
         self.relay = Relay(self)
-        self.speaks_v1 = False
         self.logs = Path(os.environ.get("CONFORMANCE_LOG_DIR", "/tmp")) / f"jobgate-conformance-{os.getpid()}"
 
     async def start(self) -> None:
@@ -274,7 +378,6 @@ class RealStack:
         )
         await self.wait_kind_registered()
         await self.relay.start()
-        self.speaks_v1 = await self.probe_subprotocol()
 
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}"
@@ -339,12 +442,6 @@ class RealStack:
         )
         return found.stdout.strip()
 
-    async def probe_subprotocol(self) -> bool:
-        headers = {"Authorization": f"Bearer {mint_token(60)}"}
-        async with connect(f"ws://127.0.0.1:{self.gateway_port}/v1/ws", subprotocols=[PROTOCOL],  # type: ignore[list-item]
-                           additional_headers=headers) as probe:
-            return probe.subprotocol == PROTOCOL
-
     async def stop(self) -> None:
         await self.relay.stop()
         await self.stop_gateway()
@@ -358,14 +455,14 @@ class RealStack:
 
     async def play(self, scenario: dict[str, Any], client: str) -> dict[str, Any]:
         real = scenario["real"]
-        if real.get("requires") == "hello" and not self.speaks_v1:
-            return {"skip": "the gateway does not speak jobgate.v1 (no hello)", "error": None, "deliveries": []}
         wanted_env = real.get("gateway_env", {})
         if wanted_env != self.gateway_env:
             await self.stop_gateway()
             await self.start_gateway(wanted_env)
-        self.relay.reset(real.get("relay_faults", []), real.get("relay_refuse_first", 0))
+        self.relay.reset(real.get("relay_faults", []), real.get("relay_refuse_first", 0),
+                         real.get("relay_small_window", 0))
         driver = await Driver.spawn(client)
+        self.relay.driver = driver
         player = RealPlayer(scenario, driver, self)
         error: str | None = None
         try:
@@ -391,28 +488,30 @@ class RealStack:
 class RealPlayer(Player):
     def __init__(self, scenario: dict[str, Any], driver: Driver, stack: RealStack) -> None:
         super().__init__(scenario, driver, Bindings())
+        self.latest_token: str | None = None
         self.stack = stack
         self.relay = stack.relay
 
     def token_for(self, spec: Any) -> str:
-        return mint_token(int(spec["ttl_s"])) if isinstance(spec, dict) else str(spec)
+        self.latest_token = mint_token(int(spec["ttl_s"])) if isinstance(spec, dict) else str(spec)
+        return self.latest_token
 
     async def server_step(self, step: dict[str, Any]) -> bool:  # noqa: PLR0912 - one branch per step kind
         relay, timeout_s = self.relay, self.timeout(step)
         if "relay" in step:
             action = step["relay"]
-            if action == "drop":
+            if "match" in step and action in ("drop", "silence", "stall", "duplicate", "swap", "swallow"):
+                relay.add_rule(step)
+            elif action == "drop":
                 relay.drop()
             elif action == "stall":
-                relay.stall_ms = int(step.get("ms", 2500))
+                relay.start_stall(int(step.get("ms", 2500)))
             elif action == "silence":
                 relay.silenced = True
             elif action == "swallow_auth":
                 relay.swallow_auth = True
             elif action == "refuse":
                 relay.refuse_remaining = int(step["count"])
-            elif action in ("duplicate", "swap", "swallow"):
-                relay.rules.append(step)
             else:
                 raise ScenarioFailed(f"unknown relay action {action}")
         elif "gateway" in step:
@@ -433,6 +532,14 @@ class RealPlayer(Player):
         elif "wait_close" in step:
             code = step["wait_close"]["code"]
             await relay.wait_for(lambda: code in relay.server_closes, timeout_s, f"a close {code} from the gateway")
+        elif "wait_reconnect" in step:
+            # The first connection after the gateway's latest close carries the latest token.
+            closes = len(relay.server_closes)
+            await relay.wait_for(lambda: any(n >= closes for n, _ in relay.attempts), timeout_s,
+                                 "a connection after the gateway's close")
+            token = next(token for n, token in relay.attempts if n >= closes)
+            if step["wait_reconnect"].get("token") == "latest" and token != self.latest_token:
+                raise ScenarioFailed("the connection after the close did not carry the latest token")
         elif "wait_client_close" in step:
             await relay.wait_for(lambda: relay.client_closes > 0, timeout_s, "the client's close")
         elif "wait_refused" in step:

@@ -2,7 +2,7 @@
 
     run.py --client "<driver command>" [--only name[,name…]] [--report path] [--real]
 
-One line per scenario, `PASS|FAIL|SKIP <name> (<ms>)`, then the reason of
+One line per scenario and backend, `PASS|FAIL <name> [fake|real] (<ms>)`, then the reason of
 each failure; exits 1 when any scenario failed. Without --real the scenarios
 play against the scripted fake gateway (fake_server.py); with --real they
 are replayed against the real gateway through a fault-injecting relay
@@ -42,11 +42,16 @@ async def run_all(args: argparse.Namespace) -> int:
             return 2
         scenarios = [scenario for scenario in scenarios if scenario["name"] in wanted]
     stack = None
+    stack_error = None
     if args.real:
         from real_gateway import RealStack
 
         stack = RealStack(schemas)
-        await stack.start()
+        try:
+            await stack.start()
+        except Exception as error:  # noqa: BLE001 - every real replay fails with the reason
+            await stack.stop()
+            stack, stack_error = None, f"the real gateway's stack did not start: {type(error).__name__}: {error}"
     report: list[dict[str, Any]] = []
     failed = 0
     try:
@@ -55,11 +60,14 @@ async def run_all(args: argparse.Namespace) -> int:
             report.append(fake)
             print(line(fake["status"], scenario["name"], "fake", fake["ms"], fake["error"]), flush=True)
             failed += fake["status"] == "FAIL"
-            if stack is None:
+            if not args.real:
                 continue
-            if "real" not in scenario:
-                result = {"name": scenario["name"], "backend": "real", "status": "SKIP", "ms": 0,
-                          "error": "the scenario has no real section"}
+            if stack is None:
+                result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
+                          "error": stack_error, "deliveries": []}
+            elif "real" not in scenario:
+                result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
+                          "error": "the scenario has no real section", "deliveries": []}
             else:
                 result = await run_one(scenario, "real", lambda s: stack.play(s, args.client))
                 if result["status"] == "PASS" and fake["status"] == "PASS":
@@ -74,8 +82,7 @@ async def run_all(args: argparse.Namespace) -> int:
         if stack is not None:
             await stack.stop()
     passed = sum(item["status"] == "PASS" for item in report)
-    skipped = sum(item["status"] == "SKIP" for item in report)
-    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    print(f"{passed} passed, {failed} failed")
     if args.report:
         Path(args.report).write_text(json.dumps({"client": args.client, "results": report}, indent=2) + "\n")
     return 1 if failed else 0
@@ -89,17 +96,13 @@ async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str
         outcome = {"error": f"scenario refused: {refused}", "deliveries": []}
     except Exception as error:  # noqa: BLE001 - a broken backend fails its scenario, not the run
         outcome = {"error": f"{backend} backend failed: {type(error).__name__}: {error}", "deliveries": []}
-    status = "PASS"
-    if outcome.get("skip"):
-        status = "SKIP"
-    elif outcome["error"]:
-        status = "FAIL"
+    status = "FAIL" if outcome["error"] else "PASS"
     return {
         "name": scenario["name"],
         "backend": backend,
         "status": status,
         "ms": round((time.monotonic() - started) * 1000),
-        "error": outcome.get("skip") or outcome["error"],
+        "error": outcome["error"],
         "deliveries": normalise(outcome["deliveries"]),
         "log": outcome.get("log", []),
         "driver_stderr": outcome.get("stderr", []) if status == "FAIL" else [],
