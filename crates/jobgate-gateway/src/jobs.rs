@@ -52,10 +52,7 @@ async fn create(
     let status = if accepted.replayed {
         // An earlier submit with this key created the job: answer as then,
         // with the job's status now.
-        match state.store.record(&accepted.job_id).await? {
-            Some(record) => record.snapshot.status,
-            None => JobStatus::Queued,
-        }
+        submit::replayed_status(&state, &accepted.job_id).await
     } else {
         JobStatus::Queued
     };

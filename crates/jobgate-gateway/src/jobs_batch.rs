@@ -55,19 +55,11 @@ async fn create_many(
                     Ok(item) => item,
                     Err(error) => return refused(index, error.into()),
                 };
-                let submission = Submission {
-                    job_id: JobId::new(),
-                    request: item.job,
-                    traceparent: item.traceparent,
-                    tracestate: item.tracestate,
-                    idempotency_key: item.idempotency_key,
-                    legacy_trace_id: None,
-                    check_params: true,
-                };
+                let submission = Submission::of_item(JobId::new(), item);
                 match submit::submit_in_turn(state, principal, submission, turn).await {
                     Ok(accepted) => {
                         let status = if accepted.replayed {
-                            replayed_status(state, &accepted.job_id).await
+                            submit::replayed_status(state, &accepted.job_id).await
                         } else {
                             JobStatus::Queued
                         };
@@ -92,13 +84,6 @@ async fn create_many(
 
 /// The status of a job an earlier submission with the same key created
 /// (`queued` when it cannot be read now).
-async fn replayed_status(state: &AppState, job_id: &JobId) -> JobStatus {
-    match state.store.record(job_id).await {
-        Ok(Some(record)) => record.snapshot.status,
-        _ => JobStatus::Queued,
-    }
-}
-
 fn refused(index: usize, error: ApiError) -> BatchResult {
     let status = status_for(error.code).as_u16();
     let retry_after_s = error.retry_after_s;

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobgate_proto::{ErrorCode, JobId, ParamsSchema, SubmitRequest};
+use jobgate_proto::batch::BatchItem;
+use jobgate_proto::{ErrorCode, JobId, JobStatus, ParamsSchema, SubmitRequest};
 use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -49,6 +50,31 @@ pub(crate) struct Submission {
     /// does not: its clients learn of bad params from the job's failure,
     /// as they always did.
     pub(crate) check_params: bool,
+}
+
+impl Submission {
+    /// A job of a `submit_batch` (WebSocket or HTTP): its params are checked.
+    pub(crate) fn of_item(job_id: JobId, item: BatchItem) -> Self {
+        Self {
+            job_id,
+            request: item.job,
+            traceparent: item.traceparent,
+            tracestate: item.tracestate,
+            idempotency_key: item.idempotency_key,
+            legacy_trace_id: None,
+            check_params: true,
+        }
+    }
+}
+
+/// The status to answer a replayed submission with: the job's status now
+/// (an earlier submit with its key created it), `queued` when its record
+/// cannot be read — the job exists either way.
+pub(crate) async fn replayed_status(state: &AppState, job_id: &JobId) -> JobStatus {
+    match state.store.record(job_id).await {
+        Ok(Some(record)) => record.snapshot.status,
+        _ => JobStatus::Queued,
+    }
 }
 
 /// Validates, routes, admits and enqueues one job. With an idempotency key

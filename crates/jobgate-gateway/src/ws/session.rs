@@ -372,15 +372,7 @@ impl Session {
             item.tracestate.as_deref(),
         );
         record_ids(&span);
-        let submission = Submission {
-            job_id,
-            request: item.job,
-            traceparent: item.traceparent,
-            tracestate: item.tracestate,
-            idempotency_key: item.idempotency_key,
-            legacy_trace_id: None,
-            check_params: true,
-        };
+        let submission = Submission::of_item(job_id, item);
         let (state, principal) = (self.state.clone(), self.principal.clone());
         self.submits.push(Box::pin(async move {
             let result = match subscribed.await {
