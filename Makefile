@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py
+PYTHON_SOURCES := workers/python examples/pricing examples/__init__.py proto-schemas/conformance
 
 .PHONY: run test deps redis-server venv build lint test-rust test-python test-run test-lab test-client test-dashboard test-api-fuzz test-fuzz test-k8s bench bench-compare bench-cluster lab clean
 

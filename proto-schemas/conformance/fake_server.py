@@ -34,7 +34,14 @@ from websockets.http11 import Request, Response
 
 from driver_process import Driver
 from frames import Bindings, FrameRefused, Schemas
-from player import Player, ScenarioFailed, steps_job_events
+from player import (
+    Player,
+    ScenarioFailed,
+    compare,
+    expected_deliveries,
+    load_scenario,
+    steps_job_events,
+)
 
 PROTOCOL = "jobgate.v1"
 TERMINAL_EVENTS = ("completed", "failed", "cancelled")
@@ -185,7 +192,12 @@ class FakeConnection:
         job = self.server.job_by_id(frame.get("job_id", ""))
         if job is None:
             await self.send(
-                {"type": "error", "job_id": frame["job_id"], "code": "not_found", "message": "no such job"}
+                {
+                    "type": "error",
+                    "job_id": frame["job_id"],
+                    "code": "not_found",
+                    "message": "no such job",
+                }
             )
             return
         after = int(frame.get("after", 0))
@@ -252,7 +264,9 @@ class FakeServer:
             hello = settings.get("hello", {})
             self.hello = None if hello is False else {**DEFAULT_HELLO, **hello}
         self.auto_auth_ok = settings.get("auth_ok", self.auto_auth_ok)
-        self.auth_ok_expires_in_ms = settings.get("auth_ok_expires_in_ms", self.auth_ok_expires_in_ms)
+        self.auth_ok_expires_in_ms = settings.get(
+            "auth_ok_expires_in_ms", self.auth_ok_expires_in_ms
+        )
 
     def job_by_id(self, job_id: str) -> FakeJob | None:
         return next((job for job in self.jobs.values() if job.job_id == job_id), None)
@@ -279,7 +293,9 @@ class FakeServer:
     def _select_subprotocol(self, _connection: ServerConnection, offered: Any) -> str | None:
         return PROTOCOL if self.speaks_v1 and PROTOCOL in offered else None
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         if urlparse(request.path).path != "/v1/ws":
             return connection.respond(404, "not found\n")
         if self.refuse_remaining > 0:
@@ -287,7 +303,9 @@ class FakeServer:
             async with self.refused_changed:
                 self.refused += 1
                 self.refused_changed.notify_all()
-            body = json.dumps({"code": "too_many_connections", "message": "refused by the scenario"})
+            body = json.dumps(
+                {"code": "too_many_connections", "message": "refused by the scenario"}
+            )
             return Response(
                 self.refuse_status,
                 "Refused",
@@ -307,7 +325,9 @@ class FakeServer:
     def preflight(self) -> None:
         """Refuses a scenario whose scripted frames the schemas refuse."""
         bindings = _SampleBindings({name: job.spec for name, job in self.jobs.items()})
-        frames = [bindings.fill(step["send"]) for step in self.scenario.get("fake", []) if "send" in step]
+        frames = [
+            bindings.fill(step["send"]) for step in self.scenario.get("fake", []) if "send" in step
+        ]
         frames += [event for job in self.jobs.values() for event in job.events]
         if self.hello is not None:
             frames.append({**self.hello, "session_id": SAMPLE_ID})
@@ -352,7 +372,12 @@ class FakePlayer(Player):
             job.published = len(job.events) if through == "all" else int(through)
             connection = self.connection
             pushing = spec.get("push", True)
-            if pushing and connection and not connection.silenced and job.job_id in connection.subscribed:
+            if (
+                pushing
+                and connection
+                and not connection.silenced
+                and job.job_id in connection.subscribed
+            ):
                 await connection.push_events(job, connection.sent_upto.get(job.job_id, 0) + 1)
         elif "send_event" in step:
             spec = step["send_event"]
@@ -383,7 +408,9 @@ class FakePlayer(Player):
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                connection = await asyncio.wait_for(self.server.connections.get(), max(remaining, 0.001))
+                connection = await asyncio.wait_for(
+                    self.server.connections.get(), max(remaining, 0.001)
+                )
             except TimeoutError:
                 raise ScenarioFailed(f"the client did not connect within {timeout_s:g} s") from None
             if self.server.speaks_v1:
@@ -399,12 +426,16 @@ class FakePlayer(Player):
         if "token" in spec:
             wanted = self.token_for(spec["token"])
             if connection.offered_token() != wanted:
-                raise ScenarioFailed(f"connected with token {connection.offered_token()!r}, wanted {wanted!r}")
+                raise ScenarioFailed(
+                    f"connected with token {connection.offered_token()!r}, wanted {wanted!r}"
+                )
         if spec.get("offers_protocol", True) and self.server.speaks_v1:
             assert connection.request is not None
             offered = connection.request.headers.get("Sec-WebSocket-Protocol", "")
             if PROTOCOL not in [item.strip() for item in offered.split(",")]:
-                raise ScenarioFailed(f"the client did not offer the subprotocol {PROTOCOL} ({offered!r})")
+                raise ScenarioFailed(
+                    f"the client did not offer the subprotocol {PROTOCOL} ({offered!r})"
+                )
 
     async def expect(self, pattern: dict[str, Any], timeout_s: float) -> None:
         """The next client frame matching `pattern` (pings and frames that
@@ -430,10 +461,13 @@ class FakePlayer(Player):
         async with self.server.refused_changed:
             try:
                 await asyncio.wait_for(
-                    self.server.refused_changed.wait_for(lambda: self.server.refused >= count), timeout_s
+                    self.server.refused_changed.wait_for(lambda: self.server.refused >= count),
+                    timeout_s,
                 )
             except TimeoutError:
-                raise ScenarioFailed(f"{self.server.refused} connections refused, wanted {count}") from None
+                raise ScenarioFailed(
+                    f"{self.server.refused} connections refused, wanted {count}"
+                ) from None
 
 
 async def play_fake(scenario: dict[str, Any], client: str, schemas: Schemas) -> dict[str, Any]:
@@ -447,8 +481,12 @@ async def play_fake(scenario: dict[str, Any], client: str, schemas: Schemas) -> 
     try:
         token = scenario.get("token", "t1")
         await driver.send(
-            {"cmd": "start", "url": f"http://127.0.0.1:{server.port}", "token": token,
-             "options": scenario.get("options", {})}
+            {
+                "cmd": "start",
+                "url": f"http://127.0.0.1:{server.port}",
+                "token": token,
+                "options": scenario.get("options", {}),
+            }
         )
         await driver.wait_output({"out": "ready"}, player.bindings, timeout_s=10)
         await player.play(scenario.get("fake", []))
@@ -459,7 +497,9 @@ async def play_fake(scenario: dict[str, Any], client: str, schemas: Schemas) -> 
         await driver.stop()
         await server.stop()
     if error is None and server.client_problems:
-        error = "client frames refused by ws_client_message.json: " + "; ".join(server.client_problems[:3])
+        error = "client frames refused by ws_client_message.json: " + "; ".join(
+            server.client_problems[:3]
+        )
     return {
         "error": error,
         "deliveries": driver.deliveries(),
@@ -472,8 +512,6 @@ async def play_fake(scenario: dict[str, Any], client: str, schemas: Schemas) -> 
 async def finish(scenario: dict[str, Any], driver: Driver) -> None:
     """Waits for the expected deliveries (and a little more for late
     duplicates), then compares them."""
-    from player import compare, expected_deliveries
-
     expected = expected_deliveries(scenario)
     await driver.wait_quiet(count=len(expected), timeout_s=5, grace_s=0.2)
     problem = compare(expected, driver.deliveries())
@@ -486,8 +524,6 @@ def main() -> int:
     parser.add_argument("--client", required=True, help="the driver command")
     parser.add_argument("scenario", type=Path)
     args = parser.parse_args()
-    from player import load_scenario
-
     result = asyncio.run(play_fake(load_scenario(args.scenario), args.client, Schemas()))
     print(json.dumps({key: result[key] for key in ("error", "deliveries", "log")}, indent=2))
     return 1 if result["error"] else 0

@@ -27,7 +27,7 @@ SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_BASE = "https://jobgate.dev/schemas/"
 
 
-class FrameRefused(Exception):
+class FrameRefused(Exception):  # noqa: N818 - a verdict on a scenario, read as one
     """A frame the schemas refuse."""
 
 
@@ -119,35 +119,48 @@ class Bindings:
 
 def _match(pattern: Any, value: Any, present: bool, trial: dict[str, Any], b: Bindings) -> bool:
     if isinstance(pattern, str) and pattern.startswith("$"):
-        if not present:
-            return False
-        name = pattern[1:]
-        if name == "_":
-            return True
-        if name in trial:
-            return bool(trial[name] == value)
-        trial[name] = value
-        return True
+        return present and _capture(pattern[1:], value, trial)
     if not present:
         return False
     if isinstance(pattern, str) and pattern.startswith("@"):
         return bool(b.resolve_reference(pattern) == value)
     if isinstance(pattern, dict):
-        if not isinstance(value, dict):
-            return False
-        for key, sub in pattern.items():
-            if key == "!absent":
-                if any(name in value for name in sub):
-                    return False
-                continue
-            if not _match(sub, value.get(key), key in value, trial, b):
-                return False
-        return True
+        return isinstance(value, dict) and _match_object(pattern, value, trial, b)
     if isinstance(pattern, list):
-        if not isinstance(value, list) or len(value) != len(pattern):
+        return (
+            isinstance(value, list)
+            and len(value) == len(pattern)
+            and all(_match(p, v, True, trial, b) for p, v in zip(pattern, value, strict=True))
+        )
+    return _same_scalar(pattern, value)
+
+
+def _capture(name: str, value: Any, trial: dict[str, Any]) -> bool:
+    """`$name`: captures the value the first time, must be equal after (`$_`: anything)."""
+    if name == "_":
+        return True
+    if name in trial:
+        return bool(trial[name] == value)
+    trial[name] = value
+    return True
+
+
+def _match_object(
+    pattern: dict[str, Any], value: dict[str, Any], trial: dict[str, Any], b: Bindings
+) -> bool:
+    for key, sub in pattern.items():
+        if key == "!absent":
+            if any(name in value for name in sub):
+                return False
+            continue
+        if not _match(sub, value.get(key), key in value, trial, b):
             return False
-        return all(_match(p, v, True, trial, b) for p, v in zip(pattern, value, strict=True))
-    return bool(pattern == value) and type(pattern) is type(value) or (
+    return True
+
+
+def _same_scalar(pattern: Any, value: Any) -> bool:
+    """Equal and of the same type, except that an int and a float may be equal (never a bool)."""
+    return (bool(pattern == value) and type(pattern) is type(value)) or (
         isinstance(pattern, int | float)
         and not isinstance(pattern, bool)
         and isinstance(value, int | float)

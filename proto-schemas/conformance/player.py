@@ -19,7 +19,7 @@ STEPS_QUEUE = "conformance"
 FAKE_TS_BASE = 1_796_000_000_000
 
 
-class ScenarioFailed(Exception):
+class ScenarioFailed(Exception):  # noqa: N818 - a verdict on a scenario, read as one
     """A step's expectation was not met."""
 
 
@@ -165,7 +165,7 @@ class Player:
                 await self.step(step)
             except ScenarioFailed as failure:
                 raise ScenarioFailed(f"step {number} {json.dumps(step)[:160]}: {failure}") from None
-            except Exception as error:  # noqa: BLE001 - reported as the scenario's failure
+            except Exception as error:
                 raise ScenarioFailed(
                     f"step {number} {json.dumps(step)[:160]}: {type(error).__name__}: {error}"
                 ) from error
@@ -175,7 +175,10 @@ class Player:
             await self.driver.send(self.bindings.fill(step["driver"]))
         elif "wait_output" in step:
             await self.driver.wait_output(
-                step["wait_output"], self.bindings, timeout_s=self.timeout(step), since=step.get("since")
+                step["wait_output"],
+                self.bindings,
+                timeout_s=self.timeout(step),
+                since=step.get("since"),
             )
         elif "no_output" in step:
             await asyncio.sleep(float(step.get("for_ms", 300)) / 1000)
@@ -208,12 +211,18 @@ class Player:
         [0, min(max_ms, base_ms * 2^k)]; at least `min_count` of them."""
         start = self.driver.marks.get(spec.get("since", ""), 0)
         delays = [
-            output["ms"] for output in self.driver.outputs[start:] if output.get("out") == "reconnect_delay"
+            output["ms"]
+            for output in self.driver.outputs[start:]
+            if output.get("out") == "reconnect_delay"
         ]
         if len(delays) < spec.get("min_count", 1):
-            raise ScenarioFailed(f"{len(delays)} reconnect delays reported, wanted {spec.get('min_count', 1)}")
+            raise ScenarioFailed(
+                f"{len(delays)} reconnect delays reported, wanted {spec.get('min_count', 1)}"
+            )
         for attempt, delay in enumerate(delays[: spec.get("check_count", len(delays))]):
             bound = min(spec["max_ms"], spec["base_ms"] * 2**attempt)
             if not 0 <= delay <= bound:
-                raise ScenarioFailed(f"reconnect delay {attempt} was {delay} ms, outside [0, {bound}]: {delays}")
+                raise ScenarioFailed(
+                    f"reconnect delay {attempt} was {delay} ms, outside [0, {bound}]: {delays}"
+                )
         self.log.append(f"reconnect delays {delays}")

@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -68,9 +67,11 @@ def gateway_binary() -> str:
 
 
 def mint_token(ttl_s: int) -> str:
-    result = subprocess.run(  # noqa: S603 - our own binary
+    result = subprocess.run(
         [gateway_binary(), "token", "--sub", OWNER, "--ttl-s", str(ttl_s), "--secret", JWT_SECRET],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout.strip()
 
@@ -115,8 +116,13 @@ class Relay:
 
     async def start(self) -> None:
         self._server = await serve(
-            self._handle, "127.0.0.1", 0, process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol, ping_interval=None, max_size=None,
+            self._handle,
+            "127.0.0.1",
+            0,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            ping_interval=None,
+            max_size=None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -130,7 +136,9 @@ class Relay:
         async with self.changed:
             self.changed.notify_all()
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         self.attempts.append((len(self.server_closes), _token_of(request)))
         await self._notify()
         if self.refuse_remaining > 0:
@@ -138,7 +146,11 @@ class Relay:
             self.refused += 1
             await self._notify()
             return _response(503, "refused by the relay")
-        offered = [item.strip() for item in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if item.strip()]
+        offered = [
+            item.strip()
+            for item in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if item.strip()
+        ]
         headers = {}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
@@ -149,7 +161,9 @@ class Relay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SMALL_SEGMENT)
         sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.stack.gateway_port))
+            await asyncio.get_running_loop().sock_connect(
+                sock, ("127.0.0.1", self.stack.gateway_port)
+            )
             upstream = await connect(
                 f"ws://127.0.0.1:{self.stack.gateway_port}{request.path}",
                 sock=sock,
@@ -181,8 +195,10 @@ class Relay:
         # silence and stall are faults of the connection they were set on.
         self.silenced = False
         self.stall = None
-        pumps = [asyncio.create_task(self._client_to_server(client, upstream)),
-                 asyncio.create_task(self._server_to_client(client, upstream, connection))]
+        pumps = [
+            asyncio.create_task(self._client_to_server(client, upstream)),
+            asyncio.create_task(self._server_to_client(client, upstream, connection)),
+        ]
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for pump in pumps:
             pump.cancel()
@@ -205,7 +221,9 @@ class Relay:
             self.client_closes += 1
             await self._notify()
 
-    async def _server_to_client(self, client: ServerConnection, upstream: ClientConnection, connection: int) -> None:
+    async def _server_to_client(  # noqa: PLR0912 - one loop, one branch per relay fault
+        self, client: ServerConnection, upstream: ClientConnection, connection: int
+    ) -> None:
         held: str | None = None
         try:
             while True:
@@ -360,21 +378,43 @@ class RealStack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.gateway_env: dict[str, str] = {}
         self.relay = Relay(self)
-        self.logs = Path(os.environ.get("CONFORMANCE_LOG_DIR", "/tmp")) / f"jobgate-conformance-{os.getpid()}"
+        self.logs = (
+            Path(os.environ.get("CONFORMANCE_LOG_DIR", "/tmp"))
+            / f"jobgate-conformance-{os.getpid()}"
+        )
 
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis = subprocess.Popen(  # noqa: S603
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.redis = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         await self.start_gateway({})
         worker_bin = os.environ.get("JOBGATE_WORKER_BIN", str(ROOT / ".venv/bin/jobgate-worker"))
-        self.worker = subprocess.Popen(  # noqa: S603
-            [worker_bin, "steps_worker:worker", "--consumer", "conformance-1", "--concurrency", "4"],
-            cwd=HERE, env={**os.environ, "JOBGATE_REDIS_URL": self.redis_url(), "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.DEVNULL, stderr=(self.logs / "worker.log").open("ab"),
+        self.worker = subprocess.Popen(
+            [
+                worker_bin,
+                "steps_worker:worker",
+                "--consumer",
+                "conformance-1",
+                "--concurrency",
+                "4",
+            ],
+            cwd=HERE,
+            env={**os.environ, "JOBGATE_REDIS_URL": self.redis_url(), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=(self.logs / "worker.log").open("ab"),
         )
         await self.wait_kind_registered()
         await self.relay.start()
@@ -395,17 +435,21 @@ class RealStack:
             **extra_env,
         }
         self.gateway_env = extra_env
-        self.gateway = subprocess.Popen(  # noqa: S603
-            [gateway_binary()], env=env, stdout=subprocess.DEVNULL,
+        self.gateway = subprocess.Popen(
+            [gateway_binary()],
+            env=env,
+            stdout=subprocess.DEVNULL,
             stderr=(self.logs / "gateway.log").open("ab"),
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.gateway.poll() is not None:
-                raise RuntimeError(f"the gateway exited ({self.gateway.returncode}); see {self.logs}/gateway.log")
+                raise RuntimeError(
+                    f"the gateway exited ({self.gateway.returncode}); see {self.logs}/gateway.log"
+                )
             with contextlib.suppress(OSError):
                 url = f"http://127.0.0.1:{self.gateway_port}/healthz"
-                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=1):
                     return
             await asyncio.sleep(0.1)
         raise RuntimeError("the gateway did not become healthy within 30 s")
@@ -424,9 +468,18 @@ class RealStack:
     async def wait_kind_registered(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            found = subprocess.run(  # noqa: S603
-                ["redis-cli", "-p", str(self.redis_port), "HEXISTS", "jobgate:kinds:v2", "conformance_steps"],
-                capture_output=True, text=True, check=False,
+            found = subprocess.run(
+                [
+                    "redis-cli",
+                    "-p",
+                    str(self.redis_port),
+                    "HEXISTS",
+                    "jobgate:kinds:v2",
+                    "conformance_steps",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if found.stdout.strip() == "1":
                 return
@@ -436,9 +489,18 @@ class RealStack:
         raise RuntimeError("the worker did not register conformance_steps within 60 s")
 
     def job_status(self, job_id: str) -> str:
-        found = subprocess.run(  # noqa: S603
-            ["redis-cli", "-p", str(self.redis_port), "HGET", f"jobgate:job:{{{job_id}}}", "status"],
-            capture_output=True, text=True, check=False,
+        found = subprocess.run(
+            [
+                "redis-cli",
+                "-p",
+                str(self.redis_port),
+                "HGET",
+                f"jobgate:job:{{{job_id}}}",
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return found.stdout.strip()
 
@@ -459,8 +521,11 @@ class RealStack:
         if wanted_env != self.gateway_env:
             await self.stop_gateway()
             await self.start_gateway(wanted_env)
-        self.relay.reset(real.get("relay_faults", []), real.get("relay_refuse_first", 0),
-                         real.get("relay_small_window", 0))
+        self.relay.reset(
+            real.get("relay_faults", []),
+            real.get("relay_refuse_first", 0),
+            real.get("relay_small_window", 0),
+        )
         driver = await Driver.spawn(client)
         self.relay.driver = driver
         player = RealPlayer(scenario, driver, self)
@@ -468,8 +533,14 @@ class RealStack:
         try:
             token = player.token_for(real.get("token", {"ttl_s": 3600}))
             options = {**scenario.get("options", {}), **real.get("options", {})}
-            await driver.send({"cmd": "start", "url": f"http://127.0.0.1:{self.relay.port}",
-                               "token": token, "options": options})
+            await driver.send(
+                {
+                    "cmd": "start",
+                    "url": f"http://127.0.0.1:{self.relay.port}",
+                    "token": token,
+                    "options": options,
+                }
+            )
             await driver.wait_output({"out": "ready"}, player.bindings, timeout_s=10)
             await player.play(real["steps"])
             await finish(scenario, driver)
@@ -479,10 +550,16 @@ class RealStack:
             await driver.stop()
             self.relay.drop()
         if error is None and self.relay.problems:
-            error = "gateway frames refused by ws_server_message.json: " + "; ".join(self.relay.problems[:3])
-        return {"error": error, "deliveries": driver.deliveries(), "log": player.log,
-                "outputs": driver.outputs,
-                "stderr": driver.stderr_lines[-20:]}
+            error = "gateway frames refused by ws_server_message.json: " + "; ".join(
+                self.relay.problems[:3]
+            )
+        return {
+            "error": error,
+            "deliveries": driver.deliveries(),
+            "log": player.log,
+            "outputs": driver.outputs,
+            "stderr": driver.stderr_lines[-20:],
+        }
 
 
 class RealPlayer(Player):
@@ -500,7 +577,14 @@ class RealPlayer(Player):
         relay, timeout_s = self.relay, self.timeout(step)
         if "relay" in step:
             action = step["relay"]
-            if "match" in step and action in ("drop", "silence", "stall", "duplicate", "swap", "swallow"):
+            if "match" in step and action in (
+                "drop",
+                "silence",
+                "stall",
+                "duplicate",
+                "swap",
+                "swallow",
+            ):
                 relay.add_rule(step)
             elif action == "drop":
                 relay.drop()
@@ -518,33 +602,50 @@ class RealPlayer(Player):
             await self.stack.stop_gateway()
             await self.stack.start_gateway(self.stack.gateway_env)
         elif "wait_frame" in step:
-            frames = relay.client_frames if step.get("from", "server") == "client" else relay.server_frames
+            frames = (
+                relay.client_frames
+                if step.get("from", "server") == "client"
+                else relay.server_frames
+            )
             key = step.get("from", "server")
 
             def seen() -> bool:
                 for index, frame in enumerate(frames):
-                    if (key, index) not in relay.consumed and self.bindings.matches(step["wait_frame"], frame):
+                    if (key, index) not in relay.consumed and self.bindings.matches(
+                        step["wait_frame"], frame
+                    ):
                         relay.consumed.add((key, index))
                         return True
                 return False
 
-            await relay.wait_for(seen, timeout_s, f"a {key} frame matching {json.dumps(step['wait_frame'])}")
+            await relay.wait_for(
+                seen, timeout_s, f"a {key} frame matching {json.dumps(step['wait_frame'])}"
+            )
         elif "wait_close" in step:
             code = step["wait_close"]["code"]
-            await relay.wait_for(lambda: code in relay.server_closes, timeout_s, f"a close {code} from the gateway")
+            await relay.wait_for(
+                lambda: code in relay.server_closes, timeout_s, f"a close {code} from the gateway"
+            )
         elif "wait_reconnect" in step:
             # The first connection after the gateway's latest close carries the latest token.
             closes = len(relay.server_closes)
-            await relay.wait_for(lambda: any(n >= closes for n, _ in relay.attempts), timeout_s,
-                                 "a connection after the gateway's close")
+            await relay.wait_for(
+                lambda: any(n >= closes for n, _ in relay.attempts),
+                timeout_s,
+                "a connection after the gateway's close",
+            )
             token = next(token for n, token in relay.attempts if n >= closes)
             if step["wait_reconnect"].get("token") == "latest" and token != self.latest_token:
-                raise ScenarioFailed("the connection after the close did not carry the latest token")
+                raise ScenarioFailed(
+                    "the connection after the close did not carry the latest token"
+                )
         elif "wait_client_close" in step:
             await relay.wait_for(lambda: relay.client_closes > 0, timeout_s, "the client's close")
         elif "wait_refused" in step:
             count = step["wait_refused"]
-            await relay.wait_for(lambda: relay.refused >= count, timeout_s, f"{count} refused connections")
+            await relay.wait_for(
+                lambda: relay.refused >= count, timeout_s, f"{count} refused connections"
+            )
         elif "wait_job" in step:
             spec = self.bindings.fill(step["wait_job"])
             deadline = time.monotonic() + timeout_s
@@ -555,5 +656,3 @@ class RealPlayer(Player):
         else:
             return False
         return True
-
-

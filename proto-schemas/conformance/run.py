@@ -24,6 +24,7 @@ from typing import Any
 from fake_server import play_fake
 from frames import FrameRefused, Schemas
 from player import all_scenarios, compare, normalise
+from real_gateway import RealStack
 
 
 def line(status: str, name: str, backend: str, elapsed_ms: int, detail: str | None) -> str:
@@ -44,39 +45,34 @@ async def run_all(args: argparse.Namespace) -> int:
     stack = None
     stack_error = None
     if args.real:
-        from real_gateway import RealStack
-
         stack = RealStack(schemas)
         try:
             await stack.start()
         except Exception as error:  # noqa: BLE001 - every real replay fails with the reason
             await stack.stop()
-            stack, stack_error = None, f"the real gateway's stack did not start: {type(error).__name__}: {error}"
+            stack, stack_error = (
+                None,
+                f"the real gateway's stack did not start: {type(error).__name__}: {error}",
+            )
     report: list[dict[str, Any]] = []
     failed = 0
     try:
         for scenario in scenarios:
             fake = await run_one(scenario, "fake", lambda s: play_fake(s, args.client, schemas))
             report.append(fake)
-            print(line(fake["status"], scenario["name"], "fake", fake["ms"], fake["error"]), flush=True)
+            print(
+                line(fake["status"], scenario["name"], "fake", fake["ms"], fake["error"]),
+                flush=True,
+            )
             failed += fake["status"] == "FAIL"
             if not args.real:
                 continue
-            if stack is None:
-                result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
-                          "error": stack_error, "deliveries": []}
-            elif "real" not in scenario:
-                result = {"name": scenario["name"], "backend": "real", "status": "FAIL", "ms": 0,
-                          "error": "the scenario has no real section", "deliveries": []}
-            else:
-                result = await run_one(scenario, "real", lambda s: stack.play(s, args.client))
-                if result["status"] == "PASS" and fake["status"] == "PASS":
-                    difference = compare(fake["deliveries"], result["deliveries"])
-                    if difference:
-                        result["status"] = "FAIL"
-                        result["error"] = f"real deliveries differ from the fake run's: {difference}"
+            result = await replay_real(scenario, fake, stack, stack_error, args.client)
             report.append(result)
-            print(line(result["status"], scenario["name"], "real", result["ms"], result["error"]), flush=True)
+            print(
+                line(result["status"], scenario["name"], "real", result["ms"], result["error"]),
+                flush=True,
+            )
             failed += result["status"] == "FAIL"
     finally:
         if stack is not None:
@@ -84,8 +80,38 @@ async def run_all(args: argparse.Namespace) -> int:
     passed = sum(item["status"] == "PASS" for item in report)
     print(f"{passed} passed, {failed} failed")
     if args.report:
-        Path(args.report).write_text(json.dumps({"client": args.client, "results": report}, indent=2) + "\n")
+        Path(args.report).write_text(
+            json.dumps({"client": args.client, "results": report}, indent=2) + "\n"
+        )
     return 1 if failed else 0
+
+
+async def replay_real(
+    scenario: dict[str, Any],
+    fake: dict[str, Any],
+    stack: RealStack | None,
+    stack_error: str | None,
+    client: str,
+) -> dict[str, Any]:
+    """The scenario replayed against the real gateway; its deliveries must
+    equal the fake run's."""
+    if stack is None or "real" not in scenario:
+        error = stack_error if stack is None else "the scenario has no real section"
+        return {
+            "name": scenario["name"],
+            "backend": "real",
+            "status": "FAIL",
+            "ms": 0,
+            "error": error,
+            "deliveries": [],
+        }
+    result = await run_one(scenario, "real", lambda s: stack.play(s, client))
+    if result["status"] == "PASS" and fake["status"] == "PASS":
+        difference = compare(fake["deliveries"], result["deliveries"])
+        if difference:
+            result["status"] = "FAIL"
+            result["error"] = f"real deliveries differ from the fake run's: {difference}"
+    return result
 
 
 async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str, Any]:
@@ -95,7 +121,10 @@ async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str
     except FrameRefused as refused:
         outcome = {"error": f"scenario refused: {refused}", "deliveries": []}
     except Exception as error:  # noqa: BLE001 - a broken backend fails its scenario, not the run
-        outcome = {"error": f"{backend} backend failed: {type(error).__name__}: {error}", "deliveries": []}
+        outcome = {
+            "error": f"{backend} backend failed: {type(error).__name__}: {error}",
+            "deliveries": [],
+        }
     status = "FAIL" if outcome["error"] else "PASS"
     return {
         "name": scenario["name"],
@@ -112,7 +141,9 @@ async def run_one(scenario: dict[str, Any], backend: str, play: Any) -> dict[str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="jobgate client conformance suite")
-    parser.add_argument("--client", required=True, help='the driver command, e.g. "node dist/conformance/driver.js"')
+    parser.add_argument(
+        "--client", required=True, help='the driver command, e.g. "node dist/conformance/driver.js"'
+    )
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--report", help="write a JSON report here")
     parser.add_argument("--real", action="store_true", help="also replay against the real gateway")

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import redis
-
 from jobgate_worker import JobContext, Worker
 
 worker = Worker(queue="conformance", progress_interval=0)
@@ -53,6 +52,8 @@ def steps(ctx: JobContext, params: dict[str, Any]) -> dict[str, int]:
         deadline = time.monotonic() + WRITE_TIMEOUT_S
         while _seq(ctx.job_id) == before:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"progress {done} of {ctx.job_id} was not written within {WRITE_TIMEOUT_S} s")
+                raise RuntimeError(
+                    f"progress {done} of {ctx.job_id} was not written within {WRITE_TIMEOUT_S} s"
+                )
             time.sleep(0.002)
     return {"steps": total}

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -44,8 +45,16 @@ def test_a_scenario_with_an_invalid_server_frame_is_refused_before_it_runs() -> 
 def test_an_invalid_job_event_is_refused() -> None:
     broken = scenario()
     broken["jobs"]["J1"]["events"] = [
-        {"type": "event", "job_id": broken["jobs"]["J1"]["job_id"], "seq": 0, "epoch": 1,
-         "event": "queued", "data": {}, "ts": 1, "trace_id": broken["jobs"]["J1"]["trace_id"]}
+        {
+            "type": "event",
+            "job_id": broken["jobs"]["J1"]["job_id"],
+            "seq": 0,
+            "epoch": 1,
+            "event": "queued",
+            "data": {},
+            "ts": 1,
+            "trace_id": broken["jobs"]["J1"]["trace_id"],
+        }
     ]
     with pytest.raises(FrameRefused):
         asyncio.run(play_fake(broken, NO_DRIVER, SCHEMAS))
@@ -55,7 +64,7 @@ def test_a_frame_only_known_at_run_time_is_refused_at_the_step() -> None:
     class Socket:
         subprotocol = None
         request = None
-        sent: list[str] = []
+        sent: ClassVar[list[str]] = []
 
         async def send(self, text: str) -> None:
             self.sent.append(text)
@@ -74,19 +83,27 @@ def test_a_frame_only_known_at_run_time_is_refused_at_the_step() -> None:
 
 def test_patterns_capture_then_compare() -> None:
     bindings = Bindings({"J1": {"job_id": "j-1", "trace_id": "t"}})
-    assert bindings.matches({"type": "submit", "idempotency_key": "$key"}, {"type": "submit", "idempotency_key": "k1", "x": 1})
+    assert bindings.matches(
+        {"type": "submit", "idempotency_key": "$key"},
+        {"type": "submit", "idempotency_key": "k1", "x": 1},
+    )
     assert bindings.matches({"idempotency_key": "$key"}, {"idempotency_key": "k1"})
     assert not bindings.matches({"idempotency_key": "$key"}, {"idempotency_key": "k2"})
     assert not bindings.matches({"after": "$_"}, {})
     assert bindings.matches({"job_id": "@J1", "!absent": ["after_epoch"]}, {"job_id": "j-1"})
     assert not bindings.matches({"!absent": ["after_epoch"]}, {"after_epoch": 2})
     assert not bindings.matches({"seq": 1}, {"seq": True})
-    assert bindings.fill({"request_id": "$key", "job_id": "@J1.trace_id"}) == {"request_id": "k1", "job_id": "t"}
+    assert bindings.fill({"request_id": "$key", "job_id": "@J1.trace_id"}) == {
+        "request_id": "k1",
+        "job_id": "t",
+    }
 
 
 def test_deliveries_compare_per_ref_and_ignore_ids_and_workers() -> None:
     expected = expected_deliveries(scenario())
-    renamed = json.loads(json.dumps(expected).replace("01936f3e-0001-7000-8000-000000000001", "other-id"))
+    renamed = json.loads(
+        json.dumps(expected).replace("01936f3e-0001-7000-8000-000000000001", "other-id")
+    )
     for item in renamed:
         if item.get("event") == "started":
             item["data"]["worker"] = "host-1"
