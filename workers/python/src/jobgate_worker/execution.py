@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from .backoff import backoff_s
+from .batching import PipelineBatcher
 from .context import JobContext, ProgressReporter
 from .control import ControlChannels
 from .dask_provider import DaskProvider
@@ -56,7 +57,7 @@ from .outcomes import (
 )
 from .reporting import EntryFate, OutcomeReporter
 from .scheduler import Scheduler
-from .script import JobScript, Reply, StartedJob
+from .script import JobScript, Reply, StartedJob, parse_reply
 from .spans import AttemptSpans
 from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
@@ -95,6 +96,7 @@ class JobExecutor:
         reporter: OutcomeReporter,
         control: ControlChannels | None = None,
         counts: OutcomeCounts | None = None,
+        batcher: PipelineBatcher | None = None,
     ) -> None:
         self.worker = worker
         self.queue = queue
@@ -109,6 +111,8 @@ class JobExecutor:
         self.reporter = reporter
         self.control = control
         self.counts = counts
+        #: Shares ``start``'s round trip with other handler threads (single Redis).
+        self.batcher = batcher
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._seen_lock = threading.Lock()
         #: Set at shutdown once running attempts are being given back.
@@ -161,7 +165,7 @@ class JobExecutor:
 
     def _execute(self, run: Run) -> None:
         start_ns = time.time_ns()
-        reply, started = self.script.start(run.job_id, self.consumer)
+        reply, started = self._start(run.job_id)
         if started is None:
             self._not_started(run, reply)
             return
@@ -169,6 +173,20 @@ class JobExecutor:
             run.span = span
             run.span_context = span.get_span_context()
             self._attempt(run, started, ids)
+
+    def _start(self, job_id: str) -> tuple[Reply, StartedJob | None]:
+        """``start``, in a pipeline shared with other threads' calls when it can be."""
+        batcher = self.batcher
+        if batcher is None or not batcher.enabled:
+            return self.script.start(job_id, self.consumer)
+        consumer = self.consumer
+        (raw,) = batcher.call(lambda pipe: self.script.queue(pipe, job_id, "start", consumer), 1)
+        if isinstance(raw, redis.exceptions.NoScriptError):
+            # The script cache was flushed: this call did not run; ``call`` loads it.
+            return self.script.start(job_id, self.consumer)
+        if isinstance(raw, Exception):
+            raise raw
+        return JobScript.started(parse_reply(raw))
 
     def _attempt(self, run: Run, started: StartedJob, span: SpanContext) -> None:
         """Run the handler of a started attempt (inside its consumer span)."""

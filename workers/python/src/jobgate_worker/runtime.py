@@ -36,6 +36,7 @@ from types import FrameType
 
 import redis
 
+from .batching import PipelineBatcher
 from .clients import RedisClients
 from .control import ControlChannels
 from .dask_provider import DaskProvider
@@ -158,6 +159,8 @@ class Runtime:
         )
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
+        # The handler threads' start and terminal calls share round trips.
+        batcher = PipelineBatcher(self.clients.current)
         reporter = OutcomeReporter(
             script=self.script,
             streams=self.streams,
@@ -167,6 +170,7 @@ class Runtime:
             spans=spans,
             lease_ms=settings.lease_ms,
             counts=self.counts,
+            batcher=batcher,
         )
         self.executor = JobExecutor(
             worker=worker,
@@ -182,6 +186,7 @@ class Runtime:
             reporter=reporter,
             control=self.control,
             counts=self.counts,
+            batcher=batcher,
         )
         self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers))

@@ -1,0 +1,93 @@
+"""Handler threads' calls sharing pipelines (``batching.py``), against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+import sample_app
+from jobgate_worker.batching import PipelineBatcher
+
+
+def test_each_caller_gets_its_own_replies(redis_server):
+    client = redis_server.client()
+    batcher = PipelineBatcher(lambda: client)
+    barrier = threading.Barrier(16)
+
+    def one(index: int) -> list[object]:
+        barrier.wait()
+
+        def queue(pipe: redis.client.Pipeline) -> None:
+            pipe.set(f"k{index}", index)
+            pipe.incrby("total", index)
+            pipe.get(f"k{index}")
+
+        return batcher.call(queue, 3)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    for index, (written, _total, read) in enumerate(results):
+        assert written is True
+        assert read == str(index)
+    assert int(client.get("total")) == sum(range(16))
+    assert batcher.requests == 16
+    # Concurrent callers shared round trips (at most one batch each when alone).
+    assert 1 <= batcher.batches <= 16
+
+
+def test_an_error_reply_is_the_callers_alone(redis_server):
+    client = redis_server.client()
+    batcher = PipelineBatcher(lambda: client)
+    client.set("text", "abc")
+    (wrong,) = batcher.call(lambda pipe: pipe.incr("text"), 1)
+    assert isinstance(wrong, redis.ResponseError)
+    (right,) = batcher.call(lambda pipe: pipe.incr("number"), 1)
+    assert right == 1
+
+
+def test_a_lost_connection_is_raised_in_every_caller_and_then_recovered(redis_server):
+    client = redis_server.client()
+    batcher = PipelineBatcher(lambda: client)
+    redis_server.kill()
+    with pytest.raises(redis.ConnectionError):
+        batcher.call(lambda pipe: pipe.ping(), 1)
+    redis_server.start(redis_server.port)
+    assert batcher.call(lambda pipe: pipe.ping(), 1) == [True]
+
+
+def test_many_callers_and_batches_of_bounded_size(redis_server):
+    client = redis_server.client()
+    batcher = PipelineBatcher(lambda: client, max_requests=4)
+
+    def one(index: int) -> object:
+        (reply,) = batcher.call(lambda pipe: pipe.incr("count"), 1)
+        return reply
+
+    with ThreadPoolExecutor(32) as pool:
+        replies = sorted(pool.map(one, range(500)))  # type: ignore[type-var]
+    assert replies == list(range(1, 501))
+    assert batcher.requests == 500
+    assert batcher.batches >= 500 / 4
+
+
+def test_jobs_of_many_handler_threads_complete_through_shared_pipelines(gateway, run_worker):
+    """Start and terminal calls of 32 handler threads go through the batcher;
+    every job completes once, in order of its events, and every entry is
+    acknowledged."""
+    worker = sample_app.worker
+    with run_worker(worker, concurrency=32) as runtime:
+        ids = [gateway.submit("echo", {"i": i}) for i in range(300)]
+        for i, job_id in enumerate(ids):
+            events = gateway.wait_terminal(job_id)
+            assert [event["event"] for event in events] == ["queued", "started", "completed"]
+            assert events[-1]["data"]["result"] == {"i": i}
+        batcher = runtime.executor.batcher
+        assert batcher is not None
+        assert batcher is runtime.executor.reporter.batcher
+        # 300 starts and 300 terminal calls, at least.
+        assert batcher.requests >= 600
+    assert gateway.backlog("default") == 0
+    assert gateway.pending("default") == 0
