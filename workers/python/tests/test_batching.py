@@ -9,7 +9,11 @@ import pytest
 import redis
 
 import sample_app
+from conftest import thread_worker
+from jobgate_worker import keys
 from jobgate_worker.batching import PipelineBatcher
+from jobgate_worker.execution import Started
+from jobgate_worker.streams import Entry
 
 
 def test_each_caller_gets_its_own_replies(redis_server):
@@ -74,11 +78,19 @@ def test_many_callers_and_batches_of_bounded_size(redis_server):
 
 
 def test_jobs_of_many_handler_threads_complete_through_shared_pipelines(gateway, run_worker):
-    """Start and terminal calls of 32 handler threads go through the batcher;
-    every job completes once, in order of its events, and every entry is
-    acknowledged."""
+    """The read loop starts what it read in one pipeline, the terminal calls of
+    32 handler threads share the batcher's; every job completes once, its
+    events in order, and every entry is acknowledged."""
     worker = sample_app.worker
     with run_worker(worker, concurrency=32) as runtime:
+        batches: list[int] = []
+        start_batch = runtime.executor.start_batch
+
+        def recording(entries: list[Entry]) -> dict[tuple[str, str], Started]:
+            batches.append(len(entries))
+            return start_batch(entries)
+
+        runtime.executor.start_batch = recording  # type: ignore[method-assign]
         ids = [gateway.submit("echo", {"i": i}) for i in range(300)]
         for i, job_id in enumerate(ids):
             events = gateway.wait_terminal(job_id)
@@ -87,7 +99,34 @@ def test_jobs_of_many_handler_threads_complete_through_shared_pipelines(gateway,
         batcher = runtime.executor.batcher
         assert batcher is not None
         assert batcher is runtime.executor.reporter.batcher
-        # 300 starts and 300 terminal calls, at least.
-        assert batcher.requests >= 600
+        # Every terminal call went through the batcher, and the starts
+        # through the read loop's pipelines.
+        assert batcher.requests >= 300
+        assert sum(batches) == 300
     assert gateway.backlog("default") == 0
     assert gateway.pending("default") == 0
+
+
+def test_started_but_unrun_entries_are_given_back_at_shutdown(redis_server, gateway):
+    """An entry the read loop started whose handler only gets to it once the
+    shutdown's grace ran out is released (its attempt not charged) and
+    re-enqueued, as a running attempt given back would be."""
+    runtime = thread_worker(redis_server.url, sample_app.worker).runtime
+    runtime.streams.ensure_groups()
+    job_id = gateway.submit("echo", {"x": 1})
+    [entry] = runtime.streams.read(1, 0)
+    runtime.inflight.hold(entry)
+    started = runtime.executor.start_batch([entry])
+    assert gateway.redis.hget(keys.job_key(job_id), "status") == "running"
+    runtime.executor._closing.set()
+    runtime.executor.execute(entry, started[entry.key])
+    record = gateway.redis.hgetall(keys.job_key(job_id))
+    assert record["status"] == "queued"
+    assert record["attempt"] == "0"
+    assert gateway.events(job_id)[-1]["data"]["error"]["code"] == "worker_shutdown"
+    # A fresh entry for the job, the old one acknowledged and deleted.
+    [(_, [(new_id, fields)])] = gateway.redis.xread({entry.stream: "0"})
+    assert new_id != entry.entry_id
+    assert fields["job_id"] == job_id
+    assert gateway.pending("default") == 0
+    runtime.clients.close()

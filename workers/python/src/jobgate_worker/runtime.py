@@ -40,7 +40,7 @@ from .batching import PipelineBatcher
 from .clients import RedisClients
 from .control import ControlChannels
 from .dask_provider import DaskProvider
-from .execution import JobExecutor
+from .execution import JobExecutor, Started
 from .heartbeat import Heartbeat
 from .housekeeping import KindRegistry, LeaseKeeper
 from .inflight import InFlight
@@ -201,7 +201,7 @@ class Runtime:
             on_server_time=self.counts.note_server_time,
         )
         self.slots = Slots(settings.concurrency)
-        self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Entry, Started | None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._backlog: deque[Entry] = deque()
         self._stopping = threading.Event()
@@ -399,8 +399,12 @@ class Runtime:
             # Subscribed before ``start``: one wake-up of the control thread
             # for the whole read; each handler thread then waits for its own.
             self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
-        for entry in entries[:free]:
-            self._dispatch(entry)
+        now_entries = entries[:free]
+        # One round trip starts them all (single Redis); each handler thread
+        # then runs its attempt without a start of its own.
+        started = self.executor.start_batch(now_entries) if self.executor.batches_starts() else {}
+        for entry in now_entries:
+            self._dispatch(entry, started.get(entry.key))
         for entry in entries[free:]:
             # Several bands filled while the read blocked: keep the surplus
             # (held, so its lease is renewed) for the next free slots.
@@ -423,18 +427,19 @@ class Runtime:
             dispatched += 1
         return dispatched
 
-    def _dispatch(self, entry: Entry) -> None:
+    def _dispatch(self, entry: Entry, started: Started | None = None) -> None:
         self.inflight.hold(entry)
         self.slots.take()
-        self._work.put(entry)
+        self._work.put((entry, started))
 
     def _handler_thread(self) -> None:
         while True:
-            entry = self._work.get()
-            if entry is None:
+            work = self._work.get()
+            if work is None:
                 return
+            entry, started = work
             try:
-                self.executor.execute(entry)
+                self.executor.execute(entry, started)
             except Exception:
                 log.exception("unexpected error running an entry", extra={"job_id": entry.job_id})
             finally:
