@@ -19,7 +19,7 @@
 #   COMPARE_ONLY              jobgate, bullmq or celery: run only those (a
 #                             space-separated list)
 #   COMPARE_PYTHON_SHAPE      the Python worker's <processes>x<threads> at
-#                             200 in flight (default 2x8; Celery runs 4
+#                             200 in flight (default 2x64; Celery runs 4
 #                             prefork processes)
 #   COMPARE_SKIP_BUILD=1      use the binaries already in target/release
 set -euo pipefail
@@ -44,7 +44,7 @@ else
   counts=(--jobs 1000 --warmup 100 --in-flight-warmup 2000 --duration 15)
   rounds=${COMPARE_ROUNDS:-3}
 fi
-python_shape=${COMPARE_PYTHON_SHAPE:-2x8}
+python_shape=${COMPARE_PYTHON_SHAPE:-2x64}
 [[ $python_shape =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || fail "COMPARE_PYTHON_SHAPE must look like 2x8"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || fail "COMPARE_ROUNDS must be a positive number"
 
