@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import thread_worker
 from jobgate_worker import keys
 from jobgate_worker.batching import PipelineBatcher
 from jobgate_worker.execution import Started
+from jobgate_worker.runtime import Slots
 from jobgate_worker.streams import Entry
 
 
@@ -130,3 +132,24 @@ def test_started_but_unrun_entries_are_given_back_at_shutdown(redis_server, gate
     assert fields["job_id"] == job_id
     assert gateway.pending("default") == 0
     runtime.clients.close()
+
+
+def test_read_loop_lingers_briefly_for_more_free_slots():
+    """All slots taken: the read loop wakes once one frees up, waits at most
+    SLOTS_LINGER_S for an eighth of them, and otherwise takes what is free."""
+    slots = Slots(16)
+    for _ in range(16):
+        slots.take()
+    stopping = threading.Event()
+    threading.Timer(0.05, slots.give).start()
+    began = time.monotonic()
+    assert slots.wait_free(stopping, timeout=5) == 1
+    assert time.monotonic() - began < 1
+    # Two free (= an eighth of 16): no lingering.
+    slots.take()
+    threading.Timer(0.05, lambda: (slots.give(), slots.give())).start()
+    assert slots.wait_free(stopping, timeout=5) == 2
+    # Every slot given back wakes a waiter for all of them.
+    for _ in range(14):
+        slots.give()
+    assert slots.wait_all_free(timeout=1)

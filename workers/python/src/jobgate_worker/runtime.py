@@ -62,17 +62,29 @@ log = logging.getLogger("jobgate_worker")
 #: Exit statuses of ``Runtime.run``: stopped as asked, or stopped by an error.
 EXIT_OK = 0
 EXIT_FAILED = 1
+#: Longest the read loop waits, once a slot is free, for more to free up
+#: (``Slots``): it bounds what batching adds to a job's wait in the queue.
+SLOTS_LINGER_S = 0.002
 #: How often the read loop asks whether the queue is paused. A pause takes
 #: effect within this plus one read.
 PAUSE_CHECK_INTERVAL_S = 0.25
 
 
 class Slots:
-    """Counts free handler threads; the read loop never fetches more than that."""
+    """Counts free handler threads; the read loop never fetches more than that.
+
+    When every slot is taken, the read loop waits for one to free up, and
+    then at most ``SLOTS_LINGER_S`` more for a few more (an eighth of them):
+    so that when jobs are short and waiting in the queue, one read and one
+    pipeline of ``start`` serve several slots instead of one each, and the
+    read loop is woken a few times per batch rather than at every job's end.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = size
+        #: Free slots worth a read without lingering.
+        self.enough = max(1, size // 8)
         self._condition = threading.Condition()
 
     @property
@@ -87,12 +99,17 @@ class Slots:
     def give(self) -> None:
         with self._condition:
             self._free += 1
-            self._condition.notify_all()
+            # Wake the read loop when the first slot frees up (it starts to
+            # linger) and once enough are free; not at every slot between.
+            if self._free in (1, self.enough, self.size):
+                self._condition.notify_all()
 
     def wait_free(self, stopping: threading.Event, timeout: float) -> int:
         with self._condition:
             if self._free <= 0 and not stopping.is_set():
                 self._condition.wait(timeout)
+                if 0 < self._free < self.enough and not stopping.is_set():
+                    self._condition.wait(SLOTS_LINGER_S)
             return self._free
 
     def wait_all_free(self, timeout: float, abort: threading.Event | None = None) -> bool:
