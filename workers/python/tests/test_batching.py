@@ -101,10 +101,11 @@ def test_jobs_of_many_handler_threads_complete_through_shared_pipelines(gateway,
         batcher = runtime.executor.batcher
         assert batcher is not None
         assert batcher is runtime.executor.reporter.batcher
-        # Every terminal call went through the batcher, and the starts
-        # through the read loop's pipelines.
+        # Every terminal call went through the batcher, and the starts of
+        # entries read together through the read loop's pipelines.
         assert batcher.requests >= 300
-        assert sum(batches) == 300
+        assert batches
+        assert all(1 < size <= 32 for size in batches)
     assert gateway.backlog("default") == 0
     assert gateway.pending("default") == 0
 

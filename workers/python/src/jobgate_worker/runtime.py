@@ -418,8 +418,11 @@ class Runtime:
             self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
         now_entries = entries[:free]
         # One round trip starts them all (single Redis); each handler thread
-        # then runs its attempt without a start of its own.
-        started = self.executor.start_batch(now_entries) if self.executor.batches_starts() else {}
+        # then runs its attempt without a start of its own. A lone entry's
+        # start is left to its handler thread, which makes it while this
+        # thread reads again.
+        batch = len(now_entries) > 1 and self.executor.batches_starts()
+        started = self.executor.start_batch(now_entries) if batch else {}
         for entry in now_entries:
             self._dispatch(entry, started.get(entry.key))
         for entry in entries[free:]:
