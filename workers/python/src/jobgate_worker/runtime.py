@@ -298,6 +298,7 @@ class Runtime:
         self.kinds.register()
         self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
         self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.check, "leases")
+        self.scheduler.call_every(self.renewer.flush_interval_s, self.renewer.flush, "renewer")
         self.heartbeat.beat()
         self.scheduler.call_every(settings.heartbeat_s, self.heartbeat.beat, "heartbeat")
         self.scheduler.call_every(FLUSH_INTERVAL_S, self._flush_counts, "outcome counters")
