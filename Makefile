@@ -101,8 +101,9 @@ clean:
 bench: deps
 	@benches/run.sh
 
-# BullMQ and Celery on this machine, in the same two scenarios as the echo
-# worker's (benches/compare/README.md); target/bench/compare.json.
+# jobgate, BullMQ and Celery on this machine in one sitting: three rounds back
+# to back, the medians, the target ratios (benches/compare/README.md);
+# target/bench/compare.json. It builds and installs what it needs first.
 bench-compare:
 	@bash benches/compare/run.sh
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by benches/run.sh and benches/compare/run.sh.
 # The sourcing script defines `fail` first.
 

@@ -19,11 +19,15 @@
 #   BENCH_IDLE_SESSIONS   sessions of the idle scenario (default 10000)
 #   BENCH_ONLY            run only the scenarios whose name matches this
 #                         regular expression (e.g. 'echo-200|fanout')
+#   BENCH_PYTHON_SHAPES   the Python worker's <processes>x<threads> shapes at
+#                         200 in flight (default "1x4 1x16 2x8"; the first
+#                         one also runs python-sequential)
+#   BENCH_OUT             where results and logs go (default target/bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-out="$root/target/bench"
+out="${BENCH_OUT:-$root/target/bench}"
 logs="$out/logs"
 results="$out/results.jsonl"
 rm -rf "$logs"
@@ -155,14 +159,23 @@ start_python_workers() {
   sleep 1 # let every process reach its first read
 }
 
+# wanted <name>…: whether BENCH_ONLY selects any of these scenarios.
+wanted() {
+  local name
+  for name in "$@"; do
+    if [ -z "${BENCH_ONLY:-}" ] || [[ $name =~ $BENCH_ONLY ]]; then
+      return 0
+    fi
+  done
+  return 1
+}
+
 # scenario <name> <loadgen args…>: one JSON object appended to the results,
 # and Redis's per-command counts of the scenario in logs/commandstats-<name>.txt.
 scenario() {
   local name=$1
   shift
-  if [ -n "${BENCH_ONLY:-}" ] && ! [[ $name =~ $BENCH_ONLY ]]; then
-    return 0
-  fi
+  wanted "$name" || return 0
   log "$name"
   local workers
   workers=$(IFS=,; echo "${worker_pids[*]}")
@@ -170,8 +183,8 @@ scenario() {
   if ! "$loadgen_bin" --url "http://127.0.0.1:$gateway_port" --scenario "$name" --json \
     --gateway-pid "$gateway_pid" --redis-pid "$redis_pid" \
     ${workers:+--worker-pids "$workers"} "$@" >>"$results" 2>>"$logs/loadgen.log"; then
-    printf '{"scenario":"%s","errors":1,"note":"the load generator failed; see target/bench/logs/loadgen.log"}\n' \
-      "$name" >>"$results"
+    printf '{"scenario":"%s","errors":1,"note":"the load generator failed; see %s/loadgen.log"}\n' \
+      "$name" "$logs" >>"$results"
   fi
   redis-cli -p "$redis_port" info commandstats >"$logs/commandstats-$name.txt" 2>/dev/null || true
   # Another process on the machine may have stopped ours: say so, and go on
@@ -193,43 +206,60 @@ fi
 
 # --- scenarios -------------------------------------------------------------
 
-start_gateway
-start_echo_worker
+read -r -a python_shapes <<<"${BENCH_PYTHON_SHAPES:-1x4 1x16 2x8}"
+idle_scenario="idle-$idle_sessions-ws"
+echo_scenarios=(echo-sequential echo-200-in-flight echo-sse-per-job push-ws-100-in-flight
+  poll-100-in-flight fanout-1000-sse-1000-ws "$idle_scenario")
+python_scenarios=(python-sequential)
+for shape in "${python_shapes[@]}"; do
+  python_scenarios+=("python-$shape-200-in-flight")
+done
 
-scenario echo-sequential --mode ws --jobs "$(scale 1000 300)" --warmup 100 \
-  --target 'p50_ms<=1' --target 'p99_ms<=3'
-scenario echo-200-in-flight --mode ws --jobs 200000 --warmup 2000 --concurrency 200 --sessions 20 \
-  --duration "$(scale 15 3)" --target 'jobs_per_s>=10000'
-scenario echo-sse-per-job --mode sse --jobs "$(scale 2000 200)" --warmup 100 --concurrency 20
-scenario push-ws-100-in-flight --mode ws --jobs "$(scale 1000 200)" --concurrency 100 --sessions 100
-scenario poll-100-in-flight --mode poll --jobs "$(scale 1000 200)" --concurrency 100 \
-  --poll-interval-ms 2000 --compare-with push-ws-100-in-flight
-scenario fanout-1000-sse-1000-ws --mode fanout --sessions 1000 --sse-streams 1000 \
-  --fanout-delay-ms 5000 --fanout-steps 20 --fanout-step-ms 100 --target 'p99_ms<=50'
-
-# A fresh gateway, so the idle sessions' memory is not served from what
-# earlier scenarios freed.
-start_gateway
-scenario "idle-$idle_sessions-ws" --mode idle --sessions "$idle_sessions" --connect-concurrency 200 \
-  --target 'rss_per_session_kb<=20'
-stop_workers
-
-if [ "${BENCH_SKIP_PYTHON:-0}" != 1 ] && [ -x "$python_worker" ]; then
+if wanted "${echo_scenarios[@]}"; then
   start_gateway
-  # One process with the default 4 handler threads, then more threads and
-  # more processes (each process has one reader and its own interpreter lock).
-  start_python_workers 1 4
+  start_echo_worker
+
+  scenario echo-sequential --mode ws --jobs "$(scale 1000 300)" --warmup 100 \
+    --target 'p50_ms<=1' --target 'p99_ms<=3'
+  scenario echo-200-in-flight --mode ws --jobs 200000 --warmup 2000 --concurrency 200 --sessions 20 \
+    --duration "$(scale 15 3)" --target 'jobs_per_s>=10000'
+  scenario echo-sse-per-job --mode sse --jobs "$(scale 2000 200)" --warmup 100 --concurrency 20
+  scenario push-ws-100-in-flight --mode ws --jobs "$(scale 1000 200)" --concurrency 100 --sessions 100
+  scenario poll-100-in-flight --mode poll --jobs "$(scale 1000 200)" --concurrency 100 \
+    --poll-interval-ms 2000 --compare-with push-ws-100-in-flight
+  scenario fanout-1000-sse-1000-ws --mode fanout --sessions 1000 --sse-streams 1000 \
+    --fanout-delay-ms 5000 --fanout-steps 20 --fanout-step-ms 100 --target 'p99_ms<=50'
+
+  if wanted "$idle_scenario"; then
+    # A fresh gateway, so the idle sessions' memory is not served from what
+    # earlier scenarios freed.
+    start_gateway
+    scenario "$idle_scenario" --mode idle --sessions "$idle_sessions" --connect-concurrency 200 \
+      --target 'rss_per_session_kb<=20'
+  fi
+  stop_workers
+fi
+
+if [ "${BENCH_SKIP_PYTHON:-0}" != 1 ] && [ -x "$python_worker" ] && wanted "${python_scenarios[@]}"; then
+  start_gateway
+  # The first shape (by default one process with the default 4 handler
+  # threads), then more threads and more processes (each process has one
+  # reader and its own interpreter lock).
+  first=${python_shapes[0]}
+  start_python_workers "${first%x*}" "${first#*x}"
   scenario python-sequential --mode ws --jobs "$(scale 1000 200)" --warmup 100 --target 'p50_ms<=3'
-  for shape in 1x4 1x16 2x8; do
-    if [ "$shape" != 1x4 ]; then
+  for shape in "${python_shapes[@]}"; do
+    wanted "python-$shape-200-in-flight" || continue
+    if [ "$shape" != "$first" ]; then
       stop_workers
       start_python_workers "${shape%x*}" "${shape#*x}"
     fi
+    first=""
     scenario "python-$shape-200-in-flight" --mode ws --jobs 100000 --warmup 500 --concurrency 200 \
       --sessions 20 --duration "$(scale 10 3)" --target 'jobs_per_s>=1000'
   done
   stop_workers
-elif [ "${BENCH_SKIP_PYTHON:-0}" != 1 ]; then
+elif [ "${BENCH_SKIP_PYTHON:-0}" != 1 ] && ! [ -x "$python_worker" ]; then
   log "skipping the Python worker scenarios: $python_worker is missing (make venv)"
 fi
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from conftest import assert_contiguous
 from jobgate_worker import keys
+from jobgate_worker.renewal import LeaseRenewer
 from jobgate_worker.renewer import Renewer, RenewerConfig, change_line
 
 RENEWER_MODULE = "jobgate_worker.renewer"
@@ -199,3 +200,43 @@ def test_renewal_touches_only_entries_still_pending_with_this_consumer(redis_ser
     ]
     renewer.take(change_line("drop", stream, ours))
     assert renewer.held == set()
+
+
+class _RecordingStdin:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _FakeProcess:
+    def __init__(self) -> None:
+        self.stdin = _RecordingStdin()
+
+
+def test_renewer_changes_are_written_together_and_short_holds_not_at_all():
+    """Holds and drops are written at the next flush, in one write; an entry
+    taken and let go in between (a short job) is never written."""
+    lease = LeaseRenewer("redis://127.0.0.1:1", "me", interval_s=3.0)
+    assert lease.flush_interval_s == 0.1
+    assert LeaseRenewer("redis://127.0.0.1:1", "me", interval_s=0.1).flush_interval_s == 0.025
+    process = _FakeProcess()
+    lease._process = process  # type: ignore[assignment]
+    stream = keys.queue_stream("default", "normal")
+    lease.hold((stream, "1-0"))
+    lease.hold((stream, "2-0"))
+    lease.drop((stream, "1-0"))  # a short job: taken and let go before a flush
+    assert process.stdin.writes == []
+    lease.flush()
+    assert process.stdin.writes == [change_line("hold", stream, "2-0")]
+    lease.drop((stream, "2-0"))
+    lease.hold((stream, "3-0"))
+    lease.flush()
+    lease.flush()  # nothing new: nothing written
+    assert process.stdin.writes[1:] == [
+        change_line("drop", stream, "2-0") + change_line("hold", stream, "3-0")
+    ]

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from .backoff import backoff_s
+from .batching import PipelineBatcher
 from .context import JobContext, ProgressReporter
 from .control import ControlChannels
 from .dask_provider import DaskProvider
@@ -56,7 +57,7 @@ from .outcomes import (
 )
 from .reporting import EntryFate, OutcomeReporter
 from .scheduler import Scheduler
-from .script import JobScript, Reply, StartedJob
+from .script import JobScript, Reply, StartedJob, parse_reply
 from .spans import AttemptSpans
 from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
@@ -64,6 +65,9 @@ from .tracing import SpanContext
 from .worker import Handler, Worker
 
 log = logging.getLogger("jobgate_worker.job")
+
+#: ``start``'s reply and the attempt it began, or why the call went unanswered.
+Started = tuple[Reply, StartedJob | None] | BaseException
 
 #: How many recently run entries are remembered to name the job of a deleted entry.
 _SEEN_LIMIT = 10_000
@@ -95,6 +99,7 @@ class JobExecutor:
         reporter: OutcomeReporter,
         control: ControlChannels | None = None,
         counts: OutcomeCounts | None = None,
+        batcher: PipelineBatcher | None = None,
     ) -> None:
         self.worker = worker
         self.queue = queue
@@ -109,6 +114,8 @@ class JobExecutor:
         self.reporter = reporter
         self.control = control
         self.counts = counts
+        #: Shares ``start``'s round trip with other handler threads (single Redis).
+        self.batcher = batcher
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._seen_lock = threading.Lock()
         #: Set at shutdown once running attempts are being given back.
@@ -116,13 +123,21 @@ class JobExecutor:
 
     # -- the handler thread.
 
-    def execute(self, entry: Entry) -> None:
-        """Process one held entry to its end (or hand it to a later step)."""
+    def execute(self, entry: Entry, started: Started | None = None) -> None:
+        """Process one held entry to its end (or hand it to a later step).
+
+        ``started`` is ``start``'s outcome when the read loop already made
+        the call for a batch of entries (:meth:`start_batch`): its reply, or
+        the error that kept the batch from being answered.
+        """
         if not entry.job_id:
             log.error("queue entry without job_id dropped", extra={"entry_id": entry.entry_id})
             self.reporter.settle(entry, EntryFate.ACKNOWLEDGE)
             return
         self._remember(entry)
+        if self._closing.is_set() and started is not None:
+            self._give_back_unrun(entry, started)
+            return
         if self._closing.is_set():
             # Fetched but not started before the shutdown: nothing to give
             # back, the entry stays pending and is reclaimed (start counts no
@@ -138,7 +153,7 @@ class JobExecutor:
         try:
             if subscribe_first:
                 self._watch_confirmed(run)
-            self._execute(run)
+            self._execute(run, started)
         except Exception:
             # Redis failed (or a bug here): the entry stays pending, and after
             # the lease another worker (or this one) reclaims it and runs it again.
@@ -159,9 +174,11 @@ class JobExecutor:
                 extra=run.extra,
             )
 
-    def _execute(self, run: Run) -> None:
+    def _execute(self, run: Run, prestarted: Started | None = None) -> None:
         start_ns = time.time_ns()
-        reply, started = self.script.start(run.job_id, self.consumer)
+        if isinstance(prestarted, BaseException):
+            raise prestarted  # the batch's round trip failed: as if our own had
+        reply, started = self._start(run.job_id) if prestarted is None else prestarted
         if started is None:
             self._not_started(run, reply)
             return
@@ -169,6 +186,69 @@ class JobExecutor:
             run.span = span
             run.span_context = span.get_span_context()
             self._attempt(run, started, ids)
+
+    def batches_starts(self) -> bool:
+        """Whether the read loop may ``start`` its entries in one pipeline.
+
+        Not on a cluster (the jobs live on several nodes), and not when each
+        job's control channel must be subscribed before its ``start``.
+        """
+        if self.batcher is None or not self.batcher.enabled or self._closing.is_set():
+            return False
+        return self.control is None or self.control.after_s > 0
+
+    def start_batch(self, entries: list[Entry]) -> dict[tuple[str, str], Started]:
+        """``start`` the jobs of ``entries`` in one pipeline (the read loop's thread).
+
+        Answers, per entry key, ``start``'s reply and attempt, or the error
+        that kept the round trip from being answered (the handler thread then
+        abandons the attempt, as if its own ``start`` had failed). Entries
+        whose call found the script missing (``NOSCRIPT``: it did not run)
+        are left out: their handler thread makes the call itself.
+        """
+        jobs = [entry for entry in entries if entry.job_id]
+        if not jobs:
+            return {}
+        pipe = self.streams.client.pipeline(transaction=False)
+        for entry in jobs:
+            self.script.queue(pipe, entry.job_id, "start", self.consumer)
+        try:
+            raws = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            return {entry.key: error for entry in jobs}
+        answers: dict[tuple[str, str], Started] = {}
+        for entry, raw in zip(jobs, raws, strict=True):
+            if isinstance(raw, redis.exceptions.NoScriptError):
+                continue
+            answers[entry.key] = (
+                raw if isinstance(raw, Exception) else JobScript.started(parse_reply(raw))
+            )
+        return answers
+
+    def _give_back_unrun(self, entry: Entry, started: Started) -> None:
+        """At shutdown, an entry the read loop started but no handler ran: give it back."""
+        if isinstance(started, BaseException) or started[1] is None:
+            # Not started (skip/missing) or unknown: left pending, as before start.
+            self.reporter.settle(entry, EntryFate.LET_GO)
+            return
+        run = Run(entry, extra={"job_id": entry.job_id, "entry_id": entry.entry_id})
+        run.started = started[1]
+        run.claim_finish()
+        self.reporter.end(run, GivenBack())
+
+    def _start(self, job_id: str) -> tuple[Reply, StartedJob | None]:
+        """``start``, in a pipeline shared with other threads' calls when it can be."""
+        batcher = self.batcher
+        if batcher is None or not batcher.enabled:
+            return self.script.start(job_id, self.consumer)
+        consumer = self.consumer
+        (raw,) = batcher.call(lambda pipe: self.script.queue(pipe, job_id, "start", consumer), 1)
+        if isinstance(raw, redis.exceptions.NoScriptError):
+            # The script cache was flushed: this call did not run; ``call`` loads it.
+            return self.script.start(job_id, self.consumer)
+        if isinstance(raw, Exception):
+            raise raw
+        return JobScript.started(parse_reply(raw))
 
     def _attempt(self, run: Run, started: StartedJob, span: SpanContext) -> None:
         """Run the handler of a started attempt (inside its consumer span)."""

@@ -103,9 +103,23 @@ def current_context() -> LogContext | None:
     return _current.get()
 
 
+#: The last whole second formatted, and its text: lines come many a second.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
-    moment = datetime.fromtimestamp(created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _last_second  # noqa: PLW0603 - a one-entry cache; a race only recomputes it
+    second = int(created)
+    cached_second, prefix = _last_second
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, prefix)
+    millis = int((created - second) * 1000)
+    return f"{prefix}{millis:03d}Z"
+
+
+#: One encoder for every line (``json.dumps`` with options builds a new one per call).
+_encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,7 +130,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.as_dict(record), default=str, ensure_ascii=False)
+        return _encode(self.as_dict(record))
 
     def as_dict(self, record: logging.LogRecord) -> dict[str, Any]:
         """The line as an object (computed once per record, whichever handler asks first)."""

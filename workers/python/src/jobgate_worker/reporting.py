@@ -43,6 +43,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from .backoff import backoff_s
+from .batching import PipelineBatcher
 from .inflight import InFlight, Run
 from .job_record import JobRecords
 from .outcomes import (
@@ -164,6 +165,7 @@ class OutcomeReporter:
         spans: AttemptSpans,
         lease_ms: int,
         counts: OutcomeCounts | None = None,
+        batcher: PipelineBatcher | None = None,
     ) -> None:
         self.script = script
         self.streams = streams
@@ -173,6 +175,8 @@ class OutcomeReporter:
         self.spans = spans
         self.lease_ms = lease_ms
         self.counts = counts
+        #: Shares the terminal call's round trip with other handler threads.
+        self.batcher = batcher
         #: Set at shutdown once a ``release`` found Redis unreachable: the
         #: attempts given back after it leave their entries pending untried.
         self._unreachable_at_shutdown = False
@@ -274,10 +278,16 @@ class OutcomeReporter:
         return (time.monotonic() - entry.delivered_at) * 1000 < self.lease_ms / 2
 
     def _terminal_and_ack(self, run: Run, operation: tuple[str | int, ...]) -> Reply:
-        pipe = self.streams.client.pipeline(transaction=False)
-        self.script.queue(pipe, run.job_id, *operation)
-        self.streams.queue_ack_delete(pipe, run.entry)
-        replies = pipe.execute(raise_on_error=False)
+        def queue(pipe: redis.client.Pipeline) -> None:
+            self.script.queue(pipe, run.job_id, *operation)
+            self.streams.queue_ack_delete(pipe, run.entry)
+
+        if self.batcher is not None:
+            replies = self.batcher.call(queue, 3)
+        else:
+            pipe = self.streams.client.pipeline(transaction=False)
+            queue(pipe)
+            replies = pipe.execute(raise_on_error=False)
         first = replies[0]
         if isinstance(first, redis.exceptions.NoScriptError):
             # Redis lost its script cache: the entry is acknowledged already,

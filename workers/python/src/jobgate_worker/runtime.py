@@ -36,10 +36,11 @@ from types import FrameType
 
 import redis
 
+from .batching import PipelineBatcher
 from .clients import RedisClients
 from .control import ControlChannels
 from .dask_provider import DaskProvider
-from .execution import JobExecutor
+from .execution import JobExecutor, Started
 from .heartbeat import Heartbeat
 from .housekeeping import KindRegistry, LeaseKeeper
 from .inflight import InFlight
@@ -61,17 +62,29 @@ log = logging.getLogger("jobgate_worker")
 #: Exit statuses of ``Runtime.run``: stopped as asked, or stopped by an error.
 EXIT_OK = 0
 EXIT_FAILED = 1
+#: Longest the read loop waits, once a slot is free, for more to free up
+#: (``Slots``): it bounds what batching adds to a job's wait in the queue.
+SLOTS_LINGER_S = 0.002
 #: How often the read loop asks whether the queue is paused. A pause takes
 #: effect within this plus one read.
 PAUSE_CHECK_INTERVAL_S = 0.25
 
 
 class Slots:
-    """Counts free handler threads; the read loop never fetches more than that."""
+    """Counts free handler threads; the read loop never fetches more than that.
+
+    When every slot is taken, the read loop waits for one to free up, and
+    then at most ``SLOTS_LINGER_S`` more for a few more (an eighth of them):
+    so that when jobs are short and waiting in the queue, one read and one
+    pipeline of ``start`` serve several slots instead of one each, and the
+    read loop is woken a few times per batch rather than at every job's end.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = size
+        #: Free slots worth a read without lingering.
+        self.enough = max(1, size // 8)
         self._condition = threading.Condition()
 
     @property
@@ -86,12 +99,17 @@ class Slots:
     def give(self) -> None:
         with self._condition:
             self._free += 1
-            self._condition.notify_all()
+            # Wake the read loop when the first slot frees up (it starts to
+            # linger) and once enough are free; not at every slot between.
+            if self._free in (1, self.enough, self.size):
+                self._condition.notify_all()
 
     def wait_free(self, stopping: threading.Event, timeout: float) -> int:
         with self._condition:
             if self._free <= 0 and not stopping.is_set():
                 self._condition.wait(timeout)
+                if 0 < self._free < self.enough and not stopping.is_set():
+                    self._condition.wait(SLOTS_LINGER_S)
             return self._free
 
     def wait_all_free(self, timeout: float, abort: threading.Event | None = None) -> bool:
@@ -158,6 +176,8 @@ class Runtime:
         )
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
+        # The handler threads' start and terminal calls share round trips.
+        batcher = PipelineBatcher(self.clients.current)
         reporter = OutcomeReporter(
             script=self.script,
             streams=self.streams,
@@ -167,6 +187,7 @@ class Runtime:
             spans=spans,
             lease_ms=settings.lease_ms,
             counts=self.counts,
+            batcher=batcher,
         )
         self.executor = JobExecutor(
             worker=worker,
@@ -182,6 +203,7 @@ class Runtime:
             reporter=reporter,
             control=self.control,
             counts=self.counts,
+            batcher=batcher,
         )
         self.leases = LeaseKeeper(self.renewer, self.inflight, self.records, self.executor.stop)
         self.kinds = KindRegistry(self.streams, sorted(worker.handlers), worker.params_schemas)
@@ -196,7 +218,7 @@ class Runtime:
             on_server_time=self.counts.note_server_time,
         )
         self.slots = Slots(settings.concurrency)
-        self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Entry, Started | None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._backlog: deque[Entry] = deque()
         self._stopping = threading.Event()
@@ -276,6 +298,7 @@ class Runtime:
         self.kinds.register()
         self.scheduler.call_every(settings.kinds_refresh_s, self.kinds.register, "kinds")
         self.scheduler.call_every(settings.lease_renew_interval_s, self.leases.check, "leases")
+        self.scheduler.call_every(self.renewer.flush_interval_s, self.renewer.flush, "renewer")
         self.heartbeat.beat()
         self.scheduler.call_every(settings.heartbeat_s, self.heartbeat.beat, "heartbeat")
         self.scheduler.call_every(FLUSH_INTERVAL_S, self._flush_counts, "outcome counters")
@@ -394,8 +417,15 @@ class Runtime:
             # Subscribed before ``start``: one wake-up of the control thread
             # for the whole read; each handler thread then waits for its own.
             self.control.watch(*(entry.job_id for entry in entries[:free] if entry.job_id))
-        for entry in entries[:free]:
-            self._dispatch(entry)
+        now_entries = entries[:free]
+        # One round trip starts them all (single Redis); each handler thread
+        # then runs its attempt without a start of its own. A lone entry's
+        # start is left to its handler thread, which makes it while this
+        # thread reads again.
+        batch = len(now_entries) > 1 and self.executor.batches_starts()
+        started = self.executor.start_batch(now_entries) if batch else {}
+        for entry in now_entries:
+            self._dispatch(entry, started.get(entry.key))
         for entry in entries[free:]:
             # Several bands filled while the read blocked: keep the surplus
             # (held, so its lease is renewed) for the next free slots.
@@ -418,18 +448,19 @@ class Runtime:
             dispatched += 1
         return dispatched
 
-    def _dispatch(self, entry: Entry) -> None:
+    def _dispatch(self, entry: Entry, started: Started | None = None) -> None:
         self.inflight.hold(entry)
         self.slots.take()
-        self._work.put(entry)
+        self._work.put((entry, started))
 
     def _handler_thread(self) -> None:
         while True:
-            entry = self._work.get()
-            if entry is None:
+            work = self._work.get()
+            if work is None:
                 return
+            entry, started = work
             try:
-                self.executor.execute(entry)
+                self.executor.execute(entry, started)
             except Exception:
                 log.exception("unexpected error running an entry", extra={"job_id": entry.job_id})
             finally:

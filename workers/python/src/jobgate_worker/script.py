@@ -187,7 +187,11 @@ class JobScript:
     # -- operations of the worker.
 
     def start(self, job_id: str, worker_name: str) -> tuple[Reply, StartedJob | None]:
-        reply = self.call(job_id, "start", worker_name)
+        return self.started(self.call(job_id, "start", worker_name))
+
+    @staticmethod
+    def started(reply: Reply) -> tuple[Reply, StartedJob | None]:
+        """``start``'s reply, and the attempt it began (``None`` unless ``ok``)."""
         if not reply.ok:
             return reply, None
         v = reply.values
