@@ -72,7 +72,9 @@ async fn the_deployed_acl_users_can_run_jobs_and_nothing_else() {
     let first: Value = submit().await.expect("submit").json().await.expect("json");
     let again: Value = submit().await.expect("submit").json().await.expect("json");
     assert_eq!(first["job_id"], again["job_id"], "{first} {again}");
-    let job_id = first["job_id"].as_str().expect("id");
+    let job_id = first["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id: {first}"));
     let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{job_id}/events")), None)
         .await
         .expect("sse");
