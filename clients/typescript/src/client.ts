@@ -2,138 +2,37 @@
 // WebSocket session for every submit and watch), runs its outputs against
 // the socket, the timers and getToken(), and falls back to SSE + HTTP where
 // WebSocket cannot connect.
+//
+// Its parts live in client/: options.ts (the options' types), helpers.ts
+// (ids, a JWT's lifetime, URLs, sleep), tokens.ts (getToken(), one call at
+// a time), rest.ts (the plain HTTP calls), http-mode.ts (watches and
+// submits over SSE + HTTP) and browser.ts (the online / visibility hooks).
 
 import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
+import { listenToBrowser } from "./client/browser.js";
+import { baseUrl, closedError, jwtLifetimeMs, randomUuid, sleep, watchAfter, webSocketUrl } from "./client/helpers.js";
+import { type PendingSubmit, pipeSse, submitPendingOverHttp } from "./client/http-mode.js";
+import { defaultTimers, type JobgateClientOptions, type JobsQuery, type StateListener, type SubmitOptions, type Timers, type WatchOptions } from "./client/options.js";
+import { cancelJob, jobSnapshot, listJobs, listKinds } from "./client/rest.js";
+import { TokenFetcher } from "./client/tokens.js";
 import { type ConnectionState, Engine, type LogLevel, type Output, type StateChange } from "./engine.js";
 import { abortError, type FetchLike, HttpClient, JobgateError, type TokenSource } from "./http.js";
-import { LogBatcher, type LogOptions } from "./logs.js";
-import type { Position } from "./order.js";
+import { LogBatcher } from "./logs.js";
 import { AsyncQueue } from "./queue.js";
-import { ownerEventsOverSse, type SseContext, submitOverHttp, watchOverSse } from "./transport/sse.js";
+import { ownerEventsOverSse, type SseContext } from "./transport/sse.js";
 import { type WebSocketConstructor, WebSocketTransport } from "./transport/websocket.js";
 import type { JobEvent, JobList, JobRequest, JobSnapshot, Kind, Submitted, WatchItem } from "./types.js";
 
-export type TransportChoice = "websocket" | "sse" | "auto";
-
-/** setTimeout/clearTimeout, injectable (tests, a jumpable clock). */
-export interface Timers {
-  setTimeout(callback: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export interface JobgateClientOptions {
-  /** The gateway's base URL, e.g. "http://127.0.0.1:8080". */
-  url: string;
-  /** Returns a bearer token; called before the first connection, before the token expires, and after a 401/4001. */
-  getToken?: () => Promise<string> | string;
-  /** A WebSocket class: optional in browsers, `ws`'s in Node. */
-  WebSocket?: WebSocketConstructor;
-  /** fetch (default: the global one). */
-  fetch?: FetchLike;
-  /**
-   * "websocket" (default when a WebSocket class is available), "sse" (HTTP
-   * only), or "auto": WebSocket, falling back to SSE when it cannot connect
-   * `autoFallbackAfter` times in a row while HTTP works.
-   */
-  transport?: TransportChoice;
-  /** Failed WebSocket connections before "auto" falls back to SSE (default 3). */
-  autoFallbackAfter?: number;
-  backoff?: Partial<BackoffOptions>;
-  /** Refresh the token this long before it expires, ms (default 30 000). */
-  tokenRefreshMarginMs?: number;
-  /** The clock, ms (default Date.now). */
-  clock?: () => number;
-  /** Random numbers in [0, 1) for backoff jitter (default Math.random). */
-  random?: () => number;
-  timers?: Timers;
-  /** How the WebSocket sends the token: default "header" with a passed-in class, "query" with the browser's. */
-  tokenIn?: "header" | "query";
-  /** The client's log lines to the gateway's `POST /v1/client-logs`. */
-  logs?: LogOptions;
-  /** Every log line of the client, locally (default: none). */
-  logger?: (level: LogLevel, message: string, fields?: Record<string, unknown>) => void;
-}
-
-export interface SubmitOptions {
-  /** Default: a fresh UUID, reused when the submit is sent again after a reconnect. */
-  idempotencyKey?: string;
-  signal?: AbortSignal;
-  /** W3C trace context: the job's trace continues the app's. */
-  traceparent?: string;
-  tracestate?: string;
-}
-
-export interface WatchOptions {
-  /** Deliver events after this seq (default: all of them). */
-  after?: number;
-  /** The epoch of the event `after` names (default 1). */
-  afterEpoch?: number;
-  signal?: AbortSignal;
-}
-
-export interface JobsQuery {
-  cursor?: string;
-  limit?: number;
-  /** One status or several, comma-separated ("queued,running"). */
-  status?: string;
-  kind?: string;
-}
-
-/** Called with each state change: `change.state`, `change.reason`, and when reconnecting `retryInMs`. */
-export type StateListener = (change: StateChange) => void;
-
-interface PendingSubmit {
-  resolve(result: Submitted): void;
-  reject(error: unknown): void;
-  job: JobRequest;
-  idempotencyKey: string;
-  traceparent?: string;
-  tracestate?: string;
-  signal?: AbortSignal;
-}
-
-const defaultTimers: Timers = {
-  setTimeout: (callback, ms) => globalThis.setTimeout(callback, ms),
-  clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
-};
-
-/** A UUID v4: crypto.randomUUID where there is one (secure contexts), else from getRandomValues. */
-export function randomUuid(): string {
-  const crypto = globalThis.crypto;
-  if (typeof crypto?.randomUUID === "function") {
-    return crypto.randomUUID();
-  }
-  const bytes = new Uint8Array(16);
-  crypto.getRandomValues(bytes);
-  bytes[6] = (bytes[6]! & 0x0f) | 0x40;
-  bytes[8] = (bytes[8]! & 0x3f) | 0x80;
-  const hex = [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
-/** Ms until a JWT's `exp` by the local clock; null for a token that is not a JWT with one. */
-export function jwtLifetimeMs(token: string, nowMs: number): number | null {
-  const parts = token.split(".");
-  if (parts.length !== 3) {
-    return null;
-  }
-  try {
-    const base64 = parts[1]!.replace(/-/g, "+").replace(/_/g, "/");
-    const json = atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4));
-    const exp = (JSON.parse(json) as { exp?: unknown }).exp;
-    return typeof exp === "number" ? Math.max(exp * 1000 - nowMs, 0) : null;
-  } catch {
-    return null;
-  }
-}
-
-function baseUrl(url: string): string {
-  return url.replace(/\/+$/, "");
-}
-
-function webSocketUrl(base: string): string {
-  return `${base.replace(/^http/, "ws")}/v1/ws`;
-}
+export { jwtLifetimeMs, randomUuid } from "./client/helpers.js";
+export type {
+  JobgateClientOptions,
+  JobsQuery,
+  StateListener,
+  SubmitOptions,
+  Timers,
+  TransportChoice,
+  WatchOptions,
+} from "./client/options.js";
 
 export class JobgateClient {
   private readonly options: JobgateClientOptions;
@@ -152,8 +51,7 @@ export class JobgateClient {
   private currentState: ConnectionState = "connecting";
   private readonly listeners = new Set<StateListener>();
 
-  private token: string | null = null;
-  private tokenFetch: Promise<string | null> | null = null;
+  private readonly tokens: TokenFetcher;
   private timer: unknown = null;
   private requestCount = 0;
   private watchCount = 0;
@@ -171,16 +69,8 @@ export class JobgateClient {
     this.random = options.random ?? Math.random;
     this.timers = options.timers ?? defaultTimers;
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-    const fetchImpl = options.fetch ?? (globalThis.fetch?.bind(globalThis) as FetchLike | undefined);
-    if (fetchImpl === undefined) {
-      throw new TypeError("no fetch: pass options.fetch");
-    }
-    const tokens: TokenSource = {
-      current: () => (this.token !== null || this.options.getToken === undefined ? Promise.resolve(this.token) : this.fetchToken()),
-      refresh: () => this.fetchToken(),
-      canRefresh: options.getToken !== undefined,
-    };
-    this.http = new HttpClient(base, fetchImpl, tokens);
+    this.tokens = new TokenFetcher(options.getToken);
+    this.http = this.createHttp(base);
     this.sse = {
       http: this.http,
       sleep: (ms, signal) => this.sleep(ms, signal),
@@ -203,27 +93,8 @@ export class JobgateClient {
       hasTokenSource: options.getToken !== undefined,
       ...(options.tokenRefreshMarginMs === undefined ? {} : { tokenRefreshMarginMs: options.tokenRefreshMarginMs }),
     });
-    this.socket =
-      WebSocketClass === null
-        ? null
-        : new WebSocketTransport(
-            {
-              url: webSocketUrl(base),
-              WebSocket: WebSocketClass,
-              tokenIn:
-                options.tokenIn ??
-                (options.WebSocket === undefined || options.WebSocket === (globalThis as { WebSocket?: unknown }).WebSocket
-                  ? "query"
-                  : "header"),
-            },
-            {
-              opened: (connection, protocol) => this.apply(this.engine.opened(connection, protocol)),
-              frame: (connection, value) => this.apply(this.engine.frame(connection, value)),
-              closed: (connection, code, reason, status) =>
-                this.apply(this.engine.closed(connection, code, reason, status)),
-            },
-          );
-    this.removeBrowserListeners = this.listenToBrowser();
+    this.socket = WebSocketClass === null ? null : this.createSocket(base, WebSocketClass);
+    this.removeBrowserListeners = listenToBrowser(() => this.online());
   }
 
   /** The connection state: "connecting", "connected", "reconnecting" or "closed". */
@@ -276,32 +147,9 @@ export class JobgateClient {
     if (options.signal !== undefined) pending.signal = options.signal;
     this.ensureStarted();
     if (this.mode === "sse") {
-      return this.submitOverHttp(pending);
+      return submitPendingOverHttp(this.sse, this.closing.signal, pending);
     }
-    this.requestCount += 1;
-    const requestId = `submit-${this.requestCount}`;
-    const promise = new Promise<Submitted>((resolve, reject) => {
-      pending.resolve = resolve;
-      pending.reject = reject;
-    });
-    this.submits.set(requestId, pending);
-    options.signal?.addEventListener(
-      "abort",
-      () => {
-        if (this.submits.delete(requestId)) {
-          pending.reject(abortError(options.signal));
-          this.apply(this.engine.forgetSubmit(requestId));
-        }
-      },
-      { once: true },
-    );
-    const submitOptions: { idempotencyKey: string; traceparent?: string; tracestate?: string } = {
-      idempotencyKey: pending.idempotencyKey,
-    };
-    if (pending.traceparent !== undefined) submitOptions.traceparent = pending.traceparent;
-    if (pending.tracestate !== undefined) submitOptions.tracestate = pending.tracestate;
-    this.apply(this.engine.submit(requestId, job, submitOptions));
-    return promise;
+    return this.submitOverSocket(pending);
   }
 
   /**
@@ -311,12 +159,13 @@ export class JobgateClient {
   watch(jobId: string, options: WatchOptions = {}): AsyncIterableIterator<WatchItem> {
     const id = ++this.watchCount;
     const streamAbort = new AbortController();
-    const queue = new AsyncQueue<WatchItem>(() => {
+    const stop = () => {
       streamAbort.abort();
       if (this.watches.delete(id)) {
         this.apply(this.engine.unwatch(id));
       }
-    });
+    };
+    const queue = new AsyncQueue<WatchItem>(stop);
     if (this.isClosed) {
       queue.fail(closedError());
       return queue;
@@ -337,13 +186,10 @@ export class JobgateClient {
       },
       { once: true },
     );
-    const after: Position | undefined =
-      options.after === undefined && options.afterEpoch === undefined
-        ? undefined
-        : { epoch: options.afterEpoch ?? 1, seq: options.after ?? 0 };
+    const after = watchAfter(options);
     this.ensureStarted();
     if (this.mode === "sse") {
-      this.pipeSse(queue, jobId, after ?? { epoch: 1, seq: 0 }, streamAbort.signal);
+      pipeSse(this.sse, this.closing.signal, queue, jobId, after ?? { epoch: 1, seq: 0 }, streamAbort.signal);
       return queue;
     }
     this.watches.set(id, queue);
@@ -359,30 +205,22 @@ export class JobgateClient {
 
   /** Cancels a job; the snapshot after the request. */
   cancel(jobId: string): Promise<JobSnapshot> {
-    return this.http.json<JobSnapshot>(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
+    return cancelJob(this.http, jobId);
   }
 
   /** A job's current state. */
   snapshot(jobId: string): Promise<JobSnapshot> {
-    return this.http.json<JobSnapshot>(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    return jobSnapshot(this.http, jobId);
   }
 
   /** The kinds workers serve, with their params schemas. */
-  async kinds(): Promise<Kind[]> {
-    const body = await this.http.json<{ kinds: Kind[] }>("/v1/kinds");
-    return body.kinds;
+  kinds(): Promise<Kind[]> {
+    return listKinds(this.http);
   }
 
   /** A page of the caller's jobs, newest first. */
   jobs(query: JobsQuery = {}): Promise<JobList> {
-    const params = new URLSearchParams();
-    for (const [key, value] of Object.entries(query)) {
-      if (value !== undefined) {
-        params.set(key, String(value));
-      }
-    }
-    const search = params.toString();
-    return this.http.json<JobList>(`/v1/jobs${search ? `?${search}` : ""}`);
+    return listJobs(this.http, query);
   }
 
   /** Closes the session: watches end, pending submits fail, log lines are sent. */
@@ -402,15 +240,70 @@ export class JobgateClient {
       queue.end();
     }
     this.watches.clear();
-    if (this.timer !== null) {
-      this.timers.clearTimeout(this.timer);
-      this.timer = null;
-    }
+    this.clearTimer();
     this.setState({ state: "closed", reason: "closed by the app" });
     void this.logs?.close();
   }
 
-  // ---- the engine's outputs ----
+  // ---- construction ----
+
+  private createHttp(base: string): HttpClient {
+    const fetchImpl = this.options.fetch ?? (globalThis.fetch?.bind(globalThis) as FetchLike | undefined);
+    if (fetchImpl === undefined) {
+      throw new TypeError("no fetch: pass options.fetch");
+    }
+    const tokens: TokenSource = {
+      current: () => this.tokens.current(),
+      refresh: () => this.tokens.fetch(),
+      canRefresh: this.tokens.canFetch,
+    };
+    return new HttpClient(base, fetchImpl, tokens);
+  }
+
+  private createSocket(base: string, WebSocketClass: WebSocketConstructor): WebSocketTransport {
+    const passed = this.options.WebSocket;
+    const tokenIn =
+      this.options.tokenIn ??
+      (passed === undefined || passed === (globalThis as { WebSocket?: unknown }).WebSocket ? "query" : "header");
+    return new WebSocketTransport(
+      { url: webSocketUrl(base), WebSocket: WebSocketClass, tokenIn },
+      {
+        opened: (connection, protocol) => this.apply(this.engine.opened(connection, protocol)),
+        frame: (connection, value) => this.apply(this.engine.frame(connection, value)),
+        closed: (connection, code, reason, status) => this.apply(this.engine.closed(connection, code, reason, status)),
+      },
+    );
+  }
+
+  // ---- the engine's inputs and outputs ----
+
+  private submitOverSocket(pending: PendingSubmit): Promise<Submitted> {
+    this.requestCount += 1;
+    const requestId = `submit-${this.requestCount}`;
+    const promise = new Promise<Submitted>((resolve, reject) => {
+      pending.resolve = resolve;
+      pending.reject = reject;
+    });
+    this.submits.set(requestId, pending);
+    const signal = pending.signal;
+    signal?.addEventListener(
+      "abort",
+      () => {
+        if (this.submits.delete(requestId)) {
+          pending.reject(abortError(signal));
+          this.apply(this.engine.forgetSubmit(requestId));
+        }
+      },
+      { once: true },
+    );
+    const submitOptions: { idempotencyKey: string; traceparent?: string; tracestate?: string } = {
+      idempotencyKey: pending.idempotencyKey,
+    };
+    if (pending.traceparent !== undefined) submitOptions.traceparent = pending.traceparent;
+    if (pending.tracestate !== undefined) submitOptions.tracestate = pending.tracestate;
+    this.apply(this.engine.submit(requestId, pending.job, submitOptions));
+    return promise;
+  }
 
   private ensureStarted(): void {
     if (this.started || this.isClosed) {
@@ -442,13 +335,7 @@ export class JobgateClient {
         this.socket?.close(output.connection, output.code, output.reason);
         break;
       case "need_token":
-        this.fetchToken().then(
-          (token) =>
-            this.apply(
-              token === null ? this.engine.tokenFailed("getToken returned nothing") : this.engine.tokenArrived(token, jwtLifetimeMs(token, this.clock())),
-            ),
-          (error: unknown) => this.apply(this.engine.tokenFailed(String(error))),
-        );
+        this.giveEngineToken();
         break;
       case "deliver":
         this.watches.get(output.watch)?.push(output.item);
@@ -461,18 +348,12 @@ export class JobgateClient {
         this.watches.get(output.watch)?.fail(new JobgateError(output.error));
         this.watches.delete(output.watch);
         break;
-      case "submitted": {
-        const pending = this.submits.get(output.submit);
-        this.submits.delete(output.submit);
-        pending?.resolve(output.result);
+      case "submitted":
+        this.takeSubmit(output.submit)?.resolve(output.result);
         break;
-      }
-      case "submit_error": {
-        const pending = this.submits.get(output.submit);
-        this.submits.delete(output.submit);
-        pending?.reject(new JobgateError(output.error));
+      case "submit_error":
+        this.takeSubmit(output.submit)?.reject(new JobgateError(output.error));
         break;
-      }
       case "state":
         this.setState(output.change);
         this.maybeFallBack();
@@ -486,11 +367,24 @@ export class JobgateClient {
     }
   }
 
+  private takeSubmit(requestId: string): PendingSubmit | undefined {
+    const pending = this.submits.get(requestId);
+    this.submits.delete(requestId);
+    return pending;
+  }
+
+  private giveEngineToken(): void {
+    this.tokens.fetch().then(
+      (token) =>
+        this.apply(
+          token === null ? this.engine.tokenFailed("getToken returned nothing") : this.engine.tokenArrived(token, jwtLifetimeMs(token, this.clock())),
+        ),
+      (error: unknown) => this.apply(this.engine.tokenFailed(String(error))),
+    );
+  }
+
   private setTimer(at: number | null): void {
-    if (this.timer !== null) {
-      this.timers.clearTimeout(this.timer);
-      this.timer = null;
-    }
+    this.clearTimer();
     if (at === null || this.isClosed) {
       return;
     }
@@ -498,6 +392,13 @@ export class JobgateClient {
       this.timer = null;
       this.apply(this.engine.tick());
     }, Math.max(0, at - this.clock()));
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== null) {
+      this.timers.clearTimeout(this.timer);
+      this.timer = null;
+    }
   }
 
   private setState(change: StateChange): void {
@@ -522,43 +423,9 @@ export class JobgateClient {
     this.logs?.add(level, message, fields);
   }
 
-  /** One getToken() at a time; its result is shared. */
-  private fetchToken(): Promise<string | null> {
-    const getToken = this.options.getToken;
-    if (getToken === undefined) {
-      return Promise.resolve(null);
-    }
-    if (this.tokenFetch === null) {
-      this.tokenFetch = (async () => {
-        try {
-          const token = await getToken();
-          this.token = token;
-          return token;
-        } finally {
-          this.tokenFetch = null;
-        }
-      })();
-    }
-    return this.tokenFetch;
-  }
-
   private sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const signals = signal === undefined ? this.closing.signal : AbortSignal.any([signal, this.closing.signal]);
-      if (signals.aborted) {
-        reject(abortError(signals));
-        return;
-      }
-      const onAbort = () => {
-        this.timers.clearTimeout(handle);
-        reject(abortError(signals));
-      };
-      const handle = this.timers.setTimeout(() => {
-        signals.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      signals.addEventListener("abort", onAbort, { once: true });
-    });
+    const signals = signal === undefined ? this.closing.signal : AbortSignal.any([signal, this.closing.signal]);
+    return sleep(this.timers, ms, signals);
   }
 
   // ---- SSE ----
@@ -579,43 +446,9 @@ export class JobgateClient {
     this.setState(change);
   }
 
-  private pipeSse(queue: AsyncQueue<WatchItem>, jobId: string, after: Position, signal: AbortSignal): void {
-    const signals = AbortSignal.any([signal, this.closing.signal]);
-    void (async () => {
-      try {
-        for await (const item of watchOverSse(this.sse, jobId, after, signals)) {
-          queue.push(item);
-        }
-        queue.end();
-      } catch (error) {
-        if (this.closing.signal.aborted) {
-          queue.end();
-        } else {
-          queue.fail(error);
-        }
-      }
-    })();
-  }
-
-  private async submitOverHttp(pending: PendingSubmit): Promise<Submitted> {
-    const options: { idempotencyKey: string; traceparent?: string; tracestate?: string; signal?: AbortSignal } = {
-      idempotencyKey: pending.idempotencyKey,
-      signal: pending.signal === undefined ? this.closing.signal : AbortSignal.any([pending.signal, this.closing.signal]),
-    };
-    if (pending.traceparent !== undefined) options.traceparent = pending.traceparent;
-    if (pending.tracestate !== undefined) options.tracestate = pending.tracestate;
-    try {
-      return await submitOverHttp(this.sse, pending.job, options);
-    } catch (error) {
-      throw this.closing.signal.aborted ? closedError() : error;
-    }
-  }
-
   /**
    * "auto": when WebSocket never connected and failed `autoFallbackAfter`
-   * times while HTTP answers, move everything to SSE + HTTP: submits not
-   * yet accepted go over HTTP with their idempotency keys, watches resume
-   * over SSE from where they are.
+   * times while HTTP answers, move everything to SSE + HTTP.
    */
   private maybeFallBack(): void {
     const threshold = this.options.autoFallbackAfter ?? 3;
@@ -636,29 +469,7 @@ export class JobgateClient {
         if (!response.ok || this.isClosed || this.engine.hasConnected) {
           return;
         }
-        this.log("warn", "WebSocket cannot connect but HTTP works: using SSE", {});
-        this.mode = "sse";
-        const { submits, watches } = this.engine.drain();
-        if (this.timer !== null) {
-          this.timers.clearTimeout(this.timer);
-          this.timer = null;
-        }
-        this.setState({ state: "connected", reason: "WebSocket unavailable; using HTTP and SSE" });
-        for (const frame of submits) {
-          const pending = this.submits.get(frame.request_id);
-          this.submits.delete(frame.request_id);
-          if (pending !== undefined) {
-            this.submitOverHttp(pending).then(pending.resolve, pending.reject);
-          }
-        }
-        for (const { watch, jobId, position } of watches) {
-          const queue = this.watches.get(watch);
-          this.watches.delete(watch);
-          if (queue !== undefined) {
-            const abort = new AbortController();
-            this.pipeSse(queue, jobId, position, abort.signal);
-          }
-        }
+        this.fallBackToSse();
       })
       .catch(() => undefined)
       .finally(() => {
@@ -666,31 +477,29 @@ export class JobgateClient {
       });
   }
 
-  /** Browsers: retry at once when the network or the page comes back. */
-  private listenToBrowser(): () => void {
-    const target = globalThis as {
-      addEventListener?: (type: string, listener: () => void) => void;
-      removeEventListener?: (type: string, listener: () => void) => void;
-      document?: { visibilityState?: string; addEventListener?: (type: string, listener: () => void) => void; removeEventListener?: (type: string, listener: () => void) => void };
-    };
-    if (typeof target.addEventListener !== "function" || target.document === undefined) {
-      return () => undefined;
-    }
-    const onOnline = () => this.online();
-    const onVisible = () => {
-      if (target.document?.visibilityState === "visible") {
-        onOnline();
+  /**
+   * Submits not yet accepted go over HTTP with their idempotency keys,
+   * watches resume over SSE from where they are.
+   */
+  private fallBackToSse(): void {
+    this.log("warn", "WebSocket cannot connect but HTTP works: using SSE", {});
+    this.mode = "sse";
+    const { submits, watches } = this.engine.drain();
+    this.clearTimer();
+    this.setState({ state: "connected", reason: "WebSocket unavailable; using HTTP and SSE" });
+    for (const frame of submits) {
+      const pending = this.takeSubmit(frame.request_id);
+      if (pending !== undefined) {
+        submitPendingOverHttp(this.sse, this.closing.signal, pending).then(pending.resolve, pending.reject);
       }
-    };
-    target.addEventListener("online", onOnline);
-    target.document.addEventListener?.("visibilitychange", onVisible);
-    return () => {
-      target.removeEventListener?.("online", onOnline);
-      target.document?.removeEventListener?.("visibilitychange", onVisible);
-    };
+    }
+    for (const { watch, jobId, position } of watches) {
+      const queue = this.watches.get(watch);
+      this.watches.delete(watch);
+      if (queue !== undefined) {
+        const abort = new AbortController();
+        pipeSse(this.sse, this.closing.signal, queue, jobId, position, abort.signal);
+      }
+    }
   }
-}
-
-function closedError(): JobgateError {
-  return new JobgateError({ code: "client_closed", message: "the client is closed" });
 }

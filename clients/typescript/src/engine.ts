@@ -7,173 +7,90 @@
 // order, token refresh, dead-connection detection, re-sending submits — is
 // here, so it is tested with a fake clock and no socket, and ports to other
 // languages line by line.
+//
+// This file is the core: the session's phases and the inputs. Its parts
+// live in engine/: connection.ts (backoff, pings, liveness), token.ts (the
+// token and its refresh), submits.ts (submits awaiting `accepted`),
+// subscriptions.ts (watches, resume positions, ordered delivery) and
+// outputs.ts (the outputs, options and close codes, re-exported here).
 
-import { backoffDelay, type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
-import { comparePositions, EventOrder, MAX_HELD_EVENTS, type Position, START } from "./order.js";
-import { type Reader, Readers } from "./readers.js";
+import { type BackoffOptions, DEFAULT_BACKOFF } from "./backoff.js";
+import { closeText, Liveness, Reconnects } from "./engine/connection.js";
 import {
-  type ClientFrame,
-  type ErrorBody,
-  type HistoryTruncated,
-  isTerminal,
-  type JobEvent,
-  type JobRequest,
-  parseServerFrame,
-  type ServerFrame,
-  type Submitted,
-  type SubscribedFrame,
-  SUBPROTOCOL,
-  TERMINAL_STATUSES,
-  type WatchItem,
-} from "./types.js";
+  CLOSE_NORMAL, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, type ConnectionState,
+  DEFAULT_GAP_TIMEOUT_MS, DEFAULT_MAX_BUFFERED_JOBS, DEFAULT_PING_INTERVAL_MS, DEFAULT_PING_TIMEOUT_MS,
+  DEFAULT_TOKEN_REFRESH_MARGIN_MS, type EngineHost, type EngineOptions, type LogLevel, type Output, type StateChange,
+} from "./engine/outputs.js";
+import { PendingSubmits, type SubmitFrame } from "./engine/submits.js";
+import { type DrainedWatch, Subscriptions } from "./engine/subscriptions.js";
+import { TokenRefresh } from "./engine/token.js";
+import type { Position } from "./order.js";
+import { type ClientFrame, type ErrorBody, type JobRequest, parseServerFrame, type ServerFrame, SUBPROTOCOL } from "./types.js";
 
-export type ConnectionState = "connecting" | "connected" | "reconnecting" | "closed";
-
-/** A change of the connection state, with why. */
-export interface StateChange {
-  state: ConnectionState;
-  /** Short, human-readable: "connected", "closed by server (4008 slow consumer)", … */
-  reason: string;
-  /** The close code that caused the change, if any. */
-  code?: number;
-  /** When reconnecting: how long the engine waits before the next try, ms. */
-  retryInMs?: number;
-  /** Consecutive failed connection attempts so far. */
-  failures?: number;
-}
-
-export type LogLevel = "debug" | "info" | "warn" | "error";
-
-export type Output =
-  /** Open a socket now (with this token, if any). Events of it carry `connection`. */
-  | { type: "open"; connection: number; token: string | null }
-  | { type: "send"; connection: number; frame: ClientFrame }
-  /** Close the socket; the engine already treats it as gone. */
-  | { type: "close_socket"; connection: number; code: number; reason: string }
-  /** Call getToken() and pass the result to tokenArrived() / tokenFailed(). */
-  | { type: "need_token"; reason: string }
-  | { type: "deliver"; watch: number; item: WatchItem }
-  /** The watch saw its job's terminal event (or the client closed). */
-  | { type: "watch_end"; watch: number; job_id: string }
-  | { type: "watch_error"; watch: number; error: ErrorBody }
-  | { type: "submitted"; submit: string; result: Submitted }
-  | { type: "submit_error"; submit: string; error: ErrorBody }
-  | { type: "state"; change: StateChange }
-  /** Call tick() at this time (engine clock, ms); null: no timer needed. */
-  | { type: "timer"; at: number | null }
-  | { type: "log"; level: LogLevel; message: string; fields?: Record<string, unknown> };
-
-export interface EngineOptions {
-  clock: () => number;
-  random: () => number;
-  backoff?: Partial<BackoffOptions>;
-  /** Refresh the token this long before it expires (default 30 s). */
-  tokenRefreshMarginMs?: number;
-  /** Whether there is a getToken(); without it the engine never asks. */
-  hasTokenSource?: boolean;
-  /** Used until (or without) a `hello`. */
-  pingIntervalMs?: number;
-  pingTimeoutMs?: number;
-  /** How long an early event may wait for a missing one before the history is read again. */
-  gapTimeoutMs?: number;
-  /** Events buffered for a submitted job nobody watches yet. */
-  maxBufferedJobs?: number;
-}
-
-/** The gateway's defaults (JOBGATE_WS_PING_INTERVAL_S = 20, unanswered for as long). */
-export const DEFAULT_PING_INTERVAL_MS = 20_000;
-export const DEFAULT_PING_TIMEOUT_MS = 40_000;
-export const DEFAULT_TOKEN_REFRESH_MARGIN_MS = 30_000;
-export const DEFAULT_GAP_TIMEOUT_MS = 2_000;
-export const DEFAULT_MAX_BUFFERED_JOBS = 256;
-/** Events kept for one submitted job nobody watches yet. */
-const MAX_BUFFERED_ITEMS = 10_000;
-/** When a refresh failed: wait this long before asking for a token again. */
-const TOKEN_RETRY_MS = 5_000;
-
-/** Close codes (PROTOCOL.md, "Sessions"). */
-export const CLOSE_NORMAL = 1000;
-export const CLOSE_GOING_AWAY = 1001;
-export const CLOSE_PING_TIMEOUT = 4000;
-export const CLOSE_TOKEN_EXPIRED = 4001;
-export const CLOSE_SLOW_CONSUMER = 4008;
-
-const CLOSE_NAMES: Record<number, string> = {
-  1000: "normal",
-  1001: "gateway going away",
-  1006: "connection lost",
-  1011: "gateway error",
-  4000: "ping unanswered",
-  4001: "token expired",
-  4008: "slow consumer",
-};
+export {
+  CLOSE_GOING_AWAY,
+  CLOSE_NORMAL,
+  CLOSE_PING_TIMEOUT,
+  CLOSE_SLOW_CONSUMER,
+  CLOSE_TOKEN_EXPIRED,
+  type ConnectionState,
+  DEFAULT_GAP_TIMEOUT_MS,
+  DEFAULT_MAX_BUFFERED_JOBS,
+  DEFAULT_PING_INTERVAL_MS,
+  DEFAULT_PING_TIMEOUT_MS,
+  DEFAULT_TOKEN_REFRESH_MARGIN_MS,
+  type EngineOptions,
+  type LogLevel,
+  type Output,
+  type StateChange,
+} from "./engine/outputs.js";
 
 type Phase = "idle" | "awaiting_token" | "opening" | "open" | "waiting" | "closed";
 
-interface PendingSubmit {
-  requestId: string;
-  frame: Extract<ClientFrame, { type: "submit" }>;
-  /** The connection it was last sent on. */
-  sentOn: number | null;
-}
-
 export class Engine {
   private readonly clock: () => number;
-  private readonly random: () => number;
-  private readonly backoff: BackoffOptions;
-  private readonly refreshMarginMs: number;
-  private readonly hasTokenSource: boolean;
-  private readonly defaultPingIntervalMs: number;
-  private readonly defaultPingTimeoutMs: number;
-  private readonly gapTimeoutMs: number;
-  private readonly maxBufferedJobs: number;
 
   private phase: Phase = "idle";
   private connection = 0;
   private everConnected = false;
-  private failures = 0;
   private state: ConnectionState = "connecting";
   private outputs: Output[] = [];
   /** The last timer output; undefined: none asked for since the last tick. */
   private lastTimer: number | null | undefined = null;
-
-  // The session.
+  /** The session's negotiated subprotocol. */
   private protocol: string | null = null;
-  private pingIntervalMs: number;
-  private pingTimeoutMs: number;
-  private lastFrameAt = 0;
-  private nextPingAt: number | null = null;
-  private reconnectAt: number | null = null;
-  /** Jobs the gateway is sending this session, with the position it was asked for. */
-  private subscribed = new Map<string, Position>();
 
-  // The token.
-  private token: string | null = null;
-  private tokenStale = true;
-  private tokenRequested = false;
-  private tokenExpiresAt: number | null = null;
-  private refreshAt: number | null = null;
-  private authCount = 0;
-  private pendingAuth: string | null = null;
-
-  // The app's work.
-  private readonly readers = new Readers();
-  private nextBufferId = -1;
-  private readonly submits = new Map<string, PendingSubmit>();
+  private readonly reconnects: Reconnects;
+  private readonly liveness: Liveness;
+  private readonly tokens: TokenRefresh;
+  private readonly submits = new PendingSubmits();
+  private readonly subscriptions: Subscriptions;
 
   constructor(options: EngineOptions) {
     this.clock = options.clock;
-    this.random = options.random;
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-    this.refreshMarginMs = options.tokenRefreshMarginMs ?? DEFAULT_TOKEN_REFRESH_MARGIN_MS;
-    this.hasTokenSource = options.hasTokenSource ?? false;
-    this.defaultPingIntervalMs = options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS;
-    this.defaultPingTimeoutMs = options.pingTimeoutMs ?? DEFAULT_PING_TIMEOUT_MS;
-    this.pingIntervalMs = this.defaultPingIntervalMs;
-    this.pingTimeoutMs = this.defaultPingTimeoutMs;
-    this.gapTimeoutMs = options.gapTimeoutMs ?? DEFAULT_GAP_TIMEOUT_MS;
-    this.maxBufferedJobs = options.maxBufferedJobs ?? DEFAULT_MAX_BUFFERED_JOBS;
-    this.tokenStale = this.hasTokenSource;
+    const backoff: BackoffOptions = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.reconnects = new Reconnects(backoff, options.random);
+    this.liveness = new Liveness(
+      options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
+      options.pingTimeoutMs ?? DEFAULT_PING_TIMEOUT_MS,
+    );
+    this.tokens = new TokenRefresh(
+      options.hasTokenSource ?? false,
+      options.tokenRefreshMarginMs ?? DEFAULT_TOKEN_REFRESH_MARGIN_MS,
+      this.clock,
+    );
+    const host: EngineHost = {
+      now: () => this.clock(),
+      isOpen: () => this.phase === "open",
+      send: (frame) => this.send(frame),
+      emit: (output) => this.emit(output),
+      log: (level, message, fields) => this.log(level, message, fields),
+    };
+    this.subscriptions = new Subscriptions(
+      host,
+      options.gapTimeoutMs ?? DEFAULT_GAP_TIMEOUT_MS,
+      options.maxBufferedJobs ?? DEFAULT_MAX_BUFFERED_JOBS,
+    );
   }
 
   get connectionState(): ConnectionState {
@@ -182,7 +99,7 @@ export class Engine {
 
   /** Consecutive failed connection attempts (reset by a successful open). */
   get consecutiveFailures(): number {
-    return this.failures;
+    return this.reconnects.failures;
   }
 
   get hasConnected(): boolean {
@@ -194,7 +111,7 @@ export class Engine {
     return this.protocol;
   }
 
-  // ---- inputs ----
+  // ---- inputs: the socket ----
 
   /** Starts connecting. */
   start(): Output[] {
@@ -212,24 +129,20 @@ export class Engine {
     const now = this.clock();
     this.phase = "open";
     this.protocol = protocol === SUBPROTOCOL ? protocol : null;
-    this.failures = 0;
-    this.pingIntervalMs = this.defaultPingIntervalMs;
-    this.pingTimeoutMs = this.defaultPingTimeoutMs;
-    this.lastFrameAt = now;
-    this.nextPingAt = now + this.pingIntervalMs;
-    this.reconnectAt = null;
-    this.pendingAuth = null;
+    this.reconnects.failures = 0;
+    this.liveness.opened(now);
+    this.reconnects.at = null;
+    this.tokens.pendingAuth = null;
     const reason = this.everConnected ? "reconnected" : "connected";
     this.everConnected = true;
     this.setState({ state: "connected", reason });
-    this.subscribed.clear();
-    this.resubscribe();
-    for (const submit of this.submits.values()) {
-      this.sendSubmit(submit);
+    this.subscriptions.sessionOpened();
+    for (const frame of this.submits.toSend(this.connection)) {
+      this.send(frame);
     }
     if (this.protocol === null) {
       // No hello will come: what we know of the token (its own exp) must do.
-      this.scheduleRefresh(now);
+      this.tokens.schedule(now);
     }
     return this.flush();
   }
@@ -239,7 +152,7 @@ export class Engine {
     if (connection !== this.connection || this.phase !== "open") {
       return this.flush();
     }
-    this.lastFrameAt = this.clock();
+    this.liveness.heard(this.clock());
     const frame = parseServerFrame(value);
     if (frame === null) {
       this.log("debug", "ignored a frame this client does not know", { frame: value });
@@ -256,17 +169,9 @@ export class Engine {
     }
     const wasOpen = this.phase === "open";
     this.dropSession();
-    const name = CLOSE_NAMES[code] ?? "closed";
-    let text: string;
-    if (httpStatus !== undefined) {
-      text = `connection refused (HTTP ${httpStatus})`;
-    } else if (!wasOpen) {
-      text = `could not connect${reason ? `: ${reason}` : ""}`;
-    } else {
-      text = `closed by server (${code} ${name}${reason ? `: ${reason}` : ""})`;
-    }
+    const text = closeText(code, reason, wasOpen, httpStatus);
     if (code === CLOSE_TOKEN_EXPIRED || httpStatus === 401) {
-      this.tokenStale = true;
+      this.tokens.stale = true;
     }
     const immediate = wasOpen && (code === CLOSE_SLOW_CONSUMER || code === CLOSE_TOKEN_EXPIRED);
     this.scheduleReconnect(text, code, immediate);
@@ -276,13 +181,13 @@ export class Engine {
   /** The clock moved: fire what is due. */
   tick(): Output[] {
     const now = this.clock();
-    if (this.phase === "waiting" && this.reconnectAt !== null && now >= this.reconnectAt) {
-      this.reconnectAt = null;
+    if (this.phase === "waiting" && this.reconnects.isDue(now)) {
+      this.reconnects.at = null;
       this.connectNow();
     }
     if (this.phase === "open") {
-      if (now - this.lastFrameAt >= this.pingTimeoutMs) {
-        const silentFor = now - this.lastFrameAt;
+      if (this.liveness.isDead(now)) {
+        const silentFor = this.liveness.silentFor(now);
         this.emit({
           type: "close_socket",
           connection: this.connection,
@@ -292,15 +197,13 @@ export class Engine {
         this.dropSession();
         this.scheduleReconnect(`connection dead (no frame for ${silentFor} ms)`, CLOSE_PING_TIMEOUT, false);
       } else {
-        if (this.nextPingAt !== null && now >= this.nextPingAt) {
+        if (this.liveness.takePing(now)) {
           this.send({ type: "ping" });
-          this.nextPingAt = now + this.pingIntervalMs;
         }
-        this.checkGaps(now);
+        this.subscriptions.checkGaps(now);
       }
     }
-    if (this.refreshAt !== null && now >= this.refreshAt && this.phase === "open") {
-      this.refreshAt = null;
+    if (this.phase === "open" && this.tokens.takeRefresh(now)) {
       this.requestToken("token expires soon");
     }
     // The caller's timer has fired (maybe a little early): always name the next one.
@@ -308,19 +211,16 @@ export class Engine {
     return this.flush();
   }
 
+  // ---- inputs: the token ----
+
   /** A token from getToken(); `expiresInMs` if the caller knows its lifetime (a JWT's exp). */
   tokenArrived(token: string, expiresInMs?: number | null): Output[] {
     const now = this.clock();
-    this.tokenRequested = false;
-    this.token = token;
-    this.tokenStale = false;
-    this.tokenExpiresAt = expiresInMs === undefined || expiresInMs === null ? null : now + expiresInMs;
+    this.tokens.arrived(token, expiresInMs, now);
     if (this.phase === "awaiting_token") {
       this.open();
     } else if (this.phase === "open") {
-      this.authCount += 1;
-      const requestId = `auth-${this.authCount}`;
-      this.pendingAuth = requestId;
+      const requestId = this.tokens.nextAuth();
       this.send(
         this.protocol === null
           ? { type: "auth", token }
@@ -328,23 +228,25 @@ export class Engine {
       );
       // A jobgate.v1 session answers auth_ok with the new lifetime; until
       // then (or without one) the token's own expiry schedules the next.
-      this.scheduleRefresh(now);
+      this.tokens.schedule(now);
     }
     return this.flush();
   }
 
   /** getToken() failed. */
   tokenFailed(message: string): Output[] {
-    this.tokenRequested = false;
+    this.tokens.requested = false;
     this.log("warn", "getToken failed", { error: message });
     if (this.phase === "awaiting_token") {
       // Counted as a failed connection attempt.
       this.scheduleReconnect(`getToken failed: ${message}`, undefined, false);
     } else if (this.phase === "open") {
-      this.refreshAt = this.clock() + TOKEN_RETRY_MS;
+      this.tokens.retryLater(this.clock());
     }
     return this.flush();
   }
+
+  // ---- inputs: the app ----
 
   /** Submits a job; answered by `submitted` or `submit_error` with the same id. */
   submit(
@@ -352,29 +254,18 @@ export class Engine {
     job: JobRequest,
     options: { idempotencyKey: string; traceparent?: string; tracestate?: string },
   ): Output[] {
-    const frame: Extract<ClientFrame, { type: "submit" }> = {
-      type: "submit",
-      request_id: requestId,
-      job,
-      idempotency_key: options.idempotencyKey,
-    };
-    if (options.traceparent !== undefined) {
-      frame.traceparent = options.traceparent;
-    }
-    if (options.tracestate !== undefined) {
-      frame.tracestate = options.tracestate;
-    }
-    const pending: PendingSubmit = { requestId, frame, sentOn: null };
-    this.submits.set(requestId, pending);
+    const pending = this.submits.add(requestId, job, options);
     if (this.phase === "open") {
-      this.sendSubmit(pending);
+      for (const frame of this.submits.toSend(this.connection, [pending])) {
+        this.send(frame);
+      }
     }
     return this.flush();
   }
 
   /** The app gave up on a submit (its accepted, if it comes, is ignored). */
   forgetSubmit(requestId: string): Output[] {
-    this.submits.delete(requestId);
+    this.submits.take(requestId);
     return this.flush();
   }
 
@@ -383,76 +274,21 @@ export class Engine {
    * its submit on this client, else the whole history).
    */
   watch(watchId: number, jobId: string, after?: Position): Output[] {
-    const buffered = this.readers.bufferOf(jobId);
-    if (buffered !== undefined) {
-      this.adopt(buffered, watchId, after ?? START);
-      return this.flush();
-    }
-    // Where the session's stream of the job is: the other readers' earliest.
-    const streamAt = this.subscribed.has(jobId) ? this.readers.resumePosition(jobId) : null;
-    const reader: Reader = {
-      id: watchId,
-      jobId,
-      order: new EventOrder(after ?? START),
-      buffer: null,
-      ended: false,
-      gapSince: null,
-    };
-    this.readers.set(reader);
-    if (this.phase === "open" && (streamAt === null || comparePositions(reader.order.position, streamAt) < 0)) {
-      this.subscribe(jobId, reader.order.position);
-    }
+    this.subscriptions.watch(watchId, jobId, after);
     return this.flush();
-  }
-
-  /** A watch takes over a submitted job's buffer: its events so far (after `after`), then live ones. */
-  private adopt(buffered: Reader, watchId: number, after: Position): void {
-    this.readers.delete(buffered.id);
-    const order = new EventOrder(after);
-    const reader: Reader = { id: watchId, jobId: buffered.jobId, order, buffer: null, ended: false, gapSince: null };
-    this.readers.set(reader);
-    for (const item of buffered.buffer ?? []) {
-      if (item.type === "snapshot") {
-        const snapshot = order.truncated({ job_id: item.job_id, after: after.seq, first_seq: item.first_seq, snapshot: item.snapshot });
-        if (snapshot !== null) {
-          this.give(reader, snapshot);
-        }
-        continue;
-      }
-      for (const due of order.offer(item)) {
-        this.give(reader, due);
-        if (isTerminal(due)) {
-          this.end(reader);
-          return;
-        }
-      }
-    }
-    if (buffered.ended) {
-      // The job is over and the watch asked for nothing before its end.
-      this.end(reader);
-      return;
-    }
-    if (buffered.order.heldCount > 0) {
-      // Early events stayed with the buffer: read them again.
-      this.resync(reader.jobId);
-    }
   }
 
   /** Stops a watch (the app broke out of its loop, or aborted it). */
   unwatch(watchId: number): Output[] {
-    const reader = this.readers.get(watchId);
-    if (reader !== undefined) {
-      this.readers.delete(watchId);
-      this.releaseJob(reader.jobId);
-    }
+    this.subscriptions.unwatch(watchId);
     return this.flush();
   }
 
   /** The browser came back online or visible: retry at once, backoff from the start. */
   online(): Output[] {
-    this.failures = 0;
+    this.reconnects.failures = 0;
     if (this.phase === "waiting") {
-      this.reconnectAt = null;
+      this.reconnects.at = null;
       this.connectNow();
     } else if (this.phase === "open") {
       // The connection may have died while the device slept: prove it.
@@ -466,32 +302,15 @@ export class Engine {
     if (this.phase === "closed") {
       return this.flush();
     }
-    if (this.phase === "open" || this.phase === "opening") {
-      this.emit({
-        type: "close_socket",
-        connection: this.connection,
-        code: CLOSE_NORMAL,
-        reason: "client closed",
-      });
-    }
-    this.dropSession();
-    this.phase = "closed";
-    this.reconnectAt = null;
-    this.refreshAt = null;
-    for (const reader of this.readers.all()) {
-      if (reader.buffer === null) {
-        this.emit({ type: "watch_end", watch: reader.id, job_id: reader.jobId });
-      }
-    }
-    this.readers.clear();
-    for (const submit of this.submits.values()) {
+    this.stop("client closed");
+    this.subscriptions.endAll();
+    for (const submit of this.submits.takeAll()) {
       this.emit({
         type: "submit_error",
         submit: submit.requestId,
         error: { code: "client_closed", message: "the client was closed before the job was accepted" },
       });
     }
-    this.submits.clear();
     this.setState({ state: "closed", reason: "closed by the app", code: CLOSE_NORMAL });
     return this.flush();
   }
@@ -500,20 +319,10 @@ export class Engine {
    * Hands over what is left to do (to another transport): submits not yet
    * accepted, and the app's watches with their positions. The engine stops.
    */
-  drain(): { submits: Extract<ClientFrame, { type: "submit" }>[]; watches: { watch: number; jobId: string; position: Position }[] } {
-    const submits = [...this.submits.values()].map((submit) => submit.frame);
-    const watches = this.readers.all()
-      .filter((reader) => reader.buffer === null && !reader.ended)
-      .map((reader) => ({ watch: reader.id, jobId: reader.jobId, position: reader.order.position }));
-    if (this.phase === "open" || this.phase === "opening") {
-      this.emit({ type: "close_socket", connection: this.connection, code: CLOSE_NORMAL, reason: "switching transport" });
-    }
-    this.dropSession();
-    this.phase = "closed";
-    this.reconnectAt = null;
-    this.refreshAt = null;
-    this.submits.clear();
-    this.readers.clear();
+  drain(): { submits: SubmitFrame[]; watches: DrainedWatch[] } {
+    const submits = this.submits.takeAll().map((submit) => submit.frame);
+    const watches = this.subscriptions.drain();
+    this.stop("switching transport");
     this.flush();
     return { submits, watches };
   }
@@ -522,30 +331,31 @@ export class Engine {
 
   private handleFrame(frame: ServerFrame): void {
     switch (frame.type) {
-      case "hello": {
-        this.pingIntervalMs = frame.ping_interval_ms;
-        this.pingTimeoutMs = frame.ping_timeout_ms;
-        this.nextPingAt = this.clock() + this.pingIntervalMs;
-        this.tokenLifetime(frame.token_expires_in_ms);
+      case "hello":
+        this.liveness.hello(frame.ping_interval_ms, frame.ping_timeout_ms, this.clock());
+        this.tokens.lifetime(frame.token_expires_in_ms);
         break;
-      }
       case "auth_ok":
-        if (frame.request_id === undefined || frame.request_id === this.pendingAuth) {
-          this.pendingAuth = null;
-          this.tokenLifetime(frame.token_expires_in_ms);
+        if (frame.request_id === undefined || frame.request_id === this.tokens.pendingAuth) {
+          this.tokens.pendingAuth = null;
+          this.tokens.lifetime(frame.token_expires_in_ms);
         }
         break;
       case "accepted":
-        this.accepted(frame.request_id, { job_id: frame.job_id, trace_id: frame.trace_id });
+        if (this.submits.take(frame.request_id) !== undefined) {
+          // Otherwise given up by the app, or answered already.
+          this.subscriptions.accepted(frame.job_id);
+          this.emit({ type: "submitted", submit: frame.request_id, result: { job_id: frame.job_id, trace_id: frame.trace_id } });
+        }
         break;
       case "event":
-        this.event(frame);
+        this.subscriptions.event(frame);
         break;
       case "history_truncated":
-        this.truncated(frame);
+        this.subscriptions.truncated(frame);
         break;
       case "subscribed":
-        this.subscribedAt(frame);
+        this.subscriptions.subscribedAt(frame);
         break;
       case "error":
         this.error(frame);
@@ -555,241 +365,38 @@ export class Engine {
     }
   }
 
-  private tokenLifetime(expiresInMs: number | null | undefined): void {
-    const now = this.clock();
-    this.tokenExpiresAt = expiresInMs === undefined || expiresInMs === null ? null : now + expiresInMs;
-    this.scheduleRefresh(now);
-  }
-
-  private scheduleRefresh(now: number): void {
-    if (!this.hasTokenSource || this.tokenExpiresAt === null) {
-      this.refreshAt = null;
-      return;
-    }
-    const lifetime = this.tokenExpiresAt - now;
-    // A lifetime shorter than twice the margin is refreshed half way.
-    const margin = Math.min(this.refreshMarginMs, Math.max(lifetime, 0) / 2);
-    this.refreshAt = Math.max(now, this.tokenExpiresAt - margin);
-  }
-
-  private accepted(requestId: string, result: Submitted): void {
-    const submit = this.submits.get(requestId);
-    if (submit === undefined) {
-      return; // given up by the app, or answered already
-    }
-    this.submits.delete(requestId);
-    // The gateway subscribed the session to the job: keep its events for
-    // the watch that usually follows.
-    if (!this.subscribed.has(result.job_id)) {
-      this.subscribed.set(result.job_id, START);
-    }
-    if (this.readers.of(result.job_id).length === 0) {
-      this.addBuffer(result.job_id);
-    }
-    this.emit({ type: "submitted", submit: requestId, result });
-  }
-
-  private event(event: JobEvent): void {
-    const now = this.clock();
-    if (isTerminal(event)) {
-      // The gateway stops sending a job at its terminal event.
-      this.subscribed.delete(event.job_id);
-    }
-    for (const reader of this.readers.of(event.job_id)) {
-      const due = reader.order.offer(event);
-      reader.gapSince = reader.order.heldCount > 0 ? (reader.gapSince ?? now) : null;
-      for (const item of due) {
-        this.give(reader, item);
-        if (isTerminal(item)) {
-          this.end(reader);
-          break;
-        }
-      }
-      if (reader.order.heldCount > MAX_HELD_EVENTS) {
-        this.resync(reader.jobId);
-      }
-    }
-    if (isTerminal(event)) {
-      // Readers that asked for what comes after the end have had it all.
-      this.endReadersPast(event.job_id, { epoch: event.epoch, seq: event.seq });
-    }
-  }
-
-  /**
-   * The gateway's answer to a subscribe (jobgate.v1 only): where the job
-   * was when its watch started. A finished job whose end the subscribe's
-   * `after` reached sends nothing more: its readers there are done.
-   */
-  private subscribedAt(frame: SubscribedFrame): void {
-    if (!TERMINAL_STATUSES.has(frame.status)) {
-      return;
-    }
-    const last: Position = { epoch: frame.epoch, seq: frame.seq };
-    const asked = this.subscribed.get(frame.job_id);
-    if (asked !== undefined && comparePositions(asked, last) >= 0) {
-      // The gateway does not watch the job: nothing to unsubscribe.
-      this.subscribed.delete(frame.job_id);
-    }
-    this.endReadersPast(frame.job_id, last);
-  }
-
-  /** Ends the readers of a finished job that are at or past its last event. */
-  private endReadersPast(jobId: string, last: Position): void {
-    for (const reader of this.readers.of(jobId)) {
-      if (comparePositions(reader.order.position, last) >= 0) {
-        this.end(reader);
-      }
-    }
-  }
-
-  private truncated(message: HistoryTruncated): void {
-    for (const reader of this.readers.of(message.job_id)) {
-      const snapshot = reader.order.truncated(message);
-      if (snapshot !== null) {
-        this.give(reader, snapshot);
-      }
-    }
-  }
-
   private error(frame: Extract<ServerFrame, { type: "error" }>): void {
     const error: ErrorBody = { code: frame.code, message: frame.message };
     if (frame.field !== undefined) {
       error.field = frame.field;
     }
-    if (frame.request_id !== undefined && this.submits.has(frame.request_id)) {
-      this.submits.delete(frame.request_id);
+    if (frame.request_id !== undefined && this.submits.take(frame.request_id) !== undefined) {
       this.emit({ type: "submit_error", submit: frame.request_id, error });
       return;
     }
-    if (frame.code === "unauthorized" && (frame.request_id === undefined || frame.request_id === this.pendingAuth)) {
+    if (frame.code === "unauthorized" && (frame.request_id === undefined || frame.request_id === this.tokens.pendingAuth)) {
       // A refused refresh: the session lasts until the old token expires.
-      this.pendingAuth = null;
+      this.tokens.pendingAuth = null;
       this.log("warn", "the gateway refused the refreshed token", { error });
-      this.refreshAt = this.clock() + TOKEN_RETRY_MS;
+      this.tokens.retryLater(this.clock());
       return;
     }
     if (frame.job_id !== undefined && frame.code !== "not_subscribed") {
-      this.subscribed.delete(frame.job_id);
-      for (const reader of this.readers.of(frame.job_id)) {
-        this.readers.delete(reader.id);
-        if (reader.buffer === null) {
-          this.emit({ type: "watch_error", watch: reader.id, error });
-        }
-      }
+      this.subscriptions.failJob(frame.job_id, error);
       return;
     }
     this.log("warn", "error from the gateway", { ...error });
   }
 
-  // ---- readers ----
-
-  private addBuffer(jobId: string): void {
-    const buffers = this.readers.buffers();
-    if (buffers.length >= this.maxBufferedJobs) {
-      // The oldest buffer goes; a later watch of it reads the history.
-      const oldest = buffers[0]!;
-      this.readers.delete(oldest.id);
-      this.releaseJob(oldest.jobId);
-    }
-    const id = this.nextBufferId;
-    this.nextBufferId -= 1;
-    this.readers.set({
-      id,
-      jobId,
-      order: new EventOrder(START),
-      buffer: [],
-      ended: false,
-      gapSince: null,
-    });
-  }
-
-  private give(reader: Reader, item: WatchItem): void {
-    if (reader.buffer !== null) {
-      reader.buffer.push(item);
-      if (reader.buffer.length > MAX_BUFFERED_ITEMS) {
-        this.readers.delete(reader.id);
-        this.releaseJob(reader.jobId);
-      }
-      return;
-    }
-    this.emit({ type: "deliver", watch: reader.id, item });
-  }
-
-  private end(reader: Reader): void {
-    reader.ended = true;
-    reader.gapSince = null;
-    if (reader.buffer === null) {
-      this.readers.delete(reader.id);
-      this.emit({ type: "watch_end", watch: reader.id, job_id: reader.jobId });
-    }
-  }
-
-  /** No reader of the job is left: stop the gateway sending it. */
-  private releaseJob(jobId: string): void {
-    if (this.readers.of(jobId).length > 0 || !this.subscribed.has(jobId)) {
-      return;
-    }
-    this.subscribed.delete(jobId);
-    if (this.phase === "open") {
-      this.send({ type: "unsubscribe", job_id: jobId });
-    }
-  }
-
-  private resubscribe(): void {
-    for (const jobId of this.readers.activeJobs()) {
-      const position = this.readers.resumePosition(jobId);
-      if (position !== null) {
-        this.subscribe(jobId, position);
-      }
-    }
-  }
-
-  /** Reads the history again from where the readers are (an event went missing). */
-  private resync(jobId: string): void {
-    const position = this.readers.resumePosition(jobId);
-    for (const reader of this.readers.of(jobId)) {
-      reader.gapSince = null;
-    }
-    if (position !== null && this.phase === "open") {
-      this.log("info", "events went missing; reading the job's history again", { job_id: jobId });
-      this.subscribe(jobId, position);
-    }
-  }
-
-  private checkGaps(now: number): void {
-    const late = new Set<string>();
-    for (const reader of this.readers.all()) {
-      if (reader.gapSince !== null && now - reader.gapSince >= this.gapTimeoutMs) {
-        late.add(reader.jobId);
-      }
-    }
-    for (const jobId of late) {
-      this.resync(jobId);
-    }
-  }
-
-  private subscribe(jobId: string, position: Position): void {
-    this.subscribed.set(jobId, position);
-    const frame: ClientFrame = { type: "subscribe", job_id: jobId, after: position.seq };
-    if (position.epoch !== 1) {
-      frame.after_epoch = position.epoch;
-    }
-    this.send(frame);
-  }
-
   // ---- connection ----
 
   private connectNow(): void {
-    if (this.hasTokenSource && (this.token === null || this.tokenStale || this.tokenExpired())) {
+    if (this.tokens.needsFetch()) {
       this.phase = "awaiting_token";
-      this.requestToken(this.token === null ? "first connection" : "token expired");
+      this.requestToken(this.tokens.token === null ? "first connection" : "token expired");
       return;
     }
     this.open();
-  }
-
-  private tokenExpired(): boolean {
-    return this.tokenExpiresAt !== null && this.clock() >= this.tokenExpiresAt - 1_000;
   }
 
   private open(): void {
@@ -798,12 +405,12 @@ export class Engine {
     if (this.state !== "connecting" && this.state !== "reconnecting") {
       this.setState({ state: this.everConnected ? "reconnecting" : "connecting", reason: "connecting" });
     }
-    this.emit({ type: "open", connection: this.connection, token: this.token });
+    this.emit({ type: "open", connection: this.connection, token: this.tokens.token });
   }
 
   private requestToken(reason: string): void {
-    if (!this.tokenRequested) {
-      this.tokenRequested = true;
+    if (!this.tokens.requested) {
+      this.tokens.requested = true;
       this.emit({ type: "need_token", reason });
     }
   }
@@ -812,27 +419,31 @@ export class Engine {
   private dropSession(): void {
     this.phase = "waiting";
     this.protocol = null;
-    this.nextPingAt = null;
-    this.pendingAuth = null;
-    this.subscribed.clear();
-    for (const submit of this.submits.values()) {
-      submit.sentOn = null;
+    this.liveness.stop();
+    this.tokens.pendingAuth = null;
+    this.subscriptions.sessionDropped();
+    this.submits.unsent();
+  }
+
+  /** Closes the socket (if any) for good: no reconnect, no refresh. */
+  private stop(reason: string): void {
+    if (this.phase === "open" || this.phase === "opening") {
+      this.emit({ type: "close_socket", connection: this.connection, code: CLOSE_NORMAL, reason });
     }
-    for (const reader of this.readers.all()) {
-      reader.gapSince = null;
-    }
+    this.dropSession();
+    this.phase = "closed";
+    this.reconnects.at = null;
+    this.tokens.refreshAt = null;
   }
 
   private scheduleReconnect(reason: string, code: number | undefined, immediate: boolean): void {
     this.phase = "waiting";
-    const delay = immediate && this.failures === 0 ? 0 : backoffDelay(this.backoff, this.failures, this.random);
-    this.failures += 1;
-    this.reconnectAt = this.clock() + delay;
+    const delay = this.reconnects.schedule(this.clock(), immediate);
     const change: StateChange = {
       state: this.everConnected ? "reconnecting" : "connecting",
       reason,
       retryInMs: delay,
-      failures: this.failures,
+      failures: this.reconnects.failures,
     };
     if (code !== undefined) {
       change.code = code;
@@ -841,13 +452,7 @@ export class Engine {
     this.log("info", "reconnecting", { reason, code, retry_in_ms: delay });
   }
 
-  private sendSubmit(submit: PendingSubmit): void {
-    if (submit.sentOn === this.connection) {
-      return;
-    }
-    submit.sentOn = this.connection;
-    this.send(submit.frame);
-  }
+  // ---- outputs ----
 
   private send(frame: ClientFrame): void {
     this.emit({ type: "send", connection: this.connection, frame });
@@ -876,22 +481,15 @@ export class Engine {
   /** The next time tick() has something to do. */
   private nextDeadline(): number | null {
     const times: number[] = [];
-    if (this.phase === "waiting" && this.reconnectAt !== null) {
-      times.push(this.reconnectAt);
+    if (this.phase === "waiting" && this.reconnects.at !== null) {
+      times.push(this.reconnects.at);
     }
     if (this.phase === "open") {
-      times.push(this.lastFrameAt + this.pingTimeoutMs);
-      if (this.nextPingAt !== null) {
-        times.push(this.nextPingAt);
+      times.push(...this.liveness.deadlines());
+      if (this.tokens.refreshAt !== null) {
+        times.push(this.tokens.refreshAt);
       }
-      if (this.refreshAt !== null) {
-        times.push(this.refreshAt);
-      }
-      for (const reader of this.readers.all()) {
-        if (reader.gapSince !== null) {
-          times.push(reader.gapSince + this.gapTimeoutMs);
-        }
-      }
+      times.push(...this.subscriptions.deadlines());
     }
     return times.length === 0 ? null : Math.min(...times);
   }
