@@ -23,48 +23,11 @@ fail() {
 [ -x "$worker_bin" ] || fail "no worker CLI at $worker_bin (make venv)"
 command -v redis-server >/dev/null || fail "redis-server is required (scripts/install-redis.sh)"
 
-work_dir="$(mktemp -d)"
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work_dir"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_for() {
-  local what=$1
-  shift
-  for _ in $(seq 1 150); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "--- gateway log"; tail -n 20 "$work_dir/gateway.log" 2>/dev/null || true
-  echo "--- worker log"; tail -n 20 "$work_dir/worker.log" 2>/dev/null || true
-  fail "$what did not happen within 30 s"
-}
-
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work_dir" --logfile "$work_dir/redis.log" &
-pids+=("$!")
-wait_for "redis-server to answer" redis-cli -p "$redis_port" ping
-
-export JOBGATE_REDIS_URL="redis://127.0.0.1:$redis_port"
-export JOBGATE_LISTEN="127.0.0.1:$(free_port)"
-export JOBGATE_AUTH=jwt
-JOBGATE_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')"
-export JOBGATE_JWT_SECRET
+# shellcheck source=scripts/lib/loopback-stack.sh
+. "$repo_dir/scripts/lib/loopback-stack.sh"
+stack_init
+start_redis
+export_gateway_env
 export JOBGATE_BIN="$gateway_bin"
 
 "$gateway_bin" >"$work_dir/gateway.log" 2>&1 &
