@@ -73,16 +73,9 @@ async fn run(store: JobStore, rate: Option<SubmitRate>, mut waiting: mpsc::Recei
         let Ok(place) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        let Some(first) = waiting.recv().await else {
+        let mut batch = Vec::with_capacity(waiting.len().clamp(1, MAX_JOBS_PER_BATCH));
+        if waiting.recv_many(&mut batch, MAX_JOBS_PER_BATCH).await == 0 {
             return;
-        };
-        let mut batch = Vec::with_capacity(waiting.len().min(MAX_JOBS_PER_BATCH) + 1);
-        batch.push(first);
-        while batch.len() < MAX_JOBS_PER_BATCH {
-            match waiting.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
         }
         let store = store.clone();
         tokio::spawn(async move {

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use futures_util::future::join_all;
 use jobgate_proto::batch::{
-    BatchItem, BatchResult, SubmitBatchRequest, SubmitBatchResponse, check_batch_size,
+    BatchResult, SubmitBatchRequest, SubmitBatchResponse, check_batch_size,
 };
 use jobgate_proto::{JobId, JobLinks, JobStatus, SubmitResponse};
 
@@ -34,19 +34,8 @@ async fn create_many(
     Json(request): Json<SubmitBatchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_batch_size(request.jobs.len(), state.config.max_batch_jobs)?;
-    let items: Vec<_> = request
-        .jobs
-        .iter()
-        .map(|raw| BatchItem::parse(raw))
-        .collect();
-    let turns = submit::turns(items.iter().map(|item| {
-        item.as_ref()
-            .ok()
-            .and_then(|item| item.idempotency_key.as_deref())
-    }));
-    let results = items
+    let results = submit::batch_items(&request.jobs)
         .into_iter()
-        .zip(turns)
         .enumerate()
         .map(|(index, (item, turn))| {
             let (state, principal) = (&state, &principal);

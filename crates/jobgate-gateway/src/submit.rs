@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobgate_proto::batch::BatchItem;
-use jobgate_proto::{ErrorCode, JobId, JobStatus, ParamsSchema, SubmitRequest};
+use jobgate_proto::{ErrorBody, ErrorCode, JobId, JobStatus, ParamsSchema, SubmitRequest};
 use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
@@ -114,8 +115,21 @@ pub(crate) struct Turn {
     wait_for: Option<Arc<Mutex<()>>>,
 }
 
+/// A batch's jobs, each read on its own (a bad one refuses only itself),
+/// with its turn: a job whose idempotency key an earlier job of the batch
+/// has waits for that one, so the earlier one creates the job.
+pub(crate) fn batch_items(jobs: &[Box<RawValue>]) -> Vec<(Result<BatchItem, ErrorBody>, Turn)> {
+    let items: Vec<_> = jobs.iter().map(|raw| BatchItem::parse(raw)).collect();
+    let turns = turns(items.iter().map(|item| {
+        item.as_ref()
+            .ok()
+            .and_then(|item| item.idempotency_key.as_deref())
+    }));
+    items.into_iter().zip(turns).collect()
+}
+
 /// The turns of a batch's jobs, given each job's idempotency key.
-pub(crate) fn turns<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> Vec<Turn> {
+fn turns<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> Vec<Turn> {
     let mut first_of_key: HashMap<&str, Arc<Mutex<()>>> = HashMap::new();
     keys.map(|key| {
         let Some(key) = key else {

@@ -319,13 +319,7 @@ impl Session {
         if let Err(error) = check_batch_size(jobs.len(), self.state.config.max_batch_jobs) {
             return self.error(Some(request_id), None, error.into());
         }
-        let items: Vec<_> = jobs.iter().map(|raw| BatchItem::parse(raw)).collect();
-        let turns = submit::turns(items.iter().map(|item| {
-            item.as_ref()
-                .ok()
-                .and_then(|item| item.idempotency_key.as_deref())
-        }));
-        for (index, (item, turn)) in items.into_iter().zip(turns).enumerate() {
+        for (index, (item, turn)) in submit::batch_items(&jobs).into_iter().enumerate() {
             match item {
                 Ok(item) => self.submit_job(request_id.clone(), Some(index), item, turn)?,
                 Err(error) => self.reply(&ServerMessage::Error {
