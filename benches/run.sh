@@ -23,6 +23,11 @@
 #                         200 in flight (default "1x4 1x16 2x8"; the first
 #                         one also runs python-sequential)
 #   BENCH_OUT             where results and logs go (default target/bench)
+#   BENCH_BIN_DIR         run the binaries in this directory instead (another
+#                         tree's target/release: old against new); no build
+#   BENCH_GATEWAY_THREADS the gateway's JOBGATE_THREADS (default 1)
+#   BENCH_TOOL_THREADS    runtime threads of the load generator and the echo
+#                         worker (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -72,13 +77,21 @@ if [ "$fd_limit" != unlimited ] && [ "$fd_limit" -lt $((idle_sessions + 1000)) ]
   log "open-file limit is $fd_limit: the idle scenario opens $idle_sessions sessions"
 fi
 
-if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+# BENCH_BIN_DIR runs the binaries of another build (an older tree's, to
+# measure old against new back to back); nothing is built then.
+bin_dir=${BENCH_BIN_DIR:-$root/target/release}
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN_DIR:-}" ]; then
   log "building release binaries"
   cargo build --release -p jobgate -p jobgate-loadgen -p jobgate-echo-worker
 fi
-gateway_bin="$root/target/release/jobgate"
-loadgen_bin="$root/target/release/jobgate-loadgen"
-echo_bin="$root/target/release/jobgate-echo-worker"
+gateway_bin="$bin_dir/jobgate"
+loadgen_bin="$bin_dir/jobgate-loadgen"
+echo_bin="$bin_dir/jobgate-echo-worker"
+# Gateway, Redis, worker and load generator share the machine's cores: one
+# runtime thread each for the gateway (JOBGATE_THREADS) and the Rust tools
+# does better than one per CPU on two cores (benches/RESULTS.md).
+gateway_threads=${BENCH_GATEWAY_THREADS:-1}
+tool_threads=${BENCH_TOOL_THREADS:-1}
 python_worker="$root/.venv/bin/jobgate-worker"
 
 redis_port=$(free_port)
@@ -112,6 +125,7 @@ start_gateway() {
     JOBGATE_SUBMITS_PER_MINUTE=1000000000 \
     JOBGATE_WS_MESSAGES_PER_S=1000000 \
     JOBGATE_LOG="${BENCH_GATEWAY_LOG:-info}" \
+    JOBGATE_THREADS="$gateway_threads" \
     "$gateway_bin" 2>>"$logs/gateway.log" &
   gateway_pid=$!
   pids+=("$gateway_pid")
@@ -142,7 +156,7 @@ wait_registered() {
 }
 
 start_echo_worker() {
-  "$echo_bin" --redis-url "$redis_url" --consumer bench-echo "$@" 2>>"$logs/echo-worker.log" &
+  TOKIO_WORKER_THREADS="$tool_threads" "$echo_bin" --redis-url "$redis_url" --consumer bench-echo "$@" 2>>"$logs/echo-worker.log" &
   worker_pids+=("$!")
   wait_registered bench-echo
 }
@@ -180,7 +194,7 @@ scenario() {
   local workers
   workers=$(IFS=,; echo "${worker_pids[*]}")
   redis-cli -p "$redis_port" config resetstat >/dev/null
-  if ! "$loadgen_bin" --url "http://127.0.0.1:$gateway_port" --scenario "$name" --json \
+  if ! TOKIO_WORKER_THREADS="$tool_threads" "$loadgen_bin" --url "http://127.0.0.1:$gateway_port" --scenario "$name" --json \
     --gateway-pid "$gateway_pid" --redis-pid "$redis_pid" \
     ${workers:+--worker-pids "$workers"} "$@" >>"$results" 2>>"$logs/loadgen.log"; then
     printf '{"scenario":"%s","errors":1,"note":"the load generator failed; see %s/loadgen.log"}\n' \

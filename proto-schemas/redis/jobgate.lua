@@ -45,13 +45,20 @@ local job_key = KEYS[1]
 local events_key = KEYS[2]
 local at = string.find(job_key, 'job:{', 1, true)
 local prefix = at and string.sub(job_key, 1, at - 1)
+-- Redis's clock, read once per call (a batch's operations share one instant).
+local now
+-- The arguments of the operation being run: ARGV, or one call's of a batch.
+local args = ARGV
 if prefix == nil then
   return redis.error_reply('ERR jobgate: KEYS[1] is not a job key: ' .. job_key)
 end
 
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
 end
 
 local function is_terminal(status)
@@ -135,17 +142,17 @@ end
 -- is kept in the record's run_at and the queued event's data, and returned
 -- as the reply's fourth element (the caller then adds the job to the queue's
 -- delayed set instead of its stream); otherwise the job is an ordinary one.
--- The job's arguments are ARGV[o + 1] .. ARGV[o + 16] (o = 1 for `create`).
+-- The job's arguments are args[o + 1] .. args[o + 16] (o = 1 for `create`).
 local function create_job(o)
   if redis.call('EXISTS', job_key) == 1 then
     return { 'exists', redis.call('HGET', job_key, 'status') }
   end
   local now = now_ms()
   local job = {
-    job_id = ARGV[o + 1], owner = ARGV[o + 2], kind = ARGV[o + 3], queue = ARGV[o + 4],
-    params = ARGV[o + 5], priority = ARGV[o + 6], max_attempts = ARGV[o + 7],
-    timeout_s = ARGV[o + 8], retention_s = ARGV[o + 9], history_max = ARGV[o + 10],
-    traceparent = ARGV[o + 11], tracestate = ARGV[o + 12], trace_id = ARGV[o + 13],
+    job_id = args[o + 1], owner = args[o + 2], kind = args[o + 3], queue = args[o + 4],
+    params = args[o + 5], priority = args[o + 6], max_attempts = args[o + 7],
+    timeout_s = args[o + 8], retention_s = args[o + 9], history_max = args[o + 10],
+    traceparent = args[o + 11], tracestate = args[o + 12], trace_id = args[o + 13],
     created_at = now, epoch = 1,
   }
   redis.call('HSET', job_key,
@@ -156,12 +163,12 @@ local function create_job(o)
     'tracestate', job.tracestate, 'trace_id', job.trace_id,
     'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now,
     'epoch', 1, 'epoch_seq', 1, 'replid', current_replid())
-  local legacy_trace_id = ARGV[o + 14]
+  local legacy_trace_id = args[o + 14]
   if legacy_trace_id ~= nil and legacy_trace_id ~= '' then
     redis.call('HSET', job_key, 'legacy_trace_id', legacy_trace_id)
   end
-  local run_at = tonumber(ARGV[o + 16] or '')
-  if run_at == nil and tonumber(ARGV[o + 15] or '') then run_at = now + tonumber(ARGV[o + 15]) end
+  local run_at = tonumber(args[o + 16] or '')
+  if run_at == nil and tonumber(args[o + 15] or '') then run_at = now + tonumber(args[o + 15]) end
   if run_at ~= nil and run_at > now then
     redis.call('HSET', job_key, 'run_at', run_at)
     local data = string.format('{"kind":%s,"queue":%s,"priority":%d,"run_at":%d}',
@@ -234,19 +241,19 @@ local function start()
       attempt, attempt + 1), now)
   end
   attempt = attempt + 1
-  change(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt, cjson.encode(ARGV[2])),
-    now, 'status', 'running', 'attempt', attempt, 'worker', ARGV[2], 'started_at', now)
+  change(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt, cjson.encode(args[2])),
+    now, 'status', 'running', 'attempt', attempt, 'worker', args[2], 'started_at', now)
   return { 'ok', attempt, job.kind, job.params, job.timeout_s, job.max_attempts,
            job.traceparent, job.tracestate, job.trace_id, job.owner, job.created_at, job.queue }
 end
 
--- Load the job for a change made by the worker running `attempt` (ARGV[2]):
+-- Load the job for a change made by the worker running `attempt` (args[2]):
 -- returns the job, or the reply to give when the change must not happen.
 local function guarded()
   local job = load(common)
   if job.status == false then return nil, { 'missing' } end
   if is_terminal(job.status) then return nil, { 'skip', job.status } end
-  if job.status ~= 'running' or job.attempt ~= ARGV[2] then
+  if job.status ~= 'running' or job.attempt ~= args[2] then
     return nil, { 'stale', job.status }
   end
   return job, nil
@@ -257,7 +264,7 @@ local function progress()
   local job, reply = guarded()
   if job == nil then return reply end
   local now = now_ms()
-  local seq = change(job, 'progress', ARGV[3], now, 'progress', ARGV[3])
+  local seq = change(job, 'progress', args[3], now, 'progress', args[3])
   return { 'ok', seq }
 end
 
@@ -266,8 +273,8 @@ local function complete()
   local job, reply = guarded()
   if job == nil then return reply end
   local now = now_ms()
-  local seq = change(job, 'completed', '{"result":' .. ARGV[3] .. '}', now,
-    'status', 'completed', 'result', ARGV[3], 'finished_at', now)
+  local seq = change(job, 'completed', '{"result":' .. args[3] .. '}', now,
+    'status', 'completed', 'result', args[3], 'finished_at', now)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -277,7 +284,7 @@ end
 -- enqueueing failed after the record was written).
 local function fail()
   local job, reply
-  if ARGV[2] == '*' then
+  if args[2] == '*' then
     job = load(common)
     if job.status == false then return { 'missing' } end
     if is_terminal(job.status) then return { 'skip', job.status } end
@@ -286,7 +293,7 @@ local function fail()
     if job == nil then return reply end
   end
   local now = now_ms()
-  local err = cjson.encode({ code = ARGV[3], message = ARGV[4] })
+  local err = cjson.encode({ code = args[3], message = args[4] })
   local seq = change(job, 'failed',
     string.format('{"attempt":%d,"error":%s}', tonumber(job.attempt), err), now,
     'status', 'failed', 'error', err, 'finished_at', now)
@@ -303,10 +310,10 @@ local function retry()
   if job == nil then return reply end
   local now = now_ms()
   local attempt = tonumber(job.attempt)
-  local err = cjson.encode({ code = ARGV[3], message = ARGV[4] })
+  local err = cjson.encode({ code = args[3], message = args[4] })
   if attempt >= tonumber(job.max_attempts) then
     local final = cjson.encode({ code = 'max_attempts_exceeded',
-      message = string.format('attempt %d of %d failed: %s', attempt, tonumber(job.max_attempts), ARGV[4]) })
+      message = string.format('attempt %d of %d failed: %s', attempt, tonumber(job.max_attempts), args[4]) })
     local seq = change(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, final),
       now, 'status', 'failed', 'error', final, 'finished_at', now)
     expire_later(job)
@@ -314,7 +321,7 @@ local function retry()
   end
   local seq = change(job, 'retrying', string.format(
     '{"attempt":%d,"next_attempt":%d,"delay_ms":%d,"error":%s}',
-    attempt, attempt + 1, tonumber(ARGV[5]), err), now, 'status', 'queued', 'error', err)
+    attempt, attempt + 1, tonumber(args[5]), err), now, 'status', 'queued', 'error', err)
   return { 'ok', seq }
 end
 
@@ -391,7 +398,7 @@ local function revive()
   if budget < 1 then budget = 1 end
   local data = string.format(
     '{"attempt":%d,"next_attempt":%d,"requested_by":%s,"error":{"code":"dead_letter_retry","message":"re-run from the dead letters"}}',
-    attempt, attempt + 1, cjson.encode(ARGV[2]))
+    attempt, attempt + 1, cjson.encode(args[2]))
   change(job, 'retrying', data, now, 'status', 'queued', 'attempt_base', attempt,
     'max_attempts', attempt + budget)
   redis.call('HDEL', job_key, 'finished_at', 'cancel_requested')
@@ -401,11 +408,52 @@ local function revive()
 end
 
 local operations = {
-  create = create, create_many = create_many, start = start, progress = progress, complete = complete,
+  create = create, start = start, progress = progress, complete = complete,
   fail = fail, retry = retry, cancel = cancel, cancelled = cancelled, release = release,
   revive = revive,
 }
-local run = operations[op]
+
+-- batch: n, then n calls, each as its operation's name, its argument count
+-- and its arguments (what would follow the name in ARGV on its own). KEYS
+-- are each call's job record and history in turn: KEYS[2i-1], KEYS[2i] for
+-- call i. The calls run one after the other in this one atomic call, each
+-- exactly as it would on its own (a batch cannot hold `create_many` or
+-- another batch); on Redis Cluster every key must be in one slot. The
+-- whole batch is checked before any call runs: a malformed one changes
+-- nothing. Saves, per call, a call's parsing, this script's set-up and
+-- the reads of the clock and the replication id.
+-- Reply: {'ok', reply_1, ..., reply_n}, each reply as its operation's.
+local function batch()
+  local n = tonumber(ARGV[2])
+  if n == nil or n < 1 or #KEYS ~= 2 * n then
+    return redis.error_reply('ERR jobgate: batch wants n >= 1 and 2n keys')
+  end
+  local calls = {}
+  local at = 3
+  for i = 1, n do
+    local name, argc = ARGV[at], tonumber(ARGV[at + 1])
+    if operations[name] == nil or argc == nil or argc < 0 or at + 1 + argc > #ARGV then
+      return redis.error_reply(string.format('ERR jobgate: batch call %d is malformed', i))
+    end
+    local call = { name }
+    for k = 1, argc do call[k + 1] = ARGV[at + 1 + k] end
+    calls[i] = call
+    at = at + 2 + argc
+  end
+  if at ~= #ARGV + 1 then
+    return redis.error_reply('ERR jobgate: batch has arguments after its last call')
+  end
+  local replies = { 'ok' }
+  for i = 1, n do
+    job_key = KEYS[2 * i - 1]
+    events_key = KEYS[2 * i]
+    args = calls[i]
+    replies[i + 1] = operations[args[1]]()
+  end
+  return replies
+end
+
+local run = operations[op] or ({ create_many = create_many, batch = batch })[op]
 if run == nil then
   return redis.error_reply('ERR jobgate: unknown operation ' .. tostring(op))
 end

@@ -31,14 +31,20 @@ impl Protocol {
         }
     }
 
-    /// `EVALSHA <sha> 2 <job> <events> <op>`; the caller adds the op's args.
-    pub(crate) fn call(&self, pipe: &mut redis::Pipeline, job_id: &JobId, op: &str) {
-        pipe.cmd("EVALSHA")
-            .arg(&self.sha)
-            .arg(2)
-            .arg(keys::job(job_id))
-            .arg(keys::events(job_id))
-            .arg(op);
+    /// `EVALSHA <sha> 2n <job₁> <events₁> … batch n`; the caller adds each
+    /// call's op, argument count and arguments.
+    pub(crate) fn batch<'a>(
+        &self,
+        job_ids: impl ExactSizeIterator<Item = &'a JobId>,
+    ) -> redis::Cmd {
+        let n = job_ids.len();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(2 * n);
+        for job_id in job_ids {
+            cmd.arg(keys::job(job_id)).arg(keys::events(job_id));
+        }
+        cmd.arg("batch").arg(n);
+        cmd
     }
 
     /// The band index (0 = high) of a stream name.

@@ -388,44 +388,44 @@ impl Call {
     }
 }
 
-/// Runs `calls` in one pipeline and answers one result per call. Calls the
-/// server answered `NOSCRIPT` (its script cache was flushed or it
-/// restarted) did not run: the script is loaded again and they are sent once
+/// Runs `calls` as one `batch` script call (one atomic call, as the
+/// protocol allows on a single server) and answers one result per call.
+/// A batch the server answered `NOSCRIPT` (its script cache was flushed or
+/// it restarted) did not run: the script is loaded again and it is sent once
 /// more.
 pub(crate) async fn run_calls(
     conn: &mut MultiplexedConnection,
     protocol: &Protocol,
     calls: &[Call],
 ) -> RedisResult<Vec<RedisResult<Value>>> {
-    let mut results = send_calls(conn, protocol, calls.iter()).await?;
-    let missing: Vec<usize> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, result)| matches!(result, Err(e) if e.code() == Some("NOSCRIPT")))
-        .map(|(index, _)| index)
-        .collect();
-    if !missing.is_empty() {
-        load_script(conn).await?;
-        let again = send_calls(conn, protocol, missing.iter().map(|&i| &calls[i])).await?;
-        for (index, result) in missing.into_iter().zip(again) {
-            results[index] = result;
+    let reply = match send_batch(conn, protocol, calls).await {
+        Err(error) if error.code() == Some("NOSCRIPT") => {
+            load_script(conn).await?;
+            send_batch(conn, protocol, calls).await?
         }
+        other => other?,
+    };
+    match reply {
+        Value::Array(mut items) if items.len() == calls.len() + 1 => {
+            items.remove(0);
+            Ok(items.into_iter().map(Ok).collect())
+        }
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected batch reply",
+            format!("{other:?}"),
+        ))),
     }
-    Ok(results)
 }
 
-async fn send_calls<'a>(
+async fn send_batch(
     conn: &mut MultiplexedConnection,
     protocol: &Protocol,
-    calls: impl Iterator<Item = &'a Call>,
-) -> RedisResult<Vec<RedisResult<Value>>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
+    calls: &[Call],
+) -> RedisResult<Value> {
+    let mut cmd = protocol.batch(calls.iter().map(|call| &call.job_id));
     for call in calls {
-        protocol.call(&mut pipe, &call.job_id, call.op);
-        for arg in &call.args {
-            pipe.arg(arg);
-        }
+        cmd.arg(call.op).arg(call.args.len()).arg(&call.args);
     }
-    pipe.query_async(conn).await
+    cmd.query_async(conn).await
 }

@@ -35,6 +35,12 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// Threads serving connections; 0 means one per CPU. A gateway sharing
+    /// a small machine with Redis and workers does better with fewer
+    /// (`benches/RESULTS.md`).
+    #[arg(long, env = "JOBGATE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
     /// Seconds a finished job's record and event history are kept.
     #[arg(long, env = "JOBGATE_RETENTION_S", default_value_t = 86_400)]
     pub retention_s: u64,

@@ -107,8 +107,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        runtime.worker_threads(config.threads);
+    }
+    runtime.enable_all().build()?.block_on(serve_with(config))
+}
+
+async fn serve_with(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let telemetry = jobgate_gateway::telemetry::init(&config)?;
 
