@@ -96,7 +96,7 @@ python_worker="$root/.venv/bin/jobgate-worker"
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$out/redis" \
-  --appendonly no --save "" --logfile "$logs/redis.log" &
+  --appendonly no --save "" --stream-node-max-bytes 1024 --logfile "$logs/redis.log" &
 redis_pid=$!
 pids+=("$redis_pid")
 redis_url="redis://127.0.0.1:$redis_port"
@@ -201,6 +201,7 @@ scenario() {
       "$name" "$logs" >>"$results"
   fi
   redis-cli -p "$redis_port" info commandstats >"$logs/commandstats-$name.txt" 2>/dev/null || true
+  { redis-cli -p "$redis_port" dbsize; redis-cli -p "$redis_port" info memory; } >"$logs/memory-$name.txt" 2>/dev/null || true
   # Another process on the machine may have stopped ours: say so, and go on
   # with fresh ones rather than measuring a dead gateway.
   if ! kill -0 "$redis_pid" 2>/dev/null; then

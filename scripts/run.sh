@@ -91,7 +91,7 @@ say() {
 
 start_redis() {
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state_dir" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync everysec --save "" --stream-node-max-bytes 1024 \
     --logfile "$state_dir/redis.log" &
   track_component redis "$!"
 }

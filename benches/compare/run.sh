@@ -105,7 +105,7 @@ fi
 # BullMQ's and Celery's Redis (jobgate's run.sh starts its own, with the same flags).
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$logs/redis" \
-  --appendonly no --save "" --logfile "$logs/redis.log" &
+  --appendonly no --save "" --stream-node-max-bytes 1024 --logfile "$logs/redis.log" &
 pids+=("$!")
 for _ in $(seq 1 100); do
   redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break

@@ -45,8 +45,11 @@ local job_key = KEYS[1]
 local events_key = KEYS[2]
 local at = string.find(job_key, 'job:{', 1, true)
 local prefix = at and string.sub(job_key, 1, at - 1)
--- Redis's clock, read once per call (a batch's operations share one instant).
+-- Redis's clock, read once per call (a batch's operations share one
+-- instant), in ms and as the text written to records (numbers handed to
+-- redis.call are formatted as floats on every use; the text is formatted once).
 local now
+local now_text
 -- The arguments of the operation being run: ARGV, or one call's of a batch.
 local args = ARGV
 if prefix == nil then
@@ -57,6 +60,7 @@ local function now_ms()
   if now == nil then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    now_text = string.format('%d', now)
   end
   return now
 end
@@ -91,7 +95,8 @@ end
 -- The hash's `seq` is the last event's. Returns the new seq.
 local function change(job, event, data, now, ...)
   local seq = (tonumber(job.seq) or 0) + 1
-  local fields = { 'seq', seq, 'updated_at', now, ... }
+  local seq_text = string.format('%d', seq)
+  local fields = { 'seq', seq_text, 'updated_at', now_text, ... }
   local epoch = tonumber(job.epoch) or 1
   local replid = current_replid()
   if job.replid ~= replid then
@@ -161,8 +166,8 @@ local function create_job(o)
     'timeout_s', job.timeout_s, 'retention_s', job.retention_s,
     'history_max', job.history_max, 'traceparent', job.traceparent,
     'tracestate', job.tracestate, 'trace_id', job.trace_id,
-    'status', 'queued', 'attempt', 0, 'seq', 1, 'created_at', now, 'updated_at', now,
-    'epoch', 1, 'epoch_seq', 1, 'replid', current_replid())
+    'status', 'queued', 'attempt', '0', 'seq', '1', 'created_at', now_text, 'updated_at', now_text,
+    'epoch', '1', 'epoch_seq', '1', 'replid', current_replid())
   local legacy_trace_id = args[o + 14]
   if legacy_trace_id ~= nil and legacy_trace_id ~= '' then
     redis.call('HSET', job_key, 'legacy_trace_id', legacy_trace_id)
@@ -223,7 +228,7 @@ local function start()
   local attempt = tonumber(job.attempt)
   local max_attempts = tonumber(job.max_attempts)
   if job.cancel_requested == '1' then
-    change(job, 'cancelled', '{"reason":"requested"}', now, 'status', 'cancelled', 'finished_at', now)
+    change(job, 'cancelled', '{"reason":"requested"}', now, 'status', 'cancelled', 'finished_at', now_text)
     expire_later(job)
     return { 'skip', 'cancelled' }
   end
@@ -232,7 +237,7 @@ local function start()
       local err = cjson.encode({ code = 'max_attempts_exceeded',
         message = string.format('the job was attempted %d times and its last attempt was lost', attempt) })
       change(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, err), now,
-        'status', 'failed', 'error', err, 'finished_at', now)
+        'status', 'failed', 'error', err, 'finished_at', now_text)
       expire_later(job)
       return { 'skip', 'failed' }
     end
@@ -242,7 +247,7 @@ local function start()
   end
   attempt = attempt + 1
   change(job, 'started', string.format('{"attempt":%d,"worker":%s}', attempt, cjson.encode(args[2])),
-    now, 'status', 'running', 'attempt', attempt, 'worker', args[2], 'started_at', now)
+    now, 'status', 'running', 'attempt', attempt, 'worker', args[2], 'started_at', now_text)
   return { 'ok', attempt, job.kind, job.params, job.timeout_s, job.max_attempts,
            job.traceparent, job.tracestate, job.trace_id, job.owner, job.created_at, job.queue }
 end
@@ -274,7 +279,7 @@ local function complete()
   if job == nil then return reply end
   local now = now_ms()
   local seq = change(job, 'completed', '{"result":' .. args[3] .. '}', now,
-    'status', 'completed', 'result', args[3], 'finished_at', now)
+    'status', 'completed', 'result', args[3], 'finished_at', now_text)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -296,7 +301,7 @@ local function fail()
   local err = cjson.encode({ code = args[3], message = args[4] })
   local seq = change(job, 'failed',
     string.format('{"attempt":%d,"error":%s}', tonumber(job.attempt), err), now,
-    'status', 'failed', 'error', err, 'finished_at', now)
+    'status', 'failed', 'error', err, 'finished_at', now_text)
   expire_later(job)
   return { 'ok', seq }
 end
@@ -315,7 +320,7 @@ local function retry()
     local final = cjson.encode({ code = 'max_attempts_exceeded',
       message = string.format('attempt %d of %d failed: %s', attempt, tonumber(job.max_attempts), args[4]) })
     local seq = change(job, 'failed', string.format('{"attempt":%d,"error":%s}', attempt, final),
-      now, 'status', 'failed', 'error', final, 'finished_at', now)
+      now, 'status', 'failed', 'error', final, 'finished_at', now_text)
     expire_later(job)
     return { 'failed', seq }
   end
@@ -342,7 +347,7 @@ local function cancel()
     return { 'requested' }
   end
   local seq = change(job, 'cancelled', '{"reason":"requested"}', now,
-    'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now)
+    'status', 'cancelled', 'cancel_requested', '1', 'finished_at', now_text)
   expire_later(job)
   return { 'ok', seq, job.kind, job.queue, job.created_at }
 end
@@ -354,7 +359,7 @@ local function cancelled()
   local now = now_ms()
   local seq = change(job, 'cancelled',
     string.format('{"reason":"requested","attempt":%d}', tonumber(job.attempt)), now,
-    'status', 'cancelled', 'finished_at', now)
+    'status', 'cancelled', 'finished_at', now_text)
   expire_later(job)
   return { 'ok', seq }
 end
