@@ -45,8 +45,9 @@ class FakeScript:
     def release(self, job_id, attempt):
         return self.call(job_id, "release", attempt)
 
-    def queue(self, pipe, job_id, *operation):
-        pipe.commands.append(("call", *operation))
+    def queue_calls(self, pipe, calls):
+        for call in calls:
+            pipe.commands.append(("call", *call.args))
 
 
 class FakePipeline:
@@ -56,7 +57,7 @@ class FakePipeline:
 
     def execute(self, raise_on_error=True):
         self.log.append(("pipeline", *self.commands))
-        return [["ok"], 1, 1]
+        return [["ok"], [1]]
 
 
 class FakeStreams:
@@ -73,8 +74,11 @@ class FakeStreams:
 
         return Client()
 
-    def queue_ack_delete(self, pipe, entry):
+    def queue_ack_if_ended(self, pipe, entry):
         pipe.commands.append(("ack", entry.entry_id))
+
+    def acknowledged_if_ended(self, raw):
+        return bool(raw[0])
 
     def ack_delete(self, entry):
         self.log.append(("ack", entry.entry_id))

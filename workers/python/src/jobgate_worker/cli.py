@@ -14,6 +14,7 @@ with the OpenTelemetry API join the job's trace.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -95,6 +96,7 @@ def _run(app: str, settings: Settings) -> int:
         return 2
     if runtime.telemetry.provider is not None:
         trace.set_tracer_provider(runtime.telemetry.provider)
+    gc.freeze()  # start-up's objects live on: the collector need not scan them again
     return runtime.run(install_signal_handlers=True)
 
 

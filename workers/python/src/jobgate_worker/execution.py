@@ -57,7 +57,7 @@ from .outcomes import (
 )
 from .reporting import EntryFate, OutcomeReporter
 from .scheduler import Scheduler
-from .script import JobScript, Reply, StartedJob, parse_reply
+from .script import JobScript, Reply, ScriptCall, StartedJob, parse_reply
 from .spans import AttemptSpans
 from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
@@ -188,7 +188,7 @@ class JobExecutor:
             self._attempt(run, started, ids)
 
     def batches_starts(self) -> bool:
-        """Whether the read loop may ``start`` its entries in one pipeline.
+        """Whether the read loop may ``start`` its entries in one call.
 
         Not on a cluster (the jobs live on several nodes), and not when each
         job's control channel must be subscribed before its ``start``.
@@ -198,24 +198,28 @@ class JobExecutor:
         return self.control is None or self.control.after_s > 0
 
     def start_batch(self, entries: list[Entry]) -> dict[tuple[str, str], Started]:
-        """``start`` the jobs of ``entries`` in one pipeline (the read loop's thread).
+        """``start`` the jobs of ``entries`` in one call (the read loop's thread):
+        a ``batch`` of starts when there are several.
 
         Answers, per entry key, ``start``'s reply and attempt, or the error
-        that kept the round trip from being answered (the handler thread then
-        abandons the attempt, as if its own ``start`` had failed). Entries
-        whose call found the script missing (``NOSCRIPT``: it did not run)
-        are left out: their handler thread makes the call itself.
+        that kept it from being answered (the handler thread then abandons
+        the attempt, as if its own ``start`` had failed: a script error of
+        the batch is every entry's). When the script was missing
+        (``NOSCRIPT``: nothing ran) the entries are left out: their handler
+        threads make the call themselves.
         """
         jobs = [entry for entry in entries if entry.job_id]
         if not jobs:
             return {}
         pipe = self.streams.client.pipeline(transaction=False)
-        for entry in jobs:
-            self.script.queue(pipe, entry.job_id, "start", self.consumer)
+        self.script.queue_calls(
+            pipe, [ScriptCall(entry.job_id, ("start", self.consumer)) for entry in jobs]
+        )
         try:
-            raws = pipe.execute(raise_on_error=False)
+            [raw_batch] = pipe.execute(raise_on_error=False)
         except redis.RedisError as error:
             return {entry.key: error for entry in jobs}
+        raws = JobScript.calls_replies(raw_batch, len(jobs))
         answers: dict[tuple[str, str], Started] = {}
         for entry, raw in zip(jobs, raws, strict=True):
             if isinstance(raw, redis.exceptions.NoScriptError):
@@ -241,8 +245,7 @@ class JobExecutor:
         batcher = self.batcher
         if batcher is None or not batcher.enabled:
             return self.script.start(job_id, self.consumer)
-        consumer = self.consumer
-        (raw,) = batcher.call(lambda pipe: self.script.queue(pipe, job_id, "start", consumer), 1)
+        raw, _ = batcher.script_call(ScriptCall(job_id, ("start", self.consumer)))
         if isinstance(raw, redis.exceptions.NoScriptError):
             # The script cache was flushed: this call did not run; ``call`` loads it.
             return self.script.start(job_id, self.consumer)

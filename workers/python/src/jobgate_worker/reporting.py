@@ -11,7 +11,10 @@ let go, or kept held for a delayed re-enqueue.
 Reporting follows PROTOCOL.md "Processing, in order": the terminal call and
 ``XACK`` + ``XDEL`` — except on ``stale``, when the entry belongs to whichever
 worker took the job over. On a single Redis both share one pipeline when the
-lease is certainly still held. On a Redis Cluster the job and the queue live
+lease is certainly still held (often with other handler threads' calls:
+``batching.py``), the acknowledgement made only if the job has ended by then
+(``streams.ACK_ENDED``), so that a terminal call that did not run leaves
+its entry pending. On a Redis Cluster the job and the queue live
 on different nodes: the terminal call is made first, then the entry is
 acknowledged, so that a node that fails in between can only leave an entry
 to be reclaimed, never a ``running`` job whose entry is gone.
@@ -60,7 +63,7 @@ from .outcomes import (
     terminal_call,
 )
 from .requeue import Requeuer
-from .script import JobScript, Reply, parse_reply
+from .script import JobScript, Reply, ScriptCall, parse_reply
 from .spans import AttemptSpans
 from .stats import OutcomeCounts
 from .streams import Entry, QueueStreams
@@ -236,13 +239,13 @@ class OutcomeReporter:
         operation = terminal_call(outcome, run.attempt)
         try:
             with self.spans.publish(run.span_context, run.job_id, outcome.name):
-                if self._lease_certainly_held(run.entry) and not self._on_cluster():
-                    reply = with_report_retries(
+                shared = self._lease_certainly_held(run.entry) and not self._on_cluster()
+                if shared:
+                    reply, acknowledged = with_report_retries(
                         lambda: self._terminal_and_ack(run, operation),
                         run.extra,
                         unreachable_for_s=self.lease_ms / 1000,
                     )
-                    acknowledged = True
                 else:
                     reply = with_report_retries(
                         lambda: self.script.call(run.job_id, *operation),
@@ -257,7 +260,7 @@ class OutcomeReporter:
             return EntryFate.LET_GO
         if reply.ok:
             self._count(run, outcome.name)
-        return self._after_terminal(run, outcome.name, reply, acknowledged)
+        return self._after_terminal(run, outcome.name, reply, acknowledged, early=shared)
 
     def _count(self, run: Run, event: str) -> None:
         started = run.started
@@ -277,34 +280,42 @@ class OutcomeReporter:
         """
         return (time.monotonic() - entry.delivered_at) * 1000 < self.lease_ms / 2
 
-    def _terminal_and_ack(self, run: Run, operation: tuple[str | int, ...]) -> Reply:
-        def queue(pipe: redis.client.Pipeline) -> None:
-            self.script.queue(pipe, run.job_id, *operation)
-            self.streams.queue_ack_delete(pipe, run.entry)
+    def _terminal_and_ack(self, run: Run, operation: tuple[str | int, ...]) -> tuple[Reply, bool]:
+        """The terminal call, then the entry acknowledged if the job has ended
+        (``streams.ACK_ENDED``), in one round trip: the reply, and whether
+        the entry was acknowledged.
 
+        Never is it unless the terminal call ran: after ``NOSCRIPT`` (Redis
+        lost its script cache, the call did not run) the call is made again
+        through ``call``, which loads the script, and the entry is
+        acknowledged after it; after a script error the entry stays pending.
+        """
+        call = ScriptCall(run.job_id, operation)
         if self.batcher is not None:
-            replies = self.batcher.call(queue, 3)
+            raw, acknowledged = self.batcher.script_call(call, ack=run.entry)
         else:
             pipe = self.streams.client.pipeline(transaction=False)
-            queue(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        first = replies[0]
-        if isinstance(first, redis.exceptions.NoScriptError):
-            # Redis lost its script cache: the entry is acknowledged already,
-            # so make the call (which loads the script) before anything else.
-            return self.script.call(run.job_id, *operation)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return parse_reply(first)
+            self.script.queue_calls(pipe, [call])
+            self.streams.queue_ack_if_ended(pipe, run.entry)
+            raw, raw_ack = pipe.execute(raise_on_error=False)
+            acknowledged = self.streams.acknowledged_if_ended(raw_ack)
+        if isinstance(raw, redis.exceptions.NoScriptError):
+            return self.script.call(run.job_id, *operation), acknowledged
+        if isinstance(raw, Exception):
+            raise raw
+        return parse_reply(raw), acknowledged
 
     def _after_terminal(
-        self, run: Run, outcome: str, reply: Reply, acknowledged: bool
+        self, run: Run, outcome: str, reply: Reply, acknowledged: bool, early: bool = False
     ) -> EntryFate:
+        """What becomes of the entry after the terminal call answered ``reply``.
+
+        ``early``: the call was made within half a lease of the delivery.
+        """
         elapsed_ms = round((time.monotonic() - run.started_monotonic) * 1000, 3)
         extra = {**run.extra, "outcome": outcome, "reply": reply.status, "duration_ms": elapsed_ms}
         if reply.status == "stale":
-            if acknowledged:
+            if early:
                 log.error(
                     "attempt superseded within half a lease; check lease settings", extra=extra
                 )

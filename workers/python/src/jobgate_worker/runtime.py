@@ -26,6 +26,7 @@ stopped the runtime (the same shutdown runs first).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -53,7 +54,7 @@ from .script import JobScript
 from .settings import Settings
 from .spans import AttemptSpans
 from .stats import FLUSH_INTERVAL_S, OutcomeCounts
-from .streams import Entry, QueueStreams
+from .streams import ACK_ENDED, Entry, QueueStreams
 from .tracing import Telemetry, install, uninstall
 from .worker import Worker
 
@@ -176,8 +177,9 @@ class Runtime:
         )
         self.requeuer = Requeuer(self.streams, self.scheduler, self.inflight)
         spans = AttemptSpans(self.telemetry, self.queue, self.consumer)
-        # The handler threads' start and terminal calls share round trips.
-        batcher = PipelineBatcher(self.clients.current)
+        # The handler threads' start and terminal calls share round trips
+        # (their script calls sent as one ``batch``).
+        self.batcher = batcher = PipelineBatcher(self.clients.current, script=self.script)
         reporter = OutcomeReporter(
             script=self.script,
             streams=self.streams,
@@ -326,6 +328,12 @@ class Runtime:
         while True:
             try:
                 self.streams.ensure_groups()
+                if self.batcher.enabled:
+                    # Shared pipelines run scripts by SHA1 alone (best effort:
+                    # one that meets NOSCRIPT recovers, only slower).
+                    with contextlib.suppress(redis.ResponseError):
+                        self.script.ensure_loaded()
+                        ACK_ENDED.load(self.streams.client)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if self._stopping.is_set():
                     raise

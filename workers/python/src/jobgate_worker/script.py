@@ -106,6 +106,14 @@ def parse_reply(raw: Any) -> Reply:
     return _parse(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One operation of the job script on one job: its name, then its arguments."""
+
+    job_id: str
+    args: tuple[str | int, ...]
+
+
 class LuaScript:
     """A Lua script run by its SHA1 (``EVALSHA``), sent whole (``EVAL``) when the
     node answering has not cached it (``NOSCRIPT``: a restart, a failover, a
@@ -127,6 +135,10 @@ class LuaScript:
         """Add a plain ``EVALSHA`` to ``pipe``; its reply may be a ``NoScriptError``."""
         execute: Any = pipe.execute_command  # not annotated upstream
         execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def load(self, client: Client) -> None:
+        """``SCRIPT LOAD``: cache the script on the node ``client`` talks to."""
+        client.script_load(self.source)
 
 
 class JobScript:
@@ -183,6 +195,39 @@ class JobScript:
         terminal call and the acknowledgement are on two nodes, made in order.
         """
         self._script.queue(pipe, [keys.job_key(job_id), keys.events_key(job_id)], args)
+
+    def queue_calls(self, pipe: redis.client.Pipeline, calls: Sequence[ScriptCall]) -> None:
+        """Add ``calls`` to ``pipe`` as ONE command: the call itself when alone,
+        otherwise a ``batch`` of them (one atomic call, each operation run as
+        it would be alone). :meth:`calls_replies` splits its reply.
+
+        As :meth:`queue`: the caller handles a ``NoScriptError`` reply, and all
+        the jobs must be on one node (a single Redis).
+        """
+        if len(calls) == 1:
+            self.queue(pipe, calls[0].job_id, *calls[0].args)
+            return
+        job_keys: list[str] = []
+        argv: list[str | int] = ["batch", len(calls)]
+        for call in calls:
+            job_keys += [keys.job_key(call.job_id), keys.events_key(call.job_id)]
+            argv += [call.args[0], len(call.args) - 1, *call.args[1:]]
+        self._script.queue(pipe, job_keys, argv)
+
+    @staticmethod
+    def calls_replies(raw: Any, count: int) -> list[Any]:
+        """Each call's reply, from the reply of :meth:`queue_calls`'s command.
+
+        An error reply is every call's: ``NOSCRIPT`` (nothing ran, the whole
+        batch was refused), a malformed batch (nothing ran), or a script error.
+        """
+        if count == 1 or isinstance(raw, Exception):
+            return [raw] * count
+        items = list(raw)
+        if len(items) != count + 1 or _text(items[0]) != "ok":
+            error = redis.ResponseError(f"jobgate: a batch of {count} calls answered {raw!r}")
+            return [error] * count
+        return items[1:]
 
     # -- operations of the worker.
 

@@ -5,13 +5,18 @@ recovery it needs: a ``NOGROUP`` error (Redis restarted without data, or the
 stream was deleted) re-creates the consumer group on all bands and the
 command is tried once more. Renewing held entries is the renewer
 process's (``renewer.py``).
+
+An entry whose terminal call shares a pipeline with its acknowledgement is
+acknowledged by ``ACK_ENDED`` (``queue_ack_ended``): only once its job has
+ended, so a terminal call that did not run (``NOSCRIPT``) or failed (a
+script error) leaves the entry pending, to be reclaimed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -54,6 +59,56 @@ class ReclaimResult:
     entries: list[Entry]
     #: ``(stream, entry_id)`` of pending entries that no longer exist in the stream.
     deleted: list[tuple[str, str]]
+
+
+#: XACK + XDEL of the entries whose job has ended (its record terminal, or
+#: gone); the others are left pending. KEYS: stream₁, job₁, …, streamₙ, jobₙ;
+#: ARGV: the group, then entry_id₁, …, entry_idₙ. Reply: per entry, 1 if it
+#: was acknowledged, 0 if not.
+ACK_ENDED = LuaScript(
+    """
+local acknowledged = {}
+for i = 1, #KEYS / 2 do
+  local stream, id = KEYS[2 * i - 1], ARGV[i + 1]
+  local status = redis.call('HGET', KEYS[2 * i], 'status')
+  if status == false or status == 'completed' or status == 'failed'
+      or status == 'cancelled' then
+    redis.call('XACK', stream, ARGV[1], id)
+    redis.call('XDEL', stream, id)
+    acknowledged[i] = 1
+  else
+    acknowledged[i] = 0
+  end
+end
+return acknowledged
+"""
+)
+
+
+def queue_ack_ended(pipe: redis.client.Pipeline, entries: Sequence[Entry]) -> None:
+    """Add one ``ACK_ENDED`` call for ``entries`` to ``pipe`` (a single Redis only:
+    the entries' streams and their jobs' records are in different slots).
+    Place it after the entries' terminal calls; ``ack_ended_replies`` reads its reply."""
+    script_keys = [key for entry in entries for key in (entry.stream, keys.job_key(entry.job_id))]
+    ACK_ENDED.queue(pipe, script_keys, [keys.CONSUMER_GROUP, *(e.entry_id for e in entries)])
+
+
+def ack_ended_replies(client: Client, raw: Any, count: int) -> list[bool]:
+    """Whether each entry of a ``queue_ack_ended`` call was acknowledged.
+
+    None was when the call failed; when it failed for want of the script
+    (``NOSCRIPT``: a first use, a restart, a flush), the script is loaded
+    for the next call (best effort) and the callers acknowledge their
+    entries themselves.
+    """
+    if isinstance(raw, Exception):
+        if isinstance(raw, redis.exceptions.NoScriptError):
+            try:
+                ACK_ENDED.load(client)
+            except redis.RedisError:
+                log.warning("could not load the acknowledgement script", exc_info=True)
+        return [False] * count
+    return [bool(int(flag)) for flag in raw]
 
 
 def _is_nogroup(error: redis.ResponseError) -> bool:
@@ -208,6 +263,15 @@ class QueueStreams:
     def queue_ack_delete(pipe: redis.client.Pipeline, entry: Entry) -> None:
         pipe.xack(entry.stream, keys.CONSUMER_GROUP, entry.entry_id)
         pipe.xdel(entry.stream, entry.entry_id)
+
+    @staticmethod
+    def queue_ack_if_ended(pipe: redis.client.Pipeline, entry: Entry) -> None:
+        """``queue_ack_ended`` of one entry; ``acknowledged_if_ended`` reads its reply."""
+        queue_ack_ended(pipe, [entry])
+
+    def acknowledged_if_ended(self, raw: Any) -> bool:
+        """Whether the ``queue_ack_if_ended`` call answering ``raw`` acknowledged its entry."""
+        return ack_ended_replies(self.client, raw, 1)[0]
 
     def requeue(self, entry: Entry, enqueued_at_ms: int) -> str:
         """Put a fresh copy of ``entry`` at the end of its band and drop the old one."""
