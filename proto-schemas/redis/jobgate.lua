@@ -211,6 +211,99 @@ local function create_many()
   return replies
 end
 
+-- submit_many: a whole submission on a single server (not a cluster: the
+-- keys below are in many slots), in one atomic call instead of three steps.
+--   ARGV: n, m, limit, rate_expire_s, now_ms, retention_ms, index_max, then
+--         for each owner j = 1..m: its channel; then for each job i = 1..n:
+--         its owner's number j, its target t, its delayed member (JSON),
+--         then create's 16 arguments.
+--   KEYS: job_i, events_i for each job (2n), then rate_j, index_j for each
+--         owner (2m), then pairs of a band stream and its queue's delayed
+--         set: a job's target t is its pair's first key, counted from 1
+--         within this part.
+-- For each owner with limit > 0: INCRBY rate_j by its jobs in this call and
+-- EXPIRE it; its jobs past `limit`, in order, are refused ({'rate_limited'})
+-- and change nothing else. Each other job is created exactly as `create`
+-- would; a created job is then added to its band stream (XADD … job_id kind
+-- traceparent tracestate enqueued_at), or, due later, to the queue's delayed
+-- set (ZADD due member). Then each owner's new
+-- ids are added to its index (ZADD now_ms), the index is trimmed (older
+-- than retention_ms, beyond the newest index_max) and expires retention_ms
+-- after this write, and each id is published on the owner's channel, after
+-- the ZADD. Reply: {'ok', reply_1, ..., reply_n}, each as `create`'s or
+-- {'rate_limited'}.
+local function submit_many()
+  local n, m = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local per_job = 3 + 16
+  local head = 8 + m
+  if n == nil or m == nil or #ARGV ~= head + per_job * n or #KEYS < 2 * n + 2 * m then
+    return redis.error_reply('ERR jobgate: submit_many wants n, m, 2n + 2m keys and its arguments')
+  end
+  local limit, rate_expire = tonumber(ARGV[4]), ARGV[5]
+  local enqueued_at, retention_ms, index_max = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  local targets = 2 * n + 2 * m
+  -- Rates: how many of each owner's jobs (in order) fit.
+  local counts, fit = {}, {}
+  for i = 1, n do
+    local j = tonumber(ARGV[head + per_job * (i - 1) + 1])
+    counts[j] = (counts[j] or 0) + 1
+  end
+  for j = 1, m do
+    if limit > 0 and counts[j] then
+      local rate_key = KEYS[2 * n + 2 * j - 1]
+      local total = redis.call('INCRBY', rate_key, counts[j])
+      redis.call('EXPIRE', rate_key, rate_expire)
+      fit[j] = limit - (total - counts[j])
+    else
+      fit[j] = counts[j] or 0
+    end
+  end
+  local replies, seen, added = { 'ok' }, {}, {}
+  for i = 1, n do
+    local o = head + per_job * (i - 1)
+    local j, stream = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
+    seen[j] = (seen[j] or 0) + 1
+    if seen[j] > fit[j] then
+      replies[i + 1] = { 'rate_limited' }
+    else
+      job_key = KEYS[2 * i - 1]
+      events_key = KEYS[2 * i]
+      local c = o + 3
+      local reply = create_job(c)
+      if reply[1] == 'ok' then
+        if reply[4] then
+          redis.call('ZADD', KEYS[targets + stream + 1], reply[4], ARGV[o + 3])
+        else
+          redis.call('XADD', KEYS[targets + stream], '*', 'job_id', ARGV[c + 1],
+            'kind', ARGV[c + 3], 'traceparent', ARGV[c + 11], 'tracestate', ARGV[c + 12],
+            'enqueued_at', enqueued_at)
+        end
+        added[j] = added[j] or {}
+        added[j][#added[j] + 1] = ARGV[c + 1]
+      end
+      replies[i + 1] = reply
+    end
+  end
+  for j = 1, m do
+    local ids = added[j]
+    if ids then
+      local index_key = KEYS[2 * n + 2 * j]
+      local members = {}
+      for _, id in ipairs(ids) do
+        members[#members + 1] = enqueued_at
+        members[#members + 1] = id
+      end
+      redis.call('ZADD', index_key, unpack(members))
+      redis.call('ZREMRANGEBYSCORE', index_key, '-inf', '(' .. (tonumber(enqueued_at) - retention_ms))
+      redis.call('ZREMRANGEBYRANK', index_key, 0, -index_max - 1)
+      redis.call('PEXPIRE', index_key, retention_ms)
+      local channel = ARGV[8 + j]
+      for _, id in ipairs(ids) do redis.call('SPUBLISH', channel, id) end
+    end
+  end
+  return replies
+end
+
 -- start: worker_name
 -- A queued job becomes running with attempt + 1. A job found `running` is
 -- one whose previous attempt was lost (its worker died and the entry was
@@ -458,7 +551,8 @@ local function batch()
   return replies
 end
 
-local run = operations[op] or ({ create_many = create_many, batch = batch })[op]
+local run = operations[op]
+  or ({ create_many = create_many, submit_many = submit_many, batch = batch })[op]
 if run == nil then
   return redis.error_reply('ERR jobgate: unknown operation ' .. tostring(op))
 end

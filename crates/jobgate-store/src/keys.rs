@@ -91,7 +91,7 @@ pub fn owner_channel(owner: &str) -> String {
 }
 
 /// The priority bands of a queue, highest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Band {
     High,
     Normal,

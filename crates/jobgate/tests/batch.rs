@@ -381,7 +381,8 @@ async fn a_create_call_that_fails_part_way_leaves_no_job_queued_without_its_entr
     let store = jobgate_store::JobStore::new(connection, jobgate_store::StoreSettings::default());
     let ids: Vec<jobgate_proto::JobId> = (0..3).map(|_| jobgate_proto::JobId::new()).collect();
     // The second job's history key holds a string: its XADD fails inside
-    // the one create_many call of the three, after the first was created.
+    // the one submit_many call of the three, after the first was created
+    // (and enqueued: on a single server the entry is made in the same call).
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -410,10 +411,85 @@ async fn a_create_call_that_fails_part_way_leaves_no_job_queued_without_its_entr
     };
     assert_eq!(status(ids[0]).await.as_deref(), Some("failed"), "repaired");
     assert_eq!(status(ids[2]).await, None, "never created");
+    // An entry may name the first job, which is failed: a worker reading it
+    // skips it. None names a job still claiming to be queued.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("jobgate:queue:{default}:normal")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    for (_, fields) in &entries {
+        assert_eq!(fields[0], ("job_id".to_owned(), ids[0].to_string()), "{entries:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_over_its_owners_rate_creates_only_the_jobs_that_fit() {
+    let redis = RedisServer::start();
+    let (connection, _) = jobgate_store::open(&redis.url()).expect("open");
+    let store = jobgate_store::JobStore::new(connection, jobgate_store::StoreSettings::default());
+    let rate = jobgate_store::SubmitRate {
+        limit: 5,
+        window: Duration::from_secs(3600),
+    };
+    let hour = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            / 3600
+    };
+    let (outcomes, ids) = loop {
+        let before = hour();
+        let ids: Vec<jobgate_proto::JobId> = (0..8).map(|_| jobgate_proto::JobId::new()).collect();
+        let jobs: Vec<_> = ids.iter().copied().map(new_job).collect();
+        let outcomes = store.submit_many(&jobs, Some(rate)).await;
+        // An hour boundary inside the call splits the count: try again.
+        if hour() == before {
+            break (outcomes, ids);
+        }
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut redis.client().get_multiplexed_async_connection().await.expect("conn"))
+            .await
+            .expect("flush");
+    };
+    for (n, outcome) in outcomes.iter().enumerate() {
+        match outcome.as_ref().expect("answered") {
+            jobgate_store::Submitted::Created => assert!(n < 5, "job {n} created"),
+            jobgate_store::Submitted::RateLimited { retry_after_s } => {
+                assert!(n >= 5, "job {n} refused");
+                assert!((1..=3600).contains(retry_after_s));
+            }
+        }
+    }
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    for (n, id) in ids.iter().enumerate() {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("jobgate:job:{{{id}}}"))
+            .query_async(&mut conn)
+            .await
+            .expect("exists");
+        assert_eq!(exists, n < 5, "job {n}: a refused job changes nothing");
+    }
     let entries: u64 = redis::cmd("XLEN")
         .arg("jobgate:queue:{default}:normal")
         .query_async(&mut conn)
         .await
         .expect("xlen");
-    assert_eq!(entries, 0);
+    let indexed: Vec<String> = redis::cmd("ZRANGE")
+        .arg("jobgate:owner:{alice}:jobs")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(entries, 5);
+    let expected: HashSet<String> = ids[..5].iter().map(ToString::to_string).collect();
+    assert_eq!(indexed.into_iter().collect::<HashSet<_>>(), expected);
 }

@@ -1,19 +1,20 @@
 //! Submitting many jobs together: the same three steps as one submission —
 //! the owners' rates, `create`, then the queue entries with the owners'
 //! indexes and new-job notices — each made once for the whole batch instead
-//! of once per job.
+//! of once per job. On a single server all three are one `submit_many` call
+//! (`single.rs`); what follows is how a Redis Cluster, whose keys of one
+//! submission are in several slots, makes them.
 //!
 //! - **Rates:** one `INCRBY` per owner of the batch (by its number of jobs);
 //!   the jobs past the limit, in batch order, are refused.
 //! - **Create:** `jobgate.lua` `create_many`, which creates each job exactly
 //!   as `create` does, in one atomic call. A call must stay in one slot, so
-//!   on a single server the batch is one call (in chunks of
-//!   [`MAX_JOBS_PER_CREATE`]); on a Redis Cluster jobs are grouped by the
-//!   slot of their hash tag, one call per group — with tags per job that is
-//!   most often one call per job — sent concurrently.
+//!   jobs are grouped by the slot of their hash tag, one call per group (in
+//!   chunks of [`MAX_JOBS_PER_CREATE`]) — with tags per job that is most
+//!   often one call per job — sent concurrently.
 //! - **Enqueue:** every queue entry, then per owner one `ZADD` of all its new
 //!   ids, one trim, one `PEXPIRE` and one `SPUBLISH` per job: one pipeline
-//!   on a single server, one per slot on a cluster (`query_by_slot`).
+//!   per slot (`query_by_slot`), sent concurrently.
 //!
 //! Each job gets its own answer. A job refused at any step (over its
 //! owner's rate, an id taken, an error of its `create` call) changes
@@ -53,6 +54,11 @@ impl JobStore {
         rate: Option<SubmitRate>,
     ) -> Vec<SubmitOutcome> {
         let mut conn = self.connection();
+        match conn.is_cluster().await {
+            Ok(false) => return self.submit_single_server(&mut conn, jobs, rate).await,
+            Ok(true) => {}
+            Err(error) => return vec![Err(error.into()); jobs.len()],
+        }
         let mut outcomes: Vec<Option<SubmitOutcome>> = vec![None; jobs.len()];
         if let Some(rate) = rate {
             match count_rates(&mut conn, jobs, rate).await {
@@ -101,7 +107,7 @@ impl JobStore {
 
     /// Best effort after a failed enqueue: fails the record so it never
     /// claims to be queued, and counts the outcome.
-    async fn repair_unenqueued(&self, job: &NewJob, created_at: u64) {
+    pub(super) async fn repair_unenqueued(&self, job: &NewJob, created_at: u64) {
         match self.fail_unenqueued(&job.job_id).await {
             Ok(true) => self.count_outcome(&job.queue, "failed", &job.request.kind, created_at),
             Ok(false) => {}
@@ -119,11 +125,7 @@ impl JobStore {
         jobs: &[NewJob],
         places: &[usize],
     ) -> Vec<Result<Option<u64>, StoreError>> {
-        let cluster = match conn.is_cluster().await {
-            Ok(cluster) => cluster,
-            Err(error) => return vec![Err(error.into()); places.len()],
-        };
-        let groups = create_groups(jobs, places, cluster);
+        let groups = create_groups(jobs, places);
         let calls = groups.iter().map(|group| {
             let mut conn = conn.clone();
             async move { self.create_group(&mut conn, jobs, group).await }
@@ -196,8 +198,8 @@ impl JobStore {
 
     /// Adds the queue entries (or delayed-set members) of the created jobs
     /// (`(place, due)`), indexes them among their owners' recent jobs and
-    /// publishes each id on its owner's channel: one pipeline on a single
-    /// server, one per slot on a cluster, sent concurrently. The indexes stay
+    /// publishes each id on its owner's channel: one pipeline per slot,
+    /// sent concurrently. The indexes stay
     /// bounded: entries older than the retention period and all but the
     /// newest `owner_index_max` are trimmed, and each key expires one
     /// retention period after its last write.
@@ -264,16 +266,9 @@ impl JobStore {
     }
 }
 
-/// The jobs at `places` in groups of one `create_many` call each: on a
-/// single server in chunks of [`MAX_JOBS_PER_CREATE`]; on a cluster, jobs
-/// whose keys share a slot together (chunked the same way).
-fn create_groups(jobs: &[NewJob], places: &[usize], cluster: bool) -> Vec<Vec<usize>> {
-    if !cluster {
-        return places
-            .chunks(MAX_JOBS_PER_CREATE)
-            .map(<[usize]>::to_vec)
-            .collect();
-    }
+/// The jobs at `places` in groups of one `create_many` call each: jobs
+/// whose keys share a slot together, in chunks of [`MAX_JOBS_PER_CREATE`].
+fn create_groups(jobs: &[NewJob], places: &[usize]) -> Vec<Vec<usize>> {
     let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
     let mut order = Vec::new();
     for &place in places {
@@ -301,7 +296,7 @@ fn create_groups(jobs: &[NewJob], places: &[usize], cluster: bool) -> Vec<Vec<us
 /// `create`'s sixteen arguments for `job`, the optional ones empty when
 /// unused (the old API's trace id only when there is one, so other records
 /// get no such field).
-fn create_args(job: &NewJob, retention_s: u64, history_max: u64) -> [String; CREATE_ARGS_PER_JOB] {
+pub(super) fn create_args(job: &NewJob, retention_s: u64, history_max: u64) -> [String; CREATE_ARGS_PER_JOB] {
     let request = &job.request;
     let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
     [
@@ -325,7 +320,7 @@ fn create_args(job: &NewJob, retention_s: u64, history_max: u64) -> [String; CRE
 }
 
 /// One job's `create` reply: its due time, or why it was not created.
-fn created(reply: &Value) -> Result<Option<u64>, StoreError> {
+pub(super) fn created(reply: &Value) -> Result<Option<u64>, StoreError> {
     match status_word(reply)?.as_str() {
         "ok" => Ok(due_time(reply)),
         other => Err(StoreError::Protocol(format!("create answered {other}"))),
@@ -449,22 +444,10 @@ mod tests {
     }
 
     #[test]
-    fn a_single_server_creates_in_chunks() {
-        let jobs: Vec<NewJob> = (0..150).map(|_| job("alice")).collect();
-        let places: Vec<usize> = (0..150).collect();
-        let groups = create_groups(&jobs, &places, false);
-        assert_eq!(
-            groups.iter().map(Vec::len).collect::<Vec<_>>(),
-            [64, 64, 22]
-        );
-        assert_eq!(groups.concat(), places);
-    }
-
-    #[test]
     fn a_cluster_creates_per_slot() {
         let jobs: Vec<NewJob> = (0..40).map(|_| job("alice")).collect();
         let places: Vec<usize> = (0..40).step_by(2).collect();
-        let groups = create_groups(&jobs, &places, true);
+        let groups = create_groups(&jobs, &places);
         for group in &groups {
             let slots: std::collections::HashSet<Slot> = group
                 .iter()

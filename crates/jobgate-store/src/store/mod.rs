@@ -34,6 +34,7 @@ mod overview;
 mod queues;
 mod reads;
 mod script;
+mod single;
 mod stats;
 mod submit;
 

@@ -1,0 +1,187 @@
+//! A batch's submission on a single server: the owners' rates, the
+//! records, the queue entries and the owners' indexes and notices in one
+//! `submit_many` call of the job script (its header documents the
+//! arguments), instead of three steps. On a single server every key may be
+//! touched by one call, so the steps `batch.rs` makes one after the other
+//! (three round trips, and a repair when the last one fails) are one
+//! atomic call here: a job is either refused, or created and enqueued and
+//! indexed. Redis Cluster keeps the three steps (`batch.rs`), because the
+//! keys of one submission are in several slots.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use super::batch::{MAX_JOBS_PER_CREATE, SubmitOutcome, create_args, created};
+use super::delayed::delayed_member;
+use super::script::status_word;
+use super::submit::{NewJob, SubmitRate, Submitted};
+use super::{JobStore, unix_ms};
+use crate::StoreError;
+use crate::connection::Connection;
+use crate::keys::{self, Band};
+
+impl JobStore {
+    /// `submit_many` for `jobs`, in calls of at most [`MAX_JOBS_PER_CREATE`]
+    /// jobs sent one after the other (so an owner's jobs are counted against
+    /// its rate in order); one answer per job, in order.
+    pub(super) async fn submit_single_server(
+        &self,
+        conn: &mut Connection,
+        jobs: &[NewJob],
+        rate: Option<SubmitRate>,
+    ) -> Vec<SubmitOutcome> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(MAX_JOBS_PER_CREATE) {
+            outcomes.extend(self.submit_call(conn, chunk, rate).await);
+        }
+        outcomes
+    }
+
+    async fn submit_call(
+        &self,
+        conn: &mut Connection,
+        jobs: &[NewJob],
+        rate: Option<SubmitRate>,
+    ) -> Vec<SubmitOutcome> {
+        let now_ms = unix_ms();
+        let call = Call::new(jobs, rate, now_ms);
+        let retention_ms = self.settings.retention.as_millis().max(1) as u64;
+        let mut invocation = self.script.prepare_invoke();
+        for job in jobs {
+            invocation
+                .key(keys::job(&job.job_id))
+                .key(keys::events(&job.job_id));
+        }
+        for owner in &call.owners {
+            invocation
+                .key(keys::submit_rate(owner, call.window))
+                .key(keys::owner_jobs(owner));
+        }
+        for (queue, band) in &call.targets {
+            invocation
+                .key(keys::queue(queue, *band))
+                .key(keys::delayed(queue));
+        }
+        invocation
+            .arg("submit_many")
+            .arg(jobs.len())
+            .arg(call.owners.len())
+            .arg(rate.map_or(0, |rate| rate.limit))
+            .arg(call.window_s * 2)
+            .arg(now_ms)
+            .arg(retention_ms)
+            .arg(self.settings.owner_index_max.max(1));
+        for owner in &call.owners {
+            invocation.arg(keys::owner_channel(owner));
+        }
+        for (job, (owner, target)) in jobs.iter().zip(&call.places) {
+            // Only a job asking for a delay can be due later.
+            let member = if job.request.delay_ms.is_some() || job.request.run_at.is_some() {
+                delayed_member(job, Band::for_priority(job.request.priority()))
+            } else {
+                String::new()
+            };
+            invocation.arg(owner + 1).arg(2 * target + 1).arg(member);
+            for arg in create_args(
+                job,
+                self.settings.retention.as_secs().max(1),
+                self.settings.history_max.max(1),
+            ) {
+                invocation.arg(arg);
+            }
+        }
+        let reply: Value = match invocation.invoke_async(conn).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                let error = StoreError::from(error);
+                if matches!(error, StoreError::Redis(_)) {
+                    // The script failed part-way (not refused at its start,
+                    // as at maxmemory, nor lost with the connection): a job
+                    // it created may lack its entry, and must not stay
+                    // queued. A job it never created is left alone.
+                    for job in jobs {
+                        self.repair_unenqueued(job, now_ms).await;
+                    }
+                }
+                return vec![Err(error); jobs.len()];
+            }
+        };
+        let replies = match (status_word(&reply), reply) {
+            (Ok(word), Value::Array(items)) if word == "ok" && items.len() == jobs.len() + 1 => {
+                items
+            }
+            (_, other) => {
+                let error = StoreError::Protocol(format!("submit_many answered {other:?}"));
+                return vec![Err(error); jobs.len()];
+            }
+        };
+        let mut delayed = false;
+        let outcomes = replies
+            .into_iter()
+            .skip(1)
+            .map(|one| match status_word(&one)?.as_str() {
+                "rate_limited" => Ok(Submitted::RateLimited {
+                    retry_after_s: call.retry_after_s,
+                }),
+                _ => {
+                    delayed |= created(&one)?.is_some();
+                    Ok(Submitted::Created)
+                }
+            })
+            .collect();
+        if delayed {
+            self.delayed_added.notify_one();
+        }
+        outcomes
+    }
+}
+
+/// How one call's jobs map onto its owners and its queue targets.
+struct Call<'a> {
+    /// The owners of the call's jobs, in order of first appearance.
+    owners: Vec<&'a str>,
+    /// The (queue, band) pairs the jobs go to, in order of first appearance.
+    targets: Vec<(&'a str, Band)>,
+    /// Each job's owner and target, as indexes into the two lists.
+    places: Vec<(usize, usize)>,
+    /// The rate window: its index, its length and the seconds left in it.
+    window: u64,
+    window_s: u64,
+    retry_after_s: u64,
+}
+
+impl<'a> Call<'a> {
+    fn new(jobs: &'a [NewJob], rate: Option<SubmitRate>, now_ms: u64) -> Self {
+        let window_s = rate.map_or(60, |rate| rate.window.as_secs().max(1));
+        let now_s = now_ms / 1000;
+        let window = now_s / window_s;
+        let mut owners: Vec<&str> = Vec::new();
+        let mut targets: Vec<(&str, Band)> = Vec::new();
+        let mut owner_of: HashMap<&str, usize> = HashMap::new();
+        let mut target_of: HashMap<(&str, Band), usize> = HashMap::new();
+        let places = jobs
+            .iter()
+            .map(|job| {
+                let owner = *owner_of.entry(&job.owner).or_insert_with(|| {
+                    owners.push(&job.owner);
+                    owners.len() - 1
+                });
+                let target = (job.queue.as_str(), Band::for_priority(job.request.priority()));
+                let target = *target_of.entry(target).or_insert_with(|| {
+                    targets.push(target);
+                    targets.len() - 1
+                });
+                (owner, target)
+            })
+            .collect();
+        Self {
+            owners,
+            targets,
+            places,
+            window,
+            window_s,
+            retry_after_s: (window + 1) * window_s - now_s,
+        }
+    }
+}
