@@ -134,8 +134,10 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
     jobgate_store::spawn_outcome_flusher(store.clone(), shutdown.clone());
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
     let batcher = batcher::Batcher::start(store.clone(), submit::submit_rate(&config));
+    let warm_ids = jobgate_store::WarmIds::start(hub.clone(), WARM_IDS, shutdown.clone());
     Ok(AppState {
         batcher,
+        warm_ids,
         client_logs: None,
         metrics,
         owner_connections: std::sync::Arc::default(),
@@ -168,6 +170,10 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     }
     served
 }
+
+/// Job ids kept with their channels subscribed ahead (`WarmIds`): enough
+/// for a burst of WebSocket submits between two refills.
+const WARM_IDS: usize = 32;
 
 /// How long `serve` waits, once every request has finished, to write the
 /// job outcome counts they made.

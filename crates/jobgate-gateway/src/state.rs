@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use jobgate_proto::ErrorCode;
-use jobgate_store::{EventHub, Feed, JobStore};
+use jobgate_store::{EventHub, Feed, JobStore, WarmIds};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Creates submitted jobs in batches (see `batcher.rs`).
     pub(crate) batcher: Batcher,
+    /// Job ids with their channels subscribed ahead, for WebSocket submits.
+    pub(crate) warm_ids: WarmIds,
     /// Open long-lived connections per owner.
     pub(crate) owner_connections: Arc<OwnerConnections>,
 }

@@ -34,6 +34,7 @@ pub mod keys;
 mod mover;
 mod record;
 mod store;
+mod warm;
 
 pub use connect::{check_url, seeds};
 pub use connection::{Connection, OOM_MEMORY, RedisHealth, RedisMode, WATCH_INTERVAL, open};
@@ -49,3 +50,4 @@ pub use store::{
     QueueOverview, RedisMemory, RedisStatus, RetryOutcome, Route, StoreSettings, SubmitOutcome,
     SubmitRate, Submitted, TraceContext, WorkerView, parse_cursor, spawn_outcome_flusher,
 };
+pub use warm::WarmIds;

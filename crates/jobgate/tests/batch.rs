@@ -421,7 +421,11 @@ async fn a_create_call_that_fails_part_way_leaves_no_job_queued_without_its_entr
         .await
         .expect("xrange");
     for (_, fields) in &entries {
-        assert_eq!(fields[0], ("job_id".to_owned(), ids[0].to_string()), "{entries:?}");
+        assert_eq!(
+            fields[0],
+            ("job_id".to_owned(), ids[0].to_string()),
+            "{entries:?}"
+        );
     }
 }
 
@@ -451,7 +455,13 @@ async fn a_batch_over_its_owners_rate_creates_only_the_jobs_that_fit() {
             break (outcomes, ids);
         }
         let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut redis.client().get_multiplexed_async_connection().await.expect("conn"))
+            .query_async(
+                &mut redis
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("conn"),
+            )
             .await
             .expect("flush");
     };

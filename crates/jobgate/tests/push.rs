@@ -499,3 +499,64 @@ async fn an_idle_pub_sub_link_answers_its_probes_and_stays_up() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn warm_job_ids_are_subscribed_ahead_and_refilled_once_taken() {
+    use jobgate_store::{EventHub, HubMessage, HubSettings, WarmIds};
+    let redis = RedisServer::start();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let hub = EventHub::start(
+        vec![redis.client().get_connection_info().clone()],
+        HubSettings::default(),
+        shutdown.clone(),
+    );
+    let warm = WarmIds::start(hub.clone(), 4, shutdown.clone());
+    let filled = |want: usize| {
+        let warm = warm.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while warm.ready() < want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} ready",
+                    warm.ready()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    filled(4).await;
+    let job_id = warm.take().expect("a warm id");
+    let channel = format!("jobgate:live:job:{{{job_id}}}");
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let subscribed: Vec<String> = redis::cmd("PUBSUB")
+        .arg("SHARDCHANNELS")
+        .query_async(&mut conn)
+        .await
+        .expect("shardchannels");
+    assert!(subscribed.contains(&channel), "{subscribed:?}");
+    assert_eq!(subscribed.len(), 4, "{subscribed:?}");
+
+    // Whoever takes it watches it, then the pool lets go and makes another.
+    let mut session = hub.subscription();
+    hub.watch(&mut session, &channel).await.expect("watch");
+    warm.release(job_id);
+    filled(4).await;
+    assert_ne!(warm.take(), Some(job_id), "an id is handed out once");
+    // The released channel still reaches the session that watches it.
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg(&channel)
+        .arg("an event")
+        .query_async(&mut conn)
+        .await
+        .expect("publish");
+    match tokio::time::timeout(WAIT, session.recv()).await {
+        Ok(Some(HubMessage::Event(message))) => assert_eq!(&message.payload()[..], b"an event"),
+        other => panic!("expected the event, got {other:?}"),
+    }
+    shutdown.cancel();
+}

@@ -346,10 +346,15 @@ impl Session {
         if let Err(error) = self.watch_limit() {
             return self.error_at(request_id, index, error);
         }
-        let job_id = JobId::new();
         // Watch before the job exists, so its first event cannot be missed:
-        // the job is created only once Redis confirms the subscription.
+        // the job is created only once Redis confirms the subscription. An
+        // id from the warm pool has its channel subscribed already.
+        let warm = self.state.warm_ids.take();
+        let job_id = warm.unwrap_or_default();
         let subscribed = self.feed.expect(job_id);
+        if warm.is_some() {
+            self.state.warm_ids.release(job_id);
+        }
         self.held.insert(job_id, Vec::new());
         // The message is the request: its span continues the client's trace.
         let span = tracing::info_span!(

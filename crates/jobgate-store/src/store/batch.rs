@@ -296,7 +296,11 @@ fn create_groups(jobs: &[NewJob], places: &[usize]) -> Vec<Vec<usize>> {
 /// `create`'s sixteen arguments for `job`, the optional ones empty when
 /// unused (the old API's trace id only when there is one, so other records
 /// get no such field).
-pub(super) fn create_args(job: &NewJob, retention_s: u64, history_max: u64) -> [String; CREATE_ARGS_PER_JOB] {
+pub(super) fn create_args(
+    job: &NewJob,
+    retention_s: u64,
+    history_max: u64,
+) -> [String; CREATE_ARGS_PER_JOB] {
     let request = &job.request;
     let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
     [

@@ -167,7 +167,10 @@ impl<'a> Call<'a> {
                     owners.push(&job.owner);
                     owners.len() - 1
                 });
-                let target = (job.queue.as_str(), Band::for_priority(job.request.priority()));
+                let target = (
+                    job.queue.as_str(),
+                    Band::for_priority(job.request.priority()),
+                );
                 let target = *target_of.entry(target).or_insert_with(|| {
                     targets.push(target);
                     targets.len() - 1
