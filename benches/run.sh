@@ -26,6 +26,8 @@
 #   BENCH_BIN_DIR         run the binaries in this directory instead (another
 #                         tree's target/release: old against new); no build
 #   BENCH_GATEWAY_THREADS the gateway's JOBGATE_THREADS (default 1)
+#   BENCH_FANOUT_GATEWAY_THREADS  the same for the fan-out scenario (default 0:
+#                         one per CPU)
 #   BENCH_TOOL_THREADS    runtime threads of the load generator and the echo
 #                         worker (default 1)
 set -euo pipefail
@@ -87,10 +89,13 @@ fi
 gateway_bin="$bin_dir/jobgate"
 loadgen_bin="$bin_dir/jobgate-loadgen"
 echo_bin="$bin_dir/jobgate-echo-worker"
-# Gateway, Redis, worker and load generator share the machine's cores: one
-# runtime thread each for the gateway (JOBGATE_THREADS) and the Rust tools
-# does better than one per CPU on two cores (benches/RESULTS.md).
+# Gateway, Redis, worker and load generator share the machine's cores: for
+# many small jobs, one runtime thread each for the gateway (JOBGATE_THREADS)
+# and the Rust tools does better than one per CPU on two cores. Fan-out (one
+# event written to 2,000 connections at once) is parallel work: there the
+# gateway gets one thread per CPU (benches/RESULTS.md has both figures).
 gateway_threads=${BENCH_GATEWAY_THREADS:-1}
+fanout_gateway_threads=${BENCH_FANOUT_GATEWAY_THREADS:-0}
 tool_threads=${BENCH_TOOL_THREADS:-1}
 python_worker="$root/.venv/bin/jobgate-worker"
 
@@ -112,6 +117,8 @@ redis-cli -p "$redis_port" ping >/dev/null || fail "redis-server did not start; 
 # trigger, while the code that enforces them still runs on every request.
 gateway_pid=""
 gateway_port=""
+# start_gateway [threads]: a fresh gateway (JOBGATE_THREADS, default
+# $gateway_threads).
 start_gateway() {
   if [ -n "$gateway_pid" ]; then
     stop_pid "$gateway_pid"
@@ -125,7 +132,7 @@ start_gateway() {
     JOBGATE_SUBMITS_PER_MINUTE=1000000000 \
     JOBGATE_WS_MESSAGES_PER_S=1000000 \
     JOBGATE_LOG="${BENCH_GATEWAY_LOG:-info}" \
-    JOBGATE_THREADS="$gateway_threads" \
+    JOBGATE_THREADS="${1:-$gateway_threads}" \
     "$gateway_bin" 2>>"$logs/gateway.log" &
   gateway_pid=$!
   pids+=("$gateway_pid")
@@ -242,6 +249,9 @@ if wanted "${echo_scenarios[@]}"; then
   scenario push-ws-100-in-flight --mode ws --jobs "$(scale 1000 200)" --concurrency 100 --sessions 100
   scenario poll-100-in-flight --mode poll --jobs "$(scale 1000 200)" --concurrency 100 \
     --poll-interval-ms 2000 --compare-with push-ws-100-in-flight
+  if wanted fanout-1000-sse-1000-ws; then
+    start_gateway "$fanout_gateway_threads"
+  fi
   scenario fanout-1000-sse-1000-ws --mode fanout --sessions 1000 --sse-streams 1000 \
     --fanout-delay-ms 5000 --fanout-steps 20 --fanout-step-ms 100 --target 'p99_ms<=50'
 
