@@ -26,8 +26,8 @@
 #   BENCH_BIN_DIR         run the binaries in this directory instead (another
 #                         tree's target/release: old against new); no build
 #   BENCH_GATEWAY_THREADS the gateway's JOBGATE_THREADS (default 1)
-#   BENCH_FANOUT_GATEWAY_THREADS  the same for the fan-out scenario (default 0:
-#                         one per CPU)
+#   BENCH_FANOUT_THREADS  the gateway's and the load generator's threads in
+#                         the fan-out scenario (default 0: one per CPU)
 #   BENCH_TOOL_THREADS    runtime threads of the load generator and the echo
 #                         worker (default 1)
 set -euo pipefail
@@ -92,11 +92,12 @@ echo_bin="$bin_dir/jobgate-echo-worker"
 # Gateway, Redis, worker and load generator share the machine's cores: for
 # many small jobs, one runtime thread each for the gateway (JOBGATE_THREADS)
 # and the Rust tools does better than one per CPU on two cores. Fan-out (one
-# event written to 2,000 connections at once) is parallel work: there the
-# gateway gets one thread per CPU (benches/RESULTS.md has both figures).
+# event written to 2,000 connections at once, and read by as many) is
+# parallel work: there the gateway and the load generator get one thread
+# per CPU (benches/RESULTS.md has both figures). 0 means one per CPU.
 gateway_threads=${BENCH_GATEWAY_THREADS:-1}
-fanout_gateway_threads=${BENCH_FANOUT_GATEWAY_THREADS:-0}
 tool_threads=${BENCH_TOOL_THREADS:-1}
+fanout_threads=${BENCH_FANOUT_THREADS:-0}
 python_worker="$root/.venv/bin/jobgate-worker"
 
 redis_port=$(free_port)
@@ -119,10 +120,35 @@ gateway_pid=""
 gateway_port=""
 # start_gateway [threads]: a fresh gateway (JOBGATE_THREADS, default
 # $gateway_threads).
+# A free port can still be taken by the time the gateway binds it (an
+# outgoing connection's local port): then it tries another.
 start_gateway() {
   if [ -n "$gateway_pid" ]; then
     stop_pid "$gateway_pid"
   fi
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    launch_gateway "$@"
+    if wait_ready; then
+      return
+    fi
+    kill -0 "$gateway_pid" 2>/dev/null && break
+    log "the gateway could not start (attempt $attempt); trying another port"
+  done
+  fail "the gateway did not become ready; see $logs/gateway.log"
+}
+
+# wait_ready: whether the gateway answers /readyz before it exits or 5 s pass.
+wait_ready() {
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$gateway_port/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$gateway_pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+launch_gateway() {
   gateway_port=$(free_port)
   JOBGATE_AUTH=none \
     JOBGATE_REDIS_URL="$redis_url" \
@@ -136,11 +162,6 @@ start_gateway() {
     "$gateway_bin" 2>>"$logs/gateway.log" &
   gateway_pid=$!
   pids+=("$gateway_pid")
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$gateway_port/readyz" >/dev/null 2>&1 && return
-    sleep 0.05
-  done
-  fail "the gateway did not become ready; see $logs/gateway.log"
 }
 
 stop_workers() {
@@ -163,7 +184,9 @@ wait_registered() {
 }
 
 start_echo_worker() {
-  TOKIO_WORKER_THREADS="$tool_threads" "$echo_bin" --redis-url "$redis_url" --consumer bench-echo "$@" 2>>"$logs/echo-worker.log" &
+  local runtime=()
+  if [ "$tool_threads" != 0 ]; then runtime=(TOKIO_WORKER_THREADS="$tool_threads"); fi
+  env "${runtime[@]}" "$echo_bin" --redis-url "$redis_url" --consumer bench-echo "$@" 2>>"$logs/echo-worker.log" &
   worker_pids+=("$!")
   wait_registered bench-echo
 }
@@ -201,7 +224,9 @@ scenario() {
   local workers
   workers=$(IFS=,; echo "${worker_pids[*]}")
   redis-cli -p "$redis_port" config resetstat >/dev/null
-  if ! TOKIO_WORKER_THREADS="$tool_threads" "$loadgen_bin" --url "http://127.0.0.1:$gateway_port" --scenario "$name" --json \
+  local threads=${scenario_threads:-$tool_threads} runtime=()
+  if [ "$threads" != 0 ]; then runtime=(TOKIO_WORKER_THREADS="$threads"); fi
+  if ! env "${runtime[@]}" "$loadgen_bin" --url "http://127.0.0.1:$gateway_port" --scenario "$name" --json \
     --gateway-pid "$gateway_pid" --redis-pid "$redis_pid" \
     ${workers:+--worker-pids "$workers"} "$@" >>"$results" 2>>"$logs/loadgen.log"; then
     printf '{"scenario":"%s","errors":1,"note":"the load generator failed; see %s/loadgen.log"}\n' \
@@ -250,9 +275,9 @@ if wanted "${echo_scenarios[@]}"; then
   scenario poll-100-in-flight --mode poll --jobs "$(scale 1000 200)" --concurrency 100 \
     --poll-interval-ms 2000 --compare-with push-ws-100-in-flight
   if wanted fanout-1000-sse-1000-ws; then
-    start_gateway "$fanout_gateway_threads"
+    start_gateway "$fanout_threads"
   fi
-  scenario fanout-1000-sse-1000-ws --mode fanout --sessions 1000 --sse-streams 1000 \
+  scenario_threads=$fanout_threads scenario fanout-1000-sse-1000-ws --mode fanout --sessions 1000 --sse-streams 1000 \
     --fanout-delay-ms 5000 --fanout-steps 20 --fanout-step-ms 100 --target 'p99_ms<=50'
 
   if wanted "$idle_scenario"; then
