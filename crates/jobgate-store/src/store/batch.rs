@@ -39,6 +39,10 @@ use crate::keys::{self, Band};
 /// The most jobs one `create_many` call creates: a script blocks Redis
 /// while it runs, so a large batch is created in several short calls.
 pub const MAX_JOBS_PER_CREATE: usize = 64;
+/// Tries at failing a record whose enqueue failed, and the first pause
+/// between them (doubling): about 1.5 s in all.
+const REPAIR_ATTEMPTS: u32 = 5;
+const REPAIR_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// The arguments `create_many` takes per job.
 const CREATE_ARGS_PER_JOB: usize = 16;
 
@@ -107,12 +111,24 @@ impl JobStore {
 
     /// Best effort after a failed enqueue: fails the record so it never
     /// claims to be queued, and counts the outcome.
+    /// Redis unreachable for a moment (a timeout under load, a failover)
+    /// is tried again a few times, so that the record does not stay queued.
     pub(super) async fn repair_unenqueued(&self, job: &NewJob, created_at: u64) {
-        match self.fail_unenqueued(&job.job_id).await {
-            Ok(true) => self.count_outcome(&job.queue, "failed", &job.request.kind, created_at),
-            Ok(false) => {}
-            Err(repair) => {
-                tracing::error!(job_id = %job.job_id, error = %repair, "a job that could not be enqueued could not be failed either");
+        let mut pause = REPAIR_FIRST_PAUSE;
+        for attempt in 1..=REPAIR_ATTEMPTS {
+            match self.fail_unenqueued(&job.job_id).await {
+                Ok(true) => {
+                    return self.count_outcome(&job.queue, "failed", &job.request.kind, created_at);
+                }
+                Ok(false) => return,
+                Err(StoreError::Unavailable(_)) if attempt < REPAIR_ATTEMPTS => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(repair) => {
+                    tracing::error!(job_id = %job.job_id, error = %repair, "a job that could not be enqueued could not be failed either");
+                    return;
+                }
             }
         }
     }
