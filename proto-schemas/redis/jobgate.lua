@@ -189,6 +189,14 @@ local function create()
   return create_job(1)
 end
 
+-- The calls that work on several jobs (create_many, submit_many, batch)
+-- name each job's record and history in turn as KEYS[2i-1], KEYS[2i]:
+-- this points the operations at job i's.
+local function of_job(i)
+  job_key = KEYS[2 * i - 1]
+  events_key = KEYS[2 * i]
+end
+
 -- create_many: n, then n times create's 16 arguments (the optional ones
 -- given, empty when unused). KEYS are each job's record and history in
 -- turn: KEYS[2i-1], KEYS[2i] for job i. Each job is created exactly as
@@ -204,8 +212,7 @@ local function create_many()
   end
   local replies = { 'ok' }
   for i = 1, n do
-    job_key = KEYS[2 * i - 1]
-    events_key = KEYS[2 * i]
+    of_job(i)
     replies[i + 1] = create_job(2 + 16 * (i - 1))
   end
   return replies
@@ -266,8 +273,7 @@ local function submit_many()
     if seen[j] > fit[j] then
       replies[i + 1] = { 'rate_limited' }
     else
-      job_key = KEYS[2 * i - 1]
-      events_key = KEYS[2 * i]
+      of_job(i)
       local c = o + 3
       local reply = create_job(c)
       if reply[1] == 'ok' then
@@ -543,8 +549,7 @@ local function batch()
   end
   local replies = { 'ok' }
   for i = 1, n do
-    job_key = KEYS[2 * i - 1]
-    events_key = KEYS[2 * i]
+    of_job(i)
     args = calls[i]
     replies[i + 1] = operations[args[1]]()
   end

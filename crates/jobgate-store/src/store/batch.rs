@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 use jobgate_proto::JobId;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, Value};
+use redis::{Cmd, ScriptInvocation, Value};
 
 use super::delayed::delayed_member;
 use super::script::status_word;
@@ -172,44 +172,63 @@ impl JobStore {
             invocation
                 .key(keys::job(&job.job_id))
                 .key(keys::events(&job.job_id));
-            for arg in create_args(
-                job,
-                self.settings.retention.as_secs().max(1),
-                self.settings.history_max.max(1),
-            ) {
-                invocation.arg(arg);
-            }
+            self.add_create_args(&mut invocation, job);
         }
+        let group_jobs: Vec<&NewJob> = group.iter().map(|&place| &jobs[place]).collect();
+        match self
+            .invoke_creating(conn, &invocation, &group_jobs, "create_many")
+            .await
+        {
+            Ok(replies) => replies.iter().map(created).collect(),
+            Err(error) => vec![Err(error); group.len()],
+        }
+    }
+
+    /// `create`'s sixteen arguments for `job`, added to `invocation`.
+    pub(super) fn add_create_args(&self, invocation: &mut ScriptInvocation<'_>, job: &NewJob) {
+        for arg in create_args(
+            job,
+            self.settings.retention.as_secs().max(1),
+            self.settings.history_max.max(1),
+        ) {
+            invocation.arg(arg);
+        }
+    }
+
+    /// Runs a call that creates `jobs` (`op`: `create_many` or
+    /// `submit_many`) and returns its reply for each job. A call that failed
+    /// part-way (a script error: not refused at its start, as at maxmemory,
+    /// nor lost with the connection) may have created some of the jobs
+    /// without their entries: those must not stay queued, so each job is
+    /// failed (`enqueue_failed`); a job it never created is left alone.
+    pub(super) async fn invoke_creating(
+        &self,
+        conn: &mut Connection,
+        invocation: &ScriptInvocation<'_>,
+        jobs: &[&NewJob],
+        op: &str,
+    ) -> Result<Vec<Value>, StoreError> {
         let reply: Value = match invocation.invoke_async(conn).await {
             Ok(reply) => reply,
             Err(error) => {
                 let error = StoreError::from(error);
                 if matches!(error, StoreError::Redis(_)) {
-                    // The script failed part-way (not refused at its start,
-                    // as at maxmemory, nor lost with the connection): the
-                    // jobs it created before failing must not stay queued
-                    // without an entry. A job it never created is left alone.
-                    for &place in group {
-                        self.repair_unenqueued(&jobs[place], unix_ms()).await;
+                    for job in jobs {
+                        self.repair_unenqueued(job, unix_ms()).await;
                     }
                 }
-                return vec![Err(error); group.len()];
+                return Err(error);
             }
         };
-        let replies = match (status_word(&reply), reply) {
-            (Ok(word), Value::Array(items)) if word == "ok" && items.len() == group.len() + 1 => {
-                items
+        match (status_word(&reply), reply) {
+            (Ok(word), Value::Array(mut items))
+                if word == "ok" && items.len() == jobs.len() + 1 =>
+            {
+                items.remove(0);
+                Ok(items)
             }
-            (_, other) => {
-                let error = StoreError::Protocol(format!("create_many answered {other:?}"));
-                return vec![Err(error); group.len()];
-            }
-        };
-        replies
-            .into_iter()
-            .skip(1)
-            .map(|one| created(&one))
-            .collect()
+            (_, other) => Err(StoreError::Protocol(format!("{op} answered {other:?}"))),
+        }
     }
 
     /// Adds the queue entries (or delayed-set members) of the created jobs

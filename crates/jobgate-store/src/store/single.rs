@@ -10,14 +10,11 @@
 
 use std::collections::HashMap;
 
-use redis::Value;
-
-use super::batch::{MAX_JOBS_PER_CREATE, SubmitOutcome, create_args, created};
+use super::batch::{MAX_JOBS_PER_CREATE, SubmitOutcome, created};
 use super::delayed::delayed_member;
 use super::script::status_word;
 use super::submit::{NewJob, SubmitRate, Submitted};
 use super::{JobStore, unix_ms};
-use crate::StoreError;
 use crate::connection::Connection;
 use crate::keys::{self, Band};
 
@@ -83,49 +80,25 @@ impl JobStore {
                 String::new()
             };
             invocation.arg(owner + 1).arg(2 * target + 1).arg(member);
-            for arg in create_args(
-                job,
-                self.settings.retention.as_secs().max(1),
-                self.settings.history_max.max(1),
-            ) {
-                invocation.arg(arg);
-            }
+            self.add_create_args(&mut invocation, job);
         }
-        let reply: Value = match invocation.invoke_async(conn).await {
-            Ok(reply) => reply,
-            Err(error) => {
-                let error = StoreError::from(error);
-                if matches!(error, StoreError::Redis(_)) {
-                    // The script failed part-way (not refused at its start,
-                    // as at maxmemory, nor lost with the connection): a job
-                    // it created may lack its entry, and must not stay
-                    // queued. A job it never created is left alone.
-                    for job in jobs {
-                        self.repair_unenqueued(job, now_ms).await;
-                    }
-                }
-                return vec![Err(error); jobs.len()];
-            }
-        };
-        let replies = match (status_word(&reply), reply) {
-            (Ok(word), Value::Array(items)) if word == "ok" && items.len() == jobs.len() + 1 => {
-                items
-            }
-            (_, other) => {
-                let error = StoreError::Protocol(format!("submit_many answered {other:?}"));
-                return vec![Err(error); jobs.len()];
-            }
+        let all: Vec<&NewJob> = jobs.iter().collect();
+        let replies = match self
+            .invoke_creating(conn, &invocation, &all, "submit_many")
+            .await
+        {
+            Ok(replies) => replies,
+            Err(error) => return vec![Err(error); jobs.len()],
         };
         let mut delayed = false;
         let outcomes = replies
-            .into_iter()
-            .skip(1)
-            .map(|one| match status_word(&one)?.as_str() {
+            .iter()
+            .map(|one| match status_word(one)?.as_str() {
                 "rate_limited" => Ok(Submitted::RateLimited {
                     retry_after_s: call.retry_after_s,
                 }),
                 _ => {
-                    delayed |= created(&one)?.is_some();
+                    delayed |= created(one)?.is_some();
                     Ok(Submitted::Created)
                 }
             })
