@@ -13,11 +13,17 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-# A loopback port nothing listens on.
+# A loopback port nothing listens on, below the kernel's range of ports
+# for outgoing connections (whose local ports would make a listen there
+# fail now and then: "Address already in use").
 free_port() {
-  local port
+  local port low=32768
+  if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  fi
+  [ "$low" -gt 12000 ] || low=32768
   for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((10000 + RANDOM % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return

@@ -118,7 +118,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
 async fn serve_with(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let telemetry = jobgate_gateway::telemetry::init(&config)?;
+    let served = serve_until_signal(config, &telemetry).await;
+    // Also after a failed start: the log lines written so far go out.
+    telemetry.shutdown(std::time::Duration::from_secs(2)).await;
+    served
+}
 
+async fn serve_until_signal(
+    config: Config,
+    telemetry: &jobgate_gateway::telemetry::Telemetry,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace();
     let listen = config.listen;
@@ -140,6 +149,5 @@ async fn serve_with(config: Config) -> anyhow::Result<()> {
         Ok(result) => result??,
         Err(_) => tracing::warn!("grace period over; dropping the remaining connections"),
     }
-    telemetry.shutdown(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
