@@ -417,10 +417,7 @@ async fn count_rates(
     jobs: &[NewJob],
     rate: SubmitRate,
 ) -> Result<Vec<(usize, u64)>, StoreError> {
-    let window_s = rate.window.as_secs().max(1);
-    let now_s = unix_ms() / 1000;
-    let window = now_s / window_s;
-    let retry_after_s = (window + 1) * window_s - now_s;
+    let window = rate.window_at(unix_ms());
     let mut owners: Vec<(&str, Vec<usize>)> = Vec::new();
     for (place, job) in jobs.iter().enumerate() {
         match owners.iter_mut().find(|(owner, _)| *owner == job.owner) {
@@ -430,11 +427,11 @@ async fn count_rates(
     }
     let mut commands = Vec::with_capacity(owners.len() * 2);
     for (owner, places) in &owners {
-        let key = keys::submit_rate(owner, window);
+        let key = keys::submit_rate(owner, window.index);
         let mut count = redis::cmd("INCRBY");
         count.arg(&key).arg(places.len());
         let mut expire = redis::cmd("EXPIRE");
-        expire.arg(&key).arg(window_s * 2);
+        expire.arg(&key).arg(window.length_s * 2);
         commands.push((key.clone(), count));
         commands.push((key, expire));
     }
@@ -451,7 +448,7 @@ async fn count_rates(
                 .iter()
                 .enumerate()
                 .filter(|(n, _)| before + *n as u64 + 1 > rate.limit)
-                .map(|(_, &place)| (place, retry_after_s)),
+                .map(|(_, &place)| (place, window.retry_after_s)),
         );
     }
     Ok(refused)

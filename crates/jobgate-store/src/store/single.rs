@@ -42,7 +42,10 @@ impl JobStore {
         rate: Option<SubmitRate>,
     ) -> Vec<SubmitOutcome> {
         let now_ms = unix_ms();
-        let call = Call::new(jobs, rate, now_ms);
+        let call = Call::new(jobs);
+        // Without a rate the script touches no window (its limit is 0).
+        let window = rate.map(|rate| rate.window_at(now_ms));
+        let window_index = window.map_or(0, |window| window.index);
         let retention_ms = self.settings.retention.as_millis().max(1) as u64;
         let mut invocation = self.script.prepare_invoke();
         for job in jobs {
@@ -52,7 +55,7 @@ impl JobStore {
         }
         for owner in &call.owners {
             invocation
-                .key(keys::submit_rate(owner, call.window))
+                .key(keys::submit_rate(owner, window_index))
                 .key(keys::owner_jobs(owner));
         }
         for (queue, band) in &call.targets {
@@ -65,7 +68,7 @@ impl JobStore {
             .arg(jobs.len())
             .arg(call.owners.len())
             .arg(rate.map_or(0, |rate| rate.limit))
-            .arg(call.window_s * 2)
+            .arg(window.map_or(0, |window| window.length_s * 2))
             .arg(now_ms)
             .arg(retention_ms)
             .arg(self.settings.owner_index_max.max(1));
@@ -95,7 +98,7 @@ impl JobStore {
             .iter()
             .map(|one| match status_word(one)?.as_str() {
                 "rate_limited" => Ok(Submitted::RateLimited {
-                    retry_after_s: call.retry_after_s,
+                    retry_after_s: window.map_or(0, |window| window.retry_after_s),
                 }),
                 _ => {
                     delayed |= created(one)?.is_some();
@@ -118,17 +121,10 @@ struct Call<'a> {
     targets: Vec<(&'a str, Band)>,
     /// Each job's owner and target, as indexes into the two lists.
     places: Vec<(usize, usize)>,
-    /// The rate window: its index, its length and the seconds left in it.
-    window: u64,
-    window_s: u64,
-    retry_after_s: u64,
 }
 
 impl<'a> Call<'a> {
-    fn new(jobs: &'a [NewJob], rate: Option<SubmitRate>, now_ms: u64) -> Self {
-        let window_s = rate.map_or(60, |rate| rate.window.as_secs().max(1));
-        let now_s = now_ms / 1000;
-        let window = now_s / window_s;
+    fn new(jobs: &'a [NewJob]) -> Self {
         let mut owners: Vec<&str> = Vec::new();
         let mut targets: Vec<(&str, Band)> = Vec::new();
         let mut owner_of: HashMap<&str, usize> = HashMap::new();
@@ -155,9 +151,6 @@ impl<'a> Call<'a> {
             owners,
             targets,
             places,
-            window,
-            window_s,
-            retry_after_s: (window + 1) * window_s - now_s,
         }
     }
 }

@@ -42,6 +42,29 @@ pub struct SubmitRate {
     pub window: Duration,
 }
 
+impl SubmitRate {
+    /// The window `now_ms` falls in.
+    pub(super) fn window_at(&self, now_ms: u64) -> RateWindow {
+        let length_s = self.window.as_secs().max(1);
+        let now_s = now_ms / 1000;
+        let index = now_s / length_s;
+        RateWindow {
+            index,
+            length_s,
+            retry_after_s: (index + 1) * length_s - now_s,
+        }
+    }
+}
+
+/// One rate window: its number (in its key's name), its length, and the
+/// seconds left in it when it was asked for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RateWindow {
+    pub(super) index: u64,
+    pub(super) length_s: u64,
+    pub(super) retry_after_s: u64,
+}
+
 /// What a submission did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
