@@ -141,11 +141,6 @@ impl FeedCursor {
         }
     }
 
-    /// Reading `job_id`'s history failed: it is read again later.
-    pub(crate) fn read_failed(&mut self, job_id: JobId) {
-        self.resync([job_id]);
-    }
-
     /// The history reads a resync still needs.
     pub(crate) fn rereads(&self) -> Vec<Reread> {
         self.stale
@@ -426,10 +421,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_read_keeps_the_job_pending() {
+    fn a_stale_job_stays_pending_until_its_read_is_done() {
         let mut cursor = FeedCursor::new();
         cursor.watch(job(JOB), EventPosition::START);
-        cursor.read_failed(job(JOB));
+        // A gap, or a read that failed or was dropped half-way.
+        cursor.resync([job(JOB)]);
         assert!(cursor.resync_pending());
         assert_eq!(cursor.rereads(), [reread(JOB, EventPosition::START)]);
         // Watching it again, or no more, settles it.

@@ -171,6 +171,8 @@ impl Feed {
     /// The next event, in `(epoch, seq)` order per job, each once. `None`
     /// once the event hub has stopped. After [`FeedItem::Unavailable`] the
     /// feed keeps trying to read what it missed, pausing between tries.
+    /// Cancel-safe: a history read that is dropped half-way is made again
+    /// by the next call (its job stays stale until the read is taken in).
     pub async fn next(&mut self) -> Option<FeedItem> {
         loop {
             if let Some(event) = self.cursor.pop() {
@@ -206,12 +208,7 @@ impl Feed {
                 },
             };
             match received {
-                Received::Job(HubMessage::Event(published)) => {
-                    if let Err(error) = self.accept_live(&published).await {
-                        self.pause_before_retry = true;
-                        return Some(FeedItem::Unavailable(error));
-                    }
-                }
+                Received::Job(HubMessage::Event(published)) => self.accept_live(&published),
                 Received::Job(HubMessage::Resync) => self.channels_interrupted(),
                 Received::Owner(message) => self.owner_message(message),
             }
@@ -239,15 +236,16 @@ impl Feed {
         self.cursor.resync(jobs);
     }
 
-    async fn accept_live(&mut self, published: &Published) -> Result<(), StoreError> {
+    /// A live event after a gap makes its job stale: the history after the
+    /// job's position is read on the way round ([`Feed::catch_up`]), never
+    /// here, so a caller that drops [`Feed::next`] half-way loses nothing.
+    fn accept_live(&mut self, published: &Published) {
         let Some(event) = live_event(published) else {
-            return Ok(());
+            return;
         };
         match self.cursor.live(event) {
-            Live::Gap(reread) => self.reread(reread).await.inspect_err(|_| {
-                self.cursor.read_failed(reread.job_id);
-            }),
-            Live::Deliver | Live::Duplicate | Live::Unwatched => Ok(()),
+            Live::Gap(reread) => self.cursor.resync([reread.job_id]),
+            Live::Deliver | Live::Duplicate | Live::Unwatched => {}
         }
     }
 

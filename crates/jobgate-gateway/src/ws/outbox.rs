@@ -10,6 +10,10 @@ use std::task::{Context, Poll};
 
 use futures_util::{Sink, SinkExt};
 
+/// Frames a session gathers before it writes them, even while more input
+/// is ready (see [`Outbox::is_backlogged`]).
+const BACKLOG: usize = 64;
+
 /// Frames waiting for the socket, at most `limit`.
 #[derive(Debug)]
 pub(super) struct Outbox<M> {
@@ -36,6 +40,12 @@ impl<M> Outbox<M> {
         }
         self.queue.push_back(message);
         true
+    }
+
+    /// Whether so many frames wait that they should be written now, even
+    /// with more input ready: a quarter of the limit, or [`BACKLOG`].
+    pub(super) fn is_backlogged(&self) -> bool {
+        self.queue.len() >= BACKLOG.min(self.limit / 4).max(1)
     }
 
     /// Whether [`Outbox::write`] has anything to do.

@@ -160,25 +160,25 @@ impl Session {
         let mut expires_at = self.principal.expires_at;
         let expiry = tokio::time::sleep_until(expiry_deadline(expires_at));
         tokio::pin!(expiry);
+        let mut flush = false;
         loop {
             if self.principal.expires_at != expires_at {
                 // `auth` brought a fresh token.
                 expires_at = self.principal.expires_at;
                 expiry.as_mut().reset(expiry_deadline(expires_at));
             }
+            // Biased: what is ready is handled before anything is written
+            // (`flush` is set once nothing is), so the frames it brings
+            // (the events of one pub/sub read, the `accepted` of one
+            // submission batch) go out in one write instead of one each. A
+            // backlog is written as it grows, before the outbox fills.
             tokio::select! {
+                biased;
                 () = &mut shutdown => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
                 () = &mut expiry, if expires_at.is_some() => return End::Close(CLOSE_TOKEN_EXPIRED, "token expired; send auth before it expires"),
-                frame = incoming.next() => {
-                    let outcome = match frame {
-                        Some(Ok(Message::Text(text))) => self.handle(&text).await,
-                        Some(Ok(Message::Binary(_))) => self.reply(&ServerMessage::error(
-                            None, None, ErrorCode::InvalidMessage, "frames must be JSON text frames")),
-                        Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); Ok(()) }
-                        Some(Ok(Message::Ping(_))) => Ok(()), // answered by the protocol layer
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return End::ClientGone,
-                    };
-                    if let Err(end) = outcome { return end; }
+                written = self.outbox.write(sink), if flush || self.outbox.is_backlogged() => {
+                    if written.is_err() { return End::ClientGone; }
+                    flush = false;
                 }
                 item = self.feed.next() => {
                     let outcome = match item {
@@ -192,18 +192,27 @@ impl Session {
                     };
                     if let Err(end) = outcome { return end; }
                 }
+                Some(done) = self.submits.next(), if !self.submits.is_empty() => {
+                    if let Err(end) = self.submitted(done).await { return end; }
+                }
+                frame = incoming.next() => {
+                    let outcome = match frame {
+                        Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                        Some(Ok(Message::Binary(_))) => self.reply(&ServerMessage::error(
+                            None, None, ErrorCode::InvalidMessage, "frames must be JSON text frames")),
+                        Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); Ok(()) }
+                        Some(Ok(Message::Ping(_))) => Ok(()), // answered by the protocol layer
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return End::ClientGone,
+                    };
+                    if let Err(end) = outcome { return end; }
+                }
                 _ = ping.tick() => {
                     if last_pong.elapsed() > interval * 2 {
                         return End::Close(CLOSE_PING_TIMEOUT, "ping unanswered");
                     }
                     if let Err(end) = self.send(Message::Ping(Default::default())) { return end; }
                 }
-                Some(done) = self.submits.next(), if !self.submits.is_empty() => {
-                    if let Err(end) = self.submitted(done).await { return end; }
-                }
-                written = self.outbox.write(sink), if self.outbox.has_work() => {
-                    if written.is_err() { return End::ClientGone; }
-                }
+                () = std::future::ready(()), if !flush && self.outbox.has_work() => flush = true,
             }
         }
     }

@@ -6,8 +6,9 @@
 //! subscriptions at once (a `try_send` each, no queue in between), and the
 //! registry learns from the confirmations which channels the connection
 //! delivers. The task itself connects (with backoff), SSUBSCRIBEs to what
-//! the registry queues for this master, probes the link and, now and then,
-//! SUNSUBSCRIBEs from channels nobody watches.
+//! the registry queues for this master, probes the link and SUNSUBSCRIBEs
+//! from channels nobody watches: as soon as a batch of them was left by
+//! their last watcher, and the rest in a sweep every few seconds.
 //!
 //! redis-rs takes the first push that confirms a subscription as the reply
 //! to the command in flight, whichever it is. So each SSUBSCRIBE and
@@ -39,9 +40,10 @@ const SUBSCRIBE_BATCH: usize = 512;
 /// [`MAX_RECONNECT_BACKOFF`] while connecting fails.
 const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
-/// How often channels whose last watcher left are SUNSUBSCRIBEd, together
-/// rather than one by one as they are left; a channel watched again
-/// meanwhile stays subscribed.
+/// How often every channel nobody watches is SUNSUBSCRIBEd: those fewer
+/// than a batch left lately, and those no leave named (a waiter that gave
+/// up, a subscription cut off); a channel watched again meanwhile stays
+/// subscribed. Under load, channels go sooner, a batch at a time.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why a connection ended.
@@ -161,9 +163,18 @@ async fn serve(
         let step = tokio::select! {
             () = stop.cancelled() => return Ended::Stopped,
             () = dropped.cancelled() => Err("the connection closed".to_owned()),
-            () = wake.notified() => subscribe_pending(conn, hub, node).await,
+            () = wake.notified() => match subscribe_pending(conn, hub, node).await {
+                Ok(()) => {
+                    let left = hub.lock().take_left(node, link);
+                    unsubscribe(conn, hub, &left).await
+                }
+                failed => failed,
+            },
             _ = probe.tick() => probe_link(conn, hub).await,
-            _ = sweep.tick() => unsubscribe_unwatched(conn, hub, node, link).await,
+            _ = sweep.tick() => {
+                let unwatched = hub.lock().take_unwatched(node, link);
+                unsubscribe(conn, hub, &unwatched).await
+            }
         };
         if let Err(reason) = step {
             return Ended::Broken(reason);
@@ -202,15 +213,14 @@ async fn subscribe_pending(
     }
 }
 
-/// SUNSUBSCRIBEs from the channels of this master nobody watches any more.
-async fn unsubscribe_unwatched(
+/// SUNSUBSCRIBEs from `channels`, which nobody watches any more, a batch
+/// at a time.
+async fn unsubscribe(
     conn: &mut MultiplexedConnection,
     hub: &Inner,
-    node: &NodeName,
-    link: LinkId,
+    channels: &[String],
 ) -> Result<(), String> {
-    let unwatched = hub.lock().take_unwatched(node, link);
-    for batch in unwatched.chunks(SUBSCRIBE_BATCH) {
+    for batch in channels.chunks(SUBSCRIBE_BATCH) {
         let replies = one_per_channel(conn, hub, "SUNSUBSCRIBE", batch).await?;
         for (channel, reply) in batch.iter().zip(replies) {
             match reply {

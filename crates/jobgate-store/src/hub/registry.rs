@@ -31,6 +31,14 @@ use super::{HubMessage, NodeState, Published};
 /// One connection of a link to its master; a reconnect makes a new one.
 pub(super) type LinkId = u64;
 
+/// Channels whose last watcher left that make a link unsubscribe at once
+/// ([`Registry::take_left`]), rather than at its next sweep: under load
+/// they go in steady batches of this size instead of one large burst.
+pub(super) const LEFT_BATCH: usize = 256;
+/// The most channels kept for [`Registry::take_left`] per master (while its
+/// link is down, say); the sweep finds the others.
+const LEFT_MAX: usize = 65_536;
+
 /// One subscription as the registry knows it: where its messages go.
 #[derive(Debug, Clone)]
 pub(super) struct Member {
@@ -78,6 +86,9 @@ struct Node {
     down: bool,
     /// How many channels are routed here.
     channels: usize,
+    /// Channels routed here whose last watcher left, in order, until the
+    /// link takes them ([`Registry::take_left`]) or sweeps.
+    left: Vec<String>,
 }
 
 impl Node {
@@ -88,6 +99,7 @@ impl Node {
             link: None,
             down: false,
             channels: 0,
+            left: Vec::new(),
         }
     }
 }
@@ -194,10 +206,28 @@ impl Registry {
     }
 
     /// Removes the member from `channel`. The channel itself stays until its
-    /// link sweeps it ([`Registry::take_unwatched`]).
+    /// link takes it among [`LEFT_BATCH`] others ([`Registry::take_left`],
+    /// the link is woken) or sweeps it ([`Registry::take_unwatched`]).
     pub(super) fn leave(&mut self, channel: &str, member_id: u64) {
-        if let Some(entry) = self.channels.get_mut(channel) {
-            entry.members.retain(|m| m.id != member_id);
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        entry.members.retain(|m| m.id != member_id);
+        if entry.is_wanted() {
+            return;
+        }
+        let Some(node) = entry
+            .node
+            .as_ref()
+            .and_then(|node| self.nodes.get_mut(node))
+        else {
+            return;
+        };
+        if node.left.len() < LEFT_MAX {
+            node.left.push(channel.to_owned());
+            if node.left.len() == LEFT_BATCH {
+                node.wake.notify_one();
+            }
         }
     }
 
@@ -341,9 +371,41 @@ impl Registry {
         self.refresh.notify_one();
     }
 
+    /// Once [`LEFT_BATCH`] channels of `node` were left by their last
+    /// watcher: those still unwatched are forgotten here, and those `link`
+    /// delivers are returned, to be unsubscribed. Fewer wait for the sweep.
+    pub(super) fn take_left(&mut self, node: &NodeName, link: LinkId) -> Vec<String> {
+        let Some(state) = self.nodes.get_mut(node) else {
+            return Vec::new();
+        };
+        if state.left.len() < LEFT_BATCH {
+            return Vec::new();
+        }
+        let left = std::mem::take(&mut state.left);
+        let mut subscribed = Vec::new();
+        for name in left {
+            let Some(entry) = self.channels.get(&name) else {
+                continue;
+            };
+            if entry.is_wanted() || entry.node.as_ref() != Some(node) {
+                continue;
+            }
+            let confirmed_here = entry.confirmed_on == Some(link);
+            self.channels.remove(&name);
+            self.count_out(Some(node));
+            if confirmed_here {
+                subscribed.push(name);
+            }
+        }
+        subscribed
+    }
+
     /// Channels of `node` nobody watches any more: forgotten here; those
     /// `link` delivers are returned, to be unsubscribed.
     pub(super) fn take_unwatched(&mut self, node: &NodeName, link: LinkId) -> Vec<String> {
+        if let Some(state) = self.nodes.get_mut(node) {
+            state.left.clear();
+        }
         let unwatched: Vec<String> = self
             .channels
             .iter()
@@ -813,6 +875,50 @@ mod tests {
         assert_eq!(registry.take_unwatched(&a, 1), [CHANNEL]);
         assert!(registry.take_unwatched(&a, 1).is_empty());
         assert_eq!(registry.node_states()[0].channels, 0);
+    }
+
+    #[test]
+    fn a_batch_of_left_channels_wakes_the_link_and_is_taken_at_once() {
+        use futures_util::FutureExt as _;
+
+        let (mut registry, a) = linked();
+        let wake = registry.wake_of(&a).expect("a's link");
+        let (alice, _rx) = member(1, 4);
+        let names: Vec<String> = (0..LEFT_BATCH)
+            .map(|i| format!("jobgate:live:job:{{job-{i}}}"))
+            .collect();
+        for name in &names {
+            let _ = registry.join(name, &alice, false);
+        }
+        assert_eq!(registry.take_pending(&a, LEFT_BATCH).len(), LEFT_BATCH);
+        for name in &names {
+            registry.confirmed(name, &a, 1);
+        }
+        let _ = wake.notified().now_or_never();
+
+        for name in &names[..LEFT_BATCH - 1] {
+            registry.leave(name, alice.id);
+        }
+        assert!(wake.notified().now_or_never().is_none(), "not woken yet");
+        assert!(
+            registry.take_left(&a, 1).is_empty(),
+            "fewer than a batch wait for the sweep"
+        );
+        // Watched again before the batch is taken: it stays.
+        let _ = registry.join(&names[0], &alice, false);
+        registry.leave(&names[LEFT_BATCH - 1], alice.id);
+        assert!(
+            wake.notified().now_or_never().is_some(),
+            "woken by the batch"
+        );
+
+        let taken = registry.take_left(&a, 1);
+        assert_eq!(taken, names[1..], "every other channel, in the order left");
+        assert!(registry.take_left(&a, 1).is_empty(), "taken once");
+        assert!(registry.take_unwatched(&a, 1).is_empty(), "forgotten");
+        assert_eq!(registry.node_states()[0].channels, 1);
+        registry.leave(&names[0], alice.id);
+        assert_eq!(registry.take_unwatched(&a, 1), names[..1]);
     }
 
     #[test]
