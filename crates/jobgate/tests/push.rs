@@ -560,3 +560,73 @@ async fn warm_job_ids_are_subscribed_ahead_and_refilled_once_taken() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_feed_dropped_while_it_reads_a_gap_loses_no_event() {
+    use jobgate_proto::{EventPosition, JobId};
+    use jobgate_store::{EventHub, Feed, FeedItem, HubSettings, JobStore, StoreSettings};
+    let redis = RedisServer::start();
+    let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
+    let job_id = JobId::new();
+    let id = job_id.to_string();
+    let create = [
+        "create", &id, "alice", "echo", "default", "{}", "5", "3", "0", "60", "100", "", "", "",
+    ];
+    assert_eq!(driver.op(&id, &create).await.expect("create"), "ok");
+    // Events 2 and 3 happen before the feed watches: it will have missed them.
+    assert_eq!(driver.start(&id).await.expect("start"), "ok");
+    driver.progress(&id, 1, 1, 2).await.expect("progress");
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let third: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("jobgate:events:{{{id}}}"))
+        .arg("3-0")
+        .arg("3-0")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    let third = third[0].1[0].1.clone();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let hub = EventHub::start(
+        vec![redis.client().get_connection_info().clone()],
+        HubSettings::default(),
+        shutdown.clone(),
+    );
+    let (connection, _) = jobgate_store::open(&redis.url()).expect("open");
+    let store = JobStore::new(connection, StoreSettings::default());
+    let mut feed = Feed::new(store, hub);
+    // Watched as a submitter does, from the first event on, without a read.
+    feed.expect(job_id).await.expect("subscribed");
+    // Event 3 arrives live: the feed sees that 1 and 2 are missing.
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg(format!("jobgate:live:job:{{{id}}}"))
+        .arg(&third)
+        .query_async(&mut conn)
+        .await
+        .expect("spublish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Polled once and dropped while it reads the history, as a session's
+    // `select!` drops it when another branch is ready first.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, feed.next())
+            .await
+            .is_err(),
+        "the history read takes a round trip"
+    );
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        match tokio::time::timeout(WAIT, feed.next()).await {
+            Ok(Some(FeedItem::Event(event))) => {
+                assert!(event.position() > EventPosition::START);
+                seqs.push(event.seq);
+            }
+            other => panic!("after {seqs:?}: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    shutdown.cancel();
+}
