@@ -88,8 +88,10 @@ pub struct Feed {
     overflowed: Pin<Box<WaitForCancellationFutureOwned>>,
     /// An owner stream's own part: the owner's channel and its jobs.
     owner: Option<OwnerFollow>,
-    /// A read failed: pause before trying again.
-    pause_before_retry: bool,
+    /// A read failed: the next try waits until then. A deadline, not a
+    /// pause, so that a caller that drops [`Feed::next`] and calls it again
+    /// (as a busy session does) does not put the try off each time.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Feed {
@@ -104,7 +106,7 @@ impl Feed {
             cursor: FeedCursor::new(),
             overflowed,
             owner: None,
-            pause_before_retry: false,
+            retry_at: None,
         }
     }
 
@@ -182,14 +184,14 @@ impl Feed {
                 return Some(FeedItem::Event(event));
             }
             if self.cursor.resync_pending() || self.owner_has_work() {
-                if self.pause_before_retry {
-                    tokio::time::sleep(RESYNC_PAUSE).await;
+                if let Some(retry_at) = self.retry_at {
+                    tokio::time::sleep_until(retry_at).await;
                 }
                 if let Err(error) = self.catch_up().await {
-                    self.pause_before_retry = true;
+                    self.retry_at = Some(tokio::time::Instant::now() + RESYNC_PAUSE);
                     return Some(FeedItem::Unavailable(error));
                 }
-                self.pause_before_retry = false;
+                self.retry_at = None;
                 continue;
             }
             let Self {

@@ -561,53 +561,71 @@ async fn warm_job_ids_are_subscribed_ahead_and_refilled_once_taken() {
     shutdown.cancel();
 }
 
-#[tokio::test]
-async fn a_feed_dropped_while_it_reads_a_gap_loses_no_event() {
-    use jobgate_proto::{EventPosition, JobId};
-    use jobgate_store::{EventHub, Feed, FeedItem, HubSettings, JobStore, StoreSettings};
-    let redis = RedisServer::start();
+/// A job whose events 1 to 3 were written before anyone watched it, and
+/// the JSON of its third event.
+async fn job_with_three_events(redis: &RedisServer) -> (jobgate_proto::JobId, String) {
     let mut driver = JobDriver::connect(&redis.url()).await.expect("driver");
-    let job_id = JobId::new();
+    let job_id = jobgate_proto::JobId::new();
     let id = job_id.to_string();
     let create = [
         "create", &id, "alice", "echo", "default", "{}", "5", "3", "0", "60", "100", "", "", "",
     ];
     assert_eq!(driver.op(&id, &create).await.expect("create"), "ok");
-    // Events 2 and 3 happen before the feed watches: it will have missed them.
     assert_eq!(driver.start(&id).await.expect("start"), "ok");
     driver.progress(&id, 1, 1, 2).await.expect("progress");
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
     let third: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("jobgate:events:{{{id}}}"))
         .arg("3-0")
         .arg("3-0")
-        .query_async(&mut conn)
+        .query_async(driver.connection())
         .await
         .expect("xrange");
-    let third = third[0].1[0].1.clone();
+    (job_id, third[0].1[0].1.clone())
+}
 
-    let shutdown = tokio_util::sync::CancellationToken::new();
+/// A feed of its own hub and store, watching `job_id` as a submitter does:
+/// from the first event on, without reading the history.
+async fn feed_expecting(
+    redis: &RedisServer,
+    job_id: jobgate_proto::JobId,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> jobgate_store::Feed {
+    use jobgate_store::{EventHub, Feed, HubSettings, JobStore, StoreSettings};
     let hub = EventHub::start(
         vec![redis.client().get_connection_info().clone()],
         HubSettings::default(),
         shutdown.clone(),
     );
     let (connection, _) = jobgate_store::open(&redis.url()).expect("open");
-    let store = JobStore::new(connection, StoreSettings::default());
-    let mut feed = Feed::new(store, hub);
-    // Watched as a submitter does, from the first event on, without a read.
+    let mut feed = Feed::new(JobStore::new(connection, StoreSettings::default()), hub);
     feed.expect(job_id).await.expect("subscribed");
-    // Event 3 arrives live: the feed sees that 1 and 2 are missing.
-    let _: i64 = redis::cmd("SPUBLISH")
-        .arg(format!("jobgate:live:job:{{{id}}}"))
-        .arg(&third)
-        .query_async(&mut conn)
+    feed
+}
+
+async fn redis_do(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
+    let _: redis::Value = redis::cmd(args[0])
+        .arg(&args[1..])
+        .query_async(conn)
         .await
-        .expect("spublish");
+        .expect(args[0]);
+}
+
+#[tokio::test]
+async fn a_feed_dropped_while_it_reads_a_gap_loses_no_event() {
+    use jobgate_store::FeedItem;
+    let redis = RedisServer::start();
+    // Events 1 and 2 happen before the feed watches: it will have missed them.
+    let (job_id, third) = job_with_three_events(&redis).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut feed = feed_expecting(&redis, job_id, &shutdown).await;
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    // Event 3 arrives live: the feed sees that 1 and 2 are missing.
+    let channel = format!("jobgate:live:job:{{{job_id}}}");
+    redis_do(&mut conn, &["SPUBLISH", &channel, &third]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Polled once and dropped while it reads the history, as a session's
     // `select!` drops it when another branch is ready first.
@@ -620,11 +638,48 @@ async fn a_feed_dropped_while_it_reads_a_gap_loses_no_event() {
     let mut seqs = Vec::new();
     while seqs.len() < 3 {
         match tokio::time::timeout(WAIT, feed.next()).await {
-            Ok(Some(FeedItem::Event(event))) => {
-                assert!(event.position() > EventPosition::START);
-                seqs.push(event.seq);
-            }
+            Ok(Some(FeedItem::Event(event))) => seqs.push(event.seq),
             other => panic!("after {seqs:?}: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_feed_retries_a_failed_read_on_time_though_its_caller_keeps_dropping_it() {
+    use jobgate_store::FeedItem;
+    let redis = RedisServer::start();
+    let (job_id, third) = job_with_three_events(&redis).await;
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    // The history cannot be read for now: a string stands in its place.
+    let events_key = format!("jobgate:events:{{{job_id}}}");
+    let aside = format!("jobgate:aside:{{{job_id}}}");
+    redis_do(&mut conn, &["RENAME", &events_key, &aside]).await;
+    redis_do(&mut conn, &["SET", &events_key, "in the way"]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut feed = feed_expecting(&redis, job_id, &shutdown).await;
+    let channel = format!("jobgate:live:job:{{{job_id}}}");
+    redis_do(&mut conn, &["SPUBLISH", &channel, &third]).await;
+    match tokio::time::timeout(WAIT, feed.next()).await {
+        Ok(Some(FeedItem::Unavailable(_))) => {}
+        other => panic!("the gap's read fails first: {other:?}"),
+    }
+    redis_do(&mut conn, &["RENAME", &aside, &events_key]).await;
+    // A caller that drops the call every 100 ms (a session with other
+    // work) still sees the read made again after the pause.
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seqs.len() < 3 && tokio::time::Instant::now() < deadline {
+        if let Ok(item) = tokio::time::timeout(Duration::from_millis(100), feed.next()).await {
+            match item {
+                Some(FeedItem::Event(event)) => seqs.push(event.seq),
+                other => panic!("after {seqs:?}: {other:?}"),
+            }
         }
     }
     assert_eq!(seqs, [1, 2, 3]);
