@@ -2,9 +2,10 @@
 //! session's [`Feed`] and writes to the socket. Frames to send wait in the
 //! session's bounded [`Outbox`], written once nothing else is ready (so the
 //! frames of one wake-up leave in one write) or 64 wait, whenever the
-//! socket takes more, alongside the reading, so a client that stops reading never blocks the
-//! session: when the outbox is full the session is closed with 4008 (slow
-//! consumer) and the client resumes with `subscribe … after`. Writing from
+//! socket takes more, alongside the reading, so a client that stops
+//! reading never blocks the session: when the outbox is full the session
+//! is closed with 4008 (slow consumer) and the client resumes with
+//! `subscribe … after`. Writing from
 //! the session's own task (not a writer task fed by a channel) saves a task
 //! wake-up per frame; when one event goes to thousands of sessions, each
 //! session's write follows its read at once instead of after every other
