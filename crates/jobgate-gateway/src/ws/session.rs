@@ -5,11 +5,10 @@
 //! socket takes more, alongside the reading, so a client that stops
 //! reading never blocks the session: when the outbox is full the session
 //! is closed with 4008 (slow consumer) and the client resumes with
-//! `subscribe … after`. Writing from
-//! the session's own task (not a writer task fed by a channel) saves a task
-//! wake-up per frame; when one event goes to thousands of sessions, each
-//! session's write follows its read at once instead of after every other
-//! session's read.
+//! `subscribe … after`. Writing from the session's own task (not a writer
+//! task fed by a channel) saves a task wake-up per frame; when one event
+//! goes to thousands of sessions, each session's write follows its read at
+//! once instead of after every other session's read.
 //!
 //! A session that negotiated the subprotocol `jobgate.v1` opens with a
 //! `hello` (ping interval, token expiry, limits), answers each accepted
