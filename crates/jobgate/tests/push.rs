@@ -602,6 +602,14 @@ async fn feed_expecting(
     feed
 }
 
+async fn connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn")
+}
+
 async fn redis_do(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
     let _: redis::Value = redis::cmd(args[0])
         .arg(&args[1..])
@@ -618,11 +626,7 @@ async fn a_feed_dropped_while_it_reads_a_gap_loses_no_event() {
     let (job_id, third) = job_with_three_events(&redis).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut feed = feed_expecting(&redis, job_id, &shutdown).await;
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = connection(&redis).await;
     // Event 3 arrives live: the feed sees that 1 and 2 are missing.
     let channel = format!("jobgate:live:job:{{{job_id}}}");
     redis_do(&mut conn, &["SPUBLISH", &channel, &third]).await;
@@ -651,11 +655,7 @@ async fn a_feed_retries_a_failed_read_on_time_though_its_caller_keeps_dropping_i
     use jobgate_store::FeedItem;
     let redis = RedisServer::start();
     let (job_id, third) = job_with_three_events(&redis).await;
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = connection(&redis).await;
     // The history cannot be read for now: a string stands in its place.
     let events_key = format!("jobgate:events:{{{job_id}}}");
     let aside = format!("jobgate:aside:{{{job_id}}}");

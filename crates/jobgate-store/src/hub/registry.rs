@@ -382,22 +382,15 @@ impl Registry {
             return Vec::new();
         }
         let left = std::mem::take(&mut state.left);
-        let mut subscribed = Vec::new();
-        for name in left {
-            let Some(entry) = self.channels.get(&name) else {
-                continue;
-            };
-            if entry.is_wanted() || entry.node.as_ref() != Some(node) {
-                continue;
-            }
-            let confirmed_here = entry.confirmed_on == Some(link);
-            self.channels.remove(&name);
-            self.count_out(Some(node));
-            if confirmed_here {
-                subscribed.push(name);
-            }
-        }
-        subscribed
+        let unwatched: Vec<String> = left
+            .into_iter()
+            .filter(|name| {
+                self.channels
+                    .get(name)
+                    .is_some_and(|entry| !entry.is_wanted() && entry.node.as_ref() == Some(node))
+            })
+            .collect();
+        self.forget(unwatched, link)
     }
 
     /// Channels of `node` nobody watches any more: forgotten here; those
@@ -414,8 +407,14 @@ impl Registry {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        self.forget(unwatched, link)
+    }
+
+    /// Forgets `channels` (nobody watches them); returns those `link`
+    /// delivers, to be unsubscribed.
+    fn forget(&mut self, channels: Vec<String>, link: LinkId) -> Vec<String> {
         let mut subscribed = Vec::new();
-        for name in unwatched {
+        for name in channels {
             if let Some(entry) = self.channels.remove(&name) {
                 self.count_out(entry.node.as_ref());
                 if entry.confirmed_on == Some(link) {
