@@ -162,17 +162,21 @@ impl Session {
         let expiry = tokio::time::sleep_until(expiry_deadline(expires_at));
         tokio::pin!(expiry);
         let mut flush = false;
+        let mut yielded = false;
         loop {
             if self.principal.expires_at != expires_at {
                 // `auth` brought a fresh token.
                 expires_at = self.principal.expires_at;
                 expiry.as_mut().reset(expiry_deadline(expires_at));
             }
-            // Biased: what is ready is handled before anything is written
-            // (`flush` is set once nothing is), so the frames it brings
-            // (the events of one pub/sub read, the `accepted` of one
-            // submission batch) go out in one write instead of one each. A
-            // backlog is written as it grows, before the outbox fills.
+            // Biased: what is ready is handled before anything is written,
+            // so the frames it brings (the events of one pub/sub read, the
+            // `accepted` of one submission batch) go out in one write
+            // instead of one each. Once nothing is ready the session yields
+            // once, letting the tasks that feed it (the hub's link, the
+            // submission batcher) hand over what they are holding, and
+            // writes when nothing is ready after that (`flush`). A backlog
+            // is written as it grows, before the outbox fills.
             tokio::select! {
                 biased;
                 () = &mut shutdown => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
@@ -180,6 +184,7 @@ impl Session {
                 written = self.outbox.write(sink), if flush || self.outbox.is_backlogged() => {
                     if written.is_err() { return End::ClientGone; }
                     flush = false;
+                    yielded = false;
                 }
                 item = self.feed.next() => {
                     let outcome = match item {
@@ -213,7 +218,14 @@ impl Session {
                     }
                     if let Err(end) = self.send(Message::Ping(Default::default())) { return end; }
                 }
-                () = std::future::ready(()), if !flush && self.outbox.has_work() => flush = true,
+                () = std::future::ready(()), if !flush && self.outbox.has_work() => {
+                    if yielded {
+                        flush = true;
+                    } else {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                    }
+                }
             }
         }
     }
