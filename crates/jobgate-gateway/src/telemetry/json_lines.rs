@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -19,8 +19,20 @@ use super::SERVICE;
 /// span carry them (`trace_id`, `span_id`, `job_id`, …), innermost first.
 pub(super) struct SpanFields;
 
+/// Fields by name, in the order first recorded; a name recorded again
+/// keeps its place and takes the new value. A span or an event has a
+/// handful, so a list beats a map.
 #[derive(Default)]
-struct RecordedFields(Map<String, Value>);
+struct RecordedFields(Vec<(&'static str, Value)>);
+
+impl RecordedFields {
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(known, _)| *known == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
 
 impl<S> tracing_subscriber::Layer<S> for SpanFields
 where
@@ -34,7 +46,7 @@ where
     ) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = RecordedFields::default();
-        attrs.record(&mut FieldsVisitor::logged(&mut fields.0));
+        attrs.record(&mut FieldsVisitor::logged(&mut fields));
         span.extensions_mut().insert(fields);
     }
 
@@ -47,7 +59,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<RecordedFields>() {
-            values.record(&mut FieldsVisitor::logged(&mut fields.0));
+            values.record(&mut FieldsVisitor::logged(fields));
         }
     }
 }
@@ -67,9 +79,18 @@ impl<'writer> FormatFields<'writer> for Unformatted {
     }
 }
 
-/// Formats each event as one line of the shared log schema.
+/// Formats each event as one line of the shared log schema, written out
+/// as it is gathered: the fields are borrowed from the spans, not copied
+/// into a map first (a log line is written for every job).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct JsonLines;
+
+/// One value of a log line.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
@@ -82,32 +103,75 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(rfc3339_now()));
-        line.insert(
-            "level".into(),
-            Value::String(level_name(*event.metadata().level()).into()),
-        );
-        line.insert("message".into(), Value::String(String::new()));
-        line.insert("service".into(), Value::String(SERVICE.into()));
-        line.insert(
-            "target".into(),
-            Value::String(event.metadata().target().into()),
-        );
+        let timestamp = rfc3339_now();
+        let mut own = RecordedFields::default();
+        event.record(&mut FieldsVisitor::all(&mut own));
+        let spans: Vec<_> = ctx
+            .event_scope()
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+        let mut line: Vec<(&str, Entry<'_>)> = vec![
+            ("timestamp", Entry::Text(&timestamp)),
+            ("level", Entry::Text(level_name(*event.metadata().level()))),
+            ("message", Entry::Text("")),
+            ("service", Entry::Text(SERVICE)),
+            ("target", Entry::Text(event.metadata().target())),
+        ];
         // Fields of the enclosing spans, innermost winning, then the event's own.
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<RecordedFields>() {
-                    for (name, value) in &fields.0 {
-                        line.insert(name.clone(), value.clone());
-                    }
+        let recorded = extensions
+            .iter()
+            .filter_map(|extensions| extensions.get::<RecordedFields>())
+            .chain(std::iter::once(&own));
+        for fields in recorded {
+            for (name, value) in &fields.0 {
+                let entry = Entry::Json(value);
+                match line.iter_mut().find(|(known, _)| known == name) {
+                    Some(slot) => slot.1 = entry,
+                    None => line.push((name, entry)),
                 }
             }
         }
-        event.record(&mut FieldsVisitor::all(&mut line));
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        let mut separator = '{';
+        for (name, entry) in line {
+            writer.write_char(separator)?;
+            separator = ',';
+            write_json_str(&mut writer, name)?;
+            writer.write_char(':')?;
+            match entry {
+                Entry::Text(text) => write_json_str(&mut writer, text)?,
+                Entry::Json(Value::String(text)) => write_json_str(&mut writer, text)?,
+                Entry::Json(value) => write!(writer, "{value}")?,
+            }
+        }
+        writer.write_str("}\n")
     }
+}
+
+/// `text` as a JSON string.
+fn write_json_str(writer: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    writer.write_char('"')?;
+    let mut plain = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        writer.write_str(&text[plain..at])?;
+        if escape.is_empty() {
+            write!(writer, "\\u{byte:04x}")?;
+        } else {
+            writer.write_str(escape)?;
+        }
+        plain = at + 1;
+    }
+    writer.write_str(&text[plain..])?;
+    writer.write_char('"')
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -120,9 +184,9 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// Records fields into a log line's map.
+/// Records fields into a list of a line's fields.
 struct FieldsVisitor<'a> {
-    fields: &'a mut Map<String, Value>,
+    fields: &'a mut RecordedFields,
     /// Skip dotted names (`otel.name`, `messaging.*`, …): on spans they are
     /// attributes for the tracer only, which log lines never carry, so they
     /// are not even formatted.
@@ -131,7 +195,7 @@ struct FieldsVisitor<'a> {
 
 impl<'a> FieldsVisitor<'a> {
     /// Every field (an event's own).
-    fn all(fields: &'a mut Map<String, Value>) -> Self {
+    fn all(fields: &'a mut RecordedFields) -> Self {
         Self {
             fields,
             skip_dotted: false,
@@ -139,7 +203,7 @@ impl<'a> FieldsVisitor<'a> {
     }
 
     /// The fields of a span that log lines carry.
-    fn logged(fields: &'a mut Map<String, Value>) -> Self {
+    fn logged(fields: &'a mut RecordedFields) -> Self {
         Self {
             fields,
             skip_dotted: true,
@@ -148,7 +212,7 @@ impl<'a> FieldsVisitor<'a> {
 
     fn put(&mut self, field: &Field, value: impl FnOnce() -> Value) {
         if !(self.skip_dotted && field.name().contains('.')) {
-            self.fields.insert(field.name().into(), value());
+            self.fields.set(field.name(), value());
         }
     }
 }
@@ -270,5 +334,49 @@ mod span_field_tests {
         // Dotted span fields are attributes for the tracer, not log fields.
         assert!(line.get("otel.name").is_none(), "{line}");
         assert!(line.get("messaging.system").is_none(), "{line}");
+    }
+
+    #[test]
+    fn a_line_is_json_whatever_its_text_and_the_innermost_field_wins() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(SpanFields).with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .fmt_fields(Unformatted)
+                .event_format(JsonLines),
+        );
+        let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \0 é 🎉";
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("outer", job_id = "outer", queue = "q", attempt = 1);
+            let inner = tracing::info_span!(parent: &outer, "inner", job_id = "inner");
+            inner.in_scope(|| {
+                tracing::warn!(
+                    attempt = 2,
+                    ratio = 0.5,
+                    retried = true,
+                    error = %awkward,
+                    "{awkward}"
+                )
+            });
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.matches('\n').count(), 1, "one line: {text:?}");
+        let line: Value = serde_json::from_str(text.trim_end()).expect("one JSON object");
+        assert_eq!(line["message"], awkward);
+        assert_eq!(line["error"], awkward);
+        assert_eq!(line["level"], "warn");
+        assert_eq!(line["service"], SERVICE);
+        assert_eq!(line["job_id"], "inner", "the innermost span wins: {line}");
+        assert_eq!(line["queue"], "q");
+        assert_eq!(line["attempt"], 2, "the event's own field wins: {line}");
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["retried"], true);
+        let keys = text.matches("\"job_id\":").count();
+        assert_eq!(keys, 1, "each name once: {text}");
+        assert!(
+            line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
     }
 }
