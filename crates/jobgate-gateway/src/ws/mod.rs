@@ -37,9 +37,15 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code (RFC 6455) when the server meets an error it cannot answer.
 pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
-/// Bytes of a session's socket read and write buffers. Small: thousands of
-/// mostly idle sessions must stay cheap (the defaults hold 128 KiB each).
-const SOCKET_BUFFER_BYTES: usize = 1024;
+/// Bytes of a session's socket read buffer. Small: thousands of mostly
+/// idle sessions must stay cheap (the default holds 128 KiB each).
+const READ_BUFFER_BYTES: usize = 1024;
+
+/// Bytes of frames a session gathers before it writes them without waiting
+/// for its flush. Nothing is held in advance (the buffer grows as frames
+/// come), so an idle session pays nothing for it; a session's writes of a
+/// few frames each, the common case, go out whole, in one send.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
@@ -67,8 +73,8 @@ async fn upgrade(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(SOCKET_BUFFER_BYTES)
-        .write_buffer_size(SOCKET_BUFFER_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .on_upgrade(move |socket| async move {
             let _open = Gauge::websocket_session(&state.metrics);
             Session::run(socket, state, principal, greets).await;
