@@ -304,8 +304,8 @@ mod span_field_tests {
         }
     }
 
-    #[test]
-    fn lines_inside_a_span_carry_its_fields() {
+    /// What `log` writes through the gateway's log layers.
+    fn logged(log: impl FnOnce()) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::registry().with(SpanFields).with(
@@ -314,7 +314,13 @@ mod span_field_tests {
                 .fmt_fields(Unformatted)
                 .event_format(JsonLines),
         );
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn lines_inside_a_span_carry_its_fields() {
+        let text = logged(|| {
             let span = tracing::info_span!(
                 "outer",
                 otel.name = "publish default",
@@ -325,7 +331,6 @@ mod span_field_tests {
             span.record("trace_id", "abc");
             span.in_scope(|| tracing::info!(kind = "echo", "job submitted"));
         });
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
         let line: Value = serde_json::from_str(text.trim()).expect("one JSON line");
         assert_eq!(line["job_id"], "j-1", "{line}");
         assert_eq!(line["trace_id"], "abc", "{line}");
@@ -338,16 +343,8 @@ mod span_field_tests {
 
     #[test]
     fn a_line_is_json_whatever_its_text_and_the_innermost_field_wins() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::registry().with(SpanFields).with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(move || writer.clone())
-                .fmt_fields(Unformatted)
-                .event_format(JsonLines),
-        );
         let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7} nul \0 é 🎉";
-        tracing::subscriber::with_default(subscriber, || {
+        let text = logged(|| {
             let outer = tracing::info_span!("outer", job_id = "outer", queue = "q", attempt = 1);
             let inner = tracing::info_span!(parent: &outer, "inner", job_id = "inner");
             inner.in_scope(|| {
@@ -360,7 +357,6 @@ mod span_field_tests {
                 )
             });
         });
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
         assert_eq!(text.matches('\n').count(), 1, "one line: {text:?}");
         let line: Value = serde_json::from_str(text.trim_end()).expect("one JSON object");
         assert_eq!(line["message"], awkward);
