@@ -6,6 +6,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -27,10 +28,15 @@ struct RecordedFields(Vec<(&'static str, Value)>);
 
 impl RecordedFields {
     fn set(&mut self, name: &'static str, value: Value) {
-        match self.0.iter_mut().find(|(known, _)| *known == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
-        }
+        set_field(&mut self.0, name, value);
+    }
+}
+
+/// Gives `name` its `value` in `fields`: in its place if it is there, else last.
+fn set_field<'a, V>(fields: &mut Vec<(&'a str, V)>, name: &'a str, value: V) {
+    match fields.iter_mut().find(|(known, _)| *known == name) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((name, value)),
     }
 }
 
@@ -79,8 +85,8 @@ impl<'writer> FormatFields<'writer> for Unformatted {
     }
 }
 
-/// Formats each event as one line of the shared log schema, written out
-/// as it is gathered: the fields are borrowed from the spans, not copied
+/// Formats each event as one line of the shared log schema, serialised
+/// from the fields where they are: borrowed from the spans, not copied
 /// into a map first (a log line is written for every job).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct JsonLines;
@@ -90,6 +96,24 @@ pub(super) struct JsonLines;
 enum Entry<'a> {
     Text(&'a str),
     Json(&'a Value),
+}
+
+impl Serialize for Entry<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Entry::Text(text) => serializer.serialize_str(text),
+            Entry::Json(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// A log line's fields, in order, serialised as one JSON object.
+struct Line<'a>(Vec<(&'a str, Entry<'a>)>);
+
+impl Serialize for Line<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, entry)| (name, entry)))
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -111,7 +135,7 @@ where
             .map(|scope| scope.from_root().collect())
             .unwrap_or_default();
         let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut line: Vec<(&str, Entry<'_>)> = vec![
+        let mut line = vec![
             ("timestamp", Entry::Text(&timestamp)),
             ("level", Entry::Text(level_name(*event.metadata().level()))),
             ("message", Entry::Text("")),
@@ -125,53 +149,12 @@ where
             .chain(std::iter::once(&own));
         for fields in recorded {
             for (name, value) in &fields.0 {
-                let entry = Entry::Json(value);
-                match line.iter_mut().find(|(known, _)| known == name) {
-                    Some(slot) => slot.1 = entry,
-                    None => line.push((name, entry)),
-                }
+                set_field(&mut line, name, Entry::Json(value));
             }
         }
-        let mut separator = '{';
-        for (name, entry) in line {
-            writer.write_char(separator)?;
-            separator = ',';
-            write_json_str(&mut writer, name)?;
-            writer.write_char(':')?;
-            match entry {
-                Entry::Text(text) => write_json_str(&mut writer, text)?,
-                Entry::Json(Value::String(text)) => write_json_str(&mut writer, text)?,
-                Entry::Json(value) => write!(writer, "{value}")?,
-            }
-        }
-        writer.write_str("}\n")
+        let text = serde_json::to_string(&Line(line)).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
     }
-}
-
-/// `text` as a JSON string.
-fn write_json_str(writer: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    writer.write_char('"')?;
-    let mut plain = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        writer.write_str(&text[plain..at])?;
-        if escape.is_empty() {
-            write!(writer, "\\u{byte:04x}")?;
-        } else {
-            writer.write_str(escape)?;
-        }
-        plain = at + 1;
-    }
-    writer.write_str(&text[plain..])?;
-    writer.write_char('"')
 }
 
 fn level_name(level: Level) -> &'static str {
