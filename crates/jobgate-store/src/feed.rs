@@ -86,8 +86,10 @@ pub struct Feed {
     /// Fires when the hub cut the subscription off. Made once: a fresh wait
     /// per event would register and unregister a waiter each time.
     overflowed: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// An owner stream's own part: the owner's channel and its jobs.
-    owner: Option<OwnerFollow>,
+    /// An owner stream's own part: the owner's channel and its jobs. Boxed:
+    /// most feeds have none, and each WebSocket session and SSE stream
+    /// holds a feed for as long as it is open.
+    owner: Option<Box<OwnerFollow>>,
     /// A read failed: the next try waits until then. A deadline, not a
     /// pause, so that a caller that drops [`Feed::next`] and calls it again
     /// (as a busy session does) does not put the try off each time.
@@ -184,10 +186,9 @@ impl Feed {
                 return Some(FeedItem::Event(event));
             }
             if self.cursor.resync_pending() || self.owner_has_work() {
-                if let Some(retry_at) = self.retry_at {
-                    tokio::time::sleep_until(retry_at).await;
-                }
-                if let Err(error) = self.catch_up().await {
+                // Boxed: the rare path's state would otherwise be part of
+                // every session's for as long as it waits for events.
+                if let Err(error) = Box::pin(self.retry_catch_up()).await {
                     self.retry_at = Some(tokio::time::Instant::now() + RESYNC_PAUSE);
                     return Some(FeedItem::Unavailable(error));
                 }
@@ -215,6 +216,14 @@ impl Feed {
                 Received::Owner(message) => self.owner_message(message),
             }
         }
+    }
+
+    /// [`Feed::catch_up`], once the pause after a failed read is over.
+    async fn retry_catch_up(&mut self) -> Result<(), StoreError> {
+        if let Some(retry_at) = self.retry_at {
+            tokio::time::sleep_until(retry_at).await;
+        }
+        self.catch_up().await
     }
 
     /// Reads again what the cursor and the owner's part still need.

@@ -176,7 +176,10 @@ impl Session {
             // once, letting the tasks that feed it (the hub's link, the
             // submission batcher) hand over what they are holding, and
             // writes when nothing is ready after that (`flush`). A backlog
-            // is written as it grows, before the outbox fills.
+            // is written as it grows, before the outbox fills. Handling a
+            // message or a submission's answer is boxed: its state (Redis
+            // reads and writes) would otherwise be part of the session's for
+            // as long as the session is open, idle or not.
             tokio::select! {
                 biased;
                 () = &mut shutdown => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
@@ -199,11 +202,11 @@ impl Session {
                     if let Err(end) = outcome { return end; }
                 }
                 Some(done) = self.submits.next(), if !self.submits.is_empty() => {
-                    if let Err(end) = self.submitted(done).await { return end; }
+                    if let Err(end) = Box::pin(self.submitted(done)).await { return end; }
                 }
                 frame = incoming.next() => {
                     let outcome = match frame {
-                        Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                        Some(Ok(Message::Text(text))) => Box::pin(self.handle(&text)).await,
                         Some(Ok(Message::Binary(_))) => self.reply(&ServerMessage::error(
                             None, None, ErrorCode::InvalidMessage, "frames must be JSON text frames")),
                         Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); Ok(()) }

@@ -65,7 +65,7 @@ pub(super) enum Waited {
 }
 
 /// Waits on the owner's channel; never ends for a feed without one.
-pub(super) async fn wait(owner: &mut Option<OwnerFollow>) -> Waited {
+pub(super) async fn wait(owner: &mut Option<Box<OwnerFollow>>) -> Waited {
     let Some(owner) = owner else {
         return std::future::pending().await;
     };
@@ -96,7 +96,7 @@ impl Feed {
             .watch(&mut subscription, &keys::owner_channel(owner))
             .await?;
         let overflowed = Box::pin(subscription.overflowed().clone().cancelled_owned());
-        feed.owner = Some(OwnerFollow {
+        feed.owner = Some(Box::new(OwnerFollow {
             owner: owner.to_owned(),
             subscription,
             overflowed,
@@ -104,7 +104,7 @@ impl Feed {
             opened_at_ms: now_ms(),
             notices: VecDeque::new(),
             reread_index: false,
-        });
+        }));
         let mut plan: Vec<(JobId, EventPosition)> = Vec::new();
         if let Some(since) = replay_since_ms {
             let retention = feed.store.settings().retention.as_millis() as u64;
