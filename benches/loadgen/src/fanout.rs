@@ -16,13 +16,23 @@
 //! published after the last watcher was live are measured; the earlier
 //! ones reach the watchers from the history and are only checked for
 //! completeness.
+//!
+//! A watcher closes its connection only once every watcher has the job's
+//! last event (or gave up): the load generator is one thread on the same
+//! cores, and closing the first watchers' connections (a WebSocket close
+//! handshake each) while the others still read would put that work in
+//! front of the reads it times. A dashboard's session outlives the jobs it
+//! watches in the same way.
+//!
+//! Next to the overall figures the report gives the p99 of each transport
+//! and of each event (`p99_ms_by_seq`), which tell what bounds the p99.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Barrier, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -112,8 +122,15 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
     let job_id = submit(&client, gateway, &body).await?;
     let (sockets, connects) = ws::connect_many(gateway, ws_count, cli.connect_concurrency).await;
     let mut tasks = Vec::with_capacity(ws_count + sse_count);
+    // Passed by every watcher once it is done: then they close.
+    let all_done = Arc::new(Barrier::new(sockets.len() + sse_count));
     for socket in sockets {
-        tasks.push(tokio::spawn(watch_ws(socket, job_id.clone(), deadline)));
+        tasks.push(tokio::spawn(watch_ws(
+            socket,
+            job_id.clone(),
+            deadline,
+            Arc::clone(&all_done),
+        )));
     }
     let opening = Arc::new(Semaphore::new(cli.connect_concurrency));
     for _ in 0..sse_count {
@@ -123,6 +140,7 @@ pub(crate) async fn run(cli: &Cli, gateway: &Gateway) -> anyhow::Result<Report> 
             url,
             Arc::clone(&opening),
             deadline,
+            Arc::clone(&all_done),
         )));
     }
     let mut watchers = Vec::with_capacity(tasks.len());
@@ -164,7 +182,12 @@ async fn submit(client: &reqwest::Client, gateway: &Gateway, body: &str) -> anyh
         .ok_or_else(|| anyhow::anyhow!("POST /v1/jobs answered no job_id"))
 }
 
-async fn watch_ws(mut socket: Socket, job_id: String, deadline: Duration) -> Watcher {
+async fn watch_ws(
+    mut socket: Socket,
+    job_id: String,
+    deadline: Duration,
+    all_done: Arc<Barrier>,
+) -> Watcher {
     let mut watcher = Watcher::default();
     let outcome = tokio::time::timeout(deadline, async {
         let subscribe = serde_json::json!({ "type": "subscribe", "job_id": job_id }).to_string();
@@ -193,6 +216,7 @@ async fn watch_ws(mut socket: Socket, job_id: String, deadline: Duration) -> Wat
         Ok(Err(error)) => Some(error),
         Err(_) => Some("timed out".into()),
     };
+    let _ = tokio::time::timeout(deadline, all_done.wait()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
     watcher
 }
@@ -202,14 +226,18 @@ async fn watch_sse(
     url: String,
     opening: Arc<Semaphore>,
     deadline: Duration,
+    all_done: Arc<Barrier>,
 ) -> Watcher {
     let mut watcher = Watcher::default();
+    let mut open = None;
     let outcome = tokio::time::timeout(deadline, async {
-        let mut stream = {
+        let stream = {
             let _permit = opening.acquire().await.map_err(|e| e.to_string())?;
-            SseStream::open(&client, &url)
-                .await
-                .map_err(|e| e.to_string())?
+            open.insert(
+                SseStream::open(&client, &url)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
         };
         while let Some(event) = stream.next().await.map_err(|e| e.to_string())? {
             if let Some(frame) = Frame::parse(&event.data)
@@ -226,6 +254,8 @@ async fn watch_sse(
         Ok(Err(error)) => Some(error),
         Err(_) => Some("timed out".into()),
     };
+    let _ = tokio::time::timeout(deadline, all_done.wait()).await;
+    drop(open);
     watcher
 }
 
@@ -257,7 +287,12 @@ fn summarize(
     }
     let mut measured = 0u64;
     let mut incomplete = 0u64;
-    for watcher in watchers {
+    // What bounds the figure: the slowest events, and which transport.
+    let mut by_event: BTreeMap<u64, Recorder> = BTreeMap::new();
+    let mut by_transport = [Recorder::new(), Recorder::new()];
+    for (index, watcher) in watchers.iter().enumerate() {
+        // The WebSocket watchers come first.
+        let transport = &mut by_transport[usize::from(index >= ws_count)];
         if let Some(error) = &watcher.error {
             recorder.error(format!("watcher: {error}"));
         } else if !watcher.complete() {
@@ -269,8 +304,11 @@ fn summarize(
                 continue;
             }
             measured += 1;
-            let latency_us = delivery.received_us.saturating_sub(delivery.ts_ms * 1000);
-            recorder.sample(Duration::from_micros(latency_us));
+            let latency =
+                Duration::from_micros(delivery.received_us.saturating_sub(delivery.ts_ms * 1000));
+            recorder.sample(latency);
+            transport.sample(latency);
+            by_event.entry(delivery.seq).or_default().sample(latency);
             let first = first_receipt.get(&delivery.seq).copied().unwrap_or(0);
             spread.sample(Duration::from_micros(
                 delivery.received_us.saturating_sub(first),
@@ -295,6 +333,14 @@ fn summarize(
     );
     extra.insert("spread_p50_ms".into(), spread.p50_ms.into());
     extra.insert("spread_p99_ms".into(), spread.p99_ms.into());
+    let p99 = |recorder: &Recorder| Report::new(cli, recorder, Default::default()).p99_ms;
+    extra.insert("p99_ms_ws".into(), p99(&by_transport[0]).into());
+    extra.insert("p99_ms_sse".into(), p99(&by_transport[1]).into());
+    let by_event: serde_json::Map<String, serde_json::Value> = by_event
+        .iter()
+        .map(|(seq, recorder)| (seq.to_string(), p99(recorder).into()))
+        .collect();
+    extra.insert("p99_ms_by_seq".into(), by_event.into());
     extra.insert(
         "latency_is".into(),
         "receipt by each watcher minus the event's ts (Redis clock, ms; over-states by < 1 ms)"
