@@ -12,6 +12,9 @@
 //! - `hub_fanout`: one event published to Redis and received by N
 //!   subscriptions of the [`EventHub`], each reading its header as a feed
 //!   does — the whole fan-out path, Redis included. It needs `redis-server` on PATH (skipped without one).
+//! - `hub_leave`: N subscriptions of one channel end, one after the other,
+//!   as the watchers of a finished job go (the time for all N; also needs
+//!   `redis-server`).
 //!
 //! Run with `cargo bench -p jobgate-micro`.
 
@@ -244,6 +247,61 @@ fn hub_fanout(c: &mut Criterion) {
     shutdown.cancel();
 }
 
+/// N subscriptions of one channel end one after the other, as the
+/// watchers of a finished job do: the hub's bookkeeping per leaving member.
+fn hub_leave(c: &mut Criterion) {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("hub_leave: skipped, redis-server is not on PATH");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = RedisServer::start();
+    let shutdown = CancellationToken::new();
+    let settings = HubSettings {
+        probe_interval: Duration::from_secs(3600),
+        ..HubSettings::default()
+    };
+    let seeds = vec![redis.client().get_connection_info().clone()];
+    let hub = runtime.block_on(async { EventHub::start(seeds, settings, shutdown.clone()) });
+    let channel = keys::job_channel(&JOB_ID.parse().expect("valid"));
+
+    let mut group = c.benchmark_group("hub_leave");
+    group.measurement_time(Duration::from_secs(4));
+    for watchers in [1000usize, 10_000] {
+        group.throughput(Throughput::Elements(watchers as u64));
+        group.bench_function(BenchmarkId::from_parameter(watchers), |b| {
+            b.iter_custom(|iterations| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iterations {
+                    let subscriptions = runtime.block_on(async {
+                        let mut subscriptions = Vec::with_capacity(watchers);
+                        for _ in 0..watchers {
+                            let mut subscription = hub.subscription();
+                            hub.watch(&mut subscription, &channel).await.expect("watch");
+                            subscriptions.push(subscription);
+                        }
+                        subscriptions
+                    });
+                    let started = Instant::now();
+                    drop(subscriptions);
+                    took += started.elapsed();
+                }
+                took
+            });
+        });
+    }
+    group.finish();
+    shutdown.cancel();
+}
+
 criterion_group!(
     benches,
     event_header,
@@ -252,6 +310,7 @@ criterion_group!(
     server_message,
     key_names,
     job_record,
-    hub_fanout
+    hub_fanout,
+    hub_leave
 );
 criterion_main!(benches);

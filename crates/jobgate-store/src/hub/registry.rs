@@ -39,6 +39,74 @@ pub(super) const LEFT_BATCH: usize = 256;
 /// link is down, say); the sweep finds the others.
 const LEFT_MAX: usize = 65_536;
 
+/// Members of a channel past this many are indexed by id.
+const INDEXED_FROM: usize = 32;
+
+/// The members of one channel: a list, as every message goes to each of
+/// them, and past [`INDEXED_FROM`] an index by id too, so that the
+/// thousands of watchers of one job leave in constant time each when it
+/// ends (a search of the list for each would take time quadratic in their
+/// number). Most channels have one member: a job and its submitter.
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<Member>,
+    /// Position in `list` by member id, once the list is long.
+    index: Option<HashMap<u64, usize>>,
+}
+
+impl Members {
+    fn insert(&mut self, member: &Member) {
+        if let Some(index) = &mut self.index {
+            index.insert(member.id, self.list.len());
+        }
+        self.list.push(member.clone());
+        if self.index.is_none() && self.list.len() > INDEXED_FROM {
+            self.reindex();
+        }
+    }
+
+    fn remove(&mut self, member_id: u64) {
+        let at = match &mut self.index {
+            Some(index) => index.remove(&member_id),
+            None => self.list.iter().position(|m| m.id == member_id),
+        };
+        let Some(at) = at else {
+            return;
+        };
+        self.list.swap_remove(at);
+        if let (Some(index), Some(moved)) = (&mut self.index, self.list.get(at)) {
+            index.insert(moved.id, at);
+        }
+    }
+
+    /// Keeps the members for which `keep` is true.
+    fn retain(&mut self, keep: impl FnMut(&Member) -> bool) {
+        let before = self.list.len();
+        self.list.retain(keep);
+        if self.list.len() != before && self.index.is_some() {
+            self.reindex();
+        }
+    }
+
+    fn reindex(&mut self) {
+        let index = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(at, m)| (m.id, at))
+            .collect();
+        self.index = Some(index);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.list.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
 /// One subscription as the registry knows it: where its messages go.
 #[derive(Debug, Clone)]
 pub(super) struct Member {
@@ -50,7 +118,7 @@ pub(super) struct Member {
 
 #[derive(Debug, Default)]
 struct Channel {
-    members: Vec<Member>,
+    members: Members,
     waiters: Vec<oneshot::Sender<()>>,
     /// The master whose link subscribes to the channel; `None` while no
     /// slot map names one.
@@ -192,7 +260,7 @@ impl Registry {
     pub(super) fn join(&mut self, channel: &str, member: &Member, already_member: bool) -> Joined {
         let entry = self.channels.entry(channel.to_owned()).or_default();
         if !already_member {
-            entry.members.push(member.clone());
+            entry.members.insert(member);
         }
         if entry.confirmed_on.is_some() {
             return Joined::Confirmed;
@@ -212,7 +280,7 @@ impl Registry {
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
-        entry.members.retain(|m| m.id != member_id);
+        entry.members.remove(member_id);
         if entry.is_wanted() {
             return;
         }
@@ -273,7 +341,7 @@ impl Registry {
         }
         if entry.lost {
             entry.lost = false;
-            resync(&mut self.subscriptions, channel, &entry.members);
+            resync(&mut self.subscriptions, channel, entry.members.iter());
         }
     }
 
@@ -560,7 +628,11 @@ impl Registry {
 /// Marks `channel` stale for each of `members`, and sends `Resync` to each
 /// that had nothing stale yet (one already waits for the others); a member
 /// whose queue is full is cut off.
-fn resync(subscriptions: &mut HashMap<u64, Subscriber>, channel: &str, members: &[Member]) {
+fn resync<'a>(
+    subscriptions: &mut HashMap<u64, Subscriber>,
+    channel: &str,
+    members: impl IntoIterator<Item = &'a Member>,
+) {
     for member in members {
         let Some(subscriber) = subscriptions.get_mut(&member.id) else {
             continue;
@@ -640,6 +712,47 @@ mod tests {
             registry.join(CHANNEL, &alice, true),
             Joined::Confirmed
         ));
+    }
+
+    #[test]
+    fn of_many_watchers_those_who_left_or_were_cut_off_get_nothing_more() {
+        let (mut registry, a) = linked();
+        // Past INDEXED_FROM: the members are indexed by id.
+        let count = 3 * INDEXED_FROM as u64;
+        let mut receivers = Vec::new();
+        for id in 0..count {
+            // Member 7's queue holds one message: the second cuts it off.
+            let (member, rx) = member(id, if id == 7 { 1 } else { 8 });
+            let _ = registry.join(CHANNEL, &member, false);
+            receivers.push(rx);
+        }
+        let _ = registry.take_pending(&a, 10);
+        registry.confirmed(CHANNEL, &a, 1);
+
+        registry.dispatch(CHANNEL, Bytes::from_static(b"one"));
+        // Leaving from the front, the back and the middle, and twice.
+        for id in [0, count - 1, 40, 41, 3, 40] {
+            registry.leave(CHANNEL, id);
+        }
+        registry.dispatch(CHANNEL, Bytes::from_static(b"two"));
+        registry.leave(CHANNEL, 8);
+        registry.dispatch(CHANNEL, Bytes::from_static(b"three"));
+
+        for (id, rx) in (0..count).zip(&mut receivers) {
+            let expected: &[&str] = match id {
+                0 | 3 | 40 | 41 => &["one"],
+                _ if id == count - 1 => &["one"],
+                7 => &["one"],
+                8 => &["one", "two"],
+                _ => &["one", "two", "three"],
+            };
+            assert_eq!(events(rx), expected, "member {id}");
+        }
+        // The others leave too: nobody wants the channel any more.
+        for id in 0..count {
+            registry.leave(CHANNEL, id);
+        }
+        assert!(!registry.channels[CHANNEL].is_wanted());
     }
 
     #[test]
