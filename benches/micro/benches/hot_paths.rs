@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jobgate_proto::ws::{ClientMessage, ServerMessage};
 use jobgate_proto::{EventHeader, JobId};
-use jobgate_store::{EventHub, HubMessage, HubSettings, JobRecord, keys};
+use jobgate_store::{EventHub, HubMessage, HubSettings, JobRecord, Subscription, keys};
 use jobgate_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 
@@ -168,34 +168,73 @@ fn job_record(c: &mut Criterion) {
     group.finish();
 }
 
+/// An [`EventHub`] on its own `redis-server`, for the hub's benchmarks.
+struct HubBench {
+    runtime: tokio::runtime::Runtime,
+    redis: RedisServer,
+    hub: EventHub,
+    shutdown: CancellationToken,
+}
+
+impl HubBench {
+    /// `None` (and a note) when `redis-server` is not on PATH.
+    fn start(name: &str) -> Option<Self> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("{name}: skipped, redis-server is not on PATH");
+            return None;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let redis = RedisServer::start();
+        let shutdown = CancellationToken::new();
+        let settings = HubSettings {
+            // Measure the hub only: no link probe during the measurement.
+            probe_interval: Duration::from_secs(3600),
+            subscription_capacity: 4096,
+            ..HubSettings::default()
+        };
+        let seeds = vec![redis.client().get_connection_info().clone()];
+        let hub = runtime.block_on(async { EventHub::start(seeds, settings, shutdown.clone()) });
+        Some(Self {
+            runtime,
+            redis,
+            hub,
+            shutdown,
+        })
+    }
+}
+
+/// `count` subscriptions of the hub, each watching `channel`.
+async fn watching(hub: &EventHub, channel: &str, count: usize) -> Vec<Subscription> {
+    let mut subscriptions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut subscription = hub.subscription();
+        hub.watch(&mut subscription, channel).await.expect("watch");
+        subscriptions.push(subscription);
+    }
+    subscriptions
+}
+
 /// One event through Redis pub/sub and the hub to every subscription.
 fn hub_fanout(c: &mut Criterion) {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("hub_fanout: skipped, redis-server is not on PATH");
+    let Some(HubBench {
+        runtime,
+        redis,
+        hub,
+        shutdown,
+    }) = HubBench::start("hub_fanout")
+    else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let redis = RedisServer::start();
-    let shutdown = CancellationToken::new();
-    let client = redis.client();
-    let settings = HubSettings {
-        // Measure dispatch only: no link probe during the measurement.
-        probe_interval: Duration::from_secs(3600),
-        subscription_capacity: 4096,
-        ..HubSettings::default()
     };
-    let seeds = vec![client.get_connection_info().clone()];
-    let hub = runtime.block_on(async { EventHub::start(seeds, settings, shutdown.clone()) });
     let mut publisher = runtime
-        .block_on(client.get_multiplexed_async_connection())
+        .block_on(redis.client().get_multiplexed_async_connection())
         .expect("publisher connection");
     let channel = keys::job_channel(&JOB_ID.parse().expect("valid"));
     let event = completed_event(&result_of(256));
@@ -203,15 +242,7 @@ fn hub_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub_fanout");
     group.measurement_time(Duration::from_secs(4));
     for watchers in [1usize, 100, 1000] {
-        let mut subscriptions = runtime.block_on(async {
-            let mut subscriptions = Vec::with_capacity(watchers);
-            for _ in 0..watchers {
-                let mut subscription = hub.subscription();
-                hub.watch(&mut subscription, &channel).await.expect("watch");
-                subscriptions.push(subscription);
-            }
-            subscriptions
-        });
+        let mut subscriptions = runtime.block_on(watching(&hub, &channel, watchers));
         group.throughput(Throughput::Elements(watchers as u64));
         group.bench_function(BenchmarkId::from_parameter(watchers), |b| {
             b.iter_custom(|iterations| {
@@ -250,27 +281,15 @@ fn hub_fanout(c: &mut Criterion) {
 /// N subscriptions of one channel end one after the other, as the
 /// watchers of a finished job do: the hub's bookkeeping per leaving member.
 fn hub_leave(c: &mut Criterion) {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("hub_leave: skipped, redis-server is not on PATH");
+    let Some(HubBench {
+        runtime,
+        redis: _redis,
+        hub,
+        shutdown,
+    }) = HubBench::start("hub_leave")
+    else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let redis = RedisServer::start();
-    let shutdown = CancellationToken::new();
-    let settings = HubSettings {
-        probe_interval: Duration::from_secs(3600),
-        ..HubSettings::default()
     };
-    let seeds = vec![redis.client().get_connection_info().clone()];
-    let hub = runtime.block_on(async { EventHub::start(seeds, settings, shutdown.clone()) });
     let channel = keys::job_channel(&JOB_ID.parse().expect("valid"));
 
     let mut group = c.benchmark_group("hub_leave");
@@ -281,15 +300,7 @@ fn hub_leave(c: &mut Criterion) {
             b.iter_custom(|iterations| {
                 let mut took = Duration::ZERO;
                 for _ in 0..iterations {
-                    let subscriptions = runtime.block_on(async {
-                        let mut subscriptions = Vec::with_capacity(watchers);
-                        for _ in 0..watchers {
-                            let mut subscription = hub.subscription();
-                            hub.watch(&mut subscription, &channel).await.expect("watch");
-                            subscriptions.push(subscription);
-                        }
-                        subscriptions
-                    });
+                    let subscriptions = runtime.block_on(watching(&hub, &channel, watchers));
                     let started = Instant::now();
                     drop(subscriptions);
                     took += started.elapsed();
