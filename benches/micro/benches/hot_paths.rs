@@ -168,7 +168,8 @@ fn job_record(c: &mut Criterion) {
     group.finish();
 }
 
-/// An [`EventHub`] on its own `redis-server`, for the hub's benchmarks.
+/// An [`EventHub`] on its own `redis-server`, for the hub's benchmarks;
+/// the hub stops when it is dropped.
 struct HubBench {
     runtime: tokio::runtime::Runtime,
     redis: RedisServer,
@@ -211,6 +212,12 @@ impl HubBench {
     }
 }
 
+impl Drop for HubBench {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// `count` subscriptions of the hub, each watching `channel`.
 async fn watching(hub: &EventHub, channel: &str, count: usize) -> Vec<Subscription> {
     let mut subscriptions = Vec::with_capacity(count);
@@ -224,17 +231,12 @@ async fn watching(hub: &EventHub, channel: &str, count: usize) -> Vec<Subscripti
 
 /// One event through Redis pub/sub and the hub to every subscription.
 fn hub_fanout(c: &mut Criterion) {
-    let Some(HubBench {
-        runtime,
-        redis,
-        hub,
-        shutdown,
-    }) = HubBench::start("hub_fanout")
-    else {
+    let Some(bench) = HubBench::start("hub_fanout") else {
         return;
     };
+    let (runtime, hub) = (&bench.runtime, &bench.hub);
     let mut publisher = runtime
-        .block_on(redis.client().get_multiplexed_async_connection())
+        .block_on(bench.redis.client().get_multiplexed_async_connection())
         .expect("publisher connection");
     let channel = keys::job_channel(&JOB_ID.parse().expect("valid"));
     let event = completed_event(&result_of(256));
@@ -242,7 +244,7 @@ fn hub_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub_fanout");
     group.measurement_time(Duration::from_secs(4));
     for watchers in [1usize, 100, 1000] {
-        let mut subscriptions = runtime.block_on(watching(&hub, &channel, watchers));
+        let mut subscriptions = runtime.block_on(watching(hub, &channel, watchers));
         group.throughput(Throughput::Elements(watchers as u64));
         group.bench_function(BenchmarkId::from_parameter(watchers), |b| {
             b.iter_custom(|iterations| {
@@ -275,21 +277,15 @@ fn hub_fanout(c: &mut Criterion) {
         drop(subscriptions);
     }
     group.finish();
-    shutdown.cancel();
 }
 
 /// N subscriptions of one channel end one after the other, as the
 /// watchers of a finished job do: the hub's bookkeeping per leaving member.
 fn hub_leave(c: &mut Criterion) {
-    let Some(HubBench {
-        runtime,
-        redis: _redis,
-        hub,
-        shutdown,
-    }) = HubBench::start("hub_leave")
-    else {
+    let Some(bench) = HubBench::start("hub_leave") else {
         return;
     };
+    let (runtime, hub) = (&bench.runtime, &bench.hub);
     let channel = keys::job_channel(&JOB_ID.parse().expect("valid"));
 
     let mut group = c.benchmark_group("hub_leave");
@@ -300,7 +296,7 @@ fn hub_leave(c: &mut Criterion) {
             b.iter_custom(|iterations| {
                 let mut took = Duration::ZERO;
                 for _ in 0..iterations {
-                    let subscriptions = runtime.block_on(watching(&hub, &channel, watchers));
+                    let subscriptions = runtime.block_on(watching(hub, &channel, watchers));
                     let started = Instant::now();
                     drop(subscriptions);
                     took += started.elapsed();
@@ -310,7 +306,6 @@ fn hub_leave(c: &mut Criterion) {
         });
     }
     group.finish();
-    shutdown.cancel();
 }
 
 criterion_group!(
