@@ -16,6 +16,12 @@
 //!   as the watchers of a finished job go (the time for all N; also needs
 //!   `redis-server`).
 //!
+//! - `job_telemetry`: one WebSocket submission's spans and log line through
+//!   the gateway's own subscriber (the level filter, the span pipeline
+//!   without an exporter, JSON lines to a sink): its `ws submit` span
+//!   continuing the client's trace, the job's producer span and trace
+//!   context, the polls that enter them, `job submitted`, and both ending.
+//!
 //! Run with `cargo bench -p jobgate-micro`.
 
 use std::collections::HashMap;
@@ -23,8 +29,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use jobgate_gateway::trace;
 use jobgate_proto::ws::{ClientMessage, ServerMessage};
-use jobgate_proto::{EventHeader, JobId};
+use jobgate_proto::{EventHeader, JobId, SubmitRequest};
 use jobgate_store::{EventHub, HubMessage, HubSettings, JobRecord, Subscription, keys};
 use jobgate_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
@@ -308,6 +315,43 @@ fn hub_leave(c: &mut Criterion) {
     group.finish();
 }
 
+/// One job's telemetry, as a WebSocket `submit` makes it.
+fn job_telemetry(c: &mut Criterion) {
+    let config = jobgate_gateway::Config::for_redis("redis://127.0.0.1:6379");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = jobgate_gateway::telemetry::subscriber(&config, &provider, std::io::sink);
+    let request: SubmitRequest =
+        serde_json::from_str(r#"{"kind":"echo","params":{"x":1}}"#).expect("a request");
+    let job_id: JobId = JOB_ID.parse().expect("valid");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("job_telemetry", |b| {
+            b.iter(|| {
+                let request_span = trace::ws_submit_span("918", Some(traceparent), None);
+                let (producer, context) = request_span.in_scope(|| {
+                    trace::producer_span(
+                        "default",
+                        &request,
+                        &job_id,
+                        None,
+                        Some(traceparent),
+                        None,
+                    )
+                });
+                // The submission's future is polled a few times in each.
+                for _ in 0..3 {
+                    let _request = request_span.enter();
+                    let _producer = producer.enter();
+                }
+                producer.in_scope(|| {
+                    tracing::info!(kind = %request.kind, queue = "default", "job submitted");
+                });
+                black_box(context);
+            });
+        });
+    });
+}
+
 criterion_group!(
     benches,
     event_header,
@@ -317,6 +361,7 @@ criterion_group!(
     key_names,
     job_record,
     hub_fanout,
-    hub_leave
+    hub_leave,
+    job_telemetry
 );
 criterion_main!(benches);

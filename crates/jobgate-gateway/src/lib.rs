@@ -28,7 +28,7 @@ mod sse;
 pub mod state;
 mod submit;
 pub mod telemetry;
-mod trace;
+pub mod trace;
 mod ws;
 
 use axum::Router;

@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use jobgate_proto::batch::BatchItem;
 use jobgate_proto::{ErrorBody, ErrorCode, JobId, JobStatus, ParamsSchema, SubmitRequest};
-use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted, keys};
+use jobgate_store::{IdempotencyClaim, NewJob, SubmitRate, Submitted};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::telemetry::context::record_ids;
 
 /// How stale the queue length used for admission may be.
 const QUEUE_LENGTH_MAX_AGE: Duration = Duration::from_millis(250);
@@ -217,27 +215,11 @@ async fn run(
     }
     // The producer span: the job's traceparent names it, so the worker's
     // consumer span is its child.
-    let producer = tracing::info_span!(
-        "publish",
-        otel.name = %format!("publish {queue}"),
-        otel.kind = "producer",
-        messaging.system = "redis",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = %keys::queue(&queue, keys::Band::for_priority(request.priority())),
-        messaging.message.id = %job_id,
-        jobgate.job.kind = %request.kind,
-        jobgate.legacy_trace_id = Empty,
-        job_id = %job_id,
-        trace_id = Empty,
-        span_id = Empty,
-    );
-    if let Some(legacy_trace_id) = &legacy_trace_id {
-        // Only the old API's submissions carry one.
-        producer.record("jobgate.legacy_trace_id", legacy_trace_id.as_str());
-    }
-    let trace = crate::trace::job_context(
-        &record_ids(&producer),
+    let (producer, trace) = crate::trace::producer_span(
+        &queue,
+        &request,
+        &job_id,
+        legacy_trace_id.as_deref(),
         traceparent.as_deref(),
         tracestate.as_deref(),
     );

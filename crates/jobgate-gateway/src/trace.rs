@@ -5,14 +5,19 @@
 //! job opens a producer span under it; the job's stored `traceparent` names
 //! that producer span, so the worker's consumer span becomes its child and
 //! one trace runs from the client to the Dask tasks.
+//!
+//! The per-job spans are built by [`ws_submit_span`] and [`producer_span`],
+//! public so that the micro-benchmarks (`job_telemetry`) time the very
+//! spans a submission makes.
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use jobgate_store::TraceContext;
+use jobgate_proto::{JobId, SubmitRequest};
+use jobgate_store::{TraceContext, keys};
 use opentelemetry::trace::SpanContext;
-use tracing::Instrument;
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::telemetry::context::{record_ids, set_remote_parent};
 
@@ -20,11 +25,66 @@ use crate::telemetry::context::{record_ids, set_remote_parent};
 /// Context asks every vendor to pass on at least 512.
 const MAX_TRACESTATE_CHARS: usize = 512;
 
+/// The span of one job's WebSocket `submit` (a `submit` frame, or one job
+/// of a `submit_batch`): the message is the request, so its server span
+/// continues the client's trace when the job names one.
+pub fn ws_submit_span(
+    request_id: &str,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Span {
+    let span = tracing::info_span!(
+        "ws submit",
+        otel.name = "WS submit",
+        otel.kind = "server",
+        request_id = request_id,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    set_remote_parent(&span, traceparent, tracestate);
+    record_ids(&span);
+    span
+}
+
+/// The producer span of `request`, job `job_id` of `queue`, a child of the
+/// current span (the request's); and the job's trace context, which names
+/// it, so the worker's consumer span becomes its child. `legacy_trace_id`
+/// is the old API's free-form trace id, when the job came that way.
+pub fn producer_span(
+    queue: &str,
+    request: &SubmitRequest,
+    job_id: &JobId,
+    legacy_trace_id: Option<&str>,
+    client_traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> (Span, TraceContext) {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {queue}"),
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %keys::queue(queue, keys::Band::for_priority(request.priority())),
+        messaging.message.id = %job_id,
+        jobgate.job.kind = request.kind.as_str(),
+        jobgate.legacy_trace_id = Empty,
+        job_id = %job_id,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    if let Some(legacy_trace_id) = legacy_trace_id {
+        span.record("jobgate.legacy_trace_id", legacy_trace_id);
+    }
+    let context = job_context(&record_ids(&span), client_traceparent, tracestate);
+    (span, context)
+}
+
 /// The job's trace context: the producer span's W3C context, with the
 /// client's `tracestate` (when it sent one) carried along. Where no span
 /// pipeline is installed (the library used without `telemetry::init`), the
 /// client's trace is continued, or a new one started, with ids made here.
-pub(crate) fn job_context(
+pub fn job_context(
     producer: &SpanContext,
     client_traceparent: Option<&str>,
     tracestate: Option<&str>,

@@ -97,7 +97,6 @@ fn install(
     config: &Config,
     tracer_provider: SdkTracerProvider,
 ) -> Result<Telemetry, TelemetryError> {
-    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -113,13 +112,38 @@ fn install(
         ),
         None => (None, None),
     };
+    let _ = subscriber(
+        config,
+        &tracer_provider,
+        TeeMakeWriter::new(std::io::stderr, forwarder.clone()),
+    )
+    .try_init();
+    Ok(Telemetry {
+        forwarder,
+        client_forwarder,
+        tracer_provider,
+    })
+}
+
+/// The gateway's subscriber: `config.log`'s level filter, spans through
+/// `tracer_provider`, and JSON log lines to `writer`.
+pub fn subscriber<W>(
+    config: &Config,
+    tracer_provider: &SdkTracerProvider,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let tracer = tracer_provider.tracer(SERVICE);
     let logs = tracing_subscriber::fmt::layer()
-        .with_writer(TeeMakeWriter::new(std::io::stderr, forwarder.clone()))
+        .with_writer(writer)
         .fmt_fields(Unformatted)
         .event_format(JsonLines);
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
         .with(filter)
         .with(
             // Spans are entered on every poll of an instrumented future:
@@ -135,12 +159,6 @@ fn install(
         )
         .with(SpanFields)
         .with(logs)
-        .try_init();
-    Ok(Telemetry {
-        forwarder,
-        client_forwarder,
-        tracer_provider,
-    })
 }
 
 /// Telemetry could not start.

@@ -41,7 +41,7 @@ use crate::limits::TokenBucket;
 use crate::push;
 use crate::state::AppState;
 use crate::submit::{self, Accepted, Submission, Turn};
-use crate::telemetry::context::{record_ids, set_remote_parent};
+use crate::trace;
 use tracing::Instrument;
 
 use super::outbox::Outbox;
@@ -382,20 +382,11 @@ impl Session {
         }
         self.held.insert(job_id, Vec::new());
         // The message is the request: its span continues the client's trace.
-        let span = tracing::info_span!(
-            "ws submit",
-            otel.name = "WS submit",
-            otel.kind = "server",
-            request_id = %request_id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        set_remote_parent(
-            &span,
+        let span = trace::ws_submit_span(
+            &request_id,
             item.traceparent.as_deref(),
             item.tracestate.as_deref(),
         );
-        record_ids(&span);
         let submission = Submission::of_item(job_id, item);
         let (state, principal) = (self.state.clone(), self.principal.clone());
         self.submits.push(Box::pin(async move {
