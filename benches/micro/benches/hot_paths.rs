@@ -17,8 +17,8 @@
 //!   `redis-server`).
 //!
 //! - `job_telemetry`: one WebSocket submission's spans and log line through
-//!   the gateway's own subscriber (the level filter, the span pipeline
-//!   without an exporter, JSON lines to a sink): its `ws submit` span
+//!   the gateway's own subscriber (the level filter, spans' ids only or the
+//!   span pipeline without an exporter, JSON lines to a sink): its `ws submit` span
 //!   continuing the client's trace, the job's producer span and trace
 //!   context, the polls that enter them, `job submitted`, and both ending.
 //!
@@ -315,41 +315,47 @@ fn hub_leave(c: &mut Criterion) {
     group.finish();
 }
 
-/// One job's telemetry, as a WebSocket `submit` makes it.
+/// One job's telemetry, as a WebSocket `submit` makes it: with spans'
+/// W3C ids only (no exporter, the default) and through the OpenTelemetry
+/// layer (as when spans are exported; the exporter's own work not counted).
 fn job_telemetry(c: &mut Criterion) {
     let config = jobgate_gateway::Config::for_redis("redis://127.0.0.1:6379");
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let subscriber = jobgate_gateway::telemetry::subscriber(&config, &provider, std::io::sink);
     let request: SubmitRequest =
         serde_json::from_str(r#"{"kind":"echo","params":{"x":1}}"#).expect("a request");
     let job_id: JobId = JOB_ID.parse().expect("valid");
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    tracing::subscriber::with_default(subscriber, || {
-        c.bench_function("job_telemetry", |b| {
-            b.iter(|| {
-                let request_span = trace::ws_submit_span("918", Some(traceparent), None);
-                let (producer, context) = request_span.in_scope(|| {
-                    trace::producer_span(
-                        "default",
-                        &request,
-                        &job_id,
-                        None,
-                        Some(traceparent),
-                        None,
-                    )
+    let mut group = c.benchmark_group("job_telemetry");
+    for (name, exporting) in [("ids", None), ("spans", Some(&provider))] {
+        let subscriber = jobgate_gateway::telemetry::subscriber(&config, exporting, std::io::sink);
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let request_span = trace::ws_submit_span("918", Some(traceparent), None);
+                    let (producer, context) = request_span.in_scope(|| {
+                        trace::producer_span(
+                            "default",
+                            &request,
+                            &job_id,
+                            None,
+                            Some(traceparent),
+                            None,
+                        )
+                    });
+                    // The submission's future is polled a few times in each.
+                    for _ in 0..3 {
+                        let _request = request_span.enter();
+                        let _producer = producer.enter();
+                    }
+                    producer.in_scope(|| {
+                        tracing::info!(kind = %request.kind, queue = "default", "job submitted");
+                    });
+                    black_box(context);
                 });
-                // The submission's future is polled a few times in each.
-                for _ in 0..3 {
-                    let _request = request_span.enter();
-                    let _producer = producer.enter();
-                }
-                producer.in_scope(|| {
-                    tracing::info!(kind = %request.kind, queue = "default", "job submitted");
-                });
-                black_box(context);
             });
         });
-    });
+    }
+    group.finish();
 }
 
 criterion_group!(

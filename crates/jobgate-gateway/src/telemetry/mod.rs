@@ -3,14 +3,15 @@
 //!
 //! - [`json_lines`]: the log line format every jobgate component shares;
 //! - [`context`]: W3C trace context on spans (a client's `traceparent` as a
-//!   span's parent, a span's ids recorded as log fields).
+//!   span's parent, a span's ids recorded as log fields);
+//! - [`ids`]: spans' W3C ids when no span exporter is configured.
 
 pub mod context;
+mod ids;
 mod json_lines;
 
 use jobgate_fluent::{Forwarder, ForwarderConfig, TeeMakeWriter};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
@@ -21,13 +22,13 @@ pub use json_lines::{rfc3339, rfc3339_now};
 /// The `service` of the gateway's log lines and spans.
 pub const SERVICE: &str = "jobgate";
 
-/// What telemetry runs in the background: the span pipeline and log
-/// forwarding to Fluentd.
+/// What telemetry runs in the background: the span pipeline (when spans
+/// are exported) and log forwarding to Fluentd.
 #[derive(Debug)]
 pub struct Telemetry {
     forwarder: Option<Forwarder>,
     client_forwarder: Option<Forwarder>,
-    tracer_provider: SdkTracerProvider,
+    tracer_provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
@@ -44,8 +45,9 @@ impl Telemetry {
     /// Flushes spans and sends the logs still buffered, waiting at most
     /// `timeout` for Fluentd.
     pub async fn shutdown(&self, timeout: std::time::Duration) {
-        let provider = self.tracer_provider.clone();
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Some(provider) = self.tracer_provider.clone() {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
         for forwarder in self.forwarder.iter().chain(&self.client_forwarder) {
             if let Err(error) = forwarder.shutdown(timeout).await {
                 eprintln!("jobgate: log forwarding stopped with records undelivered: {error}");
@@ -57,18 +59,24 @@ impl Telemetry {
 /// Installs logging and tracing: JSON log lines on stderr (and to Fluentd
 /// when `config.fluentd_addr` is set), and OpenTelemetry spans, exported over
 /// OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without an endpoint
-/// spans still give every job and log line real trace and span ids, and
-/// nothing is exported. Must run inside the tokio runtime.
+/// spans still give every job and log line real trace and span ids (see
+/// [`ids`]), and nothing is exported. Must run inside the tokio runtime.
 pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
-    let mut provider = tracer_provider_builder();
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-        provider = provider.with_batch_exporter(exporter);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        return install(config, None);
     }
-    install(config, provider.build())
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+    install(
+        config,
+        Some(
+            tracer_provider_builder()
+                .with_batch_exporter(exporter)
+                .build(),
+        ),
+    )
 }
 
 /// As [`init`], with spans going to `exporter` as they end (tests use an
@@ -79,9 +87,11 @@ where
 {
     install(
         config,
-        tracer_provider_builder()
-            .with_simple_exporter(exporter)
-            .build(),
+        Some(
+            tracer_provider_builder()
+                .with_simple_exporter(exporter)
+                .build(),
+        ),
     )
 }
 
@@ -95,11 +105,10 @@ fn tracer_provider_builder() -> opentelemetry_sdk::trace::TracerProviderBuilder 
 
 fn install(
     config: &Config,
-    tracer_provider: SdkTracerProvider,
+    tracer_provider: Option<SdkTracerProvider>,
 ) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::util::SubscriberInitExt;
 
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let forwarder_for = |service: &str, address: &jobgate_fluent::FluentdAddress| {
         let mut settings = ForwarderConfig::new(address.clone(), service);
         settings.buffer_capacity = config.fluentd_buffer.max(1);
@@ -114,7 +123,7 @@ fn install(
     };
     let _ = subscriber(
         config,
-        &tracer_provider,
+        tracer_provider.as_ref(),
         TeeMakeWriter::new(std::io::stderr, forwarder.clone()),
     )
     .try_init();
@@ -126,10 +135,11 @@ fn install(
 }
 
 /// The gateway's subscriber: `config.log`'s level filter, spans through
-/// `tracer_provider`, and JSON log lines to `writer`.
+/// `tracer_provider` when they are exported (else only their W3C ids, see
+/// [`ids`]), and JSON log lines to `writer`.
 pub fn subscriber<W>(
     config: &Config,
-    tracer_provider: &SdkTracerProvider,
+    tracer_provider: Option<&SdkTracerProvider>,
     writer: W,
 ) -> impl tracing::Subscriber + Send + Sync + 'static
 where
@@ -138,25 +148,26 @@ where
     use tracing_subscriber::layer::SubscriberExt;
 
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let tracer = tracer_provider.tracer(SERVICE);
+    // Spans are entered on every poll of an instrumented future: neither
+    // timing each entry (busy/idle attributes) nor attaching an
+    // OpenTelemetry context (nothing here reads `Context::current`) is worth
+    // its cost on that path. Parents still come from the tracing span tree.
+    let spans = tracer_provider.map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SERVICE))
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_threads(false)
+    });
+    let ids = tracer_provider.is_none().then(ids::W3cIds::default);
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .fmt_fields(Unformatted)
         .event_format(JsonLines);
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            // Spans are entered on every poll of an instrumented future:
-            // neither timing each entry (busy/idle attributes) nor attaching
-            // an OpenTelemetry context (nothing here reads
-            // `Context::current`) is worth its cost on that path. Parents
-            // still come from the tracing span tree.
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_context_activation(false)
-                .with_threads(false),
-        )
+        .with(spans)
+        .with(ids)
         .with(SpanFields)
         .with(logs)
 }
