@@ -23,6 +23,18 @@ impl GatewayProcess {
     /// `env!("CARGO_BIN_EXE_jobgate")`) on `redis_url`, trusting only
     /// `ca_file`, when given, for Redis's TLS certificates.
     pub fn start(binary: &str, redis_url: &str, ca_file: Option<&Path>) -> Self {
+        Self::spawn(binary, redis_url, ca_file, Stdio::null())
+    }
+
+    /// As [`GatewayProcess::start`], with its log lines (stderr) written to
+    /// `log`, and no span exporter (`OTEL_EXPORTER_OTLP_ENDPOINT` unset), as
+    /// the binary runs by default.
+    pub fn start_logging(binary: &str, redis_url: &str, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the gateway's log file");
+        Self::spawn(binary, redis_url, None, Stdio::from(file))
+    }
+
+    fn spawn(binary: &str, redis_url: &str, ca_file: Option<&Path>, stderr: Stdio) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(binary);
         command
@@ -31,8 +43,9 @@ impl GatewayProcess {
             .env("JOBGATE_REDIS_URL", redis_url)
             .env_remove("SSL_CERT_FILE")
             .env_remove("SSL_CERT_DIR")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         if let Some(ca_file) = ca_file {
             command.env("SSL_CERT_FILE", ca_file);
         }

@@ -3,8 +3,10 @@
 //! lines (every component's, through a Forward-protocol receiver) all carry
 //! the client's trace id, correctly parented.
 //!
-//! One test function: telemetry is process-wide, so this binary installs it
-//! once.
+//! One in-process test function: telemetry is process-wide, so this binary
+//! installs it once. The `jobgate` binary, run as a child without a span
+//! exporter (as it runs by default), is checked the same way through its
+//! log lines.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use jobgate_gateway::Config;
 use jobgate_testkit::{
-    ForwardReceiver, PythonWorker, RedisServer, SseClient, TestGateway, WsClient,
+    ForwardReceiver, GatewayProcess, PythonWorker, RedisServer, SseClient, TestGateway, WsClient,
 };
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
@@ -20,6 +22,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// The `jobgate` binary built for these tests.
+const JOBGATE: &str = env!("CARGO_BIN_EXE_jobgate");
 
 /// A span of either language, reduced to what the checks need.
 #[derive(Debug, Clone)]
@@ -297,4 +302,94 @@ async fn one_trace_runs_from_the_client_to_the_dask_tasks_in_spans_and_logs() {
         .await;
     telemetry.shutdown(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&span_file);
+}
+
+/// Without a span exporter the binary gives its spans W3C ids only: its log
+/// lines carry the client's trace, the job's `traceparent` names the
+/// producer span whose id the `job submitted` line carries, and the
+/// worker's `process` span is that span's child in the same trace.
+#[tokio::test]
+async fn without_a_span_exporter_the_binary_keeps_one_trace_from_the_client_to_the_worker() {
+    let dir = std::env::temp_dir().join(format!("jobgate-ids-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let (gateway_log, span_file) = (dir.join("gateway.log"), dir.join("spans.jsonl"));
+    let redis = RedisServer::start();
+    let span_path = span_file.to_str().expect("utf-8").to_owned();
+    let _worker = PythonWorker::start_app_with_env(
+        &redis.url(),
+        "examples.pricing:worker",
+        None,
+        "ids",
+        &[],
+        &[("JOBGATE_SPAN_FILE", span_path.as_str())],
+    );
+    redis.wait_for_kinds(&["echo"]).await;
+    let gateway = GatewayProcess::start_logging(JOBGATE, &redis.url(), &gateway_log);
+    assert_eq!(gateway.readyz(true).await.0, 200);
+
+    let (client_trace, client_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let submitted: Value = reqwest::Client::new()
+        .post(gateway.url("/v1/jobs"))
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&json!({"kind": "echo", "params": {"traced": true}}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(submitted["trace_id"], client_trace, "{submitted}");
+    let job_id = submitted["job_id"].as_str().expect("id").to_owned();
+    let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{job_id}/events")), None)
+        .await
+        .expect("sse");
+    let events = sse.collect(LONG).await.expect("events");
+    let last = events.last().expect("events").json();
+    assert_eq!(last["event"], "completed", "{last}");
+    assert!(events.iter().all(|e| e.json()["trace_id"] == client_trace));
+
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let traceparent: String = redis::cmd("HGET")
+        .arg(format!("jobgate:job:{{{job_id}}}"))
+        .arg("traceparent")
+        .query_async(&mut conn)
+        .await
+        .expect("the job's traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!((parts[1], parts[3]), (client_trace, "01"), "{traceparent}");
+    let producer = parts[2];
+    assert_ne!(producer, client_span);
+
+    let text = std::fs::read_to_string(&gateway_log).expect("the gateway's log");
+    let submitted_line: Value = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "job submitted" && line["job_id"] == job_id.as_str())
+        .unwrap_or_else(|| panic!("no `job submitted` line for {job_id}:\n{text}"));
+    assert_eq!(submitted_line["trace_id"], client_trace, "{submitted_line}");
+    assert_eq!(submitted_line["span_id"], producer, "{submitted_line}");
+
+    let deadline = Instant::now() + LONG;
+    let process = loop {
+        let spans = worker_spans(&span_file);
+        if let Some(process) = spans
+            .into_iter()
+            .find(|s| s.name == "process default" && s.trace_id == client_trace)
+        {
+            break process;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker wrote no process span"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(process.parent.as_deref(), Some(producer), "{process:?}");
+    assert_eq!(process.kind, "consumer");
+    let _ = std::fs::remove_dir_all(&dir);
 }
