@@ -223,3 +223,107 @@ mod tests {
         }
     }
 }
+
+/// A submission's spans through the gateway's subscriber, with spans' W3C
+/// ids only (`telemetry/ids.rs`) and through the OpenTelemetry layer.
+#[cfg(test)]
+mod span_tests {
+    use jobgate_proto::{JobId, SubmitRequest};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use serde_json::Value;
+
+    use super::{producer_span, ws_submit_span};
+    use crate::config::Config;
+    use crate::telemetry::{self, CapturedLines};
+
+    const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    /// What a WebSocket submission's telemetry gives, with spans' ids only
+    /// (`exporting` None) or through the span pipeline: the job's
+    /// `traceparent`, the `ws submit` span's ids (from a line logged in it)
+    /// and the `job submitted` line.
+    struct Submitted {
+        traceparent: String,
+        request_ids: (String, String),
+        line: Value,
+    }
+
+    fn submit(exporting: Option<&SdkTracerProvider>, traceparent: Option<&str>) -> Submitted {
+        let config = Config::for_redis("redis://127.0.0.1:6379");
+        let captured = CapturedLines::default();
+        let writer = captured.clone();
+        let subscriber = telemetry::subscriber(&config, exporting, move || writer.clone());
+        let request: SubmitRequest =
+            serde_json::from_str(r#"{"kind":"echo","params":{}}"#).expect("a request");
+        let job_id: JobId = "01a21ee8-bbce-72e1-80f0-787c4453cbec"
+            .parse()
+            .expect("an id");
+        let traceparent = tracing::subscriber::with_default(subscriber, || {
+            let request_span = ws_submit_span("1", traceparent, None);
+            request_span.in_scope(|| tracing::info!("in the request"));
+            let (producer, context) = request_span
+                .in_scope(|| producer_span("default", &request, &job_id, None, traceparent, None));
+            producer.in_scope(|| tracing::info!("job submitted"));
+            context.traceparent
+        });
+        let text = captured.text();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        let ids = |line: &Value| {
+            (
+                line["trace_id"].as_str().expect("trace_id").to_owned(),
+                line["span_id"].as_str().expect("span_id").to_owned(),
+            )
+        };
+        Submitted {
+            traceparent,
+            request_ids: ids(&lines[0]),
+            line: lines[1].clone(),
+        }
+    }
+
+    /// Both ways agree: the request continues the client's trace (or starts
+    /// one), the producer is its child in the same trace, the job's
+    /// `traceparent` names the producer with the trace's flags, and the
+    /// line inside the producer carries the producer's ids.
+    fn check(exporting: Option<&SdkTracerProvider>) {
+        for (client, flags) in [
+            (Some(format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01")), "01"),
+            (Some(format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-00")), "00"),
+            (None, "01"),
+        ] {
+            let submitted = submit(exporting, client.as_deref());
+            let parts: Vec<&str> = submitted.traceparent.split('-').collect();
+            let (trace_id, producer_id) = (parts[1], parts[2]);
+            if client.is_some() {
+                assert_eq!(trace_id, CLIENT_TRACE);
+            } else {
+                assert_eq!(trace_id.len(), 32);
+                assert_ne!(trace_id, "0".repeat(32));
+            }
+            assert_eq!(parts[3], flags, "{}", submitted.traceparent);
+            assert_eq!(submitted.line["trace_id"], trace_id);
+            assert_eq!(submitted.line["span_id"], producer_id);
+            let (request_trace, request_span) = &submitted.request_ids;
+            assert_eq!(request_trace, trace_id);
+            assert_ne!(request_span, producer_id);
+            assert_ne!(request_span, "00f067aa0ba902b7");
+        }
+    }
+
+    #[test]
+    fn spans_ids_alone_give_a_job_the_trace_the_span_pipeline_does() {
+        check(None);
+        check(Some(&SdkTracerProvider::builder().build()));
+    }
+
+    #[test]
+    fn every_span_and_trace_gets_ids_of_its_own() {
+        let a = submit(None, None);
+        let b = submit(None, None);
+        assert_ne!(a.traceparent, b.traceparent);
+        assert_ne!(a.request_ids.0, b.request_ids.0);
+    }
+}

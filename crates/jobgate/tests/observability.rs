@@ -74,6 +74,22 @@ fn pricing_job() -> Value {
         "option": "call", "paths": 20000, "chunks": 2, "seed": 3}})
 }
 
+/// `POST /v1/jobs` of `job` at `url`, with the client's `traceparent` when
+/// given; the answer.
+async fn submit(url: &str, traceparent: Option<&str>, job: &Value) -> Value {
+    let mut request = reqwest::Client::new().post(url).json(job);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    request
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Checks the chain client → request span → producer → process → Dask tasks.
 fn assert_one_trace(trace_id: &str, client_span: &str, request_name: &str, spans: &[Span]) {
     let ours: Vec<&Span> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
@@ -141,16 +157,8 @@ async fn one_trace_runs_from_the_client_to_the_dask_tasks_in_spans_and_logs() {
 
     // Over HTTP, with the client's traceparent.
     let (http_trace, http_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let submitted: Value = http
-        .post(gateway.url("/v1/jobs"))
-        .header("traceparent", format!("00-{http_trace}-{http_parent}-01"))
-        .json(&pricing_job())
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let traceparent = format!("00-{http_trace}-{http_parent}-01");
+    let submitted = submit(&gateway.url("/v1/jobs"), Some(&traceparent), &pricing_job()).await;
     assert_eq!(submitted["trace_id"], http_trace);
     let http_job = submitted["job_id"].as_str().expect("id").to_owned();
     let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{http_job}/events")), None)
@@ -283,15 +291,12 @@ async fn one_trace_runs_from_the_client_to_the_dask_tasks_in_spans_and_logs() {
     );
 
     receiver.restart().await;
-    let marker: Value = http
-        .post(gateway.url("/v1/jobs"))
-        .json(&json!({"kind": "echo", "params": {"marker": true}}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let marker = submit(
+        &gateway.url("/v1/jobs"),
+        None,
+        &json!({"kind": "echo", "params": {"marker": true}}),
+    )
+    .await;
     let marker = marker["job_id"].as_str().expect("id").to_owned();
     receiver
         .wait_until(LONG, |records| {
@@ -329,16 +334,13 @@ async fn without_a_span_exporter_the_binary_keeps_one_trace_from_the_client_to_t
     assert_eq!(gateway.readyz(true).await.0, 200);
 
     let (client_trace, client_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
-    let submitted: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/jobs"))
-        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
-        .json(&json!({"kind": "echo", "params": {"traced": true}}))
-        .send()
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let traceparent = format!("00-{client_trace}-{client_span}-01");
+    let submitted = submit(
+        &gateway.url("/v1/jobs"),
+        Some(&traceparent),
+        &json!({"kind": "echo", "params": {"traced": true}}),
+    )
+    .await;
     assert_eq!(submitted["trace_id"], client_trace, "{submitted}");
     let job_id = submitted["job_id"].as_str().expect("id").to_owned();
     let mut sse = SseClient::connect(&gateway.url(&format!("/v1/jobs/{job_id}/events")), None)

@@ -268,28 +268,14 @@ mod tests {
 
 #[cfg(test)]
 mod span_field_tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::CapturedLines;
 
     /// What `log` writes through the gateway's log layers.
     fn logged(log: impl FnOnce()) -> String {
-        let captured = Captured::default();
+        let captured = CapturedLines::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::registry().with(SpanFields).with(
             tracing_subscriber::fmt::layer()
@@ -298,7 +284,7 @@ mod span_field_tests {
                 .event_format(JsonLines),
         );
         tracing::subscriber::with_default(subscriber, log);
-        String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8")
+        captured.text()
     }
 
     #[test]

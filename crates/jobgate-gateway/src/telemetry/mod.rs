@@ -180,3 +180,27 @@ pub enum TelemetryError {
     #[error("OTLP span exporter: {0}")]
     Otlp(String),
 }
+
+/// Log lines written in memory, for tests of what the layers write.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct CapturedLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl CapturedLines {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for CapturedLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
