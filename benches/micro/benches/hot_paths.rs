@@ -18,9 +18,10 @@
 //!
 //! - `job_telemetry`: one WebSocket submission's spans and log line through
 //!   the gateway's own subscriber (the level filter, spans' ids only or the
-//!   span pipeline without an exporter, JSON lines to a sink): its `ws submit` span
-//!   continuing the client's trace, the job's producer span and trace
-//!   context, the polls that enter them, `job submitted`, and both ending.
+//!   span pipeline without an exporter, JSON lines to a sink): its
+//!   `ws submit` span continuing the client's trace, the job's producer span
+//!   and trace context, the polls that enter them, `job submitted`, and
+//!   both ending.
 //!
 //! Run with `cargo bench -p jobgate-micro`.
 

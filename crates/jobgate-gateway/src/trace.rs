@@ -84,7 +84,7 @@ pub fn producer_span(
 /// client's `tracestate` (when it sent one) carried along. Where no span
 /// pipeline is installed (the library used without `telemetry::init`), the
 /// client's trace is continued, or a new one started, with ids made here.
-pub fn job_context(
+fn job_context(
     producer: &SpanContext,
     client_traceparent: Option<&str>,
     tracestate: Option<&str>,
