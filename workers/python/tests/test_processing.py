@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import threading
 import time
+import weakref
 
 import sample_app
 from conftest import assert_contiguous
@@ -345,3 +347,34 @@ def test_deleted_pending_entry_of_a_known_job_fails_it(gateway, run_worker):
         events = gateway.wait_terminal(job_id, timeout=3)
     assert events[-1]["event"] == "failed"
     assert events[-1]["data"]["error"]["code"] == "entry_deleted"
+
+
+def test_a_finished_attempt_is_freed_without_the_garbage_collector(gateway, run_worker):
+    """An attempt's context, progress reporter and run are freed by reference
+    counting alone as soon as it ends: no reference cycle is left for the
+    garbage collector (at thousands of jobs a second, collecting one cycle
+    per job took a tenth of the worker's time)."""
+    worker = Worker(queue="default")
+    contexts: list[weakref.ref] = []
+
+    @worker.job("echo")
+    def echo(ctx, params):
+        ctx.progress(1, 1)
+        contexts.append(weakref.ref(ctx))
+        return params
+
+    gc.collect()
+    gc.disable()
+    try:
+        with run_worker(worker):
+            job_ids = [gateway.submit("echo", {"i": i}) for i in range(20)]
+            for job_id in job_ids:
+                assert gateway.wait_terminal(job_id)[-1]["event"] == "completed"
+            deadline = time.monotonic() + 5
+            while any(ref() is not None for ref in contexts) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert len(contexts) == 20
+        alive = sum(ref() is not None for ref in contexts)
+        assert alive == 0, f"{alive} of 20 finished attempts' contexts wait for the collector"
+    finally:
+        gc.enable()
