@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind
 import sample_app
 from conftest import REPO_ROOT
 from jobgate_worker import Settings, Worker
+from jobgate_worker.cli import GEN0_THRESHOLD, tune_collector
 from jobgate_worker.context import ProgressReporter
 from jobgate_worker.dask_support import TracedCall
 from jobgate_worker.errors import ScriptNotFoundError
@@ -269,3 +271,25 @@ def test_worker_registry_rejects_bad_names_and_duplicates():
     with pytest.raises(ValueError, match="queue"):
         Worker(queue="{bad}")
     assert set(worker.handlers) == {"a"}
+
+
+@pytest.fixture
+def collector_state():
+    """Leaves the collector's thresholds and frozen objects as they were."""
+    thresholds = gc.get_threshold()
+    yield thresholds
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
+
+
+def test_the_worker_raises_the_young_generation_threshold(collector_state):
+    gc.set_threshold(700, 10, 10)
+    tune_collector((700, 10, 10))
+    assert gc.get_threshold() == (GEN0_THRESHOLD, 10, 10)
+    assert gc.get_freeze_count() > 0
+
+
+def test_thresholds_the_application_set_are_kept(collector_state):
+    gc.set_threshold(500, 5, 5)  # as if the application's import had set them
+    tune_collector((700, 10, 10))
+    assert gc.get_threshold() == (500, 5, 5)
