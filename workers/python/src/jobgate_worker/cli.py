@@ -40,7 +40,7 @@ FLUENTD_FLUSH_S = 2.0
 #: default is 700 allocations; 2,000 from 3.13). An attempt leaves no
 #: reference cycle behind (its objects are freed by reference counting), so
 #: the collector finds little; at 700 it still ran several times per hundred
-#: jobs and took about 4 % of a busy worker's time, at 10,000 under 1 %.
+#: jobs and took about 4 % of a busy worker's time, at 10,000 about 1 %.
 GEN0_THRESHOLD = 10_000
 
 #: The thresholds before the application's module was imported.
