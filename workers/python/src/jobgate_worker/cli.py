@@ -36,11 +36,11 @@ log = logging.getLogger("jobgate_worker")
 #: Longest the exit waits for Fluentd to take the last log records.
 FLUENTD_FLUSH_S = 2.0
 
-#: The young generation's collection threshold the worker runs with (Python's
-#: default is 700 allocations; 2,000 from 3.13). An attempt leaves no
-#: reference cycle behind (its objects are freed by reference counting), so
-#: the collector finds little; at 700 it still ran several times per hundred
-#: jobs and took about 4 % of a busy worker's time, at 10,000 about 1 %.
+#: The young generation's collection threshold the worker runs with (Python
+#: 3.11's default is 700 allocations). An attempt leaves no reference cycle
+#: behind (its objects are freed by reference counting), so the collector
+#: finds little; at 700 it still ran several times per hundred jobs and took
+#: about 4 % of a busy worker's time, at 10,000 about 1 %.
 GEN0_THRESHOLD = 10_000
 
 #: The thresholds before the application's module was imported.
