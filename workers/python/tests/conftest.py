@@ -421,6 +421,18 @@ class Gateway:
                 total += self.redis.xpending(stream, keys.CONSUMER_GROUP)["pending"]
         return total
 
+    def wait_settled(self, queue: str = "default", timeout: float = 5.0) -> None:
+        """Wait until no entry is left in ``queue``'s streams, delivered or not.
+
+        A worker whose lease may have lapsed acknowledges an entry in its own
+        call after the terminal one: the job's last event can come first.
+        """
+        wait_until(
+            lambda: self.backlog(queue) == 0 and self.pending(queue) == 0,
+            timeout,
+            f"queue {queue!r} to be settled",
+        )
+
     def dead_letters(self, queue: str = "default") -> list[dict[str, str]]:
         entries = [fields for _, fields in self.redis.xrange(keys.dead_letter_stream(queue))]
         OBSERVED["dead"].extend(entries)
@@ -438,6 +450,17 @@ def gateway(redis_server: RedisServer) -> Iterator[Gateway]:
 
 def assert_contiguous(events: list[dict[str, Any]]) -> None:
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), events
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 class ThreadWorker:

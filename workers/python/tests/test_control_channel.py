@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import sample_app
+from conftest import wait_until
 from jobgate_worker import Settings
 from jobgate_worker.settings import SettingsError
 
@@ -31,13 +32,6 @@ def subscribe_calls(gateway: Any) -> int:
         int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
         for command in ("ssubscribe", "sunsubscribe")
     )
-
-
-def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_short_jobs_never_subscribe_their_control_channel(gateway, run_worker):

@@ -12,7 +12,7 @@ from collections import Counter
 import msgpack
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from fluentd_receiver import EventTime, ForwardReceiver
 from jobgate_worker.fluentd import (
     FluentForwarder,
@@ -48,13 +48,6 @@ def make_forwarder():
     yield make
     for forwarder in forwarders:
         forwarder.close(0.5)
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_event_time_and_entry_encoding():

@@ -11,8 +11,9 @@ import time
 import weakref
 
 import sample_app
-from conftest import assert_contiguous
+from conftest import assert_contiguous, wait_until
 from jobgate_worker import Worker, keys
+from jobgate_worker.renewer import RENEW_SCRIPT
 from jobgate_worker.script import JobScript
 from jobgate_worker.streams import Entry
 
@@ -141,6 +142,17 @@ def _usurp(gateway, job_id, consumer="usurper"):
     assert reply.ok
 
 
+def _renew_as(gateway, consumer="usurper") -> bool:
+    """Renew the entries pending with ``consumer``, as that worker's renewer would
+    (only those it still owns); True when it owns one."""
+    stream = keys.queue_stream("default", "normal")
+    pending = gateway.redis.xpending_range(stream, keys.CONSUMER_GROUP, "-", "+", 10)
+    ids = [p["message_id"] for p in pending if p["consumer"] == consumer]
+    return bool(ids) and bool(
+        gateway.redis.eval(RENEW_SCRIPT, 1, stream, keys.CONSUMER_GROUP, consumer, *ids)
+    )
+
+
 def _pending_owner(gateway):
     stream = keys.queue_stream("default", "normal")
     return [
@@ -158,7 +170,7 @@ def test_stale_outcome_is_refused_and_not_acknowledged(gateway, run_worker):
         run = runtime.inflight.run_for(job_id)
         run.entry = dataclasses.replace(run.entry, delivered_at=0.0)
         sample_app.gates.setdefault(job_id, threading.Event()).set()
-        time.sleep(0.3)
+        wait_until(lambda: runtime.inflight.run_for(job_id) is None, what="the attempt's end")
         events = gateway.events(job_id)
         # The first attempt's result was refused: no terminal event ...
         assert [e["event"] for e in events] == ["queued", "started", "retrying", "started"]
@@ -171,12 +183,17 @@ def test_stale_outcome_is_refused_and_not_acknowledged(gateway, run_worker):
 
 def test_taken_over_attempt_is_abandoned_at_lease_renewal(gateway, run_worker):
     with run_worker(sample_app.worker, lease_ms=600) as runtime:
-        job_id = gateway.submit("wait_cancel", {"limit_s": 5})
+        job_id = gateway.submit("wait_cancel", {"limit_s": 30})
         gateway.wait_event(job_id, "progress")
         _usurp(gateway, job_id)
         # Within a renewal interval the worker notices, stops the handler
-        # (ctx.cancelled) and stops renewing the entry it no longer owns.
-        time.sleep(0.6)
+        # (ctx.cancelled) and stops renewing the entry it no longer owns. The
+        # usurper renews its lease meanwhile, as a live worker does.
+        wait_until(
+            lambda: _renew_as(gateway) and runtime.inflight.run_for(job_id) is None,
+            timeout=5,
+            what="the taken-over attempt to end",
+        )
         assert _pending_owner(gateway) == ["usurper"]
         events = gateway.events(job_id)
         assert [e["event"] for e in events][-2:] == ["retrying", "started"]
