@@ -143,6 +143,7 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
         owner_connections: std::sync::Arc::default(),
         auth,
         connections,
+        sessions: tokio_util::task::TaskTracker::new(),
         config: std::sync::Arc::new(config),
         store,
         hub,
@@ -151,12 +152,14 @@ pub fn build_state(config: Config, shutdown: CancellationToken) -> Result<AppSta
 }
 
 /// Serves `state` on `listener` until `shutdown` fires, then lets in-flight
-/// requests finish (sessions and streams end on the same signal) and writes
+/// requests finish (sessions and streams end on the same signal: each
+/// WebSocket session writes its close frame before this returns) and writes
 /// the job outcome counts they made.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let shutdown = state.shutdown.clone();
     let store = state.store.clone();
+    let sessions = state.sessions.clone();
     // Events are small frames sent as they happen: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -164,6 +167,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
+    // No upgrade is accepted any more (the listener is closed).
+    sessions.close();
+    sessions.wait().await;
     let flushed = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, store.flush_outcomes()).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("the last job outcome counts could not be written");

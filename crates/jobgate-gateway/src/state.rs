@@ -6,6 +6,7 @@ use jobgate_proto::ErrorCode;
 use jobgate_store::{EventHub, Feed, JobStore, WarmIds};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{Principal, Verifier};
 use crate::batcher::Batcher;
@@ -23,6 +24,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open WebSocket session or SSE stream.
     pub connections: Arc<Semaphore>,
+    /// The WebSocket sessions' tasks. An upgraded connection leaves the
+    /// HTTP server's hands, so its graceful shutdown does not wait for
+    /// them; `serve` does, so that each session writes its close frame.
+    pub sessions: TaskTracker,
     /// Token verification; `None` with `JOBGATE_AUTH=none`.
     pub auth: Option<Arc<Verifier>>,
     /// Where client apps' log lines go (Fluentd), when configured.

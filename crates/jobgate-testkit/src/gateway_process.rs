@@ -3,7 +3,7 @@
 //! (`JOBGATE_*`, and `SSL_CERT_FILE` for the CAs it trusts).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -59,9 +59,29 @@ impl GatewayProcess {
         format!("http://{}{path}", self.address)
     }
 
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.address)
+    }
+
     /// `POST /v1/jobs` with `job`; the new job's id.
     pub async fn submit(&self, job: Value) -> String {
         crate::gateway::submit_at(&self.url("/v1/jobs"), job).await
+    }
+
+    /// Sends SIGTERM, as a service manager stops it, and waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM could not be sent");
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("wait for jobgate") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("jobgate did not exit within 30 s of SIGTERM");
     }
 
     /// `/readyz` (status and body) once the gateway answers at all; when

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jobgate_gateway::Config;
-use jobgate_testkit::{JobDriver, PythonWorker, RedisServer, SseClient, TestGateway, WsClient};
+use jobgate_testkit::{
+    GatewayProcess, JobDriver, PythonWorker, RedisServer, SseClient, TestGateway, WsClient,
+};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -579,4 +581,39 @@ async fn shutdown_closes_sessions_with_1001_and_ends_streams() {
     assert_eq!(u16::from(close.code), 1001);
     assert_eq!(sse.next(LONG).await.expect("stream end"), None);
     shutdown.await.expect("shutdown");
+}
+
+/// The binary, stopped by SIGTERM with many sessions open: every session
+/// gets its close 1001 before the process exits (a session's close frame
+/// is written by its own task, which the process must wait for).
+#[tokio::test]
+async fn sigterm_closes_every_session_of_the_binary_with_1001() {
+    const SESSIONS: usize = 150;
+    let redis = RedisServer::start();
+    let mut gateway = GatewayProcess::start(env!("CARGO_BIN_EXE_jobgate"), &redis.url(), None);
+    assert_eq!(gateway.readyz(true).await.0, 200);
+    let mut sessions = Vec::with_capacity(SESSIONS);
+    for _ in 0..SESSIONS {
+        sessions.push(WsClient::connect(&gateway.ws_url()).await.expect("connect"));
+    }
+    // Each session answers a message: all are served before the signal.
+    for ws in &mut sessions {
+        ws.send(json!({"type": "subscribe", "job_id": "no-such-job"}))
+            .await
+            .expect("send");
+        ws.next(LONG).await.expect("an answer");
+    }
+
+    let status = gateway.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    let mut codes = BTreeMap::new();
+    for ws in &mut sessions {
+        let code = match ws.closed(LONG).await {
+            Ok(Some(close)) => u16::from(close.code).to_string(),
+            Ok(None) => "no close frame".to_owned(),
+            Err(error) => format!("error: {error}"),
+        };
+        *codes.entry(code).or_insert(0usize) += 1;
+    }
+    assert_eq!(codes, BTreeMap::from([("1001".to_owned(), SESSIONS)]));
 }

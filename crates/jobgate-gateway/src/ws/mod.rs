@@ -75,10 +75,13 @@ async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .on_upgrade(move |socket| async move {
-            let _open = Gauge::websocket_session(&state.metrics);
-            Session::run(socket, state, principal, greets).await;
-            drop(permit);
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(async move {
+                let _open = Gauge::websocket_session(&state.metrics);
+                Session::run(socket, state, principal, greets).await;
+                drop(permit);
+            })
         }))
 }
 
