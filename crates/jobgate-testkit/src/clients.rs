@@ -90,6 +90,28 @@ impl WsClient {
         }
     }
 
+    /// Every JSON text frame until the close frame, and the close frame
+    /// (`None` when the socket ended without one).
+    pub async fn frames_until_close(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<(Vec<Value>, Option<CloseFrame>)> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("not closed within {within:?}; frames: {frames:?}"))?;
+            match frame {
+                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text)?),
+                Some(Ok(Message::Close(close))) => return Ok((frames, close)),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => bail!("the socket failed before a close frame: {error}"),
+                None => return Ok((frames, None)),
+            }
+        }
+    }
+
     /// Submits a job and returns the `accepted` frame.
     pub async fn submit(&mut self, request_id: &str, job: Value) -> anyhow::Result<Value> {
         self.send(serde_json::json!({"type": "submit", "request_id": request_id, "job": job}))

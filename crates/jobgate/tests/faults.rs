@@ -583,6 +583,83 @@ async fn shutdown_closes_sessions_with_1001_and_ends_streams() {
     shutdown.await.expect("shutdown");
 }
 
+/// Submissions a session already made when the gateway stops are answered
+/// before the close 1001: their jobs are created, and a client must learn
+/// their ids. Redis holds the writes back (`CLIENT PAUSE`) so that the
+/// submissions are still waiting when the shutdown comes.
+#[tokio::test]
+async fn shutdown_answers_the_submissions_in_flight_before_1001() {
+    const SUBMITS: usize = 3;
+    let redis = RedisServer::start();
+    let _driver = JobDriver::with_kinds(&redis.url(), &["echo"]).await;
+    let gateway = TestGateway::start(&redis.url()).await;
+    let mut ws = WsClient::connect(&gateway.ws_url()).await.expect("connect");
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let blocked_before = blocked_clients(&mut conn).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .expect("pause");
+    for index in 0..SUBMITS {
+        ws.send(json!({"type": "submit", "request_id": format!("r{index}"),
+                       "job": {"kind": "echo", "params": {"n": index}}}))
+            .await
+            .expect("submit");
+    }
+    // The session has read every submission once Redis holds their calls.
+    let mut waited = Duration::ZERO;
+    while blocked_clients(&mut conn).await == blocked_before {
+        assert!(waited < LONG, "the submissions never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let shutdown = tokio::spawn(gateway.shutdown());
+    let (frames, close) = ws.frames_until_close(LONG).await.expect("close");
+    let accepted: Vec<&Value> = frames.iter().filter(|f| f["type"] == "accepted").collect();
+    let request_ids: Vec<&str> = accepted
+        .iter()
+        .filter_map(|f| f["request_id"].as_str())
+        .collect();
+    assert_eq!(request_ids, ["r0", "r1", "r2"], "frames: {frames:?}");
+    assert_eq!(u16::from(close.expect("a close frame").code), 1001);
+    shutdown.await.expect("shutdown");
+    for frame in accepted {
+        let job_id = frame["job_id"].as_str().expect("job id");
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(format!("jobgate:job:{{{job_id}}}"))
+            .arg("status")
+            .query_async(&mut conn)
+            .await
+            .expect("hget");
+        assert!(
+            status.is_some(),
+            "job {job_id} was answered but not created"
+        );
+    }
+}
+
+/// Clients Redis holds back (blocked or paused), from `INFO clients`.
+async fn blocked_clients(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The binary, stopped by SIGTERM with many sessions open: every session
 /// gets its close 1001 before the process exits (a session's close frame
 /// is written by its own task, which the process must wait for).

@@ -53,6 +53,10 @@ use super::{
 /// How long a close frame may take to reach a jammed socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a session, at shutdown, waits for the answers to the
+/// submissions it already made and writes what it has queued.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
 pub(super) struct Session {
     state: AppState,
     principal: Principal,
@@ -120,6 +124,24 @@ impl Session {
         }
     }
 
+    /// At shutdown, before the close 1001: answers the submissions this
+    /// session already made (their jobs are being created; a client must
+    /// learn their ids) and writes what is queued, within
+    /// [`SHUTDOWN_DRAIN`]. Nothing more is read from the client.
+    async fn drain(&mut self, sink: &mut SplitSink<WebSocket, Message>) -> End {
+        let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+            while let Some(done) = self.submits.next().await {
+                Box::pin(self.submitted(done)).await?;
+            }
+            self.outbox.write(sink).await.map_err(|_| End::ClientGone)
+        })
+        .await;
+        match drained {
+            Ok(Err(end)) => end,
+            Ok(Ok(())) | Err(_) => End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+        }
+    }
+
     /// Queues `hello`, the first frame of a `jobgate.v1` session.
     fn greet(&mut self) -> Result<(), End> {
         if !self.greets {
@@ -182,7 +204,7 @@ impl Session {
             // as long as the session is open, idle or not.
             tokio::select! {
                 biased;
-                () = &mut shutdown => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                () = &mut shutdown => return self.drain(sink).await,
                 () = &mut expiry, if expires_at.is_some() => return End::Close(CLOSE_TOKEN_EXPIRED, "token expired; send auth before it expires"),
                 written = self.outbox.write(sink), if flush || self.outbox.is_backlogged() => {
                     if written.is_err() { return End::ClientGone; }
