@@ -34,7 +34,7 @@ pub use forward_receiver::{
 pub use gateway::{TestGateway, get_json};
 pub use gateway_process::GatewayProcess;
 pub use redis_cluster::RedisCluster;
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, info_number};
 pub use schemas::Schemas;
 pub use stack::EchoStack;
 pub use tls::TlsFiles;

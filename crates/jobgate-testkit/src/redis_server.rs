@@ -218,15 +218,25 @@ impl Drop for RedisServer {
 const FILLER: &str = "jobgate-test:filler";
 
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    info_number(conn, "memory", "used_memory").await
+}
+
+/// A number of `INFO <section>`, e.g. `blocked_clients` of `clients`
+/// (clients Redis holds back: blocked, or paused by `CLIENT PAUSE`).
+pub async fn info_number(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> u64 {
     let info: String = redis::cmd("INFO")
-        .arg("memory")
+        .arg(section)
         .query_async(conn)
         .await
-        .expect("info memory");
+        .expect("INFO");
     info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().parse().ok())
-        .expect("used_memory in INFO memory")
+        .unwrap_or_else(|| panic!("no number {field} in INFO {section}"))
 }
 
 fn redis_server_binary() -> String {
