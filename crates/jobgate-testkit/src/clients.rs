@@ -76,18 +76,7 @@ impl WsClient {
 
     /// Reads until the close frame and returns it.
     pub async fn closed(&mut self, within: Duration) -> anyhow::Result<Option<CloseFrame>> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .map_err(|_| anyhow!("not closed within {within:?}"))?;
-            match frame {
-                Some(Ok(Message::Close(frame))) => return Ok(frame),
-                Some(Ok(_)) => continue,
-                Some(Err(error)) => bail!("the socket failed before a close frame: {error}"),
-                None => return Ok(None),
-            }
-        }
+        Ok(self.frames_until_close(within).await?.1)
     }
 
     /// Every JSON text frame until the close frame, and the close frame

@@ -99,7 +99,7 @@ impl RedisServer {
             .query_async(&mut conn)
             .await
             .expect("setrange");
-        let used = used_memory(&mut conn).await;
+        let used = info_number(&mut conn, "memory", "used_memory").await;
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg("maxmemory")
@@ -216,10 +216,6 @@ impl Drop for RedisServer {
 
 /// The key [`RedisServer::fill_memory`] fills Redis with.
 const FILLER: &str = "jobgate-test:filler";
-
-async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    info_number(conn, "memory", "used_memory").await
-}
 
 /// A number of `INFO <section>`, e.g. `blocked_clients` of `clients`
 /// (clients Redis holds back: blocked, or paused by `CLIENT PAUSE`).
