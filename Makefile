@@ -42,8 +42,11 @@ lint: venv
 test-rust: deps
 	cargo test --workspace --locked
 
+# ~4 minutes. Each test is bounded (workers/python/pyproject.toml); the suite
+# as a whole too, in case no Python code can run to end a test: SIGABRT makes
+# faulthandler print every thread's stack before the process dies.
 test-python: deps
-	$(VENV)/bin/pytest -q workers/python/tests
+	timeout --signal=ABRT --kill-after=30 1200 $(VENV)/bin/pytest -q workers/python/tests
 
 # The `make run` supervisor (scripts/test-run.sh, ~30 s): kills the worker and
 # the gateway and checks they come back, a clean stop, a crash loop. It runs
