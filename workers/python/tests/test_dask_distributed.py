@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import sample_app
-from conftest import REPO_ROOT, Gateway, assert_contiguous
+from conftest import REPO_ROOT, Gateway, assert_contiguous, wait_until
 from dask_cluster import DaskCluster, wait_for_marker
+from jobgate_worker.dask_health import DaskTimeouts
+from jobgate_worker.dask_provider import DaskProvider
+from jobgate_worker.errors import DaskError
 
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -237,3 +243,46 @@ def test_a_scheduler_gone_silent_fails_the_job_with_dask_unavailable(
     }
     assert events[-1]["data"]["error"]["code"] == "dask_unavailable"
     _assert_dead_lettered(gateway, job_id, "dask_unavailable")
+
+
+def _connect_when_up(provider: DaskProvider, timeout_s: float = 20.0) -> Any:
+    """The provider's client, once its scheduler (just started) takes connections."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return provider.client()
+        except DaskError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_scheduler_lost_again_and_again_leaves_no_thread_behind(dask_cluster):
+    """A client that gives up on its lost scheduler closes itself: nothing of it may stay.
+
+    Dask kept such a client's event loop running on a thread of its own, one
+    more thread for each loss, for the rest of the worker's life.
+    """
+
+    def loop_threads() -> set[threading.Thread]:
+        return {
+            thread
+            for thread in threading.enumerate()
+            if thread.name == "IO loop" or thread.name.startswith("jobgate-dask")
+        }
+
+    before = loop_threads()
+    provider = DaskProvider(dask_cluster.address, DaskTimeouts(connect_s=1))
+    try:
+        for _ in range(3):
+            dask_cluster.start_scheduler()
+            client = _connect_when_up(provider)
+            dask_cluster.kill_scheduler()
+            wait_until(
+                lambda: client.status == "closed",  # noqa: B023 - waited for in this round
+                timeout=20,
+                what="the client to give up on its scheduler",
+            )
+    finally:
+        provider.close()
+    wait_until(lambda: loop_threads() <= before, timeout=10, what="the provider's threads to end")

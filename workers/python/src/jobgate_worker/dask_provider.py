@@ -75,6 +75,54 @@ class Watched(Protocol):
         ...
 
 
+class ClientLoop:
+    """The event loop the clients of one scheduler share, on a thread of its own.
+
+    Left to itself, each ``Client(address)`` starts a loop on a thread of its
+    own, which ``Client.close()`` stops. A client that gives up reconnecting to
+    a lost scheduler closes itself from that loop instead, which cannot stop
+    itself: Dask leaves the loop and its thread running for the rest of the
+    process, one more each time the scheduler is lost. Clients given this
+    loop start none; it stops when the provider closes.
+    """
+
+    def __init__(self) -> None:
+        self._loop: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    def get(self) -> Any:
+        """The running loop (Tornado's ``IOLoop``, as Dask takes it), started on first use."""
+        if self._loop is None:
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=lambda: asyncio.run(self._main(ready)),
+                name="jobgate-dask-loop",
+                daemon=True,
+            )
+            thread.start()
+            if not ready.wait(CLOSE_TIMEOUT_S):
+                raise RuntimeError("the Dask clients' event loop did not start")
+            self._thread = thread
+        return self._loop
+
+    async def _main(self, ready: threading.Event) -> None:
+        ioloop = importlib.import_module("tornado.ioloop")
+        self._stopped = asyncio.Event()
+        self._loop = ioloop.IOLoop.current()
+        ready.set()
+        await self._stopped.wait()
+
+    def stop(self, timeout_s: float) -> None:
+        """End the loop (what still runs on it is cancelled) and wait for its thread."""
+        loop, thread, stopped = self._loop, self._thread, self._stopped
+        self._loop = self._thread = self._stopped = None
+        if loop is None or thread is None or stopped is None:
+            return
+        loop.add_callback(stopped.set)
+        thread.join(timeout_s)
+
+
 class DaskProvider:
     """Creates the process's Dask client on first use, replaces it once lost, closes it at exit."""
 
@@ -93,6 +141,9 @@ class DaskProvider:
         self._health = DaskHealth(self.target, self.timeouts)
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
+        self._loop = ClientLoop()
+        #: Threads closing dropped clients (``_retire``), waited for at close.
+        self._retiring: list[threading.Thread] = []
 
     @property
     def target(self) -> str:
@@ -153,7 +204,7 @@ class DaskProvider:
             # hence the probe), and its own attempts to reconnect after losing
             # the scheduler.
             client: Client = distributed.Client(
-                self.scheduler_address, timeout=self.timeouts.connect_s
+                self.scheduler_address, timeout=self.timeouts.connect_s, loop=self._loop.get()
             )
             return client
         # A small in-process cluster: threads share the worker's memory, start in
@@ -208,9 +259,12 @@ class DaskProvider:
             "Dask client dropped; the next job using Dask connects again",
             extra={"dask_scheduler": self.target, "reason": why},
         )
-        threading.Thread(
+        retiring = threading.Thread(
             target=self._retire, args=(client, cluster), name="jobgate-dask-retire", daemon=True
-        ).start()
+        )
+        self._retiring = [thread for thread in self._retiring if thread.is_alive()]
+        self._retiring.append(retiring)
+        retiring.start()
 
     def _retire(self, client: Any, cluster: Any) -> None:
         deadline = time.monotonic() + self.timeouts.connect_s + CLOSE_TIMEOUT_S
@@ -291,7 +345,12 @@ class DaskProvider:
             client: Any = self._client
             cluster: Any = self._cluster
             self._client = self._cluster = None
+            retiring, self._retiring = self._retiring, []
         _close_quietly(client, cluster, CLOSE_TIMEOUT_S)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        for thread in retiring:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._loop.stop(CLOSE_TIMEOUT_S)
 
 
 def _probe(address: str, timeout_s: float) -> None:
