@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
 import struct
+import threading
 import time
 from collections import Counter
 
@@ -166,6 +168,73 @@ def test_close_is_bounded_when_fluentd_is_away(make_forwarder):
     assert (stats.forwarded, stats.unsent, stats.dropped) == (0, 100, 0)
     logger.info("after close")  # does not raise, is not sent
     assert forwarder.stats().unsent == 101
+
+
+def test_a_record_from_the_thread_holding_the_lock_is_kept_not_waited_for(receiver, make_forwarder):
+    """What a finalizer that logs does when the collector runs it inside a section."""
+    forwarder, logger = make_forwarder(receiver.port)
+
+    def inside_a_section() -> None:
+        with forwarder._condition:
+            logger.warning("from a finalizer")
+
+    thread = threading.Thread(target=inside_a_section, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "the thread waited for the lock it holds"
+    logger.info("after it")
+    records = receiver.wait_for(lambda records: len(records) >= 2)
+    messages = Counter(record["message"] for record in records)
+    assert messages == {"from a finalizer": 1, "after it": 1}
+
+
+class _LogsWhenCollected:
+    """Garbage with a finalizer that logs, as Dask's dangling comms and streams have."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.cycle = self
+
+    def __del__(self) -> None:
+        self.logger.warning("collected")
+
+
+def test_finalizers_that_log_while_records_are_sent_lose_nothing_and_block_nothing(
+    receiver, make_forwarder
+):
+    """The collector runs finalizers at any allocation, on the sender thread too.
+
+    A finalizer run inside one of the forwarder's sections must neither wait
+    for the lock its own thread holds (the test above) nor lose its record.
+    Small chunks: the sender enters its sections often.
+    """
+    lines = 30_000
+    # Room for every record: what is checked is that none is lost to a lock.
+    forwarder, logger = make_forwarder(
+        receiver.port, max_buffered=4 * lines, max_buffered_bytes=256 * 1024 * 1024, max_batch=4
+    )
+
+    def log_lines() -> None:
+        for index in range(lines):
+            _LogsWhenCollected(logger)
+            logger.info("line", extra={"index": index})
+            if index % 50 == 0:
+                time.sleep(0.0005)  # the sender's turn: its sections allocate too
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(5)
+    try:
+        thread = threading.Thread(target=log_lines, daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "logging stopped: a thread waits for a lock it holds"
+        gc.collect()
+    finally:
+        gc.set_threshold(*thresholds)
+    stats = forwarder.close(10)
+    assert (stats.dropped, stats.unsent) == (0, 0)
+    counts = Counter(record["message"] for record in receiver.records())
+    assert counts == {"line": lines, "collected": lines}
 
 
 def test_worker_forwards_every_log_line_of_a_job(gateway, spawn_worker, receiver):

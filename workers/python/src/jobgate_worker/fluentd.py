@@ -23,6 +23,11 @@ How nothing is lost while Fluentd is up, and nothing blocks while it is down:
   exponential backoff with jitter while Fluentd cannot be reached.
 - ``close(timeout_s)`` sends what is still buffered within that time; what
   could not be sent is counted as ``unsent``.
+- A record logged while its own thread holds the forwarder's lock (a
+  finalizer that logs, run by the garbage collector in the middle of one of
+  the forwarder's sections) cannot wait for that lock: it waits in a
+  reentrant queue instead and joins the buffer the next time the lock is
+  taken.
 
 Delivery is at least once: a chunk whose ack was lost is sent twice, under
 the same ``chunk`` id.
@@ -35,6 +40,7 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
@@ -133,6 +139,33 @@ class ForwarderStats:
     connected: bool
 
 
+class _OwnedLock:
+    """A lock that knows which thread holds it (for ``threading.Condition``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        acquired = self._lock.acquire(blocking, timeout)
+        if acquired:
+            self.owner = threading.get_ident()
+        return acquired
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class FluentForwarder:
     """A bounded buffer of log records and the thread that ships them to Fluentd."""
 
@@ -165,7 +198,11 @@ class FluentForwarder:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         # Guards everything below; never held during I/O.
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = _OwnedLock()
+        self._condition = threading.Condition(self._lock)  # type: ignore[arg-type]
+        #: Records logged by this thread while it held the lock (see the module's
+        #: docstring); ``SimpleQueue.put`` is reentrant and never waits.
+        self._deferred: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         #: ``(sequence number, encoded entry)``, oldest first.
         self._buffer: deque[tuple[int, bytes]] = deque()
         self._buffered_bytes = 0
@@ -201,19 +238,33 @@ class FluentForwarder:
         self.submit_encoded(encode_entry(time_ns, record))
 
     def submit_encoded(self, entry: bytes) -> None:
+        if self._lock.owner == threading.get_ident():
+            # This thread is inside one of the sections below: waiting for the
+            # lock would wait for itself.
+            self._deferred.put(entry)
+            return
         with self._condition:
-            if self._closing and not self._thread.is_alive():
-                self._unsent += 1
-                return
-            self._buffer.append((self._next_seq, entry))
-            self._next_seq += 1
-            self._buffered_bytes += len(entry)
-            while len(self._buffer) > self.max_buffered or (
-                self._buffered_bytes > self.max_buffered_bytes and len(self._buffer) > 1
-            ):
-                self._evict_oldest()
+            self._append(entry)
+            self._take_deferred()
             if self._sender_waiting:
                 self._condition.notify()
+
+    def _append(self, entry: bytes) -> None:
+        if self._closing and not self._thread.is_alive():
+            self._unsent += 1
+            return
+        self._buffer.append((self._next_seq, entry))
+        self._next_seq += 1
+        self._buffered_bytes += len(entry)
+        while len(self._buffer) > self.max_buffered or (
+            self._buffered_bytes > self.max_buffered_bytes and len(self._buffer) > 1
+        ):
+            self._evict_oldest()
+
+    def _take_deferred(self) -> None:
+        """Buffer the records deferred by ``submit_encoded`` (the lock held)."""
+        while not self._deferred.empty():
+            self._append(self._deferred.get_nowait())
 
     def _evict_oldest(self) -> None:
         seq, entry = self._buffer.popleft()
@@ -237,6 +288,7 @@ class FluentForwarder:
     def close(self, timeout_s: float = 2.0) -> ForwarderStats:
         """Send what is buffered within ``timeout_s``, then stop; returns the final counts."""
         with self._condition:
+            self._take_deferred()
             self._closing = True
             self._deadline = time.monotonic() + timeout_s
             self._condition.notify()
@@ -244,6 +296,7 @@ class FluentForwarder:
         if self._thread.is_alive():
             self._thread.join(timeout_s + 1.0)
         with self._condition:
+            self._take_deferred()
             self._unsent += len(self._buffer)
             self._buffer.clear()
             self._buffered_bytes = 0
@@ -310,12 +363,14 @@ class FluentForwarder:
     def _next_batch(self) -> list[tuple[int, bytes]] | None:
         """Entries from the head of the buffer (they stay there until acked); None: stop."""
         with self._condition:
+            self._take_deferred()
             while not self._buffer:
                 if self._closing:
                     return None
                 self._sender_waiting = True
                 self._condition.wait()
                 self._sender_waiting = False
+                self._take_deferred()
             if self._closing and time.monotonic() >= self._deadline:
                 return None
             batch: list[tuple[int, bytes]] = []
