@@ -11,10 +11,10 @@ the attempts are used up the job fails with that code — it never stays
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,16 +245,17 @@ def test_a_scheduler_gone_silent_fails_the_job_with_dask_unavailable(
     _assert_dead_lettered(gateway, job_id, "dask_unavailable")
 
 
-def _connect_when_up(provider: DaskProvider, timeout_s: float = 20.0) -> Any:
+def _connect_when_up(provider: DaskProvider) -> Any:
     """The provider's client, once its scheduler (just started) takes connections."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return provider.client()
-        except DaskError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    clients = []
+
+    def connected() -> bool:
+        with contextlib.suppress(DaskError):
+            clients.append(provider.client())
+        return bool(clients)
+
+    wait_until(connected, timeout=20, what="the scheduler to take connections")
+    return clients[0]
 
 
 def test_a_scheduler_lost_again_and_again_leaves_no_thread_behind(dask_cluster):

@@ -363,14 +363,15 @@ class FluentForwarder:
     def _next_batch(self) -> list[tuple[int, bytes]] | None:
         """Entries from the head of the buffer (they stay there until acked); None: stop."""
         with self._condition:
-            self._take_deferred()
-            while not self._buffer:
+            while True:
+                self._take_deferred()
+                if self._buffer:
+                    break
                 if self._closing:
                     return None
                 self._sender_waiting = True
                 self._condition.wait()
                 self._sender_waiting = False
-                self._take_deferred()
             if self._closing and time.monotonic() >= self._deadline:
                 return None
             batch: list[tuple[int, bytes]] = []
